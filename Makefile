@@ -1,0 +1,34 @@
+# Everything a fresh machine with python3 and make needs: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aioipc demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check aioipc tests benchmarks examples
+	$(BIN)/ruff format --check aioipc tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict aioipc
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,674 @@
+"""The core every fd channel shares: one non-blocking file descriptor, read and written
+with plain system calls, waiting on readiness only when the kernel says EAGAIN.
+
+Modelled on trio's ``FdStream``: non-blocking fd, ``wait_readable`` / ``wait_writable``,
+``notify_closing`` before ``close`` so that a task waiting on the fd wakes with
+:exc:`anyio.ClosedResourceError` instead of hanging on a recycled descriptor number.
+
+The classes here are the channel types users get back from :func:`aioipc.pipe`,
+:mod:`aioipc.fifo` and :mod:`aioipc.unix`; the public modules only open the fds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
+
+from anyio import (
+    BrokenResourceError,
+    BusyResourceError,
+    ClosedResourceError,
+    EndOfStream,
+    WouldBlock,
+    notify_closing,
+)
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
+from anyio.lowlevel import checkpoint
+
+from ._wait import Pacer, wait_readable, wait_writable
+from .abc import IPCAttribute
+from .errors import ProtocolError, translate_os_error
+from .framing import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ChunkDecoder,
+    FrameDecoder,
+    check_size,
+    encode_chunks,
+    encode_header,
+)
+
+__all__ = [
+    "Framing",
+    "FdReceiveChannel",
+    "FdSendChannel",
+    "FdChannel",
+]
+
+#: ``"frames"``: 4-byte length prefix; ``"chunks"``: PIPE_BUF-atomic chunks (FIFOs);
+#: ``"raw"``: bytes as they come, one receive per read.
+Framing = Literal["frames", "chunks", "raw"]
+
+_READ_SIZE = 64 * 1024
+_MAX_READ_SIZE = 16 * 1024 * 1024
+# Up to this size the header and payload are joined into one buffer for one write();
+# above it they go out with writev() to spare the copy.
+_JOIN_LIMIT = 16 * 1024
+
+
+class _Decoder(Protocol):
+    last_flags: int
+
+    @property
+    def buffered(self) -> int: ...
+
+    def feed(self, data: bytes) -> None: ...
+    def next_frame(self) -> bytes | None: ...
+    def wanted(self) -> int: ...
+    def check_eof(self) -> None: ...
+
+
+class _RawDecoder:
+    """Passes each read through as one message: the ``framing=False`` mode."""
+
+    __slots__ = ("_chunk", "last_flags")
+
+    def __init__(self) -> None:
+        self._chunk: bytes | None = None
+        self.last_flags = 0
+
+    def feed(self, data: bytes) -> None:
+        self._chunk = data
+
+    def next_frame(self) -> bytes | None:
+        chunk, self._chunk = self._chunk, None
+        return chunk
+
+    @property
+    def buffered(self) -> int:
+        return len(self._chunk) if self._chunk else 0
+
+    def wanted(self) -> int:
+        return 0
+
+    def check_eof(self) -> None:
+        return None
+
+
+def _make_decoder(framing: Framing, max_size: int) -> _Decoder:
+    if framing == "frames":
+        return FrameDecoder(max_size)
+    if framing == "chunks":
+        return _ChunkDecoderAdapter(max_size)
+    return _RawDecoder()
+
+
+class _ChunkDecoderAdapter(ChunkDecoder):
+    __slots__ = ("last_flags",)
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__(max_size)
+        self.last_flags = 0
+
+
+class FdResource:
+    """Owns one non-blocking fd (or socket) and closes it exactly once.
+
+    ``sock`` is kept when the fd belongs to a :class:`socket.socket`, so the socket
+    object (not a bare ``os.close``) releases it.
+    """
+
+    __slots__ = ("__weakref__", "closed", "fd", "sock", "what")
+
+    def __init__(self, fd: int, what: str, sock: Any = None) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.what = what
+        self.sock = sock
+        self.closed = False
+
+    def _release(self) -> None:
+        self.closed = True
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            os.close(self.fd)
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        # Wake any task still waiting on this fd before the number can be reused.
+        notify_closing(self.fd)
+        self._release()
+
+    def close(self) -> None:
+        """Close without an event loop (finalizers, sync cleanup). Idempotent."""
+        if not self.closed:
+            self._release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            warnings.warn(
+                f"unclosed aioipc handle for {self.what} (fd {self.fd})",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            self.close()
+
+
+def _rebuild(dup: Any, mode: str, mechanism: str, framing: Framing, max_size: int) -> Any:
+    fd = dup.detach()
+    what = f"{mechanism} ({'read' if mode == 'r' else 'write'} end, fd {fd})"
+    cls = FdReceiveChannel if mode == "r" else FdSendChannel
+    return cls(
+        FdResource(fd, what), mechanism=mechanism, framing=framing, max_message_size=max_size
+    )
+
+
+def _reduce(channel: Any, res: FdResource, mode: str, idle: bool) -> tuple[Any, ...]:
+    """Pickle support: the child of a ``multiprocessing`` start gets its own copy of the fd."""
+    from multiprocessing.reduction import DupFd
+
+    if res.closed:
+        raise ClosedResourceError
+    if not idle:
+        raise RuntimeError(
+            f"{res.what}: cannot hand to another process while data is buffered in this one"
+        )
+    attrs = channel.extra_attributes
+    return (
+        _rebuild,
+        (
+            DupFd(res.fd),
+            mode,
+            attrs[IPCAttribute.mechanism](),
+            channel._framing,
+            attrs[IPCAttribute.max_message_size](),
+        ),
+    )
+
+
+class _Receiver:
+    """The receive half: read, decode, and the end-of-stream rules."""
+
+    __slots__ = (
+        "_busy",
+        "_decoder",
+        "_eof",
+        "_max_size",
+        "_pacer",
+        "_read",
+        "_res",
+        "_trust_eof",
+        "framing",
+    )
+
+    def __init__(
+        self,
+        res: FdResource,
+        framing: Framing,
+        max_size: int,
+        read: Callable[[int], bytes] | None = None,
+        *,
+        trust_first_eof: bool = True,
+    ) -> None:
+        self._res = res
+        self.framing = framing
+        self._max_size = max_size
+        self._decoder = _make_decoder(framing, max_size)
+        self._read = read or functools.partial(os.read, res.fd)
+        self._pacer = Pacer()
+        self._busy = False
+        self._eof = False
+        # A FIFO reader opened before any writer reads b"" until one appears; that
+        # b"" is not an end of stream. Readiness only fires once a writer has come.
+        self._trust_eof = trust_first_eof
+
+    @property
+    def last_flags(self) -> int:
+        """Flag bits of the frame most recently returned (FLAG_ANCILLARY: it carried fds)."""
+        return self._decoder.last_flags
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing read from the fd is waiting in this process's buffers."""
+        return not self._busy and self._decoder.buffered == 0
+
+    def _fill(self) -> bool:
+        """One non-blocking read into the decoder. False if the kernel had nothing."""
+        res = self._res
+        if res.closed:
+            raise ClosedResourceError
+        want = self._decoder.wanted()
+        size = _READ_SIZE if want <= _READ_SIZE else min(want, _MAX_READ_SIZE)
+        try:
+            data = self._read(size)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise translate_os_error(exc, res.what) from exc
+        if data:
+            self._trust_eof = True
+            self._decoder.feed(data)
+            return True
+        if not self._trust_eof:
+            self._trust_eof = True
+            return False
+        self._eof = True
+        try:
+            self._decoder.check_eof()
+        except ProtocolError as exc:
+            raise BrokenResourceError(
+                f"{res.what}: the peer closed or died in the middle of a message ({exc})"
+            ) from exc
+        raise EndOfStream
+
+    def receive_nowait(self) -> bytes:
+        if self._busy:
+            raise BusyResourceError("receiving from")
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            return frame
+        if self._eof:
+            raise EndOfStream
+        while self._fill():
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+        raise WouldBlock
+
+    async def receive(self) -> bytes:
+        if self._busy:
+            raise BusyResourceError("receiving from")
+        self._busy = True
+        try:
+            await self._pacer.checkpoint()
+            decoder = self._decoder
+            while True:
+                frame = decoder.next_frame()
+                if frame is not None:
+                    return frame
+                if self._eof:
+                    raise EndOfStream
+                if not self._fill():
+                    # Cancellation here leaves every byte read so far in the decoder,
+                    # so the next receive continues the same frame: nothing is lost.
+                    await wait_readable(self._res.fd)
+                    self._pacer.waited()
+        finally:
+            self._busy = False
+
+
+def _advance(bufs: list[memoryview], n: int) -> None:
+    """Drop the first ``n`` bytes from a list of buffers about to be written."""
+    while n:
+        first = bufs[0]
+        if n >= len(first):
+            n -= len(first)
+            del bufs[0]
+        else:
+            bufs[0] = first[n:]
+            n = 0
+
+
+class _Sender:
+    """The send half: encode, write, wait for room, keep a partly written frame whole."""
+
+    __slots__ = ("_busy", "_max_size", "_pacer", "_pending", "_res", "_writer_id", "framing")
+
+    def __init__(self, res: FdResource, framing: Framing, max_size: int) -> None:
+        self._res = res
+        self.framing = framing
+        self._max_size = max_size
+        self._pacer = Pacer()
+        self._busy = False
+        # What a cancelled send left half-written; it goes out before anything else.
+        self._pending: list[memoryview] = []
+        self._writer_id = (os.getpid() << 32) | (id(self) & 0xFFFFFFFF)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def _encode(self, item: bytes) -> list[memoryview]:
+        if self.framing == "frames":
+            return [memoryview(encode_header(len(item))), memoryview(item)]
+        if self.framing == "chunks":
+            return [memoryview(c) for c in encode_chunks(item, self._writer_id)]
+        return [memoryview(item)]
+
+    def _check(self, item: bytes) -> None:
+        if self._res.closed:
+            raise ClosedResourceError
+        if not isinstance(item, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
+        check_size(len(item), self._max_size)
+
+    def _write_some(self, bufs: list[memoryview]) -> int:
+        """One non-blocking write of as much of ``bufs`` as the kernel takes."""
+        fd = self._res.fd
+        try:
+            if self.framing == "chunks" or len(bufs) == 1:
+                # Chunks are written one per call: each one is atomic only on its own.
+                return os.write(fd, bufs[0])
+            return os.writev(fd, bufs)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise translate_os_error(exc, self._res.what) from exc
+
+    def _try_write(self, bufs: list[memoryview]) -> bool:
+        """Write without waiting; True when ``bufs`` is empty afterwards."""
+        while bufs:
+            n = self._write_some(bufs)
+            if not n:
+                return False
+            _advance(bufs, n)
+        return True
+
+    async def _write_all(self, bufs: list[memoryview], started: bool = False) -> None:
+        try:
+            while True:
+                n = self._write_some(bufs)
+                if n:
+                    started = True
+                    _advance(bufs, n)
+                    if not bufs:
+                        return
+                    continue
+                await wait_writable(self._res.fd)
+                self._pacer.waited()
+        except BaseException:
+            # Part of the frame is in the kernel already: the rest must follow it, or
+            # the peer sees a corrupt stream. Keep it for the next send or aclose.
+            if started and bufs and not self._res.closed:
+                self._pending = bufs
+            raise
+
+    def send_nowait(self, item: bytes) -> None:
+        if self._busy:
+            raise BusyResourceError("sending to")
+        self._check(item)
+        if self._pending and not self._try_write(self._pending):
+            raise WouldBlock
+        bufs = self._encode(item)
+        first = self._write_some(bufs)
+        if not first:
+            raise WouldBlock
+        _advance(bufs, first)
+        if not self._try_write(bufs):
+            # Some of it went out, so it must all go out: it is sent, and the remainder
+            # waits for the next send or aclose.
+            self._pending = bufs
+
+    async def send(self, item: bytes) -> None:
+        if self._busy:
+            raise BusyResourceError("sending to")
+        self._check(item)
+        self._busy = True
+        try:
+            await self._pacer.checkpoint()
+            if self._pending:
+                pending, self._pending = self._pending, []
+                await self._write_all(pending)
+            if self.framing == "frames" and len(item) <= _JOIN_LIMIT:
+                # The common small-message case: one buffer, one write().
+                data = encode_header(len(item)) + item
+                try:
+                    n = os.write(self._res.fd, data)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    raise translate_os_error(exc, self._res.what) from exc
+                if n == len(data):
+                    return
+                await self._write_all([memoryview(data)[n:]], started=n > 0)
+                return
+            await self._write_all(self._encode(item))
+        finally:
+            self._busy = False
+
+    async def flush_pending(self, grace: float) -> None:
+        """Best effort, bounded: finish a frame a cancelled send left half-written."""
+        if not self._pending or self._res.closed:
+            return
+        from anyio import CancelScope, move_on_after
+
+        with CancelScope(shield=True), move_on_after(grace):
+            pending, self._pending = self._pending, []
+            await self._write_all(pending)
+
+
+_FRAMED = {"frames": True, "chunks": True, "raw": False}
+
+
+def _attributes(
+    res: FdResource, mechanism: str, framing: Framing, max_size: int
+) -> dict[Any, Callable[[], Any]]:
+    return {
+        IPCAttribute.fd: lambda: res.fd,
+        IPCAttribute.mechanism: lambda: mechanism,
+        IPCAttribute.framed: lambda: _FRAMED[framing],
+        IPCAttribute.max_message_size: lambda: max_size,
+    }
+
+
+class FdReceiveChannel(ObjectReceiveStream[bytes]):
+    """A one-way receiver over a readable fd (pipe read end, FIFO).
+
+    ``receive()`` returns the next whole message (or, with ``framing=False``, the next
+    bytes that arrived).
+
+    Raises:
+        anyio.EndOfStream: every writer closed cleanly.
+        anyio.BrokenResourceError: a writer closed or died in the middle of a message.
+        anyio.ClosedResourceError: this handle was closed.
+        anyio.BusyResourceError: another task is already receiving on this handle.
+        aioipc.framing.FrameTooLargeError: a header announced more than
+            ``max_message_size`` bytes (the stream cannot be resynchronised after it).
+
+    Cancellation: a cancelled ``receive`` consumed nothing; bytes of a partly received
+    message stay buffered and the next ``receive`` returns that message whole.
+    """
+
+    def __init__(
+        self,
+        res: FdResource,
+        *,
+        mechanism: str,
+        framing: Framing = "frames",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        path: str | None = None,
+        trust_first_eof: bool = True,
+        extra_fds: tuple[FdResource, ...] = (),
+    ) -> None:
+        self._res = res
+        self._rx = _Receiver(res, framing, max_message_size, trust_first_eof=trust_first_eof)
+        self._attrs = _attributes(res, mechanism, framing, max_message_size)
+        if path is not None:
+            self._attrs[IPCAttribute.path] = lambda: path
+        self._extra_fds = extra_fds
+        self._framing = framing
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce(self, self._res, "r", self._rx.idle)
+
+    async def receive(self) -> bytes:
+        """Wait for and return the next message. See the class docstring for errors."""
+        return await self._rx.receive()
+
+    def receive_nowait(self) -> bytes:
+        """Return the next message if one is ready now, else raise :exc:`anyio.WouldBlock`."""
+        return self._rx.receive_nowait()
+
+    async def aclose(self) -> None:
+        """Close this handle (never blocks). Pending and later calls raise ClosedResourceError."""
+        for extra in self._extra_fds:
+            extra.close()
+        await self._res.aclose()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close synchronously, for code with no event loop (e.g. a child process's exit)."""
+        for extra in self._extra_fds:
+            extra.close()
+        self._res.close()
+
+    def fileno(self) -> int:
+        return self._res.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._attrs
+
+
+class FdSendChannel(ObjectSendStream[bytes]):
+    """A one-way sender over a writable fd (pipe write end, FIFO).
+
+    ``send(data)`` returns once the whole message is in the kernel's buffer.
+
+    Raises:
+        aioipc.MessageTooLargeError: ``data`` exceeds ``max_message_size`` (nothing was
+            sent; the channel stays usable).
+        anyio.BrokenResourceError: the reading end is closed (EPIPE).
+        anyio.ClosedResourceError: this handle was closed.
+        anyio.BusyResourceError: another task is already sending on this handle.
+
+    Cancellation: if ``send`` is cancelled before any byte of the message reached the
+    kernel, nothing was sent. If part of it had, the message counts as sent: the rest is
+    written before the next message (by the next ``send``, or by ``aclose``), so the
+    receiver never sees half a message followed by another one.
+    """
+
+    def __init__(
+        self,
+        res: FdResource,
+        *,
+        mechanism: str,
+        framing: Framing = "frames",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        path: str | None = None,
+    ) -> None:
+        self._res = res
+        self._tx = _Sender(res, framing, max_message_size)
+        self._attrs = _attributes(res, mechanism, framing, max_message_size)
+        if path is not None:
+            self._attrs[IPCAttribute.path] = lambda: path
+        self._framing = framing
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce(self, self._res, "w", not self._tx.has_pending)
+
+    async def send(self, item: bytes) -> None:
+        """Send one message, waiting while the kernel buffer is full. See the class docstring."""
+        await self._tx.send(item)
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send one message if the kernel has room now, else raise :exc:`anyio.WouldBlock`."""
+        self._tx.send_nowait(item)
+
+    async def aclose(self) -> None:
+        """Close this handle after finishing (for at most 1 s) any half-written message."""
+        await self._tx.flush_pending(1.0)
+        await self._res.aclose()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close synchronously, for code with no event loop."""
+        self._res.close()
+
+    def fileno(self) -> int:
+        return self._res.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._attrs
+
+
+class FdChannel(ObjectStream[bytes]):
+    """A two-way channel over one fd (a connected unix stream socket)."""
+
+    def __init__(
+        self,
+        res: FdResource,
+        *,
+        mechanism: str,
+        framing: Framing = "frames",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        read: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self._res = res
+        self._rx = _Receiver(res, framing, max_message_size, read)
+        self._tx = _Sender(res, framing, max_message_size)
+        self._attrs = _attributes(res, mechanism, framing, max_message_size)
+
+    async def receive(self) -> bytes:
+        """Wait for and return the next message.
+
+        Raises:
+            anyio.EndOfStream: the peer closed (or called ``send_eof``) cleanly.
+            anyio.BrokenResourceError: the peer closed or died in the middle of a message.
+            anyio.ClosedResourceError: this handle was closed.
+            anyio.BusyResourceError: another task is already receiving on this handle.
+
+        Cancellation: a cancelled ``receive`` consumed nothing; the next ``receive``
+        returns the next whole message.
+        """
+        return await self._rx.receive()
+
+    def receive_nowait(self) -> bytes:
+        """Return the next message if one is ready now, else raise :exc:`anyio.WouldBlock`."""
+        return self._rx.receive_nowait()
+
+    async def send(self, item: bytes) -> None:
+        """Send one message, waiting while the socket buffer is full.
+
+        Raises:
+            aioipc.MessageTooLargeError: the message exceeds ``max_message_size``.
+            anyio.BrokenResourceError: the peer is gone.
+            anyio.ClosedResourceError: this handle was closed.
+            anyio.BusyResourceError: another task is already sending on this handle.
+
+        Cancellation: if no byte of the message reached the kernel, nothing was sent;
+        otherwise it counts as sent and its rest goes out before the next message.
+        """
+        await self._tx.send(item)
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send one message if there is room now, else raise :exc:`anyio.WouldBlock`."""
+        self._tx.send_nowait(item)
+
+    async def send_eof(self) -> None:
+        """Shut down the sending direction; the peer's ``receive`` then raises EndOfStream."""
+        await self._tx.flush_pending(1.0)
+        if self._res.sock is None:
+            raise NotImplementedError("send_eof needs a socket")
+        try:
+            self._res.sock.shutdown(1)  # SHUT_WR
+        except OSError as exc:
+            raise translate_os_error(exc, self._res.what) from exc
+        await checkpoint()
+
+    async def aclose(self) -> None:
+        """Close this handle after finishing (for at most 1 s) any half-written message."""
+        await self._tx.flush_pending(1.0)
+        await self._res.aclose()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close synchronously, for code with no event loop."""
+        self._res.close()
+
+    def fileno(self) -> int:
+        return self._res.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._attrs
+
+    # Reused by subclasses that add attributes (peer credentials, path).
+    def _add_attribute(self, attr: Any, value: Any) -> None:
+        self._attrs[attr] = lambda: value

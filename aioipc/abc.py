@@ -1,0 +1,52 @@
+"""The Channel interface: anyio's object streams of bytes, and aioipc's typed attributes.
+
+Every aioipc message mechanism is an :class:`anyio.abc.ObjectStream` of ``bytes``
+(or its send or receive half for one-way kernel objects), so anyio's wrappers --
+``StapledObjectStream``, memory object streams, task groups -- work on it unchanged.
+
+Metadata is read with ``channel.extra(IPCAttribute.fd)`` and friends; an attribute that
+does not apply raises :exc:`anyio.TypedAttributeLookupError`, or returns the default
+given as ``extra(attr, default)``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from anyio import TypedAttributeSet, typed_attribute
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
+
+__all__ = [
+    "Channel",
+    "IPCAttribute",
+    "ReceiveChannel",
+    "SendChannel",
+]
+
+#: A two-way message channel (unix sockets, later queues).
+Channel: TypeAlias = ObjectStream[bytes]
+#: The sending half of a channel, or a one-way sender (pipe and FIFO write ends).
+SendChannel: TypeAlias = ObjectSendStream[bytes]
+#: The receiving half of a channel, or a one-way receiver (pipe and FIFO read ends).
+ReceiveChannel: TypeAlias = ObjectReceiveStream[bytes]
+
+
+class IPCAttribute(TypedAttributeSet):
+    """Typed attributes every aioipc channel offers where they apply."""
+
+    #: The file descriptor the event loop waits on.
+    fd: int = typed_attribute()
+    #: The filesystem path or the name (``"@name"`` for abstract unix sockets).
+    path: str = typed_attribute()
+    #: The mechanism: ``"pipe"``, ``"fifo"``, ``"unix-stream"``, ``"unix-dgram"``, ...
+    mechanism: str = typed_attribute()
+    #: ``True`` if messages are framed by aioipc, ``False`` for raw bytes.
+    framed: bool = typed_attribute()
+    #: The largest message this handle accepts, in bytes.
+    max_message_size: int = typed_attribute()
+    #: Process id of the peer (unix sockets: from SO_PEERCRED at connect time).
+    peer_pid: int = typed_attribute()
+    #: User id of the peer.
+    peer_uid: int = typed_attribute()
+    #: Group id of the peer.
+    peer_gid: int = typed_attribute()

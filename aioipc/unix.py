@@ -1,0 +1,789 @@
+"""Unix domain sockets: stream, seqpacket and datagram channels, listeners, fd passing.
+
+::
+
+    async with await aioipc.unix.listen("/run/app.sock") as listener:
+        await listener.serve(handler)                  # each connection in its own task
+
+    async with await aioipc.unix.connect("/run/app.sock") as chan:
+        await chan.send(b"ping")
+        print(await chan.receive())
+
+``kind="stream"`` (default) is framed with the 4-byte length prefix (``framing=False``
+for raw bytes); ``kind="seqpacket"`` and ``kind="dgram"`` keep the kernel's own message
+boundaries. A name starting with ``@`` is a Linux abstract-namespace name (no file).
+
+Security by default:
+
+* a socket file is created with mode 0600 (set on the socket before ``bind``, so it is
+  never wider, even for an instant);
+* an abstract name has no permission bits, so an abstract listener checks each peer's
+  uid (SO_PEERCRED, or SCM_CREDENTIALS per datagram) and accepts only the listening
+  user's, unless ``allowed_uids`` says otherwise; rejected peers are dropped;
+* ``listen`` reclaims a socket file left by a dead process (nobody accepts on it), but a
+  path held by a live listener raises :exc:`aioipc.IPCExistsError`; it never removes
+  anything that is not a socket.
+
+Peer credentials (pid, uid, gid at connect time) are in
+``chan.extra(IPCAttribute.peer_pid)`` and friends.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import mmap
+import os
+import socket
+import stat
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Literal
+
+import anyio
+from anyio import (
+    BusyResourceError,
+    ClosedResourceError,
+    EndOfStream,
+    WouldBlock,
+    wait_readable,
+    wait_writable,
+)
+from anyio.abc import ObjectStream
+
+from ._stream import FdChannel, FdResource
+from ._wait import Pacer
+from .abc import IPCAttribute
+from .errors import (
+    IPCExistsError,
+    MessageTooLargeError,
+    map_errors,
+    translate_os_error,
+)
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, FLAG_ANCILLARY, check_size, encode_header
+
+__all__ = [
+    "Kind",
+    "UnixChannel",
+    "UnixDatagramEndpoint",
+    "UnixListener",
+    "UnixMessageChannel",
+    "connect",
+    "listen",
+]
+
+Kind = Literal["stream", "dgram", "seqpacket"]
+_SOCK_TYPES = {
+    "stream": socket.SOCK_STREAM,
+    "dgram": socket.SOCK_DGRAM,
+    "seqpacket": socket.SOCK_SEQPACKET,
+}
+#: Most file descriptors one message may carry (the kernel's SCM_MAX_FD).
+MAX_FDS = 253
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
+_CRED_SIZE = socket.CMSG_SPACE(struct.calcsize("3i"))
+_ucred = struct.Struct("3i")
+
+
+def _address(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Return (the kernel address, the display name) for a path or ``@abstract`` name."""
+    p = os.fspath(path)
+    if p.startswith("@"):
+        return "\0" + p[1:], p
+    if not p:
+        raise ValueError("a unix socket path must not be empty")
+    return p, p
+
+
+def _what(kind: str, name: str) -> str:
+    return f"unix {kind} socket {name}"
+
+
+def _peercred(sock: socket.socket) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _ucred.size)
+    pid, uid, gid = _ucred.unpack(raw)
+    return pid, uid, gid
+
+
+def _collect_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _close_fds(fds: Collection[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _check_fd_count(fds: Collection[int]) -> None:
+    if len(fds) > MAX_FDS:
+        raise ValueError(f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}")
+
+
+def _creds_attrs(
+    attrs: dict[Any, Callable[[], Any]], creds: tuple[int, int, int], name: str
+) -> None:
+    pid, uid, gid = creds
+    attrs[IPCAttribute.peer_pid] = lambda: pid
+    attrs[IPCAttribute.peer_uid] = lambda: uid
+    attrs[IPCAttribute.peer_gid] = lambda: gid
+    attrs[IPCAttribute.path] = lambda: name
+
+
+class UnixChannel(FdChannel):
+    """A connected unix stream socket as a two-way message channel.
+
+    Besides the Channel methods (``send``, ``receive``, ``send_eof``, ``aclose``) it can
+    pass open file descriptors: :meth:`send_fds` and :meth:`receive_fds`. A message that
+    carries fds but is read with plain :meth:`receive` has its fds closed, so none leak.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        *,
+        framing: bool = True,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._sock = sock
+        # fd groups in arrival order; each belongs to the next frame flagged as carrying fds.
+        self._fd_queue: deque[list[int]] = deque()
+        res = FdResource(sock.fileno(), _what("stream", name), sock)
+        super().__init__(
+            res,
+            mechanism="unix-stream",
+            framing="frames" if framing else "raw",
+            max_message_size=max_message_size,
+            read=self._recv,
+        )
+        _creds_attrs(self._attrs, _peercred(sock), name)
+
+    def _recv(self, size: int) -> bytes:
+        # recvmsg, not read: read() would make the kernel drop fds sent with the data.
+        data, ancdata, _, _ = self._sock.recvmsg(size, _ANC_SIZE)
+        if ancdata:
+            fds = _collect_fds(ancdata)
+            if fds:
+                self._fd_queue.append(fds)
+        return data
+
+    def _take_fds(self) -> list[int]:
+        if self._rx.last_flags & FLAG_ANCILLARY and self._fd_queue:
+            return self._fd_queue.popleft()
+        return []
+
+    async def receive(self) -> bytes:
+        """Wait for and return the next message; see :meth:`FdChannel.receive`."""
+        data = await self._rx.receive()
+        if self._fd_queue:
+            _close_fds(self._take_fds())
+        return data
+
+    async def receive_fds(self) -> tuple[bytes, list[int]]:
+        """Receive the next message and the file descriptors sent with it.
+
+        The caller owns the returned fds and must close them. Errors and cancellation
+        as for :meth:`receive`.
+        """
+        data = await self._rx.receive()
+        return data, self._take_fds()
+
+    async def send_fds(self, data: bytes, fds: Collection[int]) -> None:
+        """Send ``data`` as one message with the open file descriptors ``fds`` attached.
+
+        The receiver gets its own duplicates; the caller's fds stay open.
+
+        Raises:
+            ValueError: more than :data:`MAX_FDS` (253) descriptors.
+            anyio.BrokenResourceError, anyio.ClosedResourceError: as for :meth:`send`.
+
+        Cancellation: as for :meth:`send`; once the first byte is sent, the fds are too.
+        """
+        fds = list(fds)
+        if len(fds) > MAX_FDS:
+            raise ValueError(
+                f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}"
+            )
+        if self._rx.framing == "raw":
+            raise ValueError("send_fds needs a framed channel (framing=True)")
+        self._tx._check(data)
+        await self._tx.flush_pending(1.0)
+        payload = encode_header(len(data), FLAG_ANCILLARY if fds else 0) + bytes(data)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while True:
+            if self._res.closed:
+                raise ClosedResourceError
+            try:
+                sent = self._sock.sendmsg([payload], anc)
+                break
+            except BlockingIOError:
+                await wait_writable(self._res.fd)
+            except OSError as exc:
+                raise translate_os_error(exc, self._res.what) from exc
+        if sent < len(payload):
+            # The fds went with the first byte; the rest of the frame follows as usual.
+            self._tx._pending = [memoryview(payload)[sent:]]
+            await self._tx.flush_pending(float("inf"))
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        _close_fds([fd for group in self._fd_queue for fd in group])
+        self._fd_queue.clear()
+        await super().aclose()
+
+
+class UnixMessageChannel(ObjectStream[bytes]):
+    """A connected seqpacket or datagram socket: each send is one kernel message.
+
+    Raises (``send``): :exc:`aioipc.MessageTooLargeError` naming the socket's limit when
+    the kernel refuses the size (EMSGSIZE) or the message exceeds ``max_message_size``.
+    Raises (``receive``): :exc:`anyio.EndOfStream` when a seqpacket peer closed.
+
+    Cancellation: a cancelled ``receive`` took no message; a cancelled ``send`` sent
+    nothing (a datagram goes to the kernel whole or not at all).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        kind: Kind,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        allowed_uids: Collection[int] | None = None,
+        creds: tuple[int, int, int] | None = None,
+    ) -> None:
+        self._sock = sock
+        self._kind = kind
+        self._res = FdResource(sock.fileno(), _what(kind, name), sock)
+        self._max_size = max_message_size
+        # The pages of this buffer are only touched as far as messages reach.
+        self._buf = mmap.mmap(-1, max_message_size + 1)
+        self._allowed = None if allowed_uids is None else frozenset(allowed_uids)
+        self._rx_busy = self._tx_busy = False
+        self._rx_pacer, self._tx_pacer = Pacer(), Pacer()
+        self._eof = False
+        self._fd_queue: deque[list[int]] = deque()
+        self._last_sender: Any = None
+        self._attrs: dict[Any, Callable[[], Any]] = {
+            IPCAttribute.fd: lambda: self._res.fd,
+            IPCAttribute.mechanism: lambda: f"unix-{kind}",
+            IPCAttribute.framed: lambda: False,
+            IPCAttribute.max_message_size: lambda: max_message_size,
+            IPCAttribute.path: lambda: name,
+        }
+        if creds is not None:
+            _creds_attrs(self._attrs, creds, name)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._attrs
+
+    def fileno(self) -> int:
+        return self._res.fd
+
+    def _recv_one(self) -> bytes:
+        """One non-blocking receive; raises BlockingIOError when there is nothing."""
+        if self._res.closed:
+            raise ClosedResourceError
+        anc = _ANC_SIZE + (_CRED_SIZE if self._allowed is not None else 0)
+        while True:
+            try:
+                n, ancdata, _, sender = self._sock.recvmsg_into(
+                    [self._buf], anc, socket.MSG_TRUNC
+                )
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                raise translate_os_error(exc, self._res.what) from exc
+            fds = _collect_fds(ancdata)
+            if self._allowed is not None and not self._uid_allowed(ancdata):
+                _close_fds(fds)  # a datagram from a user this endpoint does not accept
+                continue
+            if n == 0 and self._kind == "seqpacket" and not ancdata:
+                self._eof = True
+                raise EndOfStream
+            if n > self._max_size:
+                _close_fds(fds)
+                raise MessageTooLargeError(n, self._max_size, "the receiver's max_message_size")
+            self._last_sender = sender
+            if fds:
+                self._fd_queue.append(fds)
+            return self._buf[:n]
+
+    def _uid_allowed(self, ancdata: list[tuple[int, int, bytes]]) -> bool:
+        assert self._allowed is not None
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                _, uid, _ = _ucred.unpack(data[: _ucred.size])
+                return uid in self._allowed
+        return False
+
+    async def _receive(self) -> bytes:
+        if self._rx_busy:
+            raise BusyResourceError("receiving from")
+        self._rx_busy = True
+        try:
+            await self._rx_pacer.checkpoint()
+            while True:
+                if self._eof:
+                    raise EndOfStream
+                try:
+                    return self._recv_one()
+                except BlockingIOError:
+                    await wait_readable(self._res.fd)
+                    self._rx_pacer.waited()
+        finally:
+            self._rx_busy = False
+
+    async def receive(self) -> bytes:
+        """Wait for and return the next message (fds sent with it are closed)."""
+        data = await self._receive()
+        if self._fd_queue:
+            _close_fds(self._fd_queue.popleft())
+        return data
+
+    def receive_nowait(self) -> bytes:
+        """Return the next message if one is queued, else raise :exc:`anyio.WouldBlock`."""
+        if self._eof:
+            raise EndOfStream
+        try:
+            data = self._recv_one()
+        except BlockingIOError:
+            raise WouldBlock from None
+        if self._fd_queue:
+            _close_fds(self._fd_queue.popleft())
+        return data
+
+    async def receive_fds(self) -> tuple[bytes, list[int]]:
+        """Receive the next message and the fds sent with it (the caller closes them)."""
+        data = await self._receive()
+        return data, self._fd_queue.popleft() if self._fd_queue else []
+
+    def _send_one(self, data: bytes, anc: list[Any], address: Any = None) -> None:
+        if self._res.closed:
+            raise ClosedResourceError
+        try:
+            if address is None:
+                self._sock.sendmsg([data], anc)
+            else:
+                self._sock.sendmsg([data], anc, 0, address)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                limit = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                raise MessageTooLargeError(
+                    len(data), limit, f"the socket's send buffer (SO_SNDBUF, {self._res.what})"
+                ) from exc
+            if exc.errno == errno.ECONNREFUSED:
+                raise anyio.BrokenResourceError(f"{self._res.what}: the peer is gone") from exc
+            raise translate_os_error(exc, self._res.what) from exc
+
+    async def _send(self, data: bytes, fds: Collection[int] = (), address: Any = None) -> None:
+        if self._tx_busy:
+            raise BusyResourceError("sending to")
+        check_size(len(data), self._max_size)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self._tx_busy = True
+        try:
+            await self._tx_pacer.checkpoint()
+            while True:
+                try:
+                    self._send_one(data, anc, address)
+                    return
+                except BlockingIOError:
+                    await wait_writable(self._res.fd)
+                    self._tx_pacer.waited()
+        finally:
+            self._tx_busy = False
+
+    async def send(self, item: bytes) -> None:
+        """Send one message, waiting while the socket's buffer is full."""
+        await self._send(item)
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send one message if there is room now, else raise :exc:`anyio.WouldBlock`."""
+        check_size(len(item), self._max_size)
+        try:
+            self._send_one(item, [])
+        except BlockingIOError:
+            raise WouldBlock from None
+
+    async def send_fds(self, data: bytes, fds: Collection[int]) -> None:
+        """Send one message with open file descriptors attached (the receiver gets copies)."""
+        if len(fds) > MAX_FDS:
+            raise ValueError(
+                f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}"
+            )
+        await self._send(data, fds)
+
+    async def send_eof(self) -> None:
+        """Shut down the sending direction (seqpacket peers then see end of stream)."""
+        with map_errors(self._res.what):
+            self._sock.shutdown(socket.SHUT_WR)
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the socket (never blocks)."""
+        for group in self._fd_queue:
+            _close_fds(group)
+        self._fd_queue.clear()
+        await self._res.aclose()
+        self._buf.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        self._res.close()
+
+
+class UnixDatagramEndpoint(UnixMessageChannel):
+    """A bound datagram socket: receives from any client, replies with :meth:`send_to`.
+
+    ``receive()`` returns the next datagram; :meth:`receive_from` also returns the
+    sender's address (clients made by ``connect(kind="dgram")`` have one). ``send``
+    without an address replies to the sender of the last datagram received.
+    """
+
+    def __init__(self, sock: socket.socket, name: str, unlink_path: str | None, **kw: Any) -> None:
+        super().__init__(sock, name, "dgram", **kw)
+        self._unlink = _Unlinker(unlink_path)
+
+    async def receive_from(self) -> tuple[bytes, Any]:
+        """Receive the next datagram and its sender's address."""
+        data = await self.receive()
+        return data, self._last_sender
+
+    async def send_to(self, data: bytes, address: Any) -> None:
+        """Send one datagram to ``address`` (as returned by :meth:`receive_from`)."""
+        await self._send(data, (), address)
+
+    async def send(self, item: bytes) -> None:
+        """Reply to the sender of the last datagram received."""
+        if self._last_sender is None:
+            raise anyio.BrokenResourceError(
+                f"{self._res.what}: no datagram received yet, so there is nobody to reply to"
+            )
+        await self._send(item, (), self._last_sender)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._unlink()
+
+
+class _Unlinker:
+    """Removes a socket file we bound, if it is still the one we bound."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._ident: tuple[int, int] | None = None
+        if path is not None:
+            st = os.lstat(path)
+            self._ident = (st.st_dev, st.st_ino)
+
+    def __call__(self) -> None:
+        path, self._path = self._path, None
+        if path is None:
+            return
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _bind(sock: socket.socket, address: str, name: str, kind: Kind, mode: int) -> str | None:
+    """Bind, reclaiming a stale socket file. Returns the path to unlink on close."""
+    abstract = address.startswith("\0")
+    if not abstract:
+        # Set before bind: the kernel creates the file with the socket inode's mode, so
+        # it is never reachable by others, not even between bind and chmod.
+        os.fchmod(sock.fileno(), mode)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise translate_os_error(exc, _what(kind, name)) from exc
+        if abstract or not _is_stale(address, kind):
+            raise IPCExistsError(
+                errno.EADDRINUSE,
+                f"{_what(kind, name)}: a live listener holds this address",
+                name,
+            ) from None
+        os.unlink(address)
+        with map_errors(_what(kind, name)):
+            sock.bind(address)
+    if abstract:
+        return None
+    with map_errors(_what(kind, name)):
+        if stat.S_IMODE(os.lstat(address).st_mode) != mode:
+            os.chmod(address, mode)
+    return address
+
+
+def _is_stale(path: str, kind: Kind) -> bool:
+    """True if ``path`` is a socket file that nobody is listening on."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISSOCK(st.st_mode):
+        raise IPCExistsError(
+            errno.EEXIST, f"{_what(kind, path)}: the path exists and is not a socket", path
+        )
+    probe = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind])
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+class UnixListener(anyio.abc.AsyncResource):
+    """A listening stream or seqpacket socket.
+
+    :meth:`accept` waits for the next connection; :meth:`serve` runs a handler for every
+    connection in a task group. ``aclose`` stops listening and removes the socket file.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        kind: Kind,
+        unlink_path: str | None,
+        *,
+        framing: bool,
+        max_message_size: int,
+        allowed_uids: frozenset[int] | None,
+    ) -> None:
+        self._sock = sock
+        self._name = name
+        self._kind = kind
+        self._res = FdResource(sock.fileno(), f"unix {kind} listener {name}", sock)
+        self._unlink = _Unlinker(unlink_path)
+        self._framing = framing
+        self._max_size = max_message_size
+        self._allowed = allowed_uids
+        self._busy = False
+        #: Connections refused because the peer's uid was not allowed.
+        self.rejected = 0
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            IPCAttribute.fd: lambda: self._res.fd,
+            IPCAttribute.path: lambda: self._name,
+            IPCAttribute.mechanism: lambda: f"unix-{self._kind}",
+        }
+
+    def extra(self, attribute: Any, default: Any = None) -> Any:
+        try:
+            return self.extra_attributes[attribute]()
+        except KeyError:
+            if default is None:
+                raise anyio.TypedAttributeLookupError("attribute not found") from None
+            return default
+
+    def _wrap(self, conn: socket.socket) -> UnixChannel | UnixMessageChannel:
+        if self._kind == "stream":
+            return UnixChannel(
+                conn, self._name, framing=self._framing, max_message_size=self._max_size
+            )
+        return UnixMessageChannel(
+            conn, self._name, self._kind, max_message_size=self._max_size, creds=_peercred(conn)
+        )
+
+    async def accept(self) -> UnixChannel | UnixMessageChannel:
+        """Wait for the next allowed connection and return it as a channel.
+
+        Raises:
+            anyio.ClosedResourceError: the listener was closed.
+            anyio.BusyResourceError: another task is already accepting.
+
+        Cancellation: a cancelled ``accept`` accepted nothing; a waiting client stays in
+        the backlog for the next ``accept``.
+        """
+        if self._busy:
+            raise BusyResourceError("accepting on")
+        self._busy = True
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._res.closed:
+                    raise ClosedResourceError
+                try:
+                    conn, _ = self._sock.accept()
+                except BlockingIOError:
+                    await wait_readable(self._res.fd)
+                    continue
+                except OSError as exc:
+                    raise translate_os_error(exc, self._res.what) from exc
+                if self._allowed is not None and _peercred(conn)[1] not in self._allowed:
+                    self.rejected += 1
+                    conn.close()
+                    continue
+                conn.setblocking(False)
+                return self._wrap(conn)
+        finally:
+            self._busy = False
+
+    async def serve(
+        self,
+        handler: Callable[[Any], Awaitable[None]],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """Accept connections for ever, running ``handler(channel)`` for each in its own task.
+
+        The channel is closed when the handler returns. Runs until cancelled or until the
+        listener is closed (then returns). An exception from a handler propagates
+        through the task group, as anyio task groups do.
+        """
+
+        async def run(chan: UnixChannel | UnixMessageChannel) -> None:
+            async with chan:
+                await handler(chan)
+
+        async with anyio.create_task_group() as own:
+            tg = task_group or own
+            while True:
+                try:
+                    chan = await self.accept()
+                except ClosedResourceError:
+                    return
+                tg.start_soon(run, chan)
+
+    async def aclose(self) -> None:
+        """Stop listening and remove the socket file (if it is still ours)."""
+        await self._res.aclose()
+        self._unlink()
+        await anyio.lowlevel.checkpoint()
+
+
+def _allowed(address: str, allowed_uids: Collection[int] | None) -> frozenset[int] | None:
+    if allowed_uids is not None:
+        return frozenset(allowed_uids)
+    # A socket file is guarded by its mode; an abstract name by nothing but this check.
+    return frozenset({os.getuid()}) if address.startswith("\0") else None
+
+
+async def listen(
+    path: str | os.PathLike[str],
+    kind: Kind = "stream",
+    *,
+    mode: int = 0o600,
+    backlog: int = 128,
+    framing: bool = True,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    allowed_uids: Collection[int] | None = None,
+) -> Any:
+    """Listen on a unix socket at ``path`` (``"@name"`` for the abstract namespace).
+
+    Returns a :class:`UnixListener` for ``"stream"`` and ``"seqpacket"``, or a bound
+    :class:`UnixDatagramEndpoint` for ``"dgram"``.
+
+    Args:
+        mode: permission bits of the socket file (default 0600).
+        framing: stream only; ``False`` gives raw byte channels.
+        allowed_uids: uids whose connections are accepted. Default: anyone the file's
+            mode lets in for a path; only the current user for an abstract name.
+
+    Raises:
+        aioipc.IPCExistsError: a live listener holds the address, or the path exists and
+            is not a socket.
+        aioipc.IPCNotFoundError: the directory does not exist.
+        aioipc.IPCPermissionError: the directory is not writable.
+    """
+    if kind not in _SOCK_TYPES:
+        raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
+    address, name = _address(path)
+    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+    try:
+        unlink_path = _bind(sock, address, name, kind, mode)
+        sock.setblocking(False)
+        allowed = _allowed(address, allowed_uids)
+        if kind == "dgram":
+            if allowed is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            endpoint = UnixDatagramEndpoint(
+                sock, name, unlink_path, max_message_size=max_message_size, allowed_uids=allowed
+            )
+            await anyio.lowlevel.checkpoint()
+            return endpoint
+        with map_errors(_what(kind, name)):
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    await anyio.lowlevel.checkpoint()
+    return UnixListener(
+        sock,
+        name,
+        kind,
+        unlink_path,
+        framing=framing,
+        max_message_size=max_message_size,
+        allowed_uids=allowed,
+    )
+
+
+async def connect(
+    path: str | os.PathLike[str],
+    kind: Kind = "stream",
+    *,
+    framing: bool = True,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> Any:
+    """Connect to the unix socket at ``path`` and return a channel.
+
+    ``"stream"`` gives a :class:`UnixChannel`; ``"seqpacket"`` and ``"dgram"`` a
+    :class:`UnixMessageChannel` (a dgram client is auto-bound to an abstract address so
+    the endpoint can reply).
+
+    Raises:
+        aioipc.IPCNotFoundError: no socket at ``path``.
+        aioipc.IPCConnectionRefusedError: the path exists but nobody listens on it.
+        aioipc.IPCPermissionError: the socket file's mode does not let this user in.
+
+    Cancellation: a cancelled ``connect`` leaves no socket open.
+    """
+    if kind not in _SOCK_TYPES:
+        raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
+    address, name = _address(path)
+    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        if kind == "dgram":
+            sock.bind("")  # autobind: an abstract address the endpoint can reply to
+        while True:
+            try:
+                sock.connect(address)
+                break
+            except BlockingIOError:
+                # The listener's backlog is full; unix sockets give no event for room.
+                await anyio.sleep(0.001)
+            except OSError as exc:
+                raise translate_os_error(exc, _what(kind, name)) from exc
+        await anyio.lowlevel.checkpoint()
+        if kind == "stream":
+            return UnixChannel(sock, name, framing=framing, max_message_size=max_message_size)
+        creds = _peercred(sock) if kind == "seqpacket" else None
+        return UnixMessageChannel(sock, name, kind, max_message_size=max_message_size, creds=creds)
+    except BaseException:
+        sock.close()
+        raise
