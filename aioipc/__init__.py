@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import codecs as codecs
 from . import fifo as fifo
 from . import pipes as pipes
 from . import unix as unix
@@ -19,6 +20,8 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import ProtocolError as ProtocolError
 from .framing import FrameTooLargeError as FrameTooLargeError
 from .pipes import pipe as pipe
+from .url import connect as connect
+from .url import listen as listen
 
 __version__ = "0.1.0"
 
@@ -36,7 +39,10 @@ __all__ = [
     "ProtocolError",
     "ReceiveChannel",
     "SendChannel",
+    "codecs",
+    "connect",
     "fifo",
+    "listen",
     "pipe",
     "pipes",
     "unix",

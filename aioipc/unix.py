@@ -299,9 +299,7 @@ class UnixMessageChannel(ObjectStream[bytes]):
         anc = _ANC_SIZE + (_CRED_SIZE if self._allowed is not None else 0)
         while True:
             try:
-                n, ancdata, _, sender = self._sock.recvmsg_into(
-                    [self._buf], anc, socket.MSG_TRUNC
-                )
+                n, ancdata, _, sender = self._sock.recvmsg_into([self._buf], anc, socket.MSG_TRUNC)
             except BlockingIOError:
                 raise
             except OSError as exc:

@@ -1,0 +1,222 @@
+"""The main job of ``make demo``: real producer/consumer processes over every mechanism.
+
+For each mechanism the parent opens its side, starts a child process (``python -m
+aioipc._demo child ...``), measures ping-pong round trips, then has the child send a
+burst of numbered messages and checks that every number arrives exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.stapled import StapledObjectStream
+
+from . import fifo, pipes, unix
+
+MECHANISMS = ("pipe", "fifo", "unix-stream", "unix-seqpacket", "unix-dgram")
+_index = struct.Struct("!I")
+
+
+@dataclass
+class Result:
+    mechanism: str
+    messages: int
+    megabytes_per_s: float
+    rtt_us: float
+
+
+@asynccontextmanager
+async def _parent_side(
+    mechanism: str, tmp: str
+) -> AsyncIterator[tuple[Any, list[str], tuple[int, ...]]]:
+    """Open the parent's channel; yield it with the child's arguments and fds to pass."""
+    if mechanism == "pipe":
+        to_child_tx, to_child_rx = pipes.pipe()
+        to_parent_tx, to_parent_rx = pipes.pipe()
+        child_fds = (to_child_rx.fileno(), to_parent_tx.fileno())
+        args = [str(child_fds[0]), str(child_fds[1])]
+        chan = StapledObjectStream(to_child_tx, to_parent_rx)
+        try:
+            yield chan, args, child_fds
+        finally:
+            to_child_rx.close()
+            to_parent_tx.close()
+            await chan.aclose()
+    elif mechanism == "fifo":
+        down, up = os.path.join(tmp, "down"), os.path.join(tmp, "up")
+        fifo.create(down)
+        fifo.create(up)
+        rx = await fifo.open_receiver(up)
+        try:
+            yield _LazyFifo(down, rx), [down, up], ()
+        finally:
+            await rx.aclose()
+    else:
+        kind = mechanism.removeprefix("unix-")
+        path = os.path.join(tmp, "sock")
+        listener = await unix.listen(path, kind)  # type: ignore[arg-type]
+        try:
+            yield _LazyAccept(listener, kind), [path, kind], ()
+        finally:
+            await listener.aclose()
+
+
+class _LazyFifo:
+    """The parent's FIFO pair: the sender opens once the child's receiver exists."""
+
+    def __init__(self, down: str, rx: Any) -> None:
+        self._down, self._rx = down, rx
+        self._tx: Any = None
+
+    async def ready(self) -> None:
+        self._tx = await fifo.open_sender(self._down)
+
+    async def send(self, item: bytes) -> None:
+        await self._tx.send(item)
+
+    async def receive(self) -> bytes:
+        data: bytes = await self._rx.receive()
+        return data
+
+    async def aclose(self) -> None:
+        if self._tx is not None:
+            await self._tx.aclose()
+
+
+class _LazyAccept:
+    """The parent's socket side: a dgram endpoint directly, else the accepted connection."""
+
+    def __init__(self, listener: Any, kind: str) -> None:
+        self._listener, self._kind = listener, kind
+        self._chan: Any = None
+
+    async def ready(self) -> None:
+        if self._kind == "dgram":
+            self._chan = self._listener
+            await self._chan.receive()  # the child's hello gives us its address
+        else:
+            self._chan = await self._listener.accept()
+
+    async def send(self, item: bytes) -> None:
+        assert self._chan is not None
+        await self._chan.send(item)
+
+    async def receive(self) -> bytes:
+        assert self._chan is not None
+        data: bytes = await self._chan.receive()
+        return data
+
+    async def aclose(self) -> None:
+        if self._chan is not None and self._chan is not self._listener:
+            await self._chan.aclose()
+
+
+async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> Result:
+    tmp = tempfile.mkdtemp(prefix="aioipc-demo-")
+    try:
+        async with _parent_side(mechanism, tmp) as (chan, args, fds):
+            cmd = [sys.executable, "-m", "aioipc._demo", "child", mechanism, *args]
+            proc = await anyio.open_process(cmd, pass_fds=fds, stdin=None, stdout=None, stderr=None)
+            try:
+                with anyio.fail_after(30):
+                    if hasattr(chan, "ready"):
+                        await chan.ready()
+                    rtts = []
+                    for _ in range(round_trips):
+                        t0 = time.perf_counter()
+                        await chan.send(b"ping" + bytes(60))
+                        reply = await chan.receive()
+                        rtts.append(time.perf_counter() - t0)
+                        assert reply[:4] == b"pong", reply[:4]
+                    await chan.send(b"burst" + _index.pack(count) + _index.pack(size))
+                    t0 = time.perf_counter()
+                    for expected in range(count):
+                        msg = await chan.receive()
+                        (got,) = _index.unpack_from(msg)
+                        if got != expected or len(msg) != size:
+                            raise AssertionError(
+                                f"{mechanism}: expected message {expected} of {size} bytes, "
+                                f"got {got} of {len(msg)}"
+                            )
+                    elapsed = time.perf_counter() - t0
+                    await chan.send(b"bye")
+                    await chan.aclose()
+                    await proc.wait()  # the child exits on end of stream
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    with anyio.CancelScope(shield=True):
+                        await proc.wait()
+                await proc.aclose()
+        return Result(
+            mechanism,
+            count,
+            count * size / elapsed / 1e6,
+            statistics.median(rtts) * 1e6,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _child(mechanism: str, args: list[str]) -> None:
+    chan: Any
+    if mechanism == "pipe":
+        rx = pipes.from_fd(int(args[0]), "r")
+        tx = pipes.from_fd(int(args[1]), "w")
+        chan = StapledObjectStream(tx, rx)
+    elif mechanism == "fifo":
+        rx2 = await fifo.open_receiver(args[0])
+        tx2 = await fifo.open_sender(args[1])
+        chan = StapledObjectStream(tx2, rx2)
+    else:
+        chan = await unix.connect(args[0], args[1])  # type: ignore[arg-type]
+        if args[1] == "dgram":
+            await chan.send(b"hello")
+    async with chan:
+        async for msg in chan:
+            if msg.startswith(b"ping"):
+                await chan.send(b"pong" + msg[4:])
+            elif msg.startswith(b"burst"):
+                (count,) = _index.unpack_from(msg, 5)
+                (size,) = _index.unpack_from(msg, 9)
+                filler = bytes(size - 4)
+                for i in range(count):
+                    await chan.send(_index.pack(i) + filler)
+            elif msg == b"bye":
+                return
+
+
+def run_demo(
+    count: int = 5000,
+    size: int = 1024,
+    round_trips: int = 500,
+    mechanisms: tuple[str, ...] = MECHANISMS,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Run the demo over ``mechanisms``; return (and report) one result per mechanism."""
+
+    async def main() -> list[Result]:
+        results = []
+        for mechanism in mechanisms:
+            result = await _run_one(mechanism, count, size, round_trips)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+
+    return anyio.run(main)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    anyio.run(_child, sys.argv[2], sys.argv[3:])

@@ -1,0 +1,196 @@
+"""``aioipc.connect(url)`` and ``aioipc.listen(url)``: every mechanism by one address string.
+
+========================  ======================================  ===========================
+scheme                    ``listen(url)``                         ``connect(url)``
+========================  ======================================  ===========================
+``unix:///path``          stream listener (socket file 0600)      stream channel
+``unix://@name``          stream listener, abstract name          stream channel
+``unix+seqpacket://...``  seqpacket listener                      seqpacket channel
+``unix+dgram://...``      bound datagram endpoint                 datagram channel
+``fifo:///path``          create the FIFO if needed, receive      send (waits for a receiver)
+========================  ======================================  ===========================
+
+Query options: ``framing=none`` (raw bytes; stream and FIFO), ``mode=0600`` (octal, for
+what ``listen`` creates), ``max_size=N`` (bytes), ``persistent=1`` (FIFO receiver),
+``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec`` argument)
+wraps the channel in a codec: ``bytes``, ``json``, ``pickle``, ``msgspec``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import fifo, unix
+from .codecs import Codec, get_codec, wrap
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
+
+__all__ = ["Address", "connect", "listen", "parse_url"]
+
+_UNIX_KINDS: dict[str, unix.Kind] = {
+    "unix": "stream",
+    "unix+stream": "stream",
+    "unix+seqpacket": "seqpacket",
+    "unix+dgram": "dgram",
+}
+_SCHEMES = (*_UNIX_KINDS, "fifo")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed aioipc URL."""
+
+    scheme: str
+    path: str
+    framing: bool = True
+    mode: int = 0o600
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    persistent: bool = False
+    allowed_uids: tuple[int, ...] | None = None
+    codec: str | None = None
+
+
+def _flag(value: str, name: str) -> bool:
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"URL option {name}={value!r}: expected 1/0, true/false, yes/no")
+
+
+def parse_url(url: str) -> Address:
+    """Parse an aioipc URL. Raises ValueError naming what is wrong with it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"unsupported URL scheme {parts.scheme!r} in {url!r}; "
+            f"aioipc knows: {', '.join(s + '://' for s in _SCHEMES)}"
+        )
+    path = unquote(parts.netloc + parts.path)
+    if not path:
+        raise ValueError(f"{url!r} names no path (write {scheme}:///path or {scheme}://@name)")
+    if path.startswith("@") and scheme == "fifo":
+        raise ValueError(f"{url!r}: a FIFO needs a filesystem path, not an abstract name")
+    kw: dict[str, Any] = {}
+    unknown = []
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        value = values[-1]
+        if key == "framing":
+            if value not in ("none", "raw", "frames", "framed"):
+                raise ValueError(f"URL option framing={value!r}: expected 'none' or 'frames'")
+            kw["framing"] = value in ("frames", "framed")
+        elif key == "mode":
+            try:
+                kw["mode"] = int(value, 8)
+            except ValueError:
+                raise ValueError(f"URL option mode={value!r}: expected octal, like 0600") from None
+        elif key == "max_size":
+            kw["max_size"] = int(value)
+        elif key == "persistent":
+            kw["persistent"] = _flag(value, key)
+        elif key == "allowed_uids":
+            kw["allowed_uids"] = tuple(int(u) for u in value.split(",") if u)
+        elif key == "codec":
+            kw["codec"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown URL option(s) {', '.join(unknown)} in {url!r}")
+    return Address(scheme, path, **kw)
+
+
+def _codec(addr: Address, codec: str | Codec | None) -> Codec | None:
+    chosen = codec if codec is not None else addr.codec
+    return None if chosen is None else get_codec(chosen)
+
+
+class _CodecListener:
+    """A unix listener whose accepted channels come wrapped in a codec."""
+
+    def __init__(self, inner: Any, codec: Codec) -> None:
+        self.inner = inner
+        self.codec = codec
+
+    async def accept(self) -> Any:
+        return wrap(await self.inner.accept(), self.codec)
+
+    async def serve(self, handler: Callable[[Any], Awaitable[None]]) -> None:
+        async def wrapped(chan: Any) -> None:
+            await handler(wrap(chan, self.codec))
+
+        await self.inner.serve(wrapped)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> _CodecListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def connect(url: str, *, codec: str | Codec | None = None) -> Any:
+    """Open the sending/connecting side of the object at ``url`` (see the module table).
+
+    Raises:
+        ValueError: the URL is malformed or names an unknown scheme or option.
+        aioipc.IPCNotFoundError, aioipc.IPCPermissionError, aioipc.IPCConnectionRefusedError:
+            as the mechanism's own ``connect``/``open_sender``.
+
+    Cancellation: a cancelled ``connect`` leaves nothing open.
+    """
+    addr = parse_url(url)
+    c = _codec(addr, codec)
+    chan: Any
+    if addr.scheme == "fifo":
+        chan = await fifo.open_sender(
+            addr.path, framing=addr.framing, max_message_size=addr.max_size
+        )
+    else:
+        chan = await unix.connect(
+            addr.path,
+            _UNIX_KINDS[addr.scheme],
+            framing=addr.framing,
+            max_message_size=addr.max_size,
+        )
+    return chan if c is None else wrap(chan, c)
+
+
+async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
+    """Open the receiving/listening side of the object at ``url`` (see the module table).
+
+    Raises:
+        ValueError: the URL is malformed or names an unknown scheme or option.
+        aioipc.IPCExistsError: a live listener holds the address.
+        aioipc.IPCNotFoundError, aioipc.IPCPermissionError: the directory is missing or
+            not writable.
+    """
+    addr = parse_url(url)
+    c = _codec(addr, codec)
+    if addr.scheme == "fifo":
+        rx = await fifo.open_receiver(
+            addr.path,
+            create=True,
+            mode=addr.mode,
+            framing=addr.framing,
+            persistent=addr.persistent,
+            max_message_size=addr.max_size,
+        )
+        return rx if c is None else wrap(rx, c)
+    kind = _UNIX_KINDS[addr.scheme]
+    obj = await unix.listen(
+        addr.path,
+        kind,
+        mode=addr.mode,
+        framing=addr.framing,
+        max_message_size=addr.max_size,
+        allowed_uids=addr.allowed_uids,
+    )
+    if c is None:
+        return obj
+    return wrap(obj, c) if kind == "dgram" else _CodecListener(obj, c)
