@@ -1,0 +1,53 @@
+"""Suite-wide fixtures: the leak check, and helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aioipc.testing import IPCSnapshot
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ipc_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run if any IPC object made by the suite survives it."""
+    root = tmp_path_factory.getbasetemp()
+    before = IPCSnapshot.take(root)
+    yield
+    IPCSnapshot.take(root).assert_no_new(before)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory: socket paths must fit in 108 bytes."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="aioipc-t-"))
+    try:
+        yield d
+    finally:
+        # A socket file outliving its listener is aioipc's bug; FIFOs are the test's own.
+        sockets = [p.name for p in d.iterdir() if p.is_socket()]
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+        assert not sockets, f"socket files outlived their listeners: {sockets}"
+
+
+def thread_count() -> int:
+    """Threads of this process as the kernel sees them (catches non-Python threads too)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def python_threads() -> list[str]:
+    return [t.name for t in threading.enumerate()]
+
+
+PYTHON = sys.executable
