@@ -37,6 +37,8 @@ __all__ = [
     "FLAG_ANCILLARY",
     "HEADER_SIZE",
     "MAX_CHUNK_PAYLOAD",
+    "MAX_FRAME_LENGTH",
+    "MAX_PARTIAL_WRITERS",
     "PIPE_BUF",
     "ChunkDecoder",
     "FrameDecoder",
@@ -57,6 +59,9 @@ PIPE_BUF = 4096
 CHUNK_HEADER_SIZE = 12
 MAX_CHUNK_PAYLOAD = PIPE_BUF - CHUNK_HEADER_SIZE
 _LAST_CHUNK = 1 << 31
+#: Most writers that may have a message in progress at once on one FIFO; beyond it the
+#: stream is treated as corrupt, so a hostile writer cannot make memory grow unbounded.
+MAX_PARTIAL_WRITERS = 1024
 
 _header = struct.Struct("!I")
 _chunk_header = struct.Struct("!QI")
@@ -78,6 +83,8 @@ def check_size(size: int, limit: int, source: str = "max_message_size") -> None:
 
 def encode_header(length: int, flags: int = 0) -> bytes:
     """Return the 4-byte header of a frame with a payload of ``length`` bytes."""
+    if flags & ~FLAG_ANCILLARY:
+        raise ValueError(f"flags may only contain FLAG_ANCILLARY, not {flags:#x}")
     if not 0 <= length <= MAX_FRAME_LENGTH:
         raise MessageTooLargeError(length, MAX_FRAME_LENGTH, "the 31-bit frame length field")
     return _header.pack(length | flags)
@@ -114,7 +121,8 @@ class FrameDecoder:
         """Bytes fed but not yet returned as part of a frame."""
         held = len(self._buf) - self._pos
         if self._parts is not None:
-            held += sum(map(len, self._parts))
+            # The big frame's header was consumed from the flat buffer but not returned.
+            held += HEADER_SIZE + sum(map(len, self._parts))
         return held
 
     def wanted(self) -> int:
@@ -271,6 +279,11 @@ class ChunkDecoder:
                 return b"".join(pieces)
             pieces.append(piece)
             self._partial[writer] = (pieces, size)
+            if len(self._partial) > MAX_PARTIAL_WRITERS:
+                raise ProtocolError(
+                    f"more than {MAX_PARTIAL_WRITERS} writers (MAX_PARTIAL_WRITERS) have "
+                    "unfinished messages at once: corrupt or hostile chunk stream"
+                )
         return None
 
     def check_eof(self) -> None:
