@@ -414,8 +414,7 @@ def truncated_streams(draw: st.DrawFn) -> TruncCase:
     return msgs, n_complete, into, inner
 
 
-# NOTE: currently FAILS because of BUG 1 below, on the explicit example: one frame of 64 KiB
-# cut right after its 4-byte header -> check_eof() does not raise.
+# The explicit example is the regression case below: a 64 KiB frame cut right after its header.
 @settings(max_examples=60, deadline=None)
 @given(case=truncated_streams())
 @example(case=([(_pattern(BIG, 0), 0)], 0, HEADER_SIZE, []))
@@ -618,26 +617,13 @@ def test_chunk_empty_message() -> None:
     dec.check_eof()
 
 
-# --------------------------------------------------------------------------- known bug
+# ------------------------------------------------------------- regression: big-frame header
 #
-# BUG 1 (framing.py, FrameDecoder): once next_frame() switches a frame of >= 64 KiB to the
-# "big frame" path, the 4 header bytes are no longer counted anywhere: ``buffered`` drops by
-# 4 on a next_frame() call that returned None, and check_eof() reports 4 bytes fewer than
-# for the same cut of a small frame. Worst case: if the peer dies right after sending the
-# header of a big frame, ``buffered`` is 0 and check_eof() PASSES -- the truncated message
-# is silently lost instead of raising ProtocolError.
-#
-#     dec = FrameDecoder()
-#     dec.feed(encode_header(100_000))
-#     assert dec.next_frame() is None
-#     dec.check_eof()  # expected ProtocolError("truncated frame ..."), but nothing is raised
-#
-# The tests below FAIL until that is fixed (e.g. ``buffered`` adding HEADER_SIZE while
-# ``_parts`` is not None). They are deliberately not marked xfail.
+# Once next_frame() moved a frame of >= 64 KiB to the "big frame" path, its 4 header bytes
+# were no longer counted: a peer dying right after such a header went unnoticed at EOF.
 
 
 def test_check_eof_detects_truncation_after_only_a_big_frame_header() -> None:
-    # FAILS: BUG 1 -- check_eof() passes silently.
     dec = FrameDecoder()
     dec.feed(encode_header(BIG))
     assert dec.next_frame() is None
@@ -646,7 +632,6 @@ def test_check_eof_detects_truncation_after_only_a_big_frame_header() -> None:
 
 
 def test_buffered_is_not_changed_by_starting_a_big_frame() -> None:
-    # FAILS: BUG 1 -- buffered goes from 20 to 16 though no frame was returned.
     dec = FrameDecoder()
     dec.feed(frame(_pattern(BIG + 10, 0))[:20])
     assert dec.buffered == 20
@@ -656,7 +641,6 @@ def test_buffered_is_not_changed_by_starting_a_big_frame() -> None:
 
 @pytest.mark.parametrize("fed", [5, 5000, BIG + 3])
 def test_truncated_big_frame_check_eof_counts_like_a_small_one(fed: int) -> None:
-    # FAILS: BUG 1 -- reports fed - 4 bytes (a small frame cut the same way reports fed).
     dec = FrameDecoder()
     dec.feed(frame(_pattern(BIG + 5, 0))[:fed])
     assert dec.next_frame() is None
