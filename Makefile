@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := aioipc tests $(wildcard benchmarks examples)
 
 .PHONY: demo test lint typecheck pytest bench clean
 
@@ -16,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/aioipc demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check aioipc tests benchmarks examples
-	$(BIN)/ruff format --check aioipc tests benchmarks examples
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict aioipc
