@@ -12,6 +12,7 @@ The classes here are the channel types users get back from :func:`aioipc.pipe`,
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -159,16 +160,25 @@ class FdResource:
             self.close()
 
 
-def _rebuild(dup: Any, mode: str, mechanism: str, framing: Framing, max_size: int) -> Any:
+def _rebuild(
+    dup: Any, mode: str, kwargs: dict[str, Any], extra_dups: tuple[Any, ...]
+) -> FdReceiveChannel | FdSendChannel:
     fd = dup.detach()
+    mechanism = kwargs["mechanism"]
     what = f"{mechanism} ({'read' if mode == 'r' else 'write'} end, fd {fd})"
-    cls = FdReceiveChannel if mode == "r" else FdSendChannel
-    return cls(
-        FdResource(fd, what), mechanism=mechanism, framing=framing, max_message_size=max_size
-    )
+    if mode == "w":
+        return FdSendChannel(FdResource(fd, what), **kwargs)
+    extra = tuple(FdResource(d.detach(), f"{what} (keep-alive)") for d in extra_dups)
+    return FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
 
 
-def _reduce(channel: Any, res: FdResource, mode: str, idle: bool) -> tuple[Any, ...]:
+def _reduce(
+    res: FdResource,
+    mode: str,
+    idle: bool,
+    kwargs: dict[str, Any],
+    extra: tuple[FdResource, ...] = (),
+) -> tuple[Any, ...]:
     """Pickle support: the child of a ``multiprocessing`` start gets its own copy of the fd."""
     from multiprocessing.reduction import DupFd
 
@@ -178,17 +188,7 @@ def _reduce(channel: Any, res: FdResource, mode: str, idle: bool) -> tuple[Any, 
         raise RuntimeError(
             f"{res.what}: cannot hand to another process while data is buffered in this one"
         )
-    attrs = channel.extra_attributes
-    return (
-        _rebuild,
-        (
-            DupFd(res.fd),
-            mode,
-            attrs[IPCAttribute.mechanism](),
-            channel._framing,
-            attrs[IPCAttribute.max_message_size](),
-        ),
-    )
+    return (_rebuild, (DupFd(res.fd), mode, kwargs, tuple(DupFd(e.fd) for e in extra)))
 
 
 class _Receiver:
@@ -233,6 +233,11 @@ class _Receiver:
         return self._decoder.last_flags
 
     @property
+    def trusts_eof(self) -> bool:
+        """False while a FIFO reader has not yet seen any writer."""
+        return self._trust_eof
+
+    @property
     def idle(self) -> bool:
         """True when nothing read from the fd is waiting in this process's buffers."""
         return not self._busy and self._decoder.buffered == 0
@@ -255,7 +260,6 @@ class _Receiver:
             self._decoder.feed(data)
             return True
         if not self._trust_eof:
-            self._trust_eof = True
             return False
         self._eof = True
         try:
@@ -297,9 +301,29 @@ class _Receiver:
                     # Cancellation here leaves every byte read so far in the decoder,
                     # so the next receive continues the same frame: nothing is lost.
                     await wait_readable(self._res.fd)
+                    # A FIFO becomes readable only once a writer has come: from now on
+                    # an empty read is a real end of stream.
+                    self._trust_eof = True
                     self._pacer.waited()
         finally:
             self._busy = False
+
+
+_fork_generation = 0
+_writer_ids = itertools.count(1)
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _new_writer_id() -> int:
+    """An id for the chunked format: unique among the writers of this machine."""
+    return (os.getpid() << 32) | (next(_writer_ids) & 0xFFFFFFFF)
 
 
 def _advance(bufs: list[memoryview], n: int) -> None:
@@ -317,7 +341,16 @@ def _advance(bufs: list[memoryview], n: int) -> None:
 class _Sender:
     """The send half: encode, write, wait for room, keep a partly written frame whole."""
 
-    __slots__ = ("_busy", "_max_size", "_pacer", "_pending", "_res", "_writer_id", "framing")
+    __slots__ = (
+        "_busy",
+        "_max_size",
+        "_pacer",
+        "_pending",
+        "_res",
+        "_writer_generation",
+        "_writer_id",
+        "framing",
+    )
 
     def __init__(self, res: FdResource, framing: Framing, max_size: int) -> None:
         self._res = res
@@ -327,7 +360,8 @@ class _Sender:
         self._busy = False
         # What a cancelled send left half-written; it goes out before anything else.
         self._pending: list[memoryview] = []
-        self._writer_id = (os.getpid() << 32) | (id(self) & 0xFFFFFFFF)
+        self._writer_id = _new_writer_id()
+        self._writer_generation = _fork_generation
 
     @property
     def has_pending(self) -> bool:
@@ -337,6 +371,11 @@ class _Sender:
         if self.framing == "frames":
             return [memoryview(encode_header(len(item))), memoryview(item)]
         if self.framing == "chunks":
+            if self._writer_generation != _fork_generation:
+                # A forked child shares this object with its parent: it needs its own id,
+                # or the receiver would splice the two processes' chunks together.
+                self._writer_id = _new_writer_id()
+                self._writer_generation = _fork_generation
             return [memoryview(c) for c in encode_chunks(item, self._writer_id)]
         return [memoryview(item)]
 
@@ -491,10 +530,16 @@ class FdReceiveChannel(ObjectReceiveStream[bytes]):
         if path is not None:
             self._attrs[IPCAttribute.path] = lambda: path
         self._extra_fds = extra_fds
-        self._framing = framing
+        self._kwargs = {
+            "mechanism": mechanism,
+            "framing": framing,
+            "max_message_size": max_message_size,
+            "path": path,
+        }
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce(self, self._res, "r", self._rx.idle)
+        kwargs = {**self._kwargs, "trust_first_eof": self._rx.trusts_eof}
+        return _reduce(self._res, "r", self._rx.idle, kwargs, self._extra_fds)
 
     async def receive(self) -> bytes:
         """Wait for and return the next message. See the class docstring for errors."""
@@ -557,10 +602,15 @@ class FdSendChannel(ObjectSendStream[bytes]):
         self._attrs = _attributes(res, mechanism, framing, max_message_size)
         if path is not None:
             self._attrs[IPCAttribute.path] = lambda: path
-        self._framing = framing
+        self._kwargs = {
+            "mechanism": mechanism,
+            "framing": framing,
+            "max_message_size": max_message_size,
+            "path": path,
+        }
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce(self, self._res, "w", not self._tx.has_pending)
+        return _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
 
     async def send(self, item: bytes) -> None:
         """Send one message, waiting while the kernel buffer is full. See the class docstring."""
@@ -570,6 +620,14 @@ class FdSendChannel(ObjectSendStream[bytes]):
         """Send one message if the kernel has room now, else raise :exc:`anyio.WouldBlock`."""
         self._tx.send_nowait(item)
 
+    def flush_nowait(self) -> bool:
+        """Write what an earlier ``send_nowait`` or cancelled ``send`` left half-written,
+        without waiting. Returns True when nothing is left (for sync code: wait for the fd
+        to be writable and call again until it does)."""
+        if self._res.closed:
+            raise ClosedResourceError
+        return self._tx._try_write(self._tx._pending)
+
     async def aclose(self) -> None:
         """Close this handle after finishing (for at most 1 s) any half-written message."""
         await self._tx.flush_pending(1.0)
@@ -577,7 +635,8 @@ class FdSendChannel(ObjectSendStream[bytes]):
         await checkpoint()
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop."""
+        """Close synchronously, for code with no event loop (call :meth:`flush_nowait`
+        first if a ``send_nowait`` may have left a message half-written)."""
         self._res.close()
 
     def fileno(self) -> int:

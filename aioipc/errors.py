@@ -68,8 +68,9 @@ class MessageTooLargeError(IPCError, ValueError):
         source: where the limit comes from (``"max_message_size"``, a sysctl, a queue attribute).
     """
 
-    def __init__(self, size: int, limit: int, source: str) -> None:
-        super().__init__(f"message of {size} bytes exceeds {source} = {limit} bytes")
+    def __init__(self, size: int, limit: int, source: str, *, at_least: bool = False) -> None:
+        amount = f"at least {size}" if at_least else f"{size}"
+        super().__init__(f"message of {amount} bytes exceeds {source} = {limit} bytes")
         self.size = size
         self.limit = limit
         self.source = source

@@ -212,9 +212,14 @@ def encode_chunks(data: bytes | memoryview, writer_id: int) -> list[bytes]:
 
 
 class ChunkDecoder:
-    """Reassembles chunked-format messages from any number of interleaved writers."""
+    """Reassembles chunked-format messages from any number of interleaved writers.
 
-    __slots__ = ("_buf", "_max_size", "_partial", "_pos", "last_writer")
+    Unlike the length-prefix decoder, this one recovers from an oversized message: it
+    raises :exc:`FrameTooLargeError` once, drops the rest of that writer's message, and
+    goes on with the next one.
+    """
+
+    __slots__ = ("_buf", "_discarding", "_max_size", "_partial", "_pos", "last_writer")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if max_size < 0:
@@ -224,6 +229,8 @@ class ChunkDecoder:
         self._pos = 0
         # writer id -> (pieces so far, their total size)
         self._partial: dict[int, tuple[list[bytes], int]] = {}
+        # Writers whose current message was refused as too large: skip to its last chunk.
+        self._discarding: set[int] = set()
         #: The writer id of the message most recently returned by :meth:`next_frame`.
         self.last_writer = 0
 
@@ -266,12 +273,21 @@ class ChunkDecoder:
             if end > len(buf):
                 return None
             self._pos = end
+            last = word & _LAST_CHUNK
+            if writer in self._discarding:
+                if last:
+                    self._discarding.discard(writer)
+                continue
             piece = buf[start:end]
             pieces, size = self._partial.pop(writer, ([], 0))
             size += length
             if size > self._max_size:
-                raise FrameTooLargeError(size, self._max_size, "the receiver's max_message_size")
-            if word & _LAST_CHUNK:
+                if not last:
+                    self._discarding.add(writer)
+                raise FrameTooLargeError(
+                    size, self._max_size, "the receiver's max_message_size", at_least=not last
+                )
+            if last:
                 self.last_writer = writer
                 if not pieces:
                     return piece
