@@ -1067,4 +1067,4 @@ async def test_receiver_handed_to_child_before_any_writer(short_tmp: Path) -> No
                     await tx.send(b"hello child")
                 result = await recv_from(reader, 30)
                 await join(proc)
-    assert result == [("message", b"hello child")]  # fails: [("EndOfStream",)]
+    assert result == [("message", b"hello child")]
