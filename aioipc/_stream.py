@@ -233,6 +233,11 @@ class _Receiver:
         return self._decoder.last_flags
 
     @property
+    def buffered(self) -> int:
+        """Bytes read from the fd and not yet returned as whole messages."""
+        return self._decoder.buffered
+
+    @property
     def trusts_eof(self) -> bool:
         """False while a FIFO reader has not yet seen any writer."""
         return self._trust_eof
@@ -366,6 +371,22 @@ class _Sender:
     @property
     def has_pending(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+
+    def check(self, item: bytes) -> None:
+        """Raise before sending ``item`` if the handle is closed or the item too large."""
+        self._check(item)
+
+    async def write_rest(self, bufs: list[memoryview]) -> None:
+        """Finish a message whose first bytes are already in the kernel."""
+        await self._write_all(bufs, started=True)
 
     def _encode(self, item: bytes) -> list[memoryview]:
         if self.framing == "frames":

@@ -85,6 +85,9 @@ MAX_FDS = 253
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 _CRED_SIZE = socket.CMSG_SPACE(struct.calcsize("3i"))
 _ucred = struct.Struct("3i")
+# fd groups waiting for their message: a reader only reads when it has no whole message,
+# and each read carries at most one group, so a correct peer never has more than two.
+_MAX_FD_GROUPS = 8
 
 
 def _address(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -121,6 +124,12 @@ def _close_fds(fds: Collection[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _drain(queue: deque[list[int]]) -> list[list[int]]:
+    groups = list(queue)
+    queue.clear()
+    return groups
 
 
 def _check_fd_count(fds: Collection[int]) -> None:
@@ -176,65 +185,98 @@ class UnixChannel(FdChannel):
                 self._fd_queue.append(fds)
         return data
 
-    def _take_fds(self) -> list[int]:
-        if self._rx.last_flags & FLAG_ANCILLARY and self._fd_queue:
-            return self._fd_queue.popleft()
-        return []
+    def _fds_for_last_frame(self) -> list[int]:
+        """The fds that came with the message just returned; close any that are orphans.
+
+        The kernel hands over an fd group with the read that contains the first byte of
+        the message it was sent with, and aioipc flags that message's header. A group
+        still queued once every byte read so far has been returned as whole messages
+        belongs to no message (a peer sent SCM_RIGHTS without the flag): it is closed,
+        so a peer cannot fill this process's fd table.
+        """
+        queue = self._fd_queue
+        if not queue:
+            return []
+        if self._rx.framing == "raw":
+            # One receive is one read: the fds are those of that read.
+            return [fd for group in _drain(queue) for fd in group]
+        fds = queue.popleft() if self._rx.last_flags & FLAG_ANCILLARY else []
+        if queue and self._rx.buffered == 0:
+            _close_fds([fd for group in _drain(queue) for fd in group])
+        while len(queue) > _MAX_FD_GROUPS:
+            _close_fds(queue.popleft())
+        return fds
 
     async def receive(self) -> bytes:
-        """Wait for and return the next message; see :meth:`FdChannel.receive`."""
+        """Wait for and return the next message; see :meth:`FdChannel.receive`.
+
+        File descriptors sent with the message are closed (use :meth:`receive_fds`).
+        """
         data = await self._rx.receive()
         if self._fd_queue:
-            _close_fds(self._take_fds())
+            _close_fds(self._fds_for_last_frame())
+        return data
+
+    def receive_nowait(self) -> bytes:
+        """Return the next message if one is ready now, else raise :exc:`anyio.WouldBlock`."""
+        data = self._rx.receive_nowait()
+        if self._fd_queue:
+            _close_fds(self._fds_for_last_frame())
         return data
 
     async def receive_fds(self) -> tuple[bytes, list[int]]:
         """Receive the next message and the file descriptors sent with it.
 
         The caller owns the returned fds and must close them. Errors and cancellation
-        as for :meth:`receive`.
+        as for :meth:`receive`. On a raw (``framing=False``) channel, the fds are those
+        that arrived with the returned bytes.
         """
         data = await self._rx.receive()
-        return data, self._take_fds()
+        return data, self._fds_for_last_frame()
 
     async def send_fds(self, data: bytes, fds: Collection[int]) -> None:
         """Send ``data`` as one message with the open file descriptors ``fds`` attached.
 
-        The receiver gets its own duplicates; the caller's fds stay open.
+        The receiver gets its own duplicates; the caller's fds stay open. On a raw
+        channel the bytes go without a header, with the fds on their first byte.
 
         Raises:
             ValueError: more than :data:`MAX_FDS` (253) descriptors.
+            anyio.BusyResourceError: another task is sending on this channel.
             anyio.BrokenResourceError, anyio.ClosedResourceError: as for :meth:`send`.
 
         Cancellation: as for :meth:`send`; once the first byte is sent, the fds are too.
         """
         fds = list(fds)
-        if len(fds) > MAX_FDS:
-            raise ValueError(
-                f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}"
-            )
-        if self._rx.framing == "raw":
-            raise ValueError("send_fds needs a framed channel (framing=True)")
-        self._tx._check(data)
-        await self._tx.flush_pending(1.0)
-        payload = encode_header(len(data), FLAG_ANCILLARY if fds else 0) + bytes(data)
+        _check_fd_count(fds)
+        tx = self._tx
+        if tx.busy:
+            raise BusyResourceError("sending to")
+        tx.check(data)
+        framed = self._rx.framing != "raw"
+        header = encode_header(len(data), FLAG_ANCILLARY if fds else 0) if framed else b""
+        payload = header + bytes(data)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        while True:
-            if self._res.closed:
-                raise ClosedResourceError
-            try:
-                sent = self._sock.sendmsg([payload], anc)
-                break
-            except BlockingIOError:
-                await wait_writable(self._res.fd)
-            except OSError as exc:
-                raise translate_os_error(exc, self._res.what) from exc
-        if sent < len(payload):
-            # The fds went with the first byte; the rest of the frame follows as usual.
-            self._tx._pending = [memoryview(payload)[sent:]]
-            await self._tx.flush_pending(float("inf"))
-        else:
-            await anyio.lowlevel.checkpoint()
+        tx.busy = True
+        try:
+            await tx.flush_pending(1.0)
+            while True:
+                if self._res.closed:
+                    raise ClosedResourceError
+                try:
+                    sent = self._sock.sendmsg([payload], anc)
+                    break
+                except BlockingIOError:
+                    await wait_writable(self._res.fd)
+                except OSError as exc:
+                    raise translate_os_error(exc, self._res.what) from exc
+            if sent < len(payload):
+                # The fds went with the first byte; the rest of the frame must follow.
+                await tx.write_rest([memoryview(payload)[sent:]])
+            else:
+                await anyio.lowlevel.checkpoint()
+        finally:
+            tx.busy = False
 
     async def aclose(self) -> None:
         _close_fds([fd for group in self._fd_queue for fd in group])
@@ -270,6 +312,13 @@ class UnixMessageChannel(ObjectStream[bytes]):
         # The pages of this buffer are only touched as far as messages reach.
         self._buf = mmap.mmap(-1, max_message_size + 1)
         self._allowed = None if allowed_uids is None else frozenset(allowed_uids)
+        if kind == "seqpacket":
+            # recv() returns 0 both for an empty message and at end of stream; with
+            # SO_PASSCRED every real message carries credentials, end of stream none.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._anc_size = _ANC_SIZE + (
+            _CRED_SIZE if kind == "seqpacket" or self._allowed is not None else 0
+        )
         self._rx_busy = self._tx_busy = False
         self._rx_pacer, self._tx_pacer = Pacer(), Pacer()
         self._eof = False
@@ -296,7 +345,7 @@ class UnixMessageChannel(ObjectStream[bytes]):
         """One non-blocking receive; raises BlockingIOError when there is nothing."""
         if self._res.closed:
             raise ClosedResourceError
-        anc = _ANC_SIZE + (_CRED_SIZE if self._allowed is not None else 0)
+        anc = self._anc_size
         while True:
             try:
                 n, ancdata, _, sender = self._sock.recvmsg_into([self._buf], anc, socket.MSG_TRUNC)
@@ -540,7 +589,11 @@ def _is_stale(path: str, kind: Kind) -> bool:
         raise IPCExistsError(
             errno.EEXIST, f"{_what(kind, path)}: the path exists and is not a socket", path
         )
-    probe = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind])
+    # A datagram probe never queues anything at the other end: a live stream or seqpacket
+    # listener answers EPROTOTYPE, a live dgram socket accepts the connect, and a file
+    # whose socket is gone answers ECONNREFUSED. A stream probe would leave a dead
+    # connection in a live listener's backlog.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
