@@ -1,9 +1,10 @@
 """The core every fd channel shares: one non-blocking file descriptor, read and written
 with plain system calls, waiting on readiness only when the kernel says EAGAIN.
 
-Modelled on trio's ``FdStream``: non-blocking fd, ``wait_readable`` / ``wait_writable``,
-``notify_closing`` before ``close`` so that a task waiting on the fd wakes with
-:exc:`anyio.ClosedResourceError` instead of hanging on a recycled descriptor number.
+Modelled on trio's ``FdStream``: non-blocking fd, wait for readiness only on EAGAIN
+(through :class:`aioipc._wait.FdWaiter`), and wake waiters before ``close`` so that a task
+waiting on the fd gets :exc:`anyio.ClosedResourceError` instead of hanging on a recycled
+descriptor number.
 
 The classes here are the channel types users get back from :func:`aioipc.pipe`,
 :mod:`aioipc.fifo` and :mod:`aioipc.unix`; the public modules only open the fds.
@@ -24,12 +25,11 @@ from anyio import (
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
-    notify_closing,
 )
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 from anyio.lowlevel import checkpoint
 
-from ._wait import Pacer, wait_readable, wait_writable
+from ._wait import FdWaiter, Pacer
 from .abc import IPCAttribute
 from .errors import ProtocolError, translate_os_error
 from .framing import (
@@ -121,7 +121,7 @@ class FdResource:
     object (not a bare ``os.close``) releases it.
     """
 
-    __slots__ = ("__weakref__", "closed", "fd", "sock", "what")
+    __slots__ = ("__weakref__", "closed", "fd", "sock", "waiter", "what")
 
     def __init__(self, fd: int, what: str, sock: Any = None) -> None:
         os.set_blocking(fd, False)
@@ -129,9 +129,12 @@ class FdResource:
         self.what = what
         self.sock = sock
         self.closed = False
+        self.waiter = FdWaiter(fd)
 
     def _release(self) -> None:
         self.closed = True
+        # Unregister from the loop and wake any waiter before the number can be reused.
+        self.waiter.close()
         if self.sock is not None:
             self.sock.close()
         else:
@@ -140,9 +143,6 @@ class FdResource:
     async def aclose(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        # Wake any task still waiting on this fd before the number can be reused.
-        notify_closing(self.fd)
         self._release()
 
     def close(self) -> None:
@@ -198,6 +198,7 @@ class _Receiver:
         "_busy",
         "_decoder",
         "_eof",
+        "_held",
         "_max_size",
         "_pacer",
         "_read",
@@ -223,6 +224,8 @@ class _Receiver:
         self._pacer = Pacer()
         self._busy = False
         self._eof = False
+        # A frame taken out of the decoder by a receive that was then cancelled.
+        self._held: bytes | None = None
         # A FIFO reader opened before any writer reads b"" until one appears; that
         # b"" is not an end of stream. Readiness only fires once a writer has come.
         self._trust_eof = trust_first_eof
@@ -245,7 +248,7 @@ class _Receiver:
     @property
     def idle(self) -> bool:
         """True when nothing read from the fd is waiting in this process's buffers."""
-        return not self._busy and self._decoder.buffered == 0
+        return not self._busy and self._held is None and self._decoder.buffered == 0
 
     def _fill(self) -> bool:
         """One non-blocking read into the decoder. False if the kernel had nothing."""
@@ -275,10 +278,23 @@ class _Receiver:
             ) from exc
         raise EndOfStream
 
+    def _fill_after_wakeup(self) -> bool:
+        # A FIFO becomes readable only once a writer has come: from now on an empty
+        # read is a real end of stream.
+        self._trust_eof = True
+        return self._fill()
+
+    def _next_frame(self) -> bytes | None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            return held
+        return self._decoder.next_frame()
+
     def receive_nowait(self) -> bytes:
         if self._busy:
             raise BusyResourceError("receiving from")
-        frame = self._decoder.next_frame()
+        frame = self._next_frame()
         if frame is not None:
             return frame
         if self._eof:
@@ -294,22 +310,30 @@ class _Receiver:
             raise BusyResourceError("receiving from")
         self._busy = True
         try:
-            await self._pacer.checkpoint()
-            decoder = self._decoder
+            waited = False
             while True:
-                frame = decoder.next_frame()
+                frame = self._next_frame()
                 if frame is not None:
+                    if not waited:
+                        # A call that did not wait must still be a cancellation point.
+                        # If it is cancelled here, the frame is handed to the next
+                        # receive on this handle, so nothing is lost.
+                        try:
+                            await self._pacer.checkpoint()
+                        except BaseException:
+                            self._held = frame
+                            raise
                     return frame
                 if self._eof:
+                    await self._pacer.checkpoint()
                     raise EndOfStream
                 if not self._fill():
                     # Cancellation here leaves every byte read so far in the decoder,
                     # so the next receive continues the same frame: nothing is lost.
-                    await wait_readable(self._res.fd)
-                    # A FIFO becomes readable only once a writer has come: from now on
-                    # an empty read is a real end of stream.
+                    await self._res.waiter.readable(self._fill_after_wakeup)
                     self._trust_eof = True
                     self._pacer.waited()
+                    waited = True
         finally:
             self._busy = False
 
@@ -439,7 +463,7 @@ class _Sender:
                     if not bufs:
                         return
                     continue
-                await wait_writable(self._res.fd)
+                await self._res.waiter.writable()
                 self._pacer.waited()
         except BaseException:
             # Part of the frame is in the kernel already: the rest must follow it, or

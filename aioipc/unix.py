@@ -48,8 +48,6 @@ from anyio import (
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
-    wait_readable,
-    wait_writable,
 )
 from anyio.abc import ObjectStream
 
@@ -267,7 +265,7 @@ class UnixChannel(FdChannel):
                     sent = self._sock.sendmsg([payload], anc)
                     break
                 except BlockingIOError:
-                    await wait_writable(self._res.fd)
+                    await self._res.waiter.writable()
                 except OSError as exc:
                     raise translate_os_error(exc, self._res.what) from exc
             if sent < len(payload):
@@ -388,7 +386,7 @@ class UnixMessageChannel(ObjectStream[bytes]):
                 try:
                     return self._recv_one()
                 except BlockingIOError:
-                    await wait_readable(self._res.fd)
+                    await self._res.waiter.readable()
                     self._rx_pacer.waited()
         finally:
             self._rx_busy = False
@@ -450,7 +448,7 @@ class UnixMessageChannel(ObjectStream[bytes]):
                     self._send_one(data, anc, address)
                     return
                 except BlockingIOError:
-                    await wait_writable(self._res.fd)
+                    await self._res.waiter.writable()
                     self._tx_pacer.waited()
         finally:
             self._tx_busy = False
@@ -681,7 +679,7 @@ class UnixListener(anyio.abc.AsyncResource):
                 try:
                     conn, _ = self._sock.accept()
                 except BlockingIOError:
-                    await wait_readable(self._res.fd)
+                    await self._res.waiter.readable()
                     continue
                 except OSError as exc:
                     raise translate_os_error(exc, self._res.what) from exc
