@@ -12,9 +12,11 @@ The classes here are the channel types users get back from :func:`aioipc.pipe`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
+import struct
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
@@ -29,7 +31,7 @@ from anyio import (
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 from anyio.lowlevel import checkpoint
 
-from ._wait import FdWaiter, Pacer
+from ._wait import YIELD_EVERY, FdWaiter, Pacer, running_asyncio_loop
 from .abc import IPCAttribute
 from .errors import ProtocolError, translate_os_error
 from .framing import (
@@ -57,6 +59,12 @@ _MAX_READ_SIZE = 16 * 1024 * 1024
 # Up to this size the header and payload are joined into one buffer for one write();
 # above it they go out with writev() to spare the copy.
 _JOIN_LIMIT = 16 * 1024
+# Coalesced small messages are written out once this many bytes wait.
+_CORK_LIMIT = 64 * 1024
+_IOV_MAX = 1024
+# Only for lengths already checked against max_message_size (< 2**31).
+_pack_header = struct.Struct("!I").pack
+Buffer = bytes | memoryview
 
 
 class _Decoder(Protocol):
@@ -355,7 +363,7 @@ def _new_writer_id() -> int:
     return (os.getpid() << 32) | (next(_writer_ids) & 0xFFFFFFFF)
 
 
-def _advance(bufs: list[memoryview], n: int) -> None:
+def _advance(bufs: list[Buffer], n: int) -> None:
     """Drop the first ``n`` bytes from a list of buffers about to be written."""
     while n:
         first = bufs[0]
@@ -368,13 +376,30 @@ def _advance(bufs: list[memoryview], n: int) -> None:
 
 
 class _Sender:
-    """The send half: encode, write, wait for room, keep a partly written frame whole."""
+    """The send half: encode, write, wait for room, keep every message whole.
+
+    ``_pending`` holds bytes committed to the channel that are not in the kernel yet:
+    the rest of a message a cancelled send left half-written, or small messages
+    coalesced on asyncio. They always go out before anything sent later.
+
+    Coalescing (asyncio, length-prefixed and raw framing). The first send in a pass of
+    the event loop goes straight to the kernel, so a lone message -- a request, a reply
+    -- is never delayed. Further sends before the task yields are appended to
+    ``_pending`` and written with one ``writev`` by a loop callback as soon as the task
+    yields (or at once when :data:`_CORK_LIMIT` bytes wait). If the kernel is full, the
+    loop's writer callback finishes the job in the background, as asyncio's transports
+    do, and the next send waits for it. So a burst of small messages costs one system
+    call per burst instead of one per message.
+    """
 
     __slots__ = (
         "_busy",
+        "_corked",
+        "_error",
         "_max_size",
         "_pacer",
         "_pending",
+        "_pending_size",
         "_res",
         "_writer_generation",
         "_writer_id",
@@ -387,8 +412,11 @@ class _Sender:
         self._max_size = max_size
         self._pacer = Pacer()
         self._busy = False
-        # What a cancelled send left half-written; it goes out before anything else.
-        self._pending: list[memoryview] = []
+        self._pending: list[Buffer] = []
+        self._pending_size = 0
+        self._corked = False
+        # An error the background flush met; the next send raises it.
+        self._error: Exception | None = None
         self._writer_id = _new_writer_id()
         self._writer_generation = _fork_generation
 
@@ -408,11 +436,11 @@ class _Sender:
         """Raise before sending ``item`` if the handle is closed or the item too large."""
         self._check(item)
 
-    async def write_rest(self, bufs: list[memoryview]) -> None:
+    async def write_rest(self, bufs: list[Buffer]) -> None:
         """Finish a message whose first bytes are already in the kernel."""
         await self._write_all(bufs, started=True)
 
-    def _encode(self, item: bytes) -> list[memoryview]:
+    def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
             return [memoryview(encode_header(len(item))), memoryview(item)]
         if self.framing == "chunks":
@@ -427,24 +455,26 @@ class _Sender:
     def _check(self, item: bytes) -> None:
         if self._res.closed:
             raise ClosedResourceError
+        if self._error is not None:
+            raise self._error
         if not isinstance(item, (bytes, bytearray, memoryview)):
             raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
         check_size(len(item), self._max_size)
 
-    def _write_some(self, bufs: list[memoryview]) -> int:
+    def _write_some(self, bufs: list[Buffer]) -> int:
         """One non-blocking write of as much of ``bufs`` as the kernel takes."""
         fd = self._res.fd
         try:
             if self.framing == "chunks" or len(bufs) == 1:
                 # Chunks are written one per call: each one is atomic only on its own.
                 return os.write(fd, bufs[0])
-            return os.writev(fd, bufs)
+            return os.writev(fd, bufs[:_IOV_MAX])
         except BlockingIOError:
             return 0
         except OSError as exc:
             raise translate_os_error(exc, self._res.what) from exc
 
-    def _try_write(self, bufs: list[memoryview]) -> bool:
+    def _try_write(self, bufs: list[Buffer]) -> bool:
         """Write without waiting; True when ``bufs`` is empty afterwards."""
         while bufs:
             n = self._write_some(bufs)
@@ -453,7 +483,7 @@ class _Sender:
             _advance(bufs, n)
         return True
 
-    async def _write_all(self, bufs: list[memoryview], started: bool = False) -> None:
+    async def _write_all(self, bufs: list[Buffer], started: bool = False) -> None:
         try:
             while True:
                 n = self._write_some(bufs)
@@ -469,8 +499,51 @@ class _Sender:
             # Part of the frame is in the kernel already: the rest must follow it, or
             # the peer sees a corrupt stream. Keep it for the next send or aclose.
             if started and bufs and not self._res.closed:
-                self._pending = bufs
+                self._pending = bufs + self._pending
+                self._pending_size = sum(map(len, self._pending))
             raise
+
+    def _take_pending(self) -> list[Buffer]:
+        pending, self._pending = self._pending, []
+        self._pending_size = 0
+        return pending
+
+    async def _drain_pending(self) -> None:
+        """Write out everything committed earlier, waiting for room if need be."""
+        await self._write_all(self._take_pending(), started=True)
+
+    def _cork(self) -> None:
+        if self._corked:
+            return
+        loop = running_asyncio_loop()
+        if loop is not None:
+            self._corked = True
+            loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if self._pending and not self._busy and not self._background_flush():
+            self._res.waiter.when_writable(self._background_flush)
+
+    def _background_flush(self) -> bool:
+        """Write what is pending without waiting; True when nothing is left to do here."""
+        if self._busy or self._res.closed:
+            return True  # a sending task owns the buffer now (or nobody can write)
+        try:
+            done = self._try_write(self._pending)
+        except Exception as exc:
+            # Nobody is waiting to hear it now; the next send or aclose raises it.
+            self._error = exc
+            self._take_pending()
+            return True
+        self._pending_size = sum(map(len, self._pending))
+        return done
+
+    def flush_nowait(self) -> bool:
+        """Write what is committed but not yet in the kernel; True when nothing is left."""
+        done = self._try_write(self._pending)
+        self._pending_size = sum(map(len, self._pending))
+        return done
 
     def send_nowait(self, item: bytes) -> None:
         if self._busy:
@@ -478,6 +551,7 @@ class _Sender:
         self._check(item)
         if self._pending and not self._try_write(self._pending):
             raise WouldBlock
+        self._pending_size = 0
         bufs = self._encode(item)
         first = self._write_some(bufs)
         if not first:
@@ -487,6 +561,7 @@ class _Sender:
             # Some of it went out, so it must all go out: it is sent, and the remainder
             # waits for the next send or aclose.
             self._pending = bufs
+            self._pending_size = sum(map(len, bufs))
 
     async def send(self, item: bytes) -> None:
         if self._busy:
@@ -494,36 +569,46 @@ class _Sender:
         self._check(item)
         self._busy = True
         try:
-            await self._pacer.checkpoint()
-            if self._pending:
-                pending, self._pending = self._pending, []
-                await self._write_all(pending)
-            if self.framing == "frames" and len(item) <= _JOIN_LIMIT:
-                # The common small-message case: one buffer, one write().
-                data = encode_header(len(item)) + item
-                try:
-                    n = os.write(self._res.fd, data)
-                except BlockingIOError:
-                    n = 0
-                except OSError as exc:
-                    raise translate_os_error(exc, self._res.what) from exc
-                if n == len(data):
-                    return
-                await self._write_all([memoryview(data)[n:]], started=n > 0)
+            pacer = self._pacer
+            pacer.count += 1
+            if pacer.count >= YIELD_EVERY:
+                pacer.count = 0
+                await checkpoint()
+            size = len(item)
+            if size > _JOIN_LIMIT or self.framing == "chunks":
+                if self._pending:
+                    await self._drain_pending()
+                await self._write_all(self._encode(item))
                 return
-            await self._write_all(self._encode(item))
+            # The hot path for small messages: one buffer, at most one write().
+            data = _pack_header(size) + item if self.framing == "frames" else bytes(item)
+            if self._corked and self._pending_size < _CORK_LIMIT:
+                # Committed: it goes out with the rest of this burst.
+                self._pending.append(data)
+                self._pending_size += len(data)
+                return
+            if self._pending:
+                await self._drain_pending()
+            try:
+                n = os.write(self._res.fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                raise translate_os_error(exc, self._res.what) from exc
+            if n < len(data):
+                await self._write_all([memoryview(data)[n:]], started=n > 0)
+            self._cork()
         finally:
             self._busy = False
 
     async def flush_pending(self, grace: float) -> None:
-        """Best effort, bounded: finish a frame a cancelled send left half-written."""
+        """Best effort, bounded: write out what was committed but is not in the kernel."""
         if not self._pending or self._res.closed:
             return
         from anyio import CancelScope, move_on_after
 
         with CancelScope(shield=True), move_on_after(grace):
-            pending, self._pending = self._pending, []
-            await self._write_all(pending)
+            await self._drain_pending()
 
 
 _FRAMED = {"frames": True, "chunks": True, "raw": False}
@@ -671,7 +756,7 @@ class FdSendChannel(ObjectSendStream[bytes]):
         to be writable and call again until it does)."""
         if self._res.closed:
             raise ClosedResourceError
-        return self._tx._try_write(self._tx._pending)
+        return self._tx.flush_nowait()
 
     async def aclose(self) -> None:
         """Close this handle after finishing (for at most 1 s) any half-written message."""
@@ -680,8 +765,11 @@ class FdSendChannel(ObjectSendStream[bytes]):
         await checkpoint()
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop (call :meth:`flush_nowait`
-        first if a ``send_nowait`` may have left a message half-written)."""
+        """Close synchronously, for code with no event loop. What the kernel cannot take
+        at once is lost: call :meth:`flush_nowait` until it returns True first."""
+        if not self._res.closed and self._tx.has_pending:
+            with contextlib.suppress(Exception):
+                self._tx.flush_nowait()
         self._res.close()
 
     def fileno(self) -> int:

@@ -296,6 +296,9 @@ async def test_cancelled_send_before_any_byte_sends_nothing() -> None:
     async with tx, rx:
         filler = b"f" * (4096 - 4)
         await tx.send(filler)  # the pipe is now exactly full
+        # A send in the same loop pass would be coalesced into the handle's bounded
+        # buffer (committed, so not cancellable); backpressure starts at the next pass.
+        await anyio.lowlevel.checkpoint()
         with anyio.move_on_after(0.2) as scope:
             await tx.send(b"never")
         assert scope.cancelled_caught
@@ -338,3 +341,31 @@ def test_unclosed_handle_warns() -> None:
     with pytest.warns(ResourceWarning, match="unclosed aioipc handle"):
         _open_and_forget_one_end()
     gc.collect()
+
+
+@pytest.mark.asyncio
+async def test_burst_of_small_sends_is_coalesced_whole_and_in_order() -> None:
+    tx, rx = aioipc.pipe(pipe_size=4096)
+    async with tx, rx, anyio.create_task_group() as tg:
+
+        async def produce() -> None:
+            # No yield between these sends except the library's own every-16th one: they
+            # are written in bursts, and the small pipe forces background flushing.
+            for i in range(5000):
+                await tx.send(pattern(i, i % 100))
+
+        tg.start_soon(produce)
+        with anyio.fail_after(10):
+            for i in range(5000):
+                assert await rx.receive() == pattern(i, i % 100)
+
+
+@pytest.mark.asyncio
+async def test_burst_is_flushed_when_the_sender_yields_without_sending_again() -> None:
+    tx, rx = aioipc.pipe()
+    async with tx, rx:
+        for i in range(10):
+            await tx.send(b"m%d" % i)
+        # No further send and no aclose: the loop's callback must write the burst out.
+        with anyio.fail_after(5):
+            assert [await rx.receive() for _ in range(10)] == [b"m%d" % i for i in range(10)]
