@@ -703,7 +703,11 @@ class FdReceiveChannel(ObjectReceiveStream[bytes]):
 class FdSendChannel(ObjectSendStream[bytes]):
     """A one-way sender over a writable fd (pipe write end, FIFO).
 
-    ``send(data)`` returns once the whole message is in the kernel's buffer.
+    ``send(data)`` returns once the message is committed: written to the kernel, or (on
+    asyncio, for a small message sent in the same loop pass as an earlier one) queued in
+    this handle's bounded buffer, which the event loop writes out as soon as the task
+    yields. Backpressure: once 64 KiB wait there, or the kernel buffer is full at the
+    next send, ``send`` waits.
 
     Raises:
         aioipc.MessageTooLargeError: ``data`` exceeds ``max_message_size`` (nothing was
