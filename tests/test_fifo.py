@@ -18,9 +18,8 @@ import select
 import shutil
 import stat
 import struct
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -28,14 +27,13 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 import aioipc
 from aioipc import IPCAttribute, fifo
 from aioipc._stream import FdReceiveChannel, FdSendChannel
 from aioipc.fifo import NotAFifoError
 from aioipc.framing import MAX_CHUNK_PAYLOAD, PIPE_BUF
+from tests._peer import Peer, spawn
 
 PYTHON = sys.executable
 PEER = Path(__file__).parent / "peers" / "fifo_peer.py"
@@ -59,65 +57,9 @@ MiB = 1024 * 1024
 # --------------------------------------------------------------------------- helpers
 
 
-class Peer:
-    """A running ``fifo_peer.py``: talk to it by lines on stdin / stdout."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-        assert proc.stdout is not None
-        self._out = BufferedByteReceiveStream(proc.stdout)
-
-    async def _stderr(self) -> str:
-        assert self.proc.stderr is not None
-        data = b""
-        with anyio.move_on_after(2), contextlib.suppress(anyio.EndOfStream):
-            while True:
-                data += await self.proc.stderr.receive()
-        return data.decode(errors="replace")
-
-    async def expect(self, text: str, seconds: float = 20) -> None:
-        """Wait for the next stdout line and check it is ``text``."""
-        try:
-            with anyio.fail_after(seconds):
-                line = await self._out.receive_until(b"\n", 1 << 16)
-        except anyio.IncompleteRead:
-            pytest.fail(f"peer exited before printing {text!r}; stderr:\n{await self._stderr()}")
-        assert line.decode() == text
-
-    async def tell(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send(text.encode() + b"\n")
-
-    async def finish(self, seconds: float = 20) -> None:
-        """Wait for the peer to exit and check it succeeded."""
-        with anyio.fail_after(seconds):
-            code = await self.proc.wait()
-        if code != 0:
-            pytest.fail(f"peer exited with {code}; stderr:\n{await self._stderr()}")
-
-    async def kill(self) -> int:
-        self.proc.kill()
-        with anyio.fail_after(10):
-            return await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def run_peer(*args: object) -> AsyncIterator[Peer]:
-    """Start ``fifo_peer.py ARGS``; on the way out kill it if it still runs, and reap it."""
-    proc = await anyio.open_process(
-        [PYTHON, str(PEER), *map(str, args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield Peer(proc)
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.aclose()
+def run_peer(*args: object) -> contextlib.AbstractAsyncContextManager[Peer]:
+    """Start ``fifo_peer.py ARGS``; it is killed if it still runs at the end, and reaped."""
+    return spawn([PYTHON, str(PEER), *map(str, args)])
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import socket
 import stat
 import struct
@@ -27,12 +26,12 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import StapledObjectStream
 
 import aioipc
 from aioipc import IPCAttribute, unix
+from tests._peer import Peer
+from tests._peer import spawn as spawn_cmd
 
 PEER = Path(__file__).parent / "peers" / "unix_peer.py"
 #: Upper bound for any single wait on a peer or a socket; nothing here should come near it.
@@ -144,73 +143,11 @@ def pipes(n: int) -> Iterator[list[tuple[int, int]]]:
                     os.close(fd)
 
 
-class Peer:
-    """A child process the test talks to through its stdin and stdout lines."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        assert proc.stdout is not None
-        self._out = BufferedByteReceiveStream(proc.stdout)
-
-    async def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        chunks = []
-        with anyio.move_on_after(TIMEOUT):
-            with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-                while True:
-                    chunks.append(await self.proc.stderr.receive())
-        return b"".join(chunks).decode(errors="replace")
-
-    async def line(self) -> str:
-        try:
-            with anyio.fail_after(TIMEOUT):
-                raw = await self._out.receive_until(b"\n", 1 << 20)
-        except (anyio.IncompleteRead, anyio.EndOfStream):
-            pytest.fail(f"peer {self.pid} ended its output early; stderr:\n{await self.stderr()}")
-        return raw.decode()
-
-    async def expect(self, text: str) -> None:
-        got = await self.line()
-        assert got == text
-
-    async def tell(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send(text.encode() + b"\n")
-
-    async def finish(self, returncode: int = 0) -> None:
-        """Close the child's stdin, reap it, and check how it ended."""
-        assert self.proc.stdin is not None
-        await self.proc.stdin.aclose()
-        with anyio.fail_after(TIMEOUT):
-            code = await self.proc.wait()
-        if code != returncode:
-            pytest.fail(
-                f"peer exited with {code}, not {returncode}; stderr:\n{await self.stderr()}"
-            )
-
-    async def kill(self) -> None:
-        self.proc.kill()
-        with anyio.fail_after(TIMEOUT):
-            assert await self.proc.wait() == -signal.SIGKILL
-
-
-@asynccontextmanager
-async def spawn(*args: str, code: str | None = None) -> AsyncIterator[Peer]:
+def spawn(*args: str, code: str | None = None) -> contextlib.AbstractAsyncContextManager[Peer]:
     """Run the peer script (or ``code`` with ``python -c``); always killed and reaped."""
     if code is None:
-        cmd = [sys.executable, str(PEER), *args]
-    else:
-        cmd = [sys.executable, "-c", textwrap.dedent(code), *args]
-    proc = await anyio.open_process(cmd)
-    try:
-        yield Peer(proc)
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.aclose()
+        return spawn_cmd([sys.executable, str(PEER), *args])
+    return spawn_cmd([sys.executable, "-c", textwrap.dedent(code), *args])
 
 
 @asynccontextmanager
