@@ -166,7 +166,9 @@ class CodecReceiveStream(ObjectReceiveStream[Any]):
         self.codec = codec
 
     async def receive(self) -> Any:
-        """Receive and decode; :exc:`aioipc.ProtocolError` if the message does not decode."""
+        """Receive and decode; :exc:`aioipc.ProtocolError` if the message does not decode
+        (the channel stays usable). Errors and cancellation otherwise as for the wrapped
+        channel's ``receive``: a cancelled call consumed nothing."""
         return _decode(self.codec, await self.inner.receive())
 
     async def aclose(self) -> None:
@@ -189,10 +191,13 @@ class CodecStream(ObjectStream[Any]):
         await self.inner.send(self.codec.encode(item))
 
     async def receive(self) -> Any:
-        """Receive and decode; :exc:`aioipc.ProtocolError` if the message does not decode."""
+        """Receive and decode; :exc:`aioipc.ProtocolError` if the message does not decode
+        (the channel stays usable). Errors and cancellation otherwise as for the wrapped
+        channel's ``receive``: a cancelled call consumed nothing."""
         return _decode(self.codec, await self.inner.receive())
 
     async def send_eof(self) -> None:
+        """Shut down the sending direction, as the wrapped channel's ``send_eof``."""
         await self.inner.send_eof()
 
     async def aclose(self) -> None:

@@ -206,9 +206,11 @@ class UnixChannel(FdChannel):
         return fds
 
     async def receive(self) -> bytes:
-        """Wait for and return the next message; see :meth:`FdChannel.receive`.
+        """Wait for and return the next message.
 
         File descriptors sent with the message are closed (use :meth:`receive_fds`).
+        Errors as :meth:`FdChannel.receive`. Cancellation: a cancelled ``receive``
+        consumed nothing; the next ``receive`` returns the next whole message.
         """
         data = await self._rx.receive()
         if self._fd_queue:
@@ -505,16 +507,26 @@ class UnixDatagramEndpoint(UnixMessageChannel):
         self._unlink = _Unlinker(unlink_path)
 
     async def receive_from(self) -> tuple[bytes, Any]:
-        """Receive the next datagram and its sender's address."""
+        """Receive the next datagram and its sender's address.
+
+        Errors and cancellation as :meth:`UnixMessageChannel.receive`: a cancelled call
+        took no datagram."""
         data = await self.receive()
         return data, self._last_sender
 
     async def send_to(self, data: bytes, address: Any) -> None:
-        """Send one datagram to ``address`` (as returned by :meth:`receive_from`)."""
+        """Send one datagram to ``address`` (as returned by :meth:`receive_from`).
+
+        Raises :exc:`aioipc.MessageTooLargeError` (naming SO_SNDBUF) and
+        :exc:`anyio.BrokenResourceError` if nobody is bound there any more. Cancellation:
+        a cancelled call sent nothing (a datagram goes whole or not at all)."""
         await self._send(data, (), address)
 
     async def send(self, item: bytes) -> None:
-        """Reply to the sender of the last datagram received."""
+        """Reply to the sender of the last datagram received.
+
+        Raises :exc:`anyio.BrokenResourceError` if no datagram was received yet;
+        otherwise as :meth:`send_to`, including cancellation."""
         if self._last_sender is None:
             raise anyio.BrokenResourceError(
                 f"{self._res.what}: no datagram received yet, so there is nobody to reply to"
@@ -757,9 +769,13 @@ async def listen(
             is not a socket.
         aioipc.IPCNotFoundError: the directory does not exist.
         aioipc.IPCPermissionError: the directory is not writable.
+
+    Cancellation: ``listen`` does not wait; its one checkpoint comes before anything is
+    created, so a cancelled call leaves no socket and no file.
     """
     if kind not in _SOCK_TYPES:
         raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
+    await anyio.lowlevel.checkpoint()
     address, name = _address(path)
     sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
     try:
@@ -769,17 +785,14 @@ async def listen(
         if kind == "dgram":
             if allowed is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            endpoint = UnixDatagramEndpoint(
+            return UnixDatagramEndpoint(
                 sock, name, unlink_path, max_message_size=max_message_size, allowed_uids=allowed
             )
-            await anyio.lowlevel.checkpoint()
-            return endpoint
         with map_errors(_what(kind, name)):
             sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
-    await anyio.lowlevel.checkpoint()
     return UnixListener(
         sock,
         name,

@@ -116,9 +116,12 @@ class _CodecListener:
         self.codec = codec
 
     async def accept(self) -> Any:
+        """As :meth:`aioipc.unix.UnixListener.accept`, with the channel wrapped."""
         return wrap(await self.inner.accept(), self.codec)
 
     async def serve(self, handler: Callable[[Any], Awaitable[None]]) -> None:
+        """As :meth:`aioipc.unix.UnixListener.serve`, with each channel wrapped."""
+
         async def wrapped(chan: Any) -> None:
             await handler(wrap(chan, self.codec))
 
@@ -169,6 +172,8 @@ async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
         aioipc.IPCExistsError: a live listener holds the address.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError: the directory is missing or
             not writable.
+
+    Cancellation: ``listen`` does not wait; a cancelled call leaves nothing open.
     """
     addr = parse_url(url)
     c = _codec(addr, codec)
