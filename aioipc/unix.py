@@ -778,6 +778,7 @@ async def listen(
     await anyio.lowlevel.checkpoint()
     address, name = _address(path)
     sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+    unlink_path: str | None = None
     try:
         unlink_path = _bind(sock, address, name, kind, mode)
         sock.setblocking(False)
@@ -792,6 +793,9 @@ async def listen(
             sock.listen(backlog)
     except BaseException:
         sock.close()
+        if unlink_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(unlink_path)
         raise
     return UnixListener(
         sock,
