@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
+import select
 import struct
 import warnings
 from collections.abc import Callable, Mapping
@@ -40,7 +40,6 @@ from .framing import (
     FrameDecoder,
     check_size,
     encode_chunks,
-    encode_header,
 )
 
 __all__ = [
@@ -199,6 +198,14 @@ def _reduce(
     return (_rebuild, (DupFd(res.fd), mode, kwargs, tuple(DupFd(e.fd) for e in extra)))
 
 
+def _writer_came_and_went(fd: int) -> bool:
+    """For a FIFO read of b"" before any wakeup: has a writer been and gone (a real end
+    of stream), or has none come yet? The kernel reports POLLHUP only in the first case."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
 class _Receiver:
     """The receive half: read, decode, and the end-of-stream rules."""
 
@@ -275,7 +282,7 @@ class _Receiver:
             self._trust_eof = True
             self._decoder.feed(data)
             return True
-        if not self._trust_eof:
+        if not self._trust_eof and not _writer_came_and_went(res.fd):
             return False
         self._eof = True
         try:
@@ -347,7 +354,6 @@ class _Receiver:
 
 
 _fork_generation = 0
-_writer_ids = itertools.count(1)
 
 
 def _after_fork_in_child() -> None:
@@ -359,8 +365,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _new_writer_id() -> int:
-    """An id for the chunked format: unique among the writers of this machine."""
-    return (os.getpid() << 32) | (next(_writer_ids) & 0xFFFFFFFF)
+    """An id for the chunked format, unique among the writers of a FIFO. Random, not
+    derived from the pid: processes in different pid namespaces can share a pid."""
+    return int.from_bytes(os.urandom(8), "big")
 
 
 def _advance(bufs: list[Buffer], n: int) -> None:
@@ -380,20 +387,23 @@ class _Sender:
 
     ``_pending`` holds bytes committed to the channel that are not in the kernel yet:
     the rest of a message a cancelled send left half-written, or small messages
-    coalesced on asyncio. They always go out before anything sent later.
+    coalesced on asyncio. They always go out before anything sent later, and whenever
+    no task is sending, the event loop writes them out in the background.
 
-    Coalescing (asyncio, length-prefixed and raw framing). The first send in a pass of
-    the event loop goes straight to the kernel, so a lone message -- a request, a reply
-    -- is never delayed. Further sends before the task yields are appended to
-    ``_pending`` and written with one ``writev`` by a loop callback as soon as the task
-    yields (or at once when :data:`_CORK_LIMIT` bytes wait). If the kernel is full, the
-    loop's writer callback finishes the job in the background, as asyncio's transports
-    do, and the next send waits for it. So a burst of small messages costs one system
-    call per burst instead of one per message.
+    Coalescing (asyncio; length-prefixed framing, or raw bytes on a pipe or socket). The
+    first send in a pass of the event loop goes straight to the kernel, so a lone
+    message -- a request, a reply -- is never delayed. Further sends before the task
+    yields are appended to ``_pending`` and written with one ``writev`` by a loop
+    callback as soon as the task yields (or at once when :data:`_CORK_LIMIT` bytes
+    wait). If the kernel is full, the loop's writer callback finishes the job, as
+    asyncio's transports do, and the next send waits for it. A burst of small messages
+    costs one system call instead of one per message. FIFO senders never coalesce: each
+    of their writes must stay within PIPE_BUF to stay atomic.
     """
 
     __slots__ = (
         "_busy",
+        "_coalesce",
         "_corked",
         "_error",
         "_max_size",
@@ -406,10 +416,13 @@ class _Sender:
         "framing",
     )
 
-    def __init__(self, res: FdResource, framing: Framing, max_size: int) -> None:
+    def __init__(
+        self, res: FdResource, framing: Framing, max_size: int, *, coalesce: bool = True
+    ) -> None:
         self._res = res
         self.framing = framing
         self._max_size = max_size
+        self._coalesce = coalesce and framing != "chunks"
         self._pacer = Pacer()
         self._busy = False
         self._pending: list[Buffer] = []
@@ -424,55 +437,49 @@ class _Sender:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
-    @busy.setter
-    def busy(self, value: bool) -> None:
-        self._busy = value
-
-    def check(self, item: bytes) -> None:
-        """Raise before sending ``item`` if the handle is closed or the item too large."""
-        self._check(item)
-
-    async def write_rest(self, bufs: list[Buffer]) -> None:
-        """Finish a message whose first bytes are already in the kernel."""
-        await self._write_all(bufs, started=True)
-
     def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
-            return [memoryview(encode_header(len(item))), memoryview(item)]
+            return [_pack_header(len(item)), memoryview(item)]
         if self.framing == "chunks":
             if self._writer_generation != _fork_generation:
                 # A forked child shares this object with its parent: it needs its own id,
                 # or the receiver would splice the two processes' chunks together.
                 self._writer_id = _new_writer_id()
                 self._writer_generation = _fork_generation
-            return [memoryview(c) for c in encode_chunks(item, self._writer_id)]
+            return list(encode_chunks(item, self._writer_id))
         return [memoryview(item)]
 
-    def _check(self, item: bytes) -> None:
+    def _check(self, item: bytes) -> bytes:
+        """Raise if the handle cannot send ``item``; return it as immutable bytes."""
         if self._res.closed:
             raise ClosedResourceError
         if self._error is not None:
-            raise self._error
-        if not isinstance(item, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
+            # A fresh exception each time: re-raising one object would grow its traceback.
+            raise BrokenResourceError(str(self._error)) from self._error
+        if type(item) is not bytes:
+            if not isinstance(item, (bytearray, memoryview)):
+                raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
+            # Buffered bytes must not change when the caller reuses its buffer.
+            item = bytes(item)
         check_size(len(item), self._max_size)
+        return item
 
     def _write_some(self, bufs: list[Buffer]) -> int:
         """One non-blocking write of as much of ``bufs`` as the kernel takes."""
-        fd = self._res.fd
+        res = self._res
+        if res.closed:
+            # Checked at every write: after an await, the fd number may belong to a file
+            # opened since this handle was closed.
+            raise ClosedResourceError
         try:
             if self.framing == "chunks" or len(bufs) == 1:
                 # Chunks are written one per call: each one is atomic only on its own.
-                return os.write(fd, bufs[0])
-            return os.writev(fd, bufs[:_IOV_MAX])
+                return os.write(res.fd, bufs[0])
+            return os.writev(res.fd, bufs[:_IOV_MAX])
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise translate_os_error(exc, self._res.what) from exc
+            raise translate_os_error(exc, res.what) from exc
 
     def _try_write(self, bufs: list[Buffer]) -> bool:
         """Write without waiting; True when ``bufs`` is empty afterwards."""
@@ -497,24 +504,30 @@ class _Sender:
                 self._pacer.waited()
         except BaseException:
             # Part of the frame is in the kernel already: the rest must follow it, or
-            # the peer sees a corrupt stream. Keep it for the next send or aclose.
+            # the peer sees a corrupt stream. It goes back in front of the queue.
             if started and bufs and not self._res.closed:
-                self._pending = bufs + self._pending
+                self._pending[:0] = bufs
                 self._pending_size = sum(map(len, self._pending))
             raise
 
-    def _take_pending(self) -> list[Buffer]:
+    async def _drain(self) -> None:
+        """Write out everything committed earlier, waiting for room (cancellable)."""
         pending, self._pending = self._pending, []
         self._pending_size = 0
-        return pending
+        await self._write_all(pending, started=True)
 
-    async def _drain_pending(self) -> None:
-        """Write out everything committed earlier, waiting for room if need be."""
-        await self._write_all(self._take_pending(), started=True)
+    def _claim(self) -> None:
+        if self._busy:
+            raise BusyResourceError("sending to")
+        self._busy = True
 
-    def _cork(self) -> None:
-        if self._corked:
-            return
+    def _release(self) -> None:
+        """End of a sending task's turn: whatever it left pending, the loop writes out."""
+        self._busy = False
+        if self._pending and not self._corked and not self._res.closed:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         loop = running_asyncio_loop()
         if loop is not None:
             self._corked = True
@@ -528,14 +541,14 @@ class _Sender:
     def _background_flush(self) -> bool:
         """Write what is pending without waiting; True when nothing is left to do here."""
         if self._busy or self._res.closed:
-            return True  # a sending task owns the buffer now (or nobody can write)
+            return True  # a sending task owns the buffer now; its _release re-arms this
         try:
             done = self._try_write(self._pending)
         except Exception as exc:
-            # Nobody is waiting to hear it now; the next send or aclose raises it.
+            # Nobody is waiting to hear it now; the next send raises it.
             self._error = exc
-            self._take_pending()
-            return True
+            self._pending = []
+            done = True
         self._pending_size = sum(map(len, self._pending))
         return done
 
@@ -546,28 +559,27 @@ class _Sender:
         return done
 
     def send_nowait(self, item: bytes) -> None:
-        if self._busy:
-            raise BusyResourceError("sending to")
-        self._check(item)
-        if self._pending and not self._try_write(self._pending):
-            raise WouldBlock
-        self._pending_size = 0
-        bufs = self._encode(item)
-        first = self._write_some(bufs)
-        if not first:
-            raise WouldBlock
-        _advance(bufs, first)
-        if not self._try_write(bufs):
-            # Some of it went out, so it must all go out: it is sent, and the remainder
-            # waits for the next send or aclose.
-            self._pending = bufs
-            self._pending_size = sum(map(len, bufs))
+        item = self._check(item)
+        self._claim()
+        try:
+            if self._pending and not self.flush_nowait():
+                raise WouldBlock
+            bufs = self._encode(item)
+            first = self._write_some(bufs)
+            if not first:
+                raise WouldBlock
+            _advance(bufs, first)
+            if not self._try_write(bufs):
+                # Some of it went out, so it must all go out: it is sent, and the rest
+                # is written by the loop, the next send, or aclose.
+                self._pending = bufs
+                self._pending_size = sum(map(len, bufs))
+        finally:
+            self._release()
 
     async def send(self, item: bytes) -> None:
-        if self._busy:
-            raise BusyResourceError("sending to")
-        self._check(item)
-        self._busy = True
+        item = self._check(item)
+        self._claim()
         try:
             pacer = self._pacer
             pacer.count += 1
@@ -575,40 +587,81 @@ class _Sender:
                 pacer.count = 0
                 await checkpoint()
             size = len(item)
-            if size > _JOIN_LIMIT or self.framing == "chunks":
+            if size > _JOIN_LIMIT or not self._coalesce:
                 if self._pending:
-                    await self._drain_pending()
+                    await self._drain()
                 await self._write_all(self._encode(item))
                 return
             # The hot path for small messages: one buffer, at most one write().
-            data = _pack_header(size) + item if self.framing == "frames" else bytes(item)
+            data = _pack_header(size) + item if self.framing == "frames" else item
             if self._corked and self._pending_size < _CORK_LIMIT:
                 # Committed: it goes out with the rest of this burst.
                 self._pending.append(data)
                 self._pending_size += len(data)
                 return
             if self._pending:
-                await self._drain_pending()
-            try:
-                n = os.write(self._res.fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                raise translate_os_error(exc, self._res.what) from exc
+                await self._drain()
+            n = self._write_some([data])
             if n < len(data):
                 await self._write_all([memoryview(data)[n:]], started=n > 0)
-            self._cork()
+            if not self._corked:
+                self._schedule_flush()
         finally:
-            self._busy = False
+            self._release()
 
-    async def flush_pending(self, grace: float) -> None:
-        """Best effort, bounded: write out what was committed but is not in the kernel."""
-        if not self._pending or self._res.closed:
+    async def send_first_with(self, payload: bytes, first_write: Callable[[bytes], int]) -> None:
+        """Send ``payload`` as one message whose first write is ``first_write(payload)``
+        (``sendmsg`` with ancillary data), after everything committed before it."""
+        self._claim()
+        try:
+            if self._pending:
+                await self._drain()
+            while True:
+                if self._res.closed:
+                    raise ClosedResourceError
+                try:
+                    sent = first_write(payload)
+                    break
+                except BlockingIOError:
+                    await self._res.waiter.writable()
+                except OSError as exc:
+                    raise translate_os_error(exc, self._res.what) from exc
+            if sent < len(payload):
+                await self._write_all([memoryview(payload)[sent:]], started=True)
+            else:
+                await checkpoint()
+        finally:
+            self._release()
+
+    async def drain(self) -> None:
+        """Wait until everything committed is in the kernel (cancellable)."""
+        self._claim()
+        try:
+            if self._pending:
+                await self._drain()
+        finally:
+            self._release()
+
+    async def flush_before_close(self, grace: float) -> None:
+        """For aclose: best effort, for at most ``grace`` seconds, never raising. A task
+        that is sending owns the buffer; closing wakes it with ClosedResourceError."""
+        if not self._pending or self._res.closed or self._busy:
             return
         from anyio import CancelScope, move_on_after
 
-        with CancelScope(shield=True), move_on_after(grace):
-            await self._drain_pending()
+        self._busy = True
+        try:
+            with CancelScope(shield=True), move_on_after(grace), contextlib.suppress(Exception):
+                await self._drain()
+        finally:
+            self._busy = False
+
+
+def _close_sync(res: FdResource, tx: _Sender) -> None:
+    if not res.closed and tx.has_pending:
+        with contextlib.suppress(Exception):
+            tx.flush_nowait()
+    res.close()
 
 
 _FRAMED = {"frames": True, "chunks": True, "raw": False}
@@ -732,7 +785,8 @@ class FdSendChannel(ObjectSendStream[bytes]):
         path: str | None = None,
     ) -> None:
         self._res = res
-        self._tx = _Sender(res, framing, max_message_size)
+        # A FIFO may have other writers: every write must stay atomic on its own.
+        self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
         self._attrs = _attributes(res, mechanism, framing, max_message_size)
         if path is not None:
             self._attrs[IPCAttribute.path] = lambda: path
@@ -763,18 +817,17 @@ class FdSendChannel(ObjectSendStream[bytes]):
         return self._tx.flush_nowait()
 
     async def aclose(self) -> None:
-        """Close this handle after finishing (for at most 1 s) any half-written message."""
-        await self._tx.flush_pending(1.0)
-        await self._res.aclose()
+        """Close this handle after writing out (for at most 1 s) what was committed."""
+        try:
+            await self._tx.flush_before_close(1.0)
+        finally:
+            await self._res.aclose()
         await checkpoint()
 
     def close(self) -> None:
         """Close synchronously, for code with no event loop. What the kernel cannot take
         at once is lost: call :meth:`flush_nowait` until it returns True first."""
-        if not self._res.closed and self._tx.has_pending:
-            with contextlib.suppress(Exception):
-                self._tx.flush_nowait()
-        self._res.close()
+        _close_sync(self._res, self._tx)
 
     def fileno(self) -> int:
         return self._res.fd
@@ -838,8 +891,13 @@ class FdChannel(ObjectStream[bytes]):
         self._tx.send_nowait(item)
 
     async def send_eof(self) -> None:
-        """Shut down the sending direction; the peer's ``receive`` then raises EndOfStream."""
-        await self._tx.flush_pending(1.0)
+        """Write out what was committed, then shut down the sending direction; the peer's
+        ``receive`` then raises EndOfStream.
+
+        Raises the errors of :meth:`send`. Cancellation: if cancelled while committed
+        bytes are still being written, the direction is not shut down.
+        """
+        await self._tx.drain()
         if self._res.sock is None:
             raise NotImplementedError("send_eof needs a socket")
         try:
@@ -849,14 +907,17 @@ class FdChannel(ObjectStream[bytes]):
         await checkpoint()
 
     async def aclose(self) -> None:
-        """Close this handle after finishing (for at most 1 s) any half-written message."""
-        await self._tx.flush_pending(1.0)
-        await self._res.aclose()
+        """Close this handle after writing out (for at most 1 s) what was committed."""
+        try:
+            await self._tx.flush_before_close(1.0)
+        finally:
+            await self._res.aclose()
         await checkpoint()
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop."""
-        self._res.close()
+        """Close synchronously, for code with no event loop. What the kernel cannot take
+        at once is lost."""
+        _close_sync(self._res, self._tx)
 
     def fileno(self) -> int:
         return self._res.fd
@@ -864,7 +925,3 @@ class FdChannel(ObjectStream[bytes]):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._attrs
-
-    # Reused by subclasses that add attributes (peer credentials, path).
-    def _add_attribute(self, attr: Any, value: Any) -> None:
-        self._attrs[attr] = lambda: value

@@ -177,8 +177,8 @@ class FdWaiter:
         """asyncio only: call ``write()`` each time the fd is writable while no task waits
         for it, until ``write()`` returns True (nothing left). This is how a send buffer
         drains in the background, as asyncio's transports do."""
-        loop = self._loop
-        assert loop is not None
+        loop = self._asyncio_loop()
+        assert loop is not None, "when_writable is for asyncio only"
         self._background_write = write
         if not self._writing and not self._closed:
             loop.add_writer(self._fd, self._on_writable)
@@ -214,6 +214,7 @@ class FdWaiter:
             if fut is not None and not fut.done():
                 fut.set_exception(ClosedResourceError())
         if running_asyncio_loop() is None:
-            # No event loop at all (a finalizer) means nobody can be waiting.
-            with contextlib.suppress(RuntimeError):
+            # No event loop at all (a finalizer, interpreter shutdown) means nobody can
+            # be waiting; anyio may not even be importable any more.
+            with contextlib.suppress(Exception):
                 anyio.notify_closing(self._fd)

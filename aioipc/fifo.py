@@ -146,8 +146,11 @@ async def open_receiver(
     extra: tuple[FdResource, ...] = ()
     if persistent:
         # Our own idle write end keeps the writer count above zero: no end of stream.
-        with map_errors(_what(p)):
-            keep = os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            keep = _open(p, os.O_WRONLY)
+        except BaseException:
+            os.close(fd)
+            raise
         extra = (FdResource(keep, f"{_what(p)} (keep-alive write end)"),)
     return FdReceiveChannel(
         FdResource(fd, _what(p)),

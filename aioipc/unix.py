@@ -83,9 +83,12 @@ MAX_FDS = 253
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 _CRED_SIZE = socket.CMSG_SPACE(struct.calcsize("3i"))
 _ucred = struct.Struct("3i")
-# fd groups waiting for their message: a reader only reads when it has no whole message,
-# and each read carries at most one group, so a correct peer never has more than two.
+# fd groups waiting for their message. Each read carries at most one group, and a read
+# happens only when no whole message is buffered (or, on asyncio, once per wakeup), so a
+# correct peer leaves very few queued; more than this means fds nobody flagged.
 _MAX_FD_GROUPS = 8
+# MSG_TRUNC: learn a datagram's real size; CLOEXEC: received fds are not inherited.
+_RECV_FLAGS = socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC
 
 
 def _address(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -130,9 +133,17 @@ def _drain(queue: deque[list[int]]) -> list[list[int]]:
     return groups
 
 
-def _check_fd_count(fds: Collection[int]) -> None:
+def _checked_fds(fds: Collection[int]) -> list[int]:
+    """The fds to send, checked here so that a bad one is not taken for a closed channel."""
+    fds = list(fds)
     if len(fds) > MAX_FDS:
         raise ValueError(f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}")
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ValueError(f"fd {fd} is not an open file descriptor; it cannot be sent") from None
+    return fds
 
 
 def _creds_attrs(
@@ -176,7 +187,7 @@ class UnixChannel(FdChannel):
 
     def _recv(self, size: int) -> bytes:
         # recvmsg, not read: read() would make the kernel drop fds sent with the data.
-        data, ancdata, _, _ = self._sock.recvmsg(size, _ANC_SIZE)
+        data, ancdata, _, _ = self._sock.recvmsg(size, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
         if ancdata:
             fds = _collect_fds(ancdata)
             if fds:
@@ -247,36 +258,21 @@ class UnixChannel(FdChannel):
 
         Cancellation: as for :meth:`send`; once the first byte is sent, the fds are too.
         """
-        fds = list(fds)
-        _check_fd_count(fds)
-        tx = self._tx
-        if tx.busy:
-            raise BusyResourceError("sending to")
-        tx.check(data)
+        fds = _checked_fds(fds)
         framed = self._rx.framing != "raw"
+        data = self._tx._check(data)
+        if not framed and not data and fds:
+            raise ValueError("a raw stream cannot carry fds without at least one byte of data")
         header = encode_header(len(data), FLAG_ANCILLARY if fds else 0) if framed else b""
-        payload = header + bytes(data)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        tx.busy = True
-        try:
-            await tx.flush_pending(1.0)
-            while True:
-                if self._res.closed:
-                    raise ClosedResourceError
-                try:
-                    sent = self._sock.sendmsg([payload], anc)
-                    break
-                except BlockingIOError:
-                    await self._res.waiter.writable()
-                except OSError as exc:
-                    raise translate_os_error(exc, self._res.what) from exc
-            if sent < len(payload):
-                # The fds went with the first byte; the rest of the frame must follow.
-                await tx.write_rest([memoryview(payload)[sent:]])
-            else:
-                await anyio.lowlevel.checkpoint()
-        finally:
-            tx.busy = False
+        sock = self._sock
+        # The fds travel with the first byte; the rest of the frame follows as usual.
+        await self._tx.send_first_with(header + data, lambda p: sock.sendmsg([p], anc))
+
+    def close(self) -> None:
+        """Close synchronously (see :meth:`FdChannel.close`), releasing received fds."""
+        _close_fds([fd for group in _drain(self._fd_queue) for fd in group])
+        super().close()
 
     async def aclose(self) -> None:
         _close_fds([fd for group in self._fd_queue for fd in group])
@@ -348,7 +344,9 @@ class UnixMessageChannel(ObjectStream[bytes]):
         anc = self._anc_size
         while True:
             try:
-                n, ancdata, _, sender = self._sock.recvmsg_into([self._buf], anc, socket.MSG_TRUNC)
+                n, ancdata, _, sender = self._sock.recvmsg_into(
+                    [self._buf], anc, socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC
+                )
             except BlockingIOError:
                 raise
             except OSError as exc:
@@ -461,19 +459,24 @@ class UnixMessageChannel(ObjectStream[bytes]):
 
     def send_nowait(self, item: bytes) -> None:
         """Send one message if there is room now, else raise :exc:`anyio.WouldBlock`."""
+        if self._tx_busy:
+            raise BusyResourceError("sending to")
         check_size(len(item), self._max_size)
         try:
-            self._send_one(item, [])
+            self._send_one(item, [], self._reply_address())
         except BlockingIOError:
             raise WouldBlock from None
 
+    def _reply_address(self) -> Any:
+        """Where a send without an address goes: the connected peer (None)."""
+        return None
+
     async def send_fds(self, data: bytes, fds: Collection[int]) -> None:
-        """Send one message with open file descriptors attached (the receiver gets copies)."""
-        if len(fds) > MAX_FDS:
-            raise ValueError(
-                f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}"
-            )
-        await self._send(data, fds)
+        """Send one message with open file descriptors attached (the receiver gets copies).
+
+        Raises ValueError for more than 253 fds or one that is not open; otherwise as
+        :meth:`send`, including cancellation (nothing sent)."""
+        await self._send(data, _checked_fds(fds))
 
     async def send_eof(self) -> None:
         """Shut down the sending direction (seqpacket peers then see end of stream)."""
@@ -491,7 +494,11 @@ class UnixMessageChannel(ObjectStream[bytes]):
         await anyio.lowlevel.checkpoint()
 
     def close(self) -> None:
+        """Close synchronously (never blocks), releasing fds received but not returned."""
+        for group in _drain(self._fd_queue):
+            _close_fds(group)
         self._res.close()
+        self._buf.close()
 
 
 class UnixDatagramEndpoint(UnixMessageChannel):
@@ -527,11 +534,14 @@ class UnixDatagramEndpoint(UnixMessageChannel):
 
         Raises :exc:`anyio.BrokenResourceError` if no datagram was received yet;
         otherwise as :meth:`send_to`, including cancellation."""
+        await self._send(item, (), self._reply_address())
+
+    def _reply_address(self) -> Any:
         if self._last_sender is None:
             raise anyio.BrokenResourceError(
                 f"{self._res.what}: no datagram received yet, so there is nobody to reply to"
             )
-        await self._send(item, (), self._last_sender)
+        return self._last_sender
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -615,7 +625,7 @@ def _is_stale(path: str, kind: Kind) -> bool:
     return False
 
 
-class UnixListener(anyio.abc.AsyncResource):
+class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
     """A listening stream or seqpacket socket.
 
     :meth:`accept` waits for the next connection; :meth:`serve` runs a handler for every
@@ -652,14 +662,6 @@ class UnixListener(anyio.abc.AsyncResource):
             IPCAttribute.path: lambda: self._name,
             IPCAttribute.mechanism: lambda: f"unix-{self._kind}",
         }
-
-    def extra(self, attribute: Any, default: Any = None) -> Any:
-        try:
-            return self.extra_attributes[attribute]()
-        except KeyError:
-            if default is None:
-                raise anyio.TypedAttributeLookupError("attribute not found") from None
-            return default
 
     def _wrap(self, conn: socket.socket) -> UnixChannel | UnixMessageChannel:
         if self._kind == "stream":
@@ -700,7 +702,11 @@ class UnixListener(anyio.abc.AsyncResource):
                     conn.close()
                     continue
                 conn.setblocking(False)
-                return self._wrap(conn)
+                try:
+                    return self._wrap(conn)
+                except BaseException:
+                    conn.close()
+                    raise
         finally:
             self._busy = False
 
