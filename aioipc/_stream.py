@@ -307,6 +307,8 @@ class _Receiver:
         return self._decoder.next_frame()
 
     def receive_nowait(self) -> bytes:
+        if self._res.closed:
+            raise ClosedResourceError
         if self._busy:
             raise BusyResourceError("receiving from")
         frame = self._next_frame()
@@ -321,6 +323,8 @@ class _Receiver:
         raise WouldBlock
 
     async def receive(self) -> bytes:
+        if self._res.closed:
+            raise ClosedResourceError
         if self._busy:
             raise BusyResourceError("receiving from")
         self._busy = True
@@ -371,8 +375,9 @@ def _new_writer_id() -> int:
 
 
 def _advance(bufs: list[Buffer], n: int) -> None:
-    """Drop the first ``n`` bytes from a list of buffers about to be written."""
-    while n:
+    """Drop the first ``n`` bytes from a list of buffers about to be written, and any
+    empty buffers that then lead it (an empty one can never be "written")."""
+    while bufs and (n or not len(bufs[0])):
         first = bufs[0]
         if n >= len(first):
             n -= len(first)
@@ -439,7 +444,7 @@ class _Sender:
 
     def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
-            return [_pack_header(len(item)), memoryview(item)]
+            return [_pack_header(len(item)), memoryview(item)] if item else [_pack_header(0)]
         if self.framing == "chunks":
             if self._writer_generation != _fork_generation:
                 # A forked child shares this object with its parent: it needs its own id,
@@ -447,7 +452,7 @@ class _Sender:
                 self._writer_id = _new_writer_id()
                 self._writer_generation = _fork_generation
             return list(encode_chunks(item, self._writer_id))
-        return [memoryview(item)]
+        return [memoryview(item)] if item else []
 
     def _check(self, item: bytes) -> bytes:
         """Raise if the handle cannot send ``item``; return it as immutable bytes."""
@@ -565,6 +570,8 @@ class _Sender:
             if self._pending and not self.flush_nowait():
                 raise WouldBlock
             bufs = self._encode(item)
+            if not bufs:
+                return  # an empty raw message is no bytes at all
             first = self._write_some(bufs)
             if not first:
                 raise WouldBlock
@@ -643,9 +650,15 @@ class _Sender:
             self._release()
 
     async def flush_before_close(self, grace: float) -> None:
-        """For aclose: best effort, for at most ``grace`` seconds, never raising. A task
-        that is sending owns the buffer; closing wakes it with ClosedResourceError."""
-        if not self._pending or self._res.closed or self._busy:
+        """For aclose: best effort, for at most ``grace`` seconds, never raising. While a
+        task is in the middle of a send, only what the kernel takes at once is written
+        (synchronously, so it cannot interleave with that task's write); closing then
+        wakes that task with ClosedResourceError."""
+        if not self._pending or self._res.closed:
+            return
+        if self._busy:
+            with contextlib.suppress(Exception):
+                self.flush_nowait()
             return
         from anyio import CancelScope, move_on_after
 

@@ -303,10 +303,11 @@ class UnixMessageChannel(ObjectStream[bytes]):
     ) -> None:
         self._sock = sock
         self._kind = kind
+        # The pages of this buffer are only touched as far as messages reach. Made before
+        # the handle, so that a failure here leaves no half-built open handle behind.
+        self._buf = mmap.mmap(-1, max_message_size + 1)
         self._res = FdResource(sock.fileno(), _what(kind, name), sock)
         self._max_size = max_message_size
-        # The pages of this buffer are only touched as far as messages reach.
-        self._buf = mmap.mmap(-1, max_message_size + 1)
         self._allowed = None if allowed_uids is None else frozenset(allowed_uids)
         if kind == "seqpacket":
             # recv() returns 0 both for an empty message and at end of stream; with
@@ -375,6 +376,8 @@ class UnixMessageChannel(ObjectStream[bytes]):
         return False
 
     async def _receive(self) -> bytes:
+        if self._res.closed:
+            raise ClosedResourceError
         if self._rx_busy:
             raise BusyResourceError("receiving from")
         self._rx_busy = True
@@ -400,6 +403,8 @@ class UnixMessageChannel(ObjectStream[bytes]):
 
     def receive_nowait(self) -> bytes:
         """Return the next message if one is queued, else raise :exc:`anyio.WouldBlock`."""
+        if self._res.closed:
+            raise ClosedResourceError
         if self._eof:
             raise EndOfStream
         try:
