@@ -33,6 +33,7 @@ import aioipc
 from aioipc import IPCAttribute, fifo, unix
 from aioipc._stream import _new_writer_id
 from aioipc._wait import YIELD_EVERY
+from tests._assert import same
 from tests._peer import spawn
 
 TIMEOUT = 10
@@ -47,16 +48,6 @@ def pattern(size: int, seed: int = 0) -> bytes:
     """``size`` recognisable bytes; different seeds give different contents."""
     block = struct.pack("!I", seed) + bytes(range(256))
     return (block * (size // len(block) + 1))[:size]
-
-
-def same(got: bytes, want: bytes) -> None:
-    """Assert equality without pytest diffing megabytes."""
-    if got != want:
-        first = next(
-            (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
-            min(len(got), len(want)),
-        )
-        pytest.fail(f"got {len(got)} bytes, want {len(want)}; first difference at byte {first}")
 
 
 @asynccontextmanager

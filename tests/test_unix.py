@@ -30,6 +30,7 @@ from anyio.streams.stapled import StapledObjectStream
 
 import aioipc
 from aioipc import IPCAttribute, unix
+from tests._assert import same
 from tests._peer import Peer
 from tests._peer import spawn as spawn_cmd
 
@@ -64,16 +65,6 @@ def payload(size: int, seed: int = 0) -> bytes:
 def messages(kind: str) -> list[bytes]:
     sizes = SIZES + ([BIG] if kind == "stream" else [])
     return [payload(size, seed) for seed, size in enumerate(sizes)]
-
-
-def same(got: bytes, want: bytes) -> None:
-    """Assert equality without pytest diffing megabytes of bytes."""
-    if got != want:
-        first = next(
-            (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
-            min(len(got), len(want)),
-        )
-        pytest.fail(f"got {len(got)} bytes, want {len(want)}; first difference at byte {first}")
 
 
 def frame(data: bytes) -> bytes:

@@ -71,7 +71,7 @@ from anyio import (
     WouldBlock,
     typed_attribute,
 )
-from anyio.abc import AsyncResource, ObjectReceiveStream, ObjectSendStream
+from anyio.abc import AsyncResource, ObjectReceiveStream, ObjectSendStream, TaskGroup
 from anyio.lowlevel import checkpoint
 from anyio.streams.stapled import StapledObjectStream
 
@@ -183,6 +183,15 @@ class _Outcome:
         if not self.done:
             return "it had not finished"
         return _outcome_text(self.value, self.error)
+
+
+async def _park_receive(tg: TaskGroup, rx: ObjectReceiveStream[bytes]) -> _Outcome:
+    """Start ``rx.receive()`` in ``tg``; return once it waits, as it must on an empty channel."""
+    outcome = _Outcome()
+    tg.start_soon(_capture, outcome, rx.receive)
+    await anyio.wait_all_tasks_blocked()
+    _require(not outcome.done, f"receive() on an empty channel did not wait: {outcome.text()}")
+    return outcome
 
 
 async def _capture(outcome: _Outcome, call: Callable[[], Awaitable[object]]) -> None:
@@ -515,13 +524,8 @@ async def _check_end_of_stream_wakes_receiver(s: _Suite) -> None:
     if not s.eof:
         return
     async with s.pair() as (tx, rx):
-        outcome = _Outcome()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_capture, outcome, rx.receive)
-            await anyio.wait_all_tasks_blocked()
-            _require(
-                not outcome.done, f"receive() on an empty channel did not wait: {outcome.text()}"
-            )
+            outcome = await _park_receive(tg, rx)
             await tx.aclose()
             await outcome.wait(s.timeout)
             tg.cancel_scope.cancel()
@@ -615,13 +619,8 @@ async def _check_aclose_wakes_receiver(s: _Suite) -> None:
     """``aclose()`` of the receiver wakes a task waiting in ``receive()`` with
     ClosedResourceError."""
     async with s.pair() as (_, rx):
-        outcome = _Outcome()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_capture, outcome, rx.receive)
-            await anyio.wait_all_tasks_blocked()
-            _require(
-                not outcome.done, f"receive() on an empty channel did not wait: {outcome.text()}"
-            )
+            outcome = await _park_receive(tg, rx)
             await rx.aclose()
             await outcome.wait(s.timeout)
             tg.cancel_scope.cancel()
@@ -636,13 +635,8 @@ async def _check_busy_receive(s: _Suite) -> None:
     """A second ``receive()`` while another task's ``receive()`` waits raises
     BusyResourceError, and the waiting one still gets the next message."""
     async with s.pair() as (tx, rx):
-        outcome = _Outcome()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_capture, outcome, rx.receive)
-            await anyio.wait_all_tasks_blocked()
-            _require(
-                not outcome.done, f"receive() on an empty channel did not wait: {outcome.text()}"
-            )
+            outcome = await _park_receive(tg, rx)
             await s.raises(
                 BusyResourceError,
                 "a second receive() while another task's receive() waits",
@@ -660,13 +654,8 @@ async def _check_cancelled_receive(s: _Suite) -> None:
     channel, the next ``receive()`` gets the next message; cancelled again and again while
     a large message streams in, every message still arrives whole, in order."""
     async with s.pair() as (tx, rx):
-        outcome = _Outcome()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_capture, outcome, rx.receive)
-            await anyio.wait_all_tasks_blocked()
-            _require(
-                not outcome.done, f"receive() on an empty channel did not wait: {outcome.text()}"
-            )
+            outcome = await _park_receive(tg, rx)
             tg.cancel_scope.cancel()
         _require(not outcome.done, f"a cancelled receive() finished anyway: {outcome.text()}")
         await tx.send(b"after the cancelled receive")
