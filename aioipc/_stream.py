@@ -109,16 +109,8 @@ def _make_decoder(framing: Framing, max_size: int) -> _Decoder:
     if framing == "frames":
         return FrameDecoder(max_size)
     if framing == "chunks":
-        return _ChunkDecoderAdapter(max_size)
+        return ChunkDecoder(max_size)
     return _RawDecoder()
-
-
-class _ChunkDecoderAdapter(ChunkDecoder):
-    __slots__ = ("last_flags",)
-
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size)
-        self.last_flags = 0
 
 
 class FdResource:
@@ -677,21 +669,58 @@ def _close_sync(res: FdResource, tx: _Sender) -> None:
     res.close()
 
 
+async def _aclose_sender(res: FdResource, tx: _Sender) -> None:
+    try:
+        await tx.flush_before_close(1.0)
+    finally:
+        await res.aclose()
+    await checkpoint()
+
+
 _FRAMED = {"frames": True, "chunks": True, "raw": False}
 
 
-def _attributes(
-    res: FdResource, mechanism: str, framing: Framing, max_size: int
-) -> dict[Any, Callable[[], Any]]:
-    return {
-        IPCAttribute.fd: lambda: res.fd,
-        IPCAttribute.mechanism: lambda: mechanism,
-        IPCAttribute.framed: lambda: _FRAMED[framing],
-        IPCAttribute.max_message_size: lambda: max_size,
-    }
+class _FdHandle:
+    """What every fd channel shares: its fd, its typed attributes, and the arguments that
+    rebuild it in another process."""
+
+    _res: FdResource
+    _attrs: dict[Any, Callable[[], Any]]
+    _kwargs: dict[str, Any]
+
+    def _init_handle(
+        self,
+        res: FdResource,
+        mechanism: str,
+        framing: Framing,
+        max_size: int,
+        path: str | None,
+    ) -> None:
+        self._res = res
+        self._attrs = {
+            IPCAttribute.fd: lambda: res.fd,
+            IPCAttribute.mechanism: lambda: mechanism,
+            IPCAttribute.framed: lambda: _FRAMED[framing],
+            IPCAttribute.max_message_size: lambda: max_size,
+        }
+        if path is not None:
+            self._attrs[IPCAttribute.path] = lambda: path
+        self._kwargs = {
+            "mechanism": mechanism,
+            "framing": framing,
+            "max_message_size": max_size,
+            "path": path,
+        }
+
+    def fileno(self) -> int:
+        return self._res.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._attrs
 
 
-class FdReceiveChannel(ObjectReceiveStream[bytes]):
+class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
     """A one-way receiver over a readable fd (pipe read end, FIFO).
 
     ``receive()`` returns the next whole message (or, with ``framing=False``, the next
@@ -720,18 +749,9 @@ class FdReceiveChannel(ObjectReceiveStream[bytes]):
         trust_first_eof: bool = True,
         extra_fds: tuple[FdResource, ...] = (),
     ) -> None:
-        self._res = res
+        self._init_handle(res, mechanism, framing, max_message_size, path)
         self._rx = _Receiver(res, framing, max_message_size, trust_first_eof=trust_first_eof)
-        self._attrs = _attributes(res, mechanism, framing, max_message_size)
-        if path is not None:
-            self._attrs[IPCAttribute.path] = lambda: path
         self._extra_fds = extra_fds
-        self._kwargs = {
-            "mechanism": mechanism,
-            "framing": framing,
-            "max_message_size": max_message_size,
-            "path": path,
-        }
 
     def __reduce__(self) -> tuple[Any, ...]:
         kwargs = {**self._kwargs, "trust_first_eof": self._rx.trusts_eof}
@@ -758,15 +778,8 @@ class FdReceiveChannel(ObjectReceiveStream[bytes]):
             extra.close()
         self._res.close()
 
-    def fileno(self) -> int:
-        return self._res.fd
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._attrs
-
-
-class FdSendChannel(ObjectSendStream[bytes]):
+class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
     """A one-way sender over a writable fd (pipe write end, FIFO).
 
     ``send(data)`` returns once the message is committed: written to the kernel, or (on
@@ -797,18 +810,9 @@ class FdSendChannel(ObjectSendStream[bytes]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         path: str | None = None,
     ) -> None:
-        self._res = res
+        self._init_handle(res, mechanism, framing, max_message_size, path)
         # A FIFO may have other writers: every write must stay atomic on its own.
         self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
-        self._attrs = _attributes(res, mechanism, framing, max_message_size)
-        if path is not None:
-            self._attrs[IPCAttribute.path] = lambda: path
-        self._kwargs = {
-            "mechanism": mechanism,
-            "framing": framing,
-            "max_message_size": max_message_size,
-            "path": path,
-        }
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
@@ -831,26 +835,15 @@ class FdSendChannel(ObjectSendStream[bytes]):
 
     async def aclose(self) -> None:
         """Close this handle after writing out (for at most 1 s) what was committed."""
-        try:
-            await self._tx.flush_before_close(1.0)
-        finally:
-            await self._res.aclose()
-        await checkpoint()
+        await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
         """Close synchronously, for code with no event loop. What the kernel cannot take
         at once is lost: call :meth:`flush_nowait` until it returns True first."""
         _close_sync(self._res, self._tx)
 
-    def fileno(self) -> int:
-        return self._res.fd
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._attrs
-
-
-class FdChannel(ObjectStream[bytes]):
+class FdChannel(_FdHandle, ObjectStream[bytes]):
     """A two-way channel over one fd (a connected unix stream socket)."""
 
     def __init__(
@@ -862,10 +855,9 @@ class FdChannel(ObjectStream[bytes]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         read: Callable[[int], bytes] | None = None,
     ) -> None:
-        self._res = res
+        self._init_handle(res, mechanism, framing, max_message_size, None)
         self._rx = _Receiver(res, framing, max_message_size, read)
         self._tx = _Sender(res, framing, max_message_size)
-        self._attrs = _attributes(res, mechanism, framing, max_message_size)
 
     async def receive(self) -> bytes:
         """Wait for and return the next message.
@@ -921,20 +913,9 @@ class FdChannel(ObjectStream[bytes]):
 
     async def aclose(self) -> None:
         """Close this handle after writing out (for at most 1 s) what was committed."""
-        try:
-            await self._tx.flush_before_close(1.0)
-        finally:
-            await self._res.aclose()
-        await checkpoint()
+        await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
         """Close synchronously, for code with no event loop. What the kernel cannot take
         at once is lost."""
         _close_sync(self._res, self._tx)
-
-    def fileno(self) -> int:
-        return self._res.fd
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._attrs

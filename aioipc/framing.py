@@ -219,7 +219,15 @@ class ChunkDecoder:
     goes on with the next one.
     """
 
-    __slots__ = ("_buf", "_discarding", "_max_size", "_partial", "_pos", "last_writer")
+    __slots__ = (
+        "_buf",
+        "_discarding",
+        "_max_size",
+        "_partial",
+        "_pos",
+        "last_flags",
+        "last_writer",
+    )
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if max_size < 0:
@@ -233,6 +241,9 @@ class ChunkDecoder:
         self._discarding: set[int] = set()
         #: The writer id of the message most recently returned by :meth:`next_frame`.
         self.last_writer = 0
+        #: Always 0: the chunked format has no flags (kept for the same interface as
+        #: :class:`FrameDecoder`).
+        self.last_flags = 0
 
     @property
     def max_size(self) -> int:
