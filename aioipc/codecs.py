@@ -139,16 +139,14 @@ def _decode(codec: Codec, data: bytes) -> Any:
         ) from exc
 
 
-class CodecSendStream(ObjectSendStream[Any]):
-    """Encodes each object and sends it on the wrapped byte channel."""
+class _CodecWrapper:
+    """What the codec wrappers share: the wrapped channel, its closing and its attributes."""
 
-    def __init__(self, inner: ObjectSendStream[bytes], codec: Codec) -> None:
+    def __init__(
+        self, inner: ObjectSendStream[bytes] | ObjectReceiveStream[bytes], codec: Codec
+    ) -> None:
         self.inner = inner
         self.codec = codec
-
-    async def send(self, item: Any) -> None:
-        """Encode and send; errors and cancellation as for the wrapped channel's ``send``."""
-        await self.inner.send(self.codec.encode(item))
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -158,12 +156,26 @@ class CodecSendStream(ObjectSendStream[Any]):
         return self.inner.extra_attributes
 
 
-class CodecReceiveStream(ObjectReceiveStream[Any]):
+class CodecSendStream(_CodecWrapper, ObjectSendStream[Any]):
+    """Encodes each object and sends it on the wrapped byte channel."""
+
+    inner: ObjectSendStream[bytes]
+
+    def __init__(self, inner: ObjectSendStream[bytes], codec: Codec) -> None:
+        super().__init__(inner, codec)
+
+    async def send(self, item: Any) -> None:
+        """Encode and send; errors and cancellation as for the wrapped channel's ``send``."""
+        await self.inner.send(self.codec.encode(item))
+
+
+class CodecReceiveStream(_CodecWrapper, ObjectReceiveStream[Any]):
     """Receives from the wrapped byte channel and decodes each message."""
 
+    inner: ObjectReceiveStream[bytes]
+
     def __init__(self, inner: ObjectReceiveStream[bytes], codec: Codec) -> None:
-        self.inner = inner
-        self.codec = codec
+        super().__init__(inner, codec)
 
     async def receive(self) -> Any:
         """Receive and decode; :exc:`aioipc.ProtocolError` if the message does not decode
@@ -171,20 +183,14 @@ class CodecReceiveStream(ObjectReceiveStream[Any]):
         channel's ``receive``: a cancelled call consumed nothing."""
         return _decode(self.codec, await self.inner.receive())
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.inner.extra_attributes
-
-
-class CodecStream(ObjectStream[Any]):
+class CodecStream(_CodecWrapper, ObjectStream[Any]):
     """A two-way byte channel carrying encoded objects."""
 
+    inner: ObjectStream[bytes]
+
     def __init__(self, inner: ObjectStream[bytes], codec: Codec) -> None:
-        self.inner = inner
-        self.codec = codec
+        super().__init__(inner, codec)
 
     async def send(self, item: Any) -> None:
         """Encode and send; errors and cancellation as for the wrapped channel's ``send``."""
@@ -199,13 +205,6 @@ class CodecStream(ObjectStream[Any]):
     async def send_eof(self) -> None:
         """Shut down the sending direction, as the wrapped channel's ``send_eof``."""
         await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.inner.extra_attributes
 
 
 @overload
