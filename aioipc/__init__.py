@@ -5,7 +5,13 @@ from __future__ import annotations
 from . import codecs as codecs
 from . import fifo as fifo
 from . import pipes as pipes
+from . import posix as posix
+from . import sysv as sysv
 from . import unix as unix
+from ._sysv_base import IPC_PRIVATE as IPC_PRIVATE
+from ._sysv_base import ftok as ftok
+from ._threads import install_interrupt_handler as install_interrupt_handler
+from ._threads import worker_limiter as worker_limiter
 from .abc import Channel as Channel
 from .abc import IPCAttribute as IPCAttribute
 from .abc import ReceiveChannel as ReceiveChannel
@@ -19,6 +25,7 @@ from .errors import IPCSystemError as IPCSystemError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import ProtocolError as ProtocolError
 from .framing import FrameTooLargeError as FrameTooLargeError
+from .lock import Lock as Lock
 from .pipes import pipe as pipe
 from .url import connect as connect
 from .url import listen as listen
@@ -28,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Channel",
     "FrameTooLargeError",
+    "IPC_PRIVATE",
     "IPCAttribute",
     "IPCConnectionRefusedError",
     "IPCError",
@@ -35,6 +43,7 @@ __all__ = [
     "IPCNotFoundError",
     "IPCPermissionError",
     "IPCSystemError",
+    "Lock",
     "MessageTooLargeError",
     "ProtocolError",
     "ReceiveChannel",
@@ -42,8 +51,13 @@ __all__ = [
     "codecs",
     "connect",
     "fifo",
+    "ftok",
+    "install_interrupt_handler",
     "listen",
     "pipe",
     "pipes",
+    "posix",
+    "sysv",
     "unix",
+    "worker_limiter",
 ]

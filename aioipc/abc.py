@@ -23,7 +23,7 @@ __all__ = [
     "SendChannel",
 ]
 
-#: A two-way message channel (unix sockets, later queues).
+#: A two-way message channel (unix sockets, message queues).
 Channel: TypeAlias = ObjectStream[bytes]
 #: The sending half of a channel, or a one-way sender (pipe and FIFO write ends).
 SendChannel: TypeAlias = ObjectSendStream[bytes]
@@ -40,6 +40,10 @@ class IPCAttribute(TypedAttributeSet):
     path: str = typed_attribute()
     #: The mechanism: ``"pipe"``, ``"fifo"``, ``"unix-stream"``, ``"unix-dgram"``, ...
     mechanism: str = typed_attribute()
+    #: The System V key (``0`` = IPC_PRIVATE).
+    key: int = typed_attribute()
+    #: The kernel's identifier of a System V object (the id column of ``ipcs``).
+    ipc_id: int = typed_attribute()
     #: ``True`` if messages are framed by aioipc, ``False`` for raw bytes.
     framed: bool = typed_attribute()
     #: The largest message this handle accepts, in bytes.

@@ -1,0 +1,230 @@
+"""ctypes bindings for the System V calls that sysv_ipc does not expose (x86-64/aarch64 Linux).
+
+sysv_ipc has no MSG_EXCEPT or MSG_NOERROR, a single semaphore per set, and (in the PyPI
+1.2.0 wheel) no semaphore timeouts, so aioipc calls the C library directly. ctypes
+releases the GIL around every call, so a worker blocked in ``msgrcv`` or ``semop``
+holds nobody up.
+
+Every wrapper raises :exc:`OSError` with the call's errno; the modules that use them
+translate it into aioipc's errors with the object's name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Any
+
+__all__ = [
+    "GETALL",
+    "GETNCNT",
+    "GETVAL",
+    "GETZCNT",
+    "IPC_CREAT",
+    "IPC_EXCL",
+    "IPC_NOWAIT",
+    "IPC_PRIVATE",
+    "IPC_RMID",
+    "IPC_SET",
+    "IPC_STAT",
+    "MSG_EXCEPT",
+    "MSG_NOERROR",
+    "SEM_UNDO",
+    "SETALL",
+    "SETVAL",
+    "IpcPerm",
+    "MsqidDs",
+    "SemidDs",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "semctl",
+    "semget",
+    "semop",
+]
+
+IPC_PRIVATE = 0
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_NOWAIT = 0o4000
+IPC_RMID = 0
+IPC_SET = 1
+IPC_STAT = 2
+MSG_NOERROR = 0o10000
+MSG_EXCEPT = 0o20000
+SEM_UNDO = 0x1000
+GETNCNT = 14
+GETVAL = 12
+GETALL = 13
+GETZCNT = 15
+SETVAL = 16
+SETALL = 17
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+class IpcPerm(ctypes.Structure):
+    _fields_ = (
+        ("key", ctypes.c_int),
+        ("uid", ctypes.c_uint),
+        ("gid", ctypes.c_uint),
+        ("cuid", ctypes.c_uint),
+        ("cgid", ctypes.c_uint),
+        ("mode", ctypes.c_uint),
+        ("seq", ctypes.c_ushort),
+        ("pad2", ctypes.c_ushort),
+        ("reserved1", ctypes.c_ulong),
+        ("reserved2", ctypes.c_ulong),
+    )
+
+
+class MsqidDs(ctypes.Structure):
+    _fields_ = (
+        ("perm", IpcPerm),
+        ("stime", ctypes.c_long),
+        ("rtime", ctypes.c_long),
+        ("ctime", ctypes.c_long),
+        ("cbytes", ctypes.c_ulong),
+        ("qnum", ctypes.c_ulong),
+        ("qbytes", ctypes.c_ulong),
+        ("lspid", ctypes.c_int),
+        ("lrpid", ctypes.c_int),
+        ("reserved4", ctypes.c_ulong),
+        ("reserved5", ctypes.c_ulong),
+    )
+
+
+class SemidDs(ctypes.Structure):
+    _fields_ = (
+        ("perm", IpcPerm),
+        ("otime", ctypes.c_long),
+        ("otime_high", ctypes.c_ulong),
+        ("ctime", ctypes.c_long),
+        ("ctime_high", ctypes.c_ulong),
+        ("nsems", ctypes.c_ulong),
+        ("reserved3", ctypes.c_ulong),
+        ("reserved4", ctypes.c_ulong),
+    )
+
+
+class Sembuf(ctypes.Structure):
+    _fields_ = (("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short))
+
+
+assert ctypes.sizeof(MsqidDs) == 120
+assert ctypes.sizeof(SemidDs) == 104
+assert ctypes.sizeof(Sembuf) == 6
+
+
+def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = getattr(_libc, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+_msgget = _bind("msgget", ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_msgsnd = _bind(
+    "msgsnd", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int
+)
+_msgrcv = _bind(
+    "msgrcv",
+    ctypes.c_ssize_t,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_long,
+    ctypes.c_int,
+)
+_msgctl = _bind("msgctl", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_semget = _bind("semget", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_semop = _bind("semop", ctypes.c_int, ctypes.c_int, ctypes.POINTER(Sembuf), ctypes.c_size_t)
+# semctl is variadic; on the 64-bit Linux ABIs the union semun travels in one register,
+# so passing its member (an int or a pointer) as a fixed fourth argument is exact.
+_semctl_ptr = _bind(
+    "semctl", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+)
+
+
+def _error() -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code))
+
+
+_LONG = ctypes.sizeof(ctypes.c_long)
+
+
+def msgget(key: int, flags: int) -> int:
+    qid: int = _msgget(key, flags)
+    if qid < 0:
+        raise _error()
+    return qid
+
+
+def msgsnd(qid: int, mtype: int, data: bytes, flags: int) -> None:
+    """Send ``data`` as one message of ``mtype`` (struct msgbuf: a long, then the text)."""
+    buf = mtype.to_bytes(_LONG, "little", signed=True) + data
+    if _msgsnd(qid, buf, len(data), flags) < 0:
+        raise _error()
+
+
+class ReceiveBuffer:
+    """A reusable ``struct msgbuf`` for :func:`msgrcv` (one per thread that receives)."""
+
+    __slots__ = ("addr", "buf", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = ctypes.create_string_buffer(_LONG + size)
+        self.addr = ctypes.addressof(self.buf)
+
+
+def msgrcv(qid: int, rbuf: ReceiveBuffer, size: int, mtype: int, flags: int) -> tuple[int, bytes]:
+    """Receive one message of at most ``size`` bytes into ``rbuf``; return (type, data)."""
+    n: int = _msgrcv(qid, rbuf.addr, min(size, rbuf.size), mtype, flags)
+    if n < 0:
+        raise _error()
+    got_type = ctypes.c_long.from_address(rbuf.addr).value
+    return got_type, ctypes.string_at(rbuf.addr + _LONG, n)
+
+
+def msgctl_stat(qid: int) -> MsqidDs:
+    ds = MsqidDs()
+    if _msgctl(qid, IPC_STAT, ctypes.byref(ds)) < 0:
+        raise _error()
+    return ds
+
+
+def msgctl(qid: int, cmd: int, ds: MsqidDs | None = None) -> None:
+    if _msgctl(qid, cmd, None if ds is None else ctypes.byref(ds)) < 0:
+        raise _error()
+
+
+def semget(key: int, nsems: int, flags: int) -> int:
+    sid: int = _semget(key, nsems, flags)
+    if sid < 0:
+        raise _error()
+    return sid
+
+
+def semop(sid: int, ops: list[tuple[int, int, int]]) -> None:
+    """Apply ``ops`` [(index, delta, flags)] atomically as one semop."""
+    arr = (Sembuf * len(ops))(*(Sembuf(*op) for op in ops))
+    if _semop(sid, arr, len(ops)) < 0:
+        raise _error()
+
+
+def semctl(sid: int, num: int, cmd: int, arg: int | ctypes.Array[Any] | Any = 0) -> int:
+    """semctl with an int (SETVAL), an array (GETALL/SETALL) or a struct pointer (STAT/SET)."""
+    if isinstance(arg, int):
+        ptr: Any = arg
+    elif isinstance(arg, ctypes.Array):
+        ptr = ctypes.addressof(arg)
+    else:
+        ptr = ctypes.addressof(arg)
+    r: int = _semctl_ptr(sid, num, cmd, ptr)
+    if r < 0:
+        raise _error()
+    return r

@@ -1,0 +1,463 @@
+"""POSIX message queues as an async Channel, driven by the event loop with no threads.
+
+On Linux a queue descriptor is a file descriptor that ``epoll`` understands: readable
+while the queue holds a message, writable while it has room. So a receive on an empty
+queue (or a send to a full one) waits on the event loop like a socket does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import posix_ipc
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio.abc import ObjectStream
+
+from ._posix_base import check_name, map_posix_errors
+from ._wait import YIELD_EVERY, FdWaiter
+from .abc import IPCAttribute
+from .errors import IPCNotFoundError, IPCPermissionError, MessageTooLargeError
+
+__all__ = ["MessageQueue"]
+
+#: The highest priority a message can have (Linux: 32767).
+PRIORITY_MAX: int = posix_ipc.QUEUE_PRIORITY_MAX
+
+
+def _as_bytes(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"a message is bytes (or bytearray/memoryview), not {type(item).__name__}")
+
+
+class MessageQueue(ObjectStream[bytes]):
+    """A POSIX message queue (``mq_open``): a Channel of bytes, with message priorities.
+
+    ``send(data, priority=p)`` and ``receive_message() -> (data, priority)``: the kernel
+    hands out the highest priority first, oldest first within a priority. Messages are
+    the kernel's own, with no aioipc framing, so a C program with ``mq_send`` /
+    ``mq_receive`` on the same name interoperates.
+
+    A full queue makes :meth:`send` wait (backpressure) and :meth:`send_nowait` raise
+    WouldBlock. Waiting is readiness of the queue descriptor on the event loop: no
+    threads. Tasks of one handle that wait in the same direction take turns.
+
+    The queue lives until :meth:`unlink` (and the last handle's close); closing a handle
+    leaves it. Like an unlinked file, an unlinked queue keeps working for the handles
+    already open on it.
+    """
+
+    def __init__(self, mq: posix_ipc.MessageQueue, name: str, *, read: bool, write: bool) -> None:
+        self._mq = mq
+        self._name = name
+        self._what = f"POSIX message queue {name}"
+        mq.block = False
+        self._fd: int = mq.mqd
+        self._waiter = FdWaiter(self._fd)
+        self._max_size: int = mq.max_message_size
+        self._max_messages: int = mq.max_messages
+        self._read = read
+        self._write = write
+        self._closed = False
+        self._count = 0
+        self._receive_lock: anyio.Lock | None = None
+        self._send_lock: anyio.Lock | None = None
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def _open(
+        cls,
+        name: str,
+        flags: int,
+        *,
+        mode: int = 0o600,
+        max_messages: int = 0,
+        max_message_size: int = 0,
+        read: bool = True,
+        write: bool = True,
+    ) -> MessageQueue:
+        check_name(name, "message queue")
+        if not (read or write):
+            raise ValueError("a queue handle must be open for read, write or both")
+        creating = bool(flags & posix_ipc.O_CREAT)
+        what = f"POSIX message queue {name}"
+        kw: dict[str, Any] = {"read": read, "write": write}
+        if creating:
+            kw["mode"] = mode & 0o777
+            kw["max_messages"] = max_messages or posix_ipc.QUEUE_MESSAGES_MAX_DEFAULT
+            kw["max_message_size"] = max_message_size or posix_ipc.QUEUE_MESSAGE_SIZE_MAX_DEFAULT
+        shape = (kw.get("max_messages", 0), kw.get("max_message_size", 0))
+        with map_posix_errors(what, creating=creating, shape=shape):
+            try:
+                mq = posix_ipc.MessageQueue(name, flags, **kw)
+            except posix_ipc.ExistentialError:
+                if not creating and os.path.exists(f"/dev/shm/sem.{name[1:]}"):
+                    raise IPCNotFoundError(
+                        errno.ENOENT, f"{what}: does not exist (a POSIX semaphore has that name)"
+                    ) from None
+                raise
+        try:
+            return cls(mq, name, read=read, write=write)
+        except BaseException:
+            mq.close()
+            raise
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        max_messages: int = 10,
+        max_message_size: int = 8192,
+        mode: int = 0o600,
+        read: bool = True,
+        write: bool = True,
+    ) -> MessageQueue:
+        """Create a new queue (``O_CREAT|O_EXCL``); never waits.
+
+        The defaults are this kernel's limits for unprivileged processes
+        (``/proc/sys/fs/mqueue/msg_max`` and ``msgsize_max``).
+
+        Raises:
+            aioipc.IPCExistsError: a queue with this name exists.
+            ValueError: a bad name, or a shape beyond msg_max / msgsize_max (named).
+            aioipc.IPCSystemError: over RLIMIT_MSGQUEUE (named, with the bytes needed).
+            aioipc.IPCPermissionError: not allowed.
+        """
+        return cls._open(
+            name,
+            posix_ipc.O_CREX,
+            mode=mode,
+            max_messages=max_messages,
+            max_message_size=max_message_size,
+            read=read,
+            write=write,
+        )
+
+    @classmethod
+    def open(cls, name: str, *, read: bool = True, write: bool = True) -> MessageQueue:
+        """Open an existing queue; never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no queue has this name.
+            aioipc.IPCPermissionError: its mode does not allow the asked access.
+            ValueError: a bad name.
+        """
+        return cls._open(name, 0, read=read, write=write)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        *,
+        max_messages: int = 10,
+        max_message_size: int = 8192,
+        mode: int = 0o600,
+        read: bool = True,
+        write: bool = True,
+    ) -> MessageQueue:
+        """Open the queue, creating it as :meth:`create` does if there is none.
+
+        The shape and mode apply only if this call creates it.
+        """
+        for _ in range(10):
+            try:
+                return cls.create(
+                    name,
+                    max_messages=max_messages,
+                    max_message_size=max_message_size,
+                    mode=mode,
+                    read=read,
+                    write=write,
+                )
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(name, read=read, write=write)
+            except FileNotFoundError:
+                pass
+        raise IPCNotFoundError(errno.ENOENT, f"POSIX message queue {name}: keeps vanishing")
+
+    # -- attributes -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def max_messages(self) -> int:
+        """Capacity in messages (``mq_maxmsg``)."""
+        return self._max_messages
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message in bytes (``mq_msgsize``)."""
+        return self._max_size
+
+    @property
+    def current_messages(self) -> int:
+        """Messages in the queue now."""
+        self._check_open()
+        return int(self._mq.current_messages)
+
+    def _fstat(self) -> os.stat_result:
+        self._check_open()
+        return os.fstat(self._fd)
+
+    @property
+    def mode(self) -> int:
+        """Permission bits (settable by the owner)."""
+        return self._fstat().st_mode & 0o777
+
+    @mode.setter
+    def mode(self, value: int) -> None:
+        self._check_open()
+        try:
+            os.fchmod(self._fd, value & 0o777)
+        except OSError as exc:
+            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change mode") from None
+
+    @property
+    def uid(self) -> int:
+        """Owner user id (settable by root)."""
+        return self._fstat().st_uid
+
+    @uid.setter
+    def uid(self, value: int) -> None:
+        self._chown(value, -1)
+
+    @property
+    def gid(self) -> int:
+        """Owner group id (settable by the owner, to one of its groups, or by root)."""
+        return self._fstat().st_gid
+
+    @gid.setter
+    def gid(self, value: int) -> None:
+        self._chown(-1, value)
+
+    def _chown(self, uid: int, gid: int) -> None:
+        self._check_open()
+        try:
+            os.fchown(self._fd, uid, gid)
+        except OSError as exc:
+            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change owner") from None
+
+    def fileno(self) -> int:
+        """The queue descriptor (an fd the event loop can poll)."""
+        return self._fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            IPCAttribute.fd: lambda: self._fd,
+            IPCAttribute.path: lambda: self._name,
+            IPCAttribute.mechanism: lambda: "posix-mq",
+            IPCAttribute.framed: lambda: False,
+            IPCAttribute.max_message_size: lambda: self._max_size,
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this handle is closed")
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _prepare(self, item: object, priority: int) -> bytes:
+        self._check_open()
+        if not self._write:
+            raise IPCPermissionError(errno.EBADF, f"{self._what}: this handle is receive-only")
+        data = _as_bytes(item)
+        if len(data) > self._max_size:
+            raise MessageTooLargeError(
+                len(data), self._max_size, f"max_message_size of {self._what}"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"a priority is an int, not {priority!r}")
+        if not 0 <= priority <= PRIORITY_MAX:
+            raise ValueError(f"priority must be in 0..{PRIORITY_MAX}, got {priority}")
+        return data
+
+    def _try_send(self, data: bytes, priority: int) -> bool:
+        try:
+            self._mq.send(data, None, priority)
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except posix_ipc.ExistentialError:
+            raise ClosedResourceError(f"{self._what}: this handle is closed") from None
+        except (posix_ipc.Error, OSError, ValueError) as exc:
+            raise BrokenResourceError(f"{self._what}: send failed: {exc}") from exc
+
+    def send_nowait(self, item: bytes, *, priority: int = 0) -> None:
+        """Send one message without waiting.
+
+        Raises:
+            anyio.WouldBlock: the queue is full (nothing sent).
+            anyio.ClosedResourceError: this handle is closed.
+            aioipc.MessageTooLargeError: over the queue's max_message_size (named).
+            aioipc.IPCPermissionError: a receive-only handle.
+            TypeError, ValueError: not bytes; priority outside 0..PRIORITY_MAX.
+        """
+        data = self._prepare(item, priority)
+        if not self._try_send(data, priority):
+            raise WouldBlock
+
+    async def send(self, item: bytes, *, priority: int = 0) -> None:
+        """Send one message, waiting while the queue is full.
+
+        Raises:
+            as :meth:`send_nowait`, except WouldBlock.
+
+        Cancellation: a cancelled send did not enqueue the message (the message is
+        handed to the kernel in one call, after the last point where a cancellation
+        can arrive).
+        """
+        data = self._prepare(item, priority)
+        self._count += 1
+        if self._count >= YIELD_EVERY:
+            self._count = 0
+            await anyio.lowlevel.checkpoint()
+        if self._try_send(data, priority):
+            return
+        if self._send_lock is None:
+            self._send_lock = anyio.Lock()
+        async with self._send_lock:
+            while True:
+                self._check_open()
+                if self._try_send(data, priority):
+                    self._count = 0
+                    return
+                await self._waiter.writable()
+
+    async def send_eof(self) -> None:
+        """Not supported: a message queue has no end-of-stream marker.
+
+        Raises:
+            NotImplementedError: always. Agree on a last message with the peer instead.
+        """
+        raise NotImplementedError(
+            f"{self._what}: a message queue has no end of stream; send an agreed last message"
+        )
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _try_receive(self) -> tuple[bytes, int] | None:
+        try:
+            data, priority = self._mq.receive()
+        except posix_ipc.BusyError:
+            return None
+        except posix_ipc.ExistentialError:
+            raise ClosedResourceError(f"{self._what}: this handle is closed") from None
+        except (posix_ipc.Error, OSError) as exc:
+            raise BrokenResourceError(f"{self._what}: receive failed: {exc}") from exc
+        return data, priority
+
+    def _check_receive(self) -> None:
+        self._check_open()
+        if not self._read:
+            raise IPCPermissionError(errno.EBADF, f"{self._what}: this handle is send-only")
+
+    def receive_message_nowait(self) -> tuple[bytes, int]:
+        """Take the highest-priority message without waiting; return ``(data, priority)``.
+
+        Raises:
+            anyio.WouldBlock: the queue is empty.
+            anyio.ClosedResourceError: this handle is closed.
+            aioipc.IPCPermissionError: a send-only handle.
+        """
+        self._check_receive()
+        msg = self._try_receive()
+        if msg is None:
+            raise WouldBlock
+        return msg
+
+    async def receive_message(self) -> tuple[bytes, int]:
+        """Take the highest-priority message, waiting for one; return ``(data, priority)``.
+
+        Raises:
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            aioipc.IPCPermissionError: a send-only handle.
+
+        Cancellation: a cancelled receive took nothing from the queue (the message is
+        taken in one call, after the last point where a cancellation can arrive).
+        """
+        self._check_receive()
+        self._count += 1
+        if self._count >= YIELD_EVERY:
+            self._count = 0
+            await anyio.lowlevel.checkpoint()
+        msg = self._try_receive()
+        if msg is not None:
+            return msg
+        if self._receive_lock is None:
+            self._receive_lock = anyio.Lock()
+        async with self._receive_lock:
+            while True:
+                self._check_open()
+                msg = self._try_receive()
+                if msg is not None:
+                    self._count = 0
+                    return msg
+                await self._waiter.readable()
+
+    async def receive(self) -> bytes:
+        """Receive the data of the highest-priority message (as :meth:`receive_message`).
+
+        A queue never ends, so ``async for`` runs until the handle is closed.
+        """
+        return (await self.receive_message())[0]
+
+    def receive_nowait(self) -> bytes:
+        """As :meth:`receive_message_nowait`, returning the data only."""
+        return self.receive_message_nowait()[0]
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the name now. Open handles (here and elsewhere) keep working; the queue
+        is freed when the last one closes.
+
+        Raises:
+            aioipc.IPCNotFoundError: the name is gone already.
+            aioipc.IPCPermissionError: not allowed.
+        """
+        unlink(self._name)
+
+    async def aclose(self) -> None:
+        """Close this handle; waiting tasks get ClosedResourceError. The queue stays."""
+        self._close()
+        await anyio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._waiter.close()
+        self._mq.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._close()
+
+    def __repr__(self) -> str:
+        return f"<aioipc {self._what}{' closed' if self._closed else ''}>"
+
+
+def unlink(name: str) -> None:
+    """Remove the POSIX message queue ``name`` (``mq_unlink``).
+
+    Raises:
+        aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+    """
+    check_name(name, "message queue")
+    with map_posix_errors(f"POSIX message queue {name}", creating=False):
+        posix_ipc.unlink_message_queue(name)

@@ -1,0 +1,221 @@
+"""Named POSIX semaphores (``sem_open``) with anyio.Semaphore's shape."""
+
+from __future__ import annotations
+
+import errno
+import warnings
+from types import TracebackType
+from typing import Any
+
+import anyio
+import posix_ipc
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+
+from ._posix_base import check_name, map_posix_errors
+from ._threads import Interrupted, Job, run_in_worker, stop_jobs
+from .errors import IPCNotFoundError
+
+__all__ = ["Semaphore", "unlink_semaphore"]
+
+_PREFIX = len("sem.")
+#: The largest value of a POSIX semaphore (SEM_VALUE_MAX).
+VALUE_MAX: int = posix_ipc.SEMAPHORE_VALUE_MAX
+
+
+class Semaphore:
+    """A named POSIX semaphore: ``await acquire()``, ``release()``, ``async with``.
+
+    Unlike :class:`aioipc.sysv.Semaphore` the kernel does not give back a permit held by
+    a process that dies; use :class:`aioipc.Lock` (System V, SEM_UNDO) for a mutex that
+    must survive crashes. Timed waits are anyio's: ``with anyio.fail_after(2): await
+    sem.acquire()``.
+
+    Waiting: ``sem_trywait`` first; only if it would block, ``sem_wait`` on one of
+    aioipc's worker threads (tasks of one handle take turns, holding one thread).
+    """
+
+    def __init__(self, sem: posix_ipc.Semaphore, name: str) -> None:
+        self._sem = sem
+        self._name = name
+        self._what = f"POSIX semaphore {name}"
+        self._closed = False
+        self._jobs: set[Job[Any]] = set()
+        self._lock: anyio.Lock | None = None
+
+    @classmethod
+    def _open(cls, name: str, flags: int, mode: int = 0o600, value: int = 0) -> Semaphore:
+        check_name(name, "semaphore", _PREFIX)
+        creating = bool(flags & posix_ipc.O_CREAT)
+        if creating and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"a semaphore value is an int, not {value!r}")
+        if creating and not 0 <= value <= VALUE_MAX:
+            raise ValueError(f"a POSIX semaphore value must be in 0..{VALUE_MAX}, got {value}")
+        what = f"POSIX semaphore {name}"
+        with map_posix_errors(what, creating=creating):
+            try:
+                sem = posix_ipc.Semaphore(name, flags, mode & 0o777, value)
+            except posix_ipc.ExistentialError:
+                import os
+
+                if not creating and os.path.exists(f"/dev/mqueue{name}"):
+                    raise IPCNotFoundError(
+                        errno.ENOENT,
+                        f"{what}: does not exist (a POSIX message queue has that name)",
+                    ) from None
+                raise
+        return cls(sem, name)
+
+    @classmethod
+    def create(cls, name: str, value: int = 1, *, mode: int = 0o600) -> Semaphore:
+        """Create a semaphore with ``value`` permits (``O_CREAT|O_EXCL``); never waits.
+
+        Raises:
+            aioipc.IPCExistsError: the name exists.
+            ValueError: a bad name or value.
+        """
+        return cls._open(name, posix_ipc.O_CREX, mode, value)
+
+    @classmethod
+    def open(cls, name: str) -> Semaphore:
+        """Open an existing semaphore; never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+        """
+        return cls._open(name, 0)
+
+    @classmethod
+    def open_or_create(cls, name: str, value: int = 1, *, mode: int = 0o600) -> Semaphore:
+        """Open the semaphore, or create it with ``value`` permits (``O_CREAT``, atomic)."""
+        return cls._open(name, posix_ipc.O_CREAT, mode, value)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def value(self) -> int:
+        """Permits available now."""
+        self._check_open()
+        return int(self._sem.value)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this handle is closed")
+
+    def _try(self) -> bool:
+        try:
+            self._sem.acquire(0)
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except posix_ipc.Error as exc:
+            raise BrokenResourceError(f"{self._what}: {exc}") from exc
+
+    def acquire_nowait(self) -> None:
+        """Take a permit if one is free.
+
+        Raises:
+            anyio.WouldBlock: none is free.
+            anyio.ClosedResourceError: this handle is closed.
+        """
+        self._check_open()
+        if not self._try():
+            raise WouldBlock
+
+    async def acquire(self) -> None:
+        """Take a permit, waiting for one.
+
+        Raises:
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+
+        Cancellation: a cancelled acquire holds no permit (one granted just as the
+        cancellation arrived is given back).
+        """
+        self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._try():
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        sem = self._sem
+
+        def blocking(job: Job[bool]) -> bool:
+            while True:
+                job.check()
+                try:
+                    sem.acquire()
+                    return True
+                except posix_ipc.SignalError:
+                    continue
+
+        async with self._lock:
+            self._check_open()
+            if self._try():
+                return
+            try:
+                await run_in_worker(
+                    blocking, on_late_result=lambda _: sem.release(), jobs=self._jobs
+                )
+            except Interrupted:
+                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+            except posix_ipc.Error as exc:
+                raise BrokenResourceError(f"{self._what}: {exc}") from exc
+
+    def release(self) -> None:
+        """Give a permit.
+
+        Raises:
+            ValueError: the value would exceed SEM_VALUE_MAX.
+            anyio.ClosedResourceError: this handle is closed.
+        """
+        self._check_open()
+        if self._sem.value >= VALUE_MAX:
+            raise ValueError(f"{self._what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})")
+        self._sem.release()
+
+    def unlink(self) -> None:
+        """Remove the name; handles already open keep working.
+
+        Raises:
+            aioipc.IPCNotFoundError, aioipc.IPCPermissionError.
+        """
+        unlink_semaphore(self._name)
+
+    async def aclose(self) -> None:
+        """Close this handle: waiting tasks get ClosedResourceError and their threads stop."""
+        if self._closed:
+            return
+        self._closed = True
+        await stop_jobs(self._jobs)
+        self._sem.close()
+
+    async def __aenter__(self) -> Semaphore:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._closed = True
+            self._sem.close()
+
+    def __repr__(self) -> str:
+        return f"<aioipc {self._what}{' closed' if self._closed else ''}>"
+
+
+def unlink_semaphore(name: str) -> None:
+    """Remove the named POSIX semaphore (``sem_unlink``).
+
+    Raises:
+        aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+    """
+    check_name(name, "semaphore", _PREFIX)
+    with map_posix_errors(f"POSIX semaphore {name}", creating=False):
+        posix_ipc.unlink_semaphore(name)

@@ -1,0 +1,206 @@
+"""What every System V object shares: keys, ``ftok``, the lookup errors, IPC_STAT owners.
+
+A System V object lives under a 32-bit key (``key_t``) until someone removes it, whether or
+not any process has it open. :func:`ftok` derives a key from a file, exactly as C's
+``ftok(3)`` does, so that a C program and aioipc agree on it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from anyio import BrokenResourceError, ClosedResourceError
+
+from . import _libc
+from .errors import IPCNotFoundError, translate_os_error
+
+__all__ = ["IPC_PRIVATE", "SysVObject", "check_key", "ftok", "key_repr", "read_sysctl"]
+
+#: The key that always makes a new object, reachable only through its id (or inheritance).
+IPC_PRIVATE = 0
+
+_KEY_MIN = -(2**31)
+_KEY_MAX = 2**32 - 1
+
+
+def ftok(path: str | os.PathLike[str], proj_id: int) -> int:
+    """The System V key C's ``ftok(path, proj_id)`` returns for this file.
+
+    glibc combines the low 8 bits of ``proj_id``, the low 8 bits of the file's device
+    number and the low 16 bits of its inode number; like C's ``key_t`` the result is a
+    signed 32-bit int (negative for ``proj_id`` >= 128). Two files can map to the same
+    key, and a file that is deleted and re-created usually changes key.
+
+    Raises:
+        ValueError: ``proj_id`` is not in 0..255.
+        aioipc.IPCNotFoundError: ``path`` does not exist (as C's ftok, it follows symlinks).
+        aioipc.IPCPermissionError: ``path`` cannot be looked up.
+    """
+    if isinstance(proj_id, bool) or not isinstance(proj_id, int):
+        raise TypeError(f"ftok proj_id must be an int in 0..255, not {type(proj_id).__name__}")
+    if not 0 <= proj_id <= 255:
+        raise ValueError(f"ftok proj_id must be in 0..255 (one byte), got {proj_id}")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise translate_os_error(exc, f"ftok path {os.fspath(path)!r}") from exc
+    key = (proj_id << 24) | ((st.st_dev & 0xFF) << 16) | (st.st_ino & 0xFFFF)
+    return key - 2**32 if key >= 2**31 else key
+
+
+def check_key(key: int) -> int:
+    """Validate a key and return it as C's signed ``key_t``.
+
+    Keys are accepted as signed (-2**31..2**31-1, what ``ftok`` returns) or unsigned
+    (0..0xFFFFFFFF, how ``ipcs`` prints them).
+    """
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise TypeError(f"a SysV key is an int (or aioipc.ftok(path, id)), not {key!r}")
+    if not _KEY_MIN <= key <= _KEY_MAX:
+        raise ValueError(
+            f"SysV key {key} is out of range: a key_t is 32 bits "
+            f"({_KEY_MIN}..{2**31 - 1}, or 0..{_KEY_MAX:#x} as ipcs prints it)"
+        )
+    return key - 2**32 if key >= 2**31 else key
+
+
+def key_repr(key: int) -> str:
+    return "IPC_PRIVATE" if key == IPC_PRIVATE else f"{key & 0xFFFFFFFF:#010x}"
+
+
+def read_sysctl(path: str, default: int) -> int:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+_KIND_NAMES = {"msg": "message queue", "sem": "semaphore set", "shm": "shared memory segment"}
+
+
+def other_kinds(key: int, but: str) -> list[str]:
+    """Which other System V kinds have an object under ``key`` (for a helpful not-found)."""
+    found = []
+    for kind, name in _KIND_NAMES.items():
+        if kind == but:
+            continue
+        try:
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(f and int(f[0]) == key for f in map(str.split, lines)):
+            found.append(name)
+    return found
+
+
+class SysVObject:
+    """Base of the System V handles: key, id, owner and mode from IPC_STAT, ``remove()``."""
+
+    _kind = ""  # "msg" or "sem"
+    _kind_name = ""  # "SysV message queue"
+
+    def __init__(self, key: int, ipc_id: int) -> None:
+        self._key = key
+        self._id = ipc_id
+        self._closed = False
+        self._what = f"{self._kind_name} key={key_repr(key)} id={ipc_id}"
+
+    @classmethod
+    def _lookup_error(cls, exc: OSError, key: int, creating: bool) -> Exception:
+        what = f"{cls._kind_name} key={key_repr(key)}"
+        if exc.errno == errno.ENOENT and not creating:
+            others = other_kinds(key, cls._kind)
+            hint = f" (that key belongs to a {' and a '.join(others)})" if others else ""
+            return IPCNotFoundError(errno.ENOENT, f"{what}: does not exist{hint}")
+        return translate_os_error(exc, what)
+
+    @property
+    def key(self) -> int:
+        """The key (``IPC_PRIVATE`` = 0 for a private object)."""
+        return self._key
+
+    @property
+    def id(self) -> int:
+        """The kernel's identifier (what ``ipcs`` lists in the id column)."""
+        return self._id
+
+    def _error(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.EIDRM, errno.EINVAL) and self._gone():
+            return BrokenResourceError(f"{self._what}: the object was removed (EIDRM)")
+        return translate_os_error(exc, self._what)
+
+    def _gone(self) -> bool:
+        try:
+            self._stat()
+        except OSError as exc:
+            return exc.errno in (errno.EIDRM, errno.EINVAL)
+        return False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this handle is closed")
+
+    def _stat(self) -> Any:
+        raise NotImplementedError
+
+    def _set(self, **fields: int) -> None:
+        raise NotImplementedError
+
+    def _perm(self) -> _libc.IpcPerm:
+        self._check_open()
+        try:
+            perm: _libc.IpcPerm = self._stat().perm
+        except OSError as exc:
+            raise self._error(exc) from exc
+        return perm
+
+    @property
+    def mode(self) -> int:
+        """Permission bits (settable, by the owner or root)."""
+        return int(self._perm().mode) & 0o777
+
+    @mode.setter
+    def mode(self, value: int) -> None:
+        self._set(mode=value & 0o777)
+
+    @property
+    def uid(self) -> int:
+        """Owner user id (settable, by the owner or root)."""
+        return int(self._perm().uid)
+
+    @uid.setter
+    def uid(self, value: int) -> None:
+        self._set(uid=value)
+
+    @property
+    def gid(self) -> int:
+        """Owner group id (settable, by the owner or root)."""
+        return int(self._perm().gid)
+
+    @gid.setter
+    def gid(self, value: int) -> None:
+        self._set(gid=value)
+
+    @property
+    def cuid(self) -> int:
+        """Creator user id."""
+        return int(self._perm().cuid)
+
+    @property
+    def cgid(self) -> int:
+        """Creator group id."""
+        return int(self._perm().cgid)
+
+    def _apply_perm(self, ds: Any, fields: dict[str, int]) -> None:
+        for name, value in fields.items():
+            if name in ("uid", "gid", "mode"):
+                setattr(ds.perm, name, value)
+            else:
+                setattr(ds, name, value)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<aioipc {self._what}{state}>"

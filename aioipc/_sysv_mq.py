@@ -1,0 +1,662 @@
+"""System V message queues as an async Channel with the kernel's typed messages."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from anyio import ClosedResourceError, WouldBlock
+from anyio.abc import ObjectStream
+
+from . import _libc
+from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR
+from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
+from ._threads import Interrupted, Job, interrupt_all, run_in_worker, stop_jobs
+from ._wait import YIELD_EVERY
+from .abc import IPCAttribute
+from .errors import IPCPermissionError, MessageTooLargeError
+
+__all__ = ["MessageQueue"]
+
+_MSGMAX = "/proc/sys/kernel/msgmax"
+_MSGMNB = "/proc/sys/kernel/msgmnb"
+_LONG_MAX = 2**63 - 1
+
+Message = tuple[int, bytes]
+
+
+def _check_send_type(t: int) -> int:
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise TypeError(f"a message type is an int > 0, not {t!r}")
+    if not 0 < t <= _LONG_MAX:
+        raise ValueError(f"a SysV message type must be > 0 (and fit a C long), got {t}")
+    return t
+
+
+def _check_selector(t: int, except_type: bool) -> int:
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise TypeError(f"a message type selector is an int, not {t!r}")
+    if not -_LONG_MAX <= t <= _LONG_MAX:
+        raise ValueError(f"message type selector {t} does not fit a C long")
+    if except_type and t <= 0:
+        raise ValueError(f"except_type=True needs a type > 0 to exclude, got {t}")
+    return t
+
+
+def _as_bytes(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"a message is bytes (or bytearray/memoryview), not {type(item).__name__}")
+
+
+def _matches(mtype: int, selector: int, except_type: bool) -> bool:
+    if selector == 0:
+        return True
+    if selector < 0:
+        return mtype <= -selector
+    return (mtype != selector) if except_type else (mtype == selector)
+
+
+class MessageQueue(SysVObject, ObjectStream[bytes]):
+    """A System V message queue: a Channel of bytes, plus the kernel's typed messages.
+
+    Every message carries a type (a positive long). ``send(data)`` uses the handle's
+    ``send_type`` (default 1) and ``receive()`` its ``receive_type`` (default 0: any),
+    so two processes can share one queue in both directions by picking opposite types
+    (``send_type=1, receive_type=2`` on one side, the reverse on the other).
+
+    Messages are the kernel's own, with no aioipc framing: a C program with
+    ``msgsnd``/``msgrcv`` on the same key reads and writes the same bytes.
+
+    Waiting: a call first tries the no-wait form (``IPC_NOWAIT``); only when that would
+    block does it wait on one of aioipc's worker threads (see :mod:`aioipc._threads`).
+    Tasks of one handle that wait with the same selector share one thread.
+
+    Construct with :meth:`create`, :meth:`open` or :meth:`open_or_create`. Closing a
+    handle does not remove the queue (it outlives every process): call :meth:`remove`,
+    except for a queue this handle created with ``IPC_PRIVATE``, which ``aclose``
+    removes unless ``remove_on_close=False``.
+    """
+
+    _kind = "msg"
+    _kind_name = "SysV message queue"
+
+    def __init__(
+        self,
+        key: int,
+        qid: int,
+        *,
+        send_type: int = 1,
+        receive_type: int = 0,
+        remove_on_close: bool = False,
+    ) -> None:
+        SysVObject.__init__(self, key, qid)
+        self._send_type = _check_send_type(send_type)
+        self._receive_type = _check_selector(receive_type, False)
+        self._remove_on_close = remove_on_close
+        self._msgmax = read_sysctl(_MSGMAX, 8192)
+        self._rbuf = _libc.ReceiveBuffer(self._msgmax)
+        self._stash: list[Message] = []
+        self._jobs: set[Job[Any]] = set()
+        self._locks: dict[tuple[int, int], anyio.Lock] = {}
+        self._count = 0
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def _get(cls, key: int, flags: int, creating: bool) -> int:
+        try:
+            return _libc.msgget(key, flags)
+        except OSError as exc:
+            raise cls._lookup_error(exc, key, creating) from exc
+
+    @classmethod
+    def create(
+        cls,
+        key: int = IPC_PRIVATE,
+        *,
+        mode: int = 0o600,
+        max_bytes: int | None = None,
+        send_type: int = 1,
+        receive_type: int = 0,
+        remove_on_close: bool | None = None,
+    ) -> MessageQueue:
+        """Create a new queue under ``key`` (``IPC_CREAT|IPC_EXCL``); never waits.
+
+        ``max_bytes`` sets the queue's capacity (``msg_qbytes``; the default is
+        ``/proc/sys/kernel/msgmnb``; only root may go above it). ``remove_on_close``
+        defaults to True for ``IPC_PRIVATE`` and False otherwise.
+
+        Raises:
+            aioipc.IPCExistsError: a queue with this key exists.
+            aioipc.IPCPermissionError: ``max_bytes`` is above msgmnb and the caller is not
+                privileged.
+            ValueError: the key is out of range.
+        """
+        key = check_key(key)
+        qid = cls._get(key, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
+        if remove_on_close is None:
+            remove_on_close = key == IPC_PRIVATE
+        q = cls(
+            key,
+            qid,
+            send_type=send_type,
+            receive_type=receive_type,
+            remove_on_close=remove_on_close,
+        )
+        if max_bytes is not None:
+            try:
+                q.max_bytes = max_bytes
+            except BaseException:
+                q._remove_quietly()
+                raise
+        return q
+
+    @classmethod
+    def open(cls, key: int, *, send_type: int = 1, receive_type: int = 0) -> MessageQueue:
+        """Open the existing queue under ``key``; never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no queue has this key (the message says if another
+                kind of System V object has it).
+            ValueError: the key is out of range or IPC_PRIVATE (which always creates).
+        """
+        key = check_key(key)
+        if key == IPC_PRIVATE:
+            raise ValueError("IPC_PRIVATE always creates a new queue; use create()")
+        qid = cls._get(key, 0, False)
+        return cls(key, qid, send_type=send_type, receive_type=receive_type)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        key: int,
+        *,
+        mode: int = 0o600,
+        max_bytes: int | None = None,
+        send_type: int = 1,
+        receive_type: int = 0,
+    ) -> MessageQueue:
+        """Open the queue under ``key``, creating it (as :meth:`create`) if there is none.
+
+        ``mode`` and ``max_bytes`` apply only if this call creates the queue. Raises as
+        :meth:`create` and :meth:`open`.
+        """
+        key = check_key(key)
+        if key == IPC_PRIVATE:
+            raise ValueError("IPC_PRIVATE always creates a new queue; use create()")
+        for _ in range(10):  # another process may remove it between our two calls
+            try:
+                return cls.create(
+                    key,
+                    mode=mode,
+                    max_bytes=max_bytes,
+                    send_type=send_type,
+                    receive_type=receive_type,
+                )
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(key, send_type=send_type, receive_type=receive_type)
+            except FileNotFoundError:
+                pass
+        raise cls._lookup_error(OSError(errno.EAGAIN, "created and removed repeatedly"), key, True)
+
+    @classmethod
+    def from_id(
+        cls, qid: int, *, key: int = IPC_PRIVATE, send_type: int = 1, receive_type: int = 0
+    ) -> MessageQueue:
+        """A handle on the queue with kernel id ``qid`` (how a child reaches a private queue).
+
+        Handles pickle to this, so they can be passed to a ``multiprocessing`` child.
+
+        Raises:
+            aioipc.IPCNotFoundError: no queue has this id.
+        """
+        try:
+            _libc.msgctl_stat(qid)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIDRM):
+                exc = OSError(errno.ENOENT, "no such queue")
+            raise cls._lookup_error(exc, key, False) from exc
+        return cls(key, qid, send_type=send_type, receive_type=receive_type)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _reopen,
+            (self._id, self._key, self._send_type, self._receive_type),
+        )
+
+    # -- attributes -------------------------------------------------------------------
+
+    def _stat(self) -> _libc.MsqidDs:
+        return _libc.msgctl_stat(self._id)
+
+    def _ds(self) -> _libc.MsqidDs:
+        self._check_open()
+        try:
+            return self._stat()
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _set(self, **fields: int) -> None:
+        ds = self._ds()
+        self._apply_perm(ds, fields)
+        try:
+            _libc.msgctl(self._id, _libc.IPC_SET, ds)
+        except OSError as exc:
+            if "qbytes" in fields and exc.errno == errno.EPERM:
+                limit = read_sysctl(_MSGMNB, 16384)
+                raise IPCPermissionError(
+                    errno.EPERM,
+                    f"{self._what}: max_bytes={fields['qbytes']} is above {_MSGMNB} = {limit}"
+                    ", which only a privileged process (CAP_SYS_RESOURCE) may exceed",
+                ) from exc
+            raise self._error(exc) from exc
+
+    @property
+    def current_messages(self) -> int:
+        """Messages in the queue now."""
+        return int(self._ds().qnum)
+
+    @property
+    def current_bytes(self) -> int:
+        """Bytes of message text in the queue now."""
+        return int(self._ds().cbytes)
+
+    @property
+    def max_bytes(self) -> int:
+        """Capacity in bytes (``msg_qbytes``); settable (above msgmnb only by root)."""
+        return int(self._ds().qbytes)
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        if value <= 0:
+            raise ValueError(f"max_bytes must be > 0, got {value}")
+        self._set(qbytes=value)
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message: ``/proc/sys/kernel/msgmax`` when this handle was opened."""
+        return self._msgmax
+
+    @property
+    def last_send_pid(self) -> int:
+        return int(self._ds().lspid)
+
+    @property
+    def last_receive_pid(self) -> int:
+        return int(self._ds().lrpid)
+
+    @property
+    def last_send_time(self) -> float | None:
+        """Epoch seconds of the last ``msgsnd``, None if never."""
+        return float(self._ds().stime) or None
+
+    @property
+    def last_receive_time(self) -> float | None:
+        return float(self._ds().rtime) or None
+
+    @property
+    def last_change_time(self) -> float:
+        return float(self._ds().ctime)
+
+    @property
+    def send_type(self) -> int:
+        """The type ``send(data)`` gives a message when no ``type`` is passed."""
+        return self._send_type
+
+    @property
+    def receive_type(self) -> int:
+        """The selector ``receive()`` uses when no ``type`` is passed."""
+        return self._receive_type
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            IPCAttribute.mechanism: lambda: "sysv-mq",
+            IPCAttribute.key: lambda: self._key,
+            IPCAttribute.ipc_id: lambda: self._id,
+            IPCAttribute.framed: lambda: False,
+            IPCAttribute.max_message_size: lambda: self._msgmax,
+        }
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _send_error(self, exc: OSError, size: int) -> Exception:
+        if exc.errno == errno.EINVAL and not self._gone():
+            try:
+                qbytes = int(self._stat().qbytes)
+            except OSError:
+                qbytes = -1
+            if size > qbytes >= 0:
+                return MessageTooLargeError(size, qbytes, f"max_bytes (msg_qbytes) of {self._what}")
+        if exc.errno == errno.EACCES:
+            mode = oct(self.mode)
+            return IPCPermissionError(
+                errno.EACCES, f"{self._what}: permission denied (mode {mode}, owner uid {self.uid})"
+            )
+        return self._error(exc)
+
+    def _prepare(self, item: object, type: int | None) -> tuple[int, bytes]:
+        self._check_open()
+        data = _as_bytes(item)
+        if len(data) > self._msgmax:
+            raise MessageTooLargeError(len(data), self._msgmax, _MSGMAX)
+        return (self._send_type if type is None else _check_send_type(type)), data
+
+    def send_nowait(self, item: bytes, *, type: int | None = None) -> None:
+        """Send one message without waiting.
+
+        Raises:
+            anyio.WouldBlock: the queue is full (nothing was sent).
+            anyio.ClosedResourceError: this handle is closed.
+            anyio.BrokenResourceError: the queue was removed.
+            aioipc.MessageTooLargeError: over msgmax, or over the queue's max_bytes.
+            aioipc.IPCPermissionError: the queue's mode does not let us write.
+            TypeError, ValueError: ``item`` is not bytes, or ``type`` is not > 0.
+        """
+        mtype, data = self._prepare(item, type)
+        try:
+            _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                raise WouldBlock from None
+            raise self._send_error(exc, len(data)) from exc
+
+    async def send(self, item: bytes, *, type: int | None = None) -> None:
+        """Send one message of ``type`` (default: the handle's ``send_type``).
+
+        Waits while the queue is full (a worker thread, only then).
+
+        Raises:
+            as :meth:`send_nowait`, except WouldBlock.
+
+        Cancellation: a cancelled send did not enqueue the message, unless the kernel had
+        taken it already when the cancellation arrived; then the cancellation exception
+        carries a note saying the message was sent (Python 3.11+).
+        """
+        mtype, data = self._prepare(item, type)
+        self._count += 1
+        if self._count >= YIELD_EVERY:
+            self._count = 0
+            await anyio.lowlevel.checkpoint()
+        try:
+            _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise self._send_error(exc, len(data)) from exc
+        qid = self._id
+
+        def blocking(job: Job[bool]) -> bool:
+            while True:
+                job.check()
+                try:
+                    _libc.msgsnd(qid, mtype, data, 0)
+                    return True
+                except OSError as exc:
+                    if exc.errno != errno.EINTR:
+                        raise
+
+        self._count = 0
+        try:
+            await run_in_worker(
+                blocking,
+                jobs=self._jobs,
+                late_note=f"aioipc: the message was sent to {self._what} before the "
+                "cancellation took effect",
+            )
+        except Interrupted:
+            raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+        except OSError as exc:
+            raise self._send_error(exc, len(data)) from exc
+
+    async def send_eof(self) -> None:
+        """Not supported: a message queue has no end-of-stream marker.
+
+        Raises:
+            NotImplementedError: always. Agree on a last message with the peer instead.
+        """
+        raise NotImplementedError(
+            f"{self._what}: a message queue has no end of stream; send an agreed last message"
+        )
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _take_stashed(self, selector: int, except_type: bool) -> Message | None:
+        for i, (mtype, data) in enumerate(self._stash):
+            if _matches(mtype, selector, except_type):
+                del self._stash[i]
+                return mtype, data
+        return None
+
+    def _try_receive(self, selector: int, flags: int, size: int) -> Message | None:
+        stashed = self._take_stashed(selector, bool(flags & MSG_EXCEPT)) if self._stash else None
+        if stashed is not None:
+            return stashed
+        try:
+            return _libc.msgrcv(self._id, self._rbuf, size, selector, flags | IPC_NOWAIT)
+        except OSError as exc:
+            if exc.errno == errno.ENOMSG:
+                return None
+            raise self._receive_error(exc, size) from exc
+
+    def _receive_error(self, exc: OSError, size: int) -> Exception:
+        if exc.errno == errno.E2BIG:
+            return MessageTooLargeError(
+                size + 1,
+                size,
+                f"the receive size of {self._what} (pass truncate=True to cut it; "
+                "the message stays in the queue)",
+                at_least=True,
+            )
+        if exc.errno == errno.EACCES:
+            return IPCPermissionError(
+                errno.EACCES, f"{self._what}: permission denied (mode {oct(self.mode)})"
+            )
+        return self._error(exc)
+
+    def _receive_args(
+        self, type: int | None, except_type: bool, truncate: bool, max_size: int | None
+    ) -> tuple[int, int, int]:
+        self._check_open()
+        selector = self._receive_type if type is None else _check_selector(type, except_type)
+        flags = (MSG_EXCEPT if except_type else 0) | (MSG_NOERROR if truncate else 0)
+        size = self._msgmax if max_size is None else max_size
+        if not 0 <= size <= self._msgmax:
+            raise ValueError(f"max_size must be in 0..{self._msgmax} (msgmax), got {size}")
+        return selector, flags, size
+
+    def receive_message_nowait(
+        self,
+        type: int = 0,
+        *,
+        except_type: bool = False,
+        truncate: bool = False,
+        max_size: int | None = None,
+    ) -> Message:
+        """Take one message without waiting; return ``(type, data)``.
+
+        ``type`` selects as ``msgrcv`` does: 0 the first message, t > 0 the first of type
+        t (with ``except_type=True``: the first *not* of type t), t < 0 the first of the
+        lowest type <= |t|. ``max_size`` caps the size (default msgmax); a longer message
+        raises MessageTooLargeError and stays queued, unless ``truncate=True`` cuts it.
+
+        Raises:
+            anyio.WouldBlock: no message matches.
+            anyio.ClosedResourceError, anyio.BrokenResourceError (removed),
+            aioipc.MessageTooLargeError, aioipc.IPCPermissionError.
+        """
+        selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
+        msg = self._try_receive(selector, flags, size)
+        if msg is None:
+            raise WouldBlock
+        return msg
+
+    async def receive_message(
+        self,
+        type: int = 0,
+        *,
+        except_type: bool = False,
+        truncate: bool = False,
+        max_size: int | None = None,
+    ) -> Message:
+        """Take one message, waiting for one that matches; return ``(type, data)``.
+
+        Selection as :meth:`receive_message_nowait`.
+
+        Raises:
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            anyio.BrokenResourceError: the queue was removed (also while waiting).
+            aioipc.MessageTooLargeError, aioipc.IPCPermissionError.
+
+        Cancellation: a cancelled receive took nothing from the queue; if a worker had
+        already taken a message when the cancellation arrived, the next receive on this
+        handle that matches gets it (and closing the handle puts it back in the queue).
+        """
+        selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
+        self._count += 1
+        if self._count >= YIELD_EVERY:
+            self._count = 0
+            await anyio.lowlevel.checkpoint()
+        msg = self._try_receive(selector, flags, size)
+        if msg is not None:
+            return msg
+        return await self._receive_waiting(selector, flags, size)
+
+    async def _receive_waiting(self, selector: int, flags: int, size: int) -> Message:
+        # Tasks with the same selector queue up behind one lock, so they hold one thread.
+        lock = self._locks.get((selector, flags))
+        if lock is None:
+            lock = self._locks[(selector, flags)] = anyio.Lock()
+        qid = self._id
+        msgmax = self._msgmax
+
+        def blocking(job: Job[Message]) -> Message:
+            rbuf = _libc.ReceiveBuffer(msgmax)
+            while True:
+                job.check()
+                try:
+                    return _libc.msgrcv(qid, rbuf, size, selector, flags)
+                except OSError as exc:
+                    if exc.errno != errno.EINTR:
+                        raise
+
+        async with lock:
+            self._count = 0
+            # Someone may have been served while we queued for the lock.
+            msg = self._try_receive(selector, flags, size)
+            if msg is not None:
+                return msg
+            try:
+                return await run_in_worker(
+                    blocking, on_late_result=self._stash.append, jobs=self._jobs
+                )
+            except Interrupted:
+                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+            except OSError as exc:
+                raise self._receive_error(exc, size) from exc
+
+    async def receive(
+        self,
+        *,
+        type: int | None = None,
+        except_type: bool = False,
+        truncate: bool = False,
+        max_size: int | None = None,
+    ) -> bytes:
+        """Receive the data of the next message matching ``type`` (default: the handle's
+        ``receive_type``). As :meth:`receive_message` without the type.
+
+        Raises and cancellation: as :meth:`receive_message`. A queue never ends, so
+        ``async for`` runs until the handle is closed or the queue removed.
+        """
+        selector = self._receive_type if type is None else type
+        return (
+            await self.receive_message(
+                selector, except_type=except_type, truncate=truncate, max_size=max_size
+            )
+        )[1]
+
+    def receive_nowait(
+        self,
+        *,
+        type: int | None = None,
+        except_type: bool = False,
+        truncate: bool = False,
+        max_size: int | None = None,
+    ) -> bytes:
+        """As :meth:`receive_message_nowait`, returning the data only."""
+        selector = self._receive_type if type is None else type
+        return self.receive_message_nowait(
+            selector, except_type=except_type, truncate=truncate, max_size=max_size
+        )[1]
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Remove the queue from the system (``IPC_RMID``) now.
+
+        Every task waiting on it, in any process, wakes with BrokenResourceError.
+        Messages still queued are discarded.
+
+        Raises:
+            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
+            anyio.BrokenResourceError: it was removed already.
+        """
+        try:
+            _libc.msgctl(self._id, _libc.IPC_RMID)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _remove_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            _libc.msgctl(self._id, _libc.IPC_RMID)
+
+    def _return_stash(self) -> None:
+        for mtype, data in self._stash:
+            try:
+                _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
+            except OSError as exc:
+                warnings.warn(
+                    f"{self._what}: a message a cancelled receive had taken could not be put "
+                    f"back ({exc.strerror}); {len(data)} bytes of type {mtype} are lost",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self._stash.clear()
+
+    async def aclose(self) -> None:
+        """Close this handle (the queue stays, unless this handle owns it).
+
+        Wakes this handle's waiting tasks with ClosedResourceError and stops their
+        worker threads. A message a cancelled receive had taken goes back to the queue.
+        Never blocks for long; the shielded wait for the workers is about a millisecond.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await stop_jobs(self._jobs)
+        self._return_stash()
+        if self._remove_on_close:
+            self._remove_quietly()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._closed = True
+            interrupt_all(self._jobs)
+            self._return_stash()
+            if self._remove_on_close:
+                self._remove_quietly()
+
+
+def _reopen(qid: int, key: int, send_type: int, receive_type: int) -> MessageQueue:
+    return MessageQueue.from_id(qid, key=key, send_type=send_type, receive_type=receive_type)

@@ -1,0 +1,540 @@
+"""System V semaphore sets (atomic multi-semaphore operations) and single semaphores."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import warnings
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio import ClosedResourceError, WouldBlock
+
+from . import _libc
+from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
+from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
+from ._threads import Interrupted, Job, interrupt_all, run_in_worker, stop_jobs
+from .errors import IPCSystemError
+
+__all__ = ["Semaphore", "SemaphoreSet"]
+
+#: The largest value a System V semaphore can hold (SEMVMX).
+SEMVMX = 32767
+_SEM = "/proc/sys/kernel/sem"  # semmsl semmns semopm semmni
+
+
+def _check_index(i: int, size: int) -> int:
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise TypeError(f"a semaphore index is an int, not {i!r}")
+    if not 0 <= i < size:
+        raise IndexError(f"semaphore index {i} out of range for a set of {size}")
+    return i
+
+
+def _check_value(v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"a semaphore value is an int, not {v!r}")
+    if not 0 <= v <= SEMVMX:
+        raise ValueError(f"a SysV semaphore value must be in 0..{SEMVMX} (SEMVMX), got {v}")
+    return v
+
+
+class SemaphoreSet(SysVObject):
+    """``size`` System V semaphores under one key, changed atomically with :meth:`op`.
+
+    ``await op([(0, -1), (1, -1)])`` takes one from semaphore 0 *and* one from 1 in one
+    ``semop``: it waits until both can be taken and never holds one without the other.
+    A delta > 0 gives, < 0 takes (waiting while the value is too small), 0 waits until
+    the value is zero.
+
+    ``undo=True`` (the default) adds ``SEM_UNDO`` to every operation, so the kernel
+    reverses a process's changes when it exits -- even by SIGKILL. That is right for
+    locks and resource counts; for semaphores used as signals between processes (one
+    side only gives, the other only takes) pass ``undo=False``.
+
+    Waiting: a no-wait ``semop`` first; only if it would block, a worker thread.
+
+    Close a handle with ``await aclose()`` (or ``contextlib.aclosing``); the set itself
+    lives until :meth:`remove`.
+    """
+
+    _kind = "sem"
+    _kind_name = "SysV semaphore set"
+
+    def __init__(
+        self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
+    ) -> None:
+        SysVObject.__init__(self, key, sid)
+        self._undo = undo
+        self._remove_on_close = remove_on_close
+        self._jobs: set[Job[Any]] = set()
+        self._size = int(self._stat().nsems)
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def _get(cls, key: int, size: int, flags: int, creating: bool) -> int:
+        try:
+            return _libc.semget(key, size, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and creating:
+                semmsl = read_sysctl(_SEM, 32000)
+                raise ValueError(
+                    f"a SysV semaphore set holds 1..{semmsl} semaphores "
+                    f"(semmsl, first field of {_SEM}), asked for {size}"
+                ) from None
+            raise cls._lookup_error(exc, key, creating) from exc
+
+    @classmethod
+    def create(
+        cls,
+        key: int = IPC_PRIVATE,
+        size: int = 1,
+        *,
+        values: Sequence[int] | int = 0,
+        mode: int = 0o600,
+        undo: bool = True,
+        remove_on_close: bool | None = None,
+    ) -> SemaphoreSet:
+        """Create a set of ``size`` semaphores under ``key`` (``IPC_EXCL``); never waits.
+
+        ``values`` (one int for all, or one per semaphore) are applied as one ``semop``
+        without SEM_UNDO, so a process that opens the set before that sees zeros and
+        simply waits: there is no window in which it sees a half-made set.
+
+        Raises:
+            aioipc.IPCExistsError: a semaphore set with this key exists.
+            ValueError: a key, size or value out of range.
+        """
+        key = check_key(key)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"a semaphore set needs size >= 1, got {size!r}")
+        vals = [values] * size if isinstance(values, int) else list(values)
+        if len(vals) != size:
+            raise ValueError(f"{len(vals)} values given for a set of {size} semaphores")
+        for v in vals:
+            _check_value(v)
+        sid = cls._get(key, size, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
+        if remove_on_close is None:
+            remove_on_close = key == IPC_PRIVATE
+        s = cls._new(key, sid, undo=undo, remove_on_close=remove_on_close)
+        ops = [(i, v, 0) for i, v in enumerate(vals) if v]
+        if ops:
+            try:
+                _libc.semop(sid, ops)
+            except OSError as exc:
+                s._closed = True
+                s._remove_quietly()
+                raise s._error(exc) from exc
+        return s  # type: ignore[no-any-return]
+
+    @classmethod
+    def _new(cls, key: int, sid: int, *, undo: bool, remove_on_close: bool) -> Any:
+        try:
+            return cls(key, sid, undo=undo, remove_on_close=remove_on_close)
+        except OSError as exc:
+            raise cls._lookup_error(exc, key, False) from exc
+
+    @classmethod
+    def open(cls, key: int, *, undo: bool = True) -> SemaphoreSet:
+        """Open the existing set under ``key``; never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no semaphore set has this key (the message says if
+                another kind of System V object has it).
+            ValueError: the key is out of range or IPC_PRIVATE.
+        """
+        key = check_key(key)
+        if key == IPC_PRIVATE:
+            raise ValueError("IPC_PRIVATE always creates a new set; use create()")
+        sid = cls._get(key, 0, 0, False)
+        s: SemaphoreSet = cls._new(key, sid, undo=undo, remove_on_close=False)
+        return s
+
+    @classmethod
+    def open_or_create(
+        cls,
+        key: int,
+        size: int = 1,
+        *,
+        values: Sequence[int] | int = 0,
+        mode: int = 0o600,
+        undo: bool = True,
+    ) -> SemaphoreSet:
+        """Open the set under ``key``, or create it as :meth:`create` does if there is none."""
+        key = check_key(key)
+        if key == IPC_PRIVATE:
+            raise ValueError("IPC_PRIVATE always creates a new set; use create()")
+        for _ in range(10):
+            try:
+                return cls.create(key, size, values=values, mode=mode, undo=undo)
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(key, undo=undo)
+            except FileNotFoundError:
+                pass
+        raise IPCSystemError(
+            errno.EAGAIN, f"{cls._kind_name} key={key}: created and removed repeatedly"
+        )
+
+    @classmethod
+    def from_id(cls, sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> SemaphoreSet:
+        """A handle on the set with kernel id ``sid`` (handles pickle to this)."""
+        try:
+            s: SemaphoreSet = cls(key, sid, undo=undo)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIDRM):
+                exc = OSError(errno.ENOENT, "no such semaphore set")
+            raise cls._lookup_error(exc, key, False) from exc
+        return s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (type(self), self._id, self._key, self._undo))
+
+    # -- attributes -------------------------------------------------------------------
+
+    def _stat(self) -> _libc.SemidDs:
+        ds = _libc.SemidDs()
+        _libc.semctl(self._id, 0, _libc.IPC_STAT, ds)
+        return ds
+
+    def _set(self, **fields: int) -> None:
+        self._check_open()
+        try:
+            ds = self._stat()
+            self._apply_perm(ds, fields)
+            _libc.semctl(self._id, 0, _libc.IPC_SET, ds)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _ctl(self, num: int, cmd: int, arg: Any = 0) -> int:
+        self._check_open()
+        try:
+            return _libc.semctl(self._id, num, cmd, arg)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def size(self) -> int:
+        """How many semaphores the set holds."""
+        return self._size
+
+    @property
+    def undo(self) -> bool:
+        """Whether this handle's operations use SEM_UNDO."""
+        return self._undo
+
+    def get_value(self, index: int = 0) -> int:
+        """The value of one semaphore (GETVAL)."""
+        return self._ctl(_check_index(index, self._size), _libc.GETVAL)
+
+    def set_value(self, index: int, value: int) -> None:
+        """Set one semaphore (SETVAL); clears every process's undo entries for it."""
+        self._ctl(_check_index(index, self._size), _libc.SETVAL, _check_value(value))
+
+    def get_values(self) -> list[int]:
+        """All values at one instant (GETALL)."""
+        arr = (ctypes.c_ushort * self._size)()
+        self._ctl(0, _libc.GETALL, arr)
+        return list(arr)
+
+    def set_values(self, values: Sequence[int]) -> None:
+        """Set every semaphore at once (SETALL)."""
+        if len(values) != self._size:
+            raise ValueError(f"{len(values)} values given for a set of {self._size}")
+        arr = (ctypes.c_ushort * self._size)(*(_check_value(v) for v in values))
+        self._ctl(0, _libc.SETALL, arr)
+
+    def waiting_count(self, index: int = 0) -> int:
+        """Processes (threads) waiting for this semaphore to increase (GETNCNT)."""
+        return self._ctl(_check_index(index, self._size), _libc.GETNCNT)
+
+    def zero_waiting_count(self, index: int = 0) -> int:
+        """Processes (threads) waiting for this semaphore to become zero (GETZCNT)."""
+        return self._ctl(_check_index(index, self._size), _libc.GETZCNT)
+
+    def last_pid(self, index: int = 0) -> int:
+        """The pid of the last process that operated on this semaphore (GETPID)."""
+        return self._ctl(_check_index(index, self._size), 11)
+
+    @property
+    def last_op_time(self) -> float | None:
+        """Epoch seconds of the last ``semop``, None if never."""
+        self._check_open()
+        try:
+            return float(self._stat().otime) or None
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    # -- operations -------------------------------------------------------------------
+
+    def _ops(self, ops: Sequence[tuple[int, int]], undo: bool | None) -> list[tuple[int, int, int]]:
+        self._check_open()
+        if not ops:
+            raise ValueError("op() needs at least one (index, delta) pair")
+        use_undo = self._undo if undo is None else undo
+        out = []
+        for pair in ops:
+            index, delta = pair
+            _check_index(index, self._size)
+            if isinstance(delta, bool) or not isinstance(delta, int):
+                raise TypeError(f"a semaphore delta is an int, not {delta!r}")
+            if not -SEMVMX <= delta <= SEMVMX:
+                raise ValueError(f"semaphore delta {delta} is beyond SEMVMX ({SEMVMX})")
+            out.append((index, delta, SEM_UNDO if use_undo and delta else 0))
+        return out
+
+    def _op_error(self, exc: OSError) -> Exception:
+        if exc.errno == errno.ERANGE:
+            return ValueError(
+                f"{self._what}: the operation would take a value above SEMVMX ({SEMVMX})"
+            )
+        if exc.errno == errno.E2BIG:
+            semopm = _semopm()
+            return ValueError(f"{self._what}: more operations than semopm = {semopm} in one call")
+        return self._error(exc)
+
+    def _try(self, ops: list[tuple[int, int, int]]) -> bool:
+        try:
+            _libc.semop(self._id, [(i, d, f | IPC_NOWAIT) for i, d, f in ops])
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False
+            raise self._op_error(exc) from exc
+
+    def op_nowait(self, ops: Sequence[tuple[int, int]], *, undo: bool | None = None) -> None:
+        """Apply ``ops`` [(index, delta), ...] atomically if that needs no waiting.
+
+        Raises:
+            anyio.WouldBlock: some operation would have to wait (nothing was applied).
+            anyio.ClosedResourceError, anyio.BrokenResourceError (the set was removed),
+            aioipc.IPCPermissionError, ValueError (bad index/delta, or above SEMVMX).
+        """
+        if not self._try(self._ops(ops, undo)):
+            raise WouldBlock
+
+    async def op(self, ops: Sequence[tuple[int, int]], *, undo: bool | None = None) -> None:
+        """Apply ``ops`` [(index, delta), ...] atomically, as one ``semop``, waiting as needed.
+
+        Raises:
+            as :meth:`op_nowait` except WouldBlock; BrokenResourceError also wakes a
+            waiting call when the set is removed.
+
+        Cancellation: a cancelled op applied nothing. If the kernel had applied it when
+        the cancellation arrived, aioipc applies the inverse; if that cannot be done at
+        once (another process took what the op gave), the cancellation exception
+        carries a note saying the operation stayed applied.
+        """
+        prepared = self._ops(ops, undo)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._try(prepared):
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._wait(prepared)
+
+    async def _wait(self, prepared: list[tuple[int, int, int]]) -> None:
+        sid = self._id
+        inverse = [(i, -d, f) for i, d, f in prepared if d]
+        stuck: list[bool] = []
+
+        def blocking(job: Job[bool]) -> bool:
+            while True:
+                job.check()
+                try:
+                    _libc.semop(sid, prepared)
+                    return True
+                except OSError as exc:
+                    if exc.errno != errno.EINTR:
+                        raise
+
+        def undo_late(_: bool) -> None:
+            if inverse and not self._try(inverse):
+                stuck.append(True)
+
+        try:
+            await run_in_worker(blocking, on_late_result=undo_late, jobs=self._jobs)
+        except Interrupted:
+            raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+        except OSError as exc:
+            raise self._op_error(exc) from exc
+        except BaseException as exc:
+            if stuck and hasattr(exc, "add_note"):
+                exc.add_note(f"aioipc: the semaphore operation on {self._what} stayed applied")
+            raise
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Remove the set now (``IPC_RMID``); every waiter, in any process, gets
+        BrokenResourceError.
+
+        Raises:
+            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
+            anyio.BrokenResourceError: it was removed already.
+        """
+        try:
+            _libc.semctl(self._id, 0, _libc.IPC_RMID)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _remove_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            _libc.semctl(self._id, 0, _libc.IPC_RMID)
+
+    async def aclose(self) -> None:
+        """Close this handle: its waiting tasks get ClosedResourceError and their worker
+        threads stop. The set stays (unless this handle created it private)."""
+        if self._closed:
+            return
+        self._closed = True
+        await stop_jobs(self._jobs)
+        if self._remove_on_close:
+            self._remove_quietly()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._closed = True
+            interrupt_all(self._jobs)
+            if self._remove_on_close:
+                self._remove_quietly()
+
+
+def _reopen(cls: type[SemaphoreSet], sid: int, key: int, undo: bool) -> SemaphoreSet:
+    return cls.from_id(sid, key=key, undo=undo)
+
+
+def _semopm() -> int:
+    try:
+        with open(_SEM) as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 500
+
+
+class Semaphore(SemaphoreSet):
+    """One System V semaphore, with :class:`anyio.Semaphore`'s shape.
+
+    ``async with sem:`` takes a permit and gives it back. With ``undo=True`` (the
+    default) a permit this process took is given back by the kernel if the process dies
+    holding it. A ``release()`` that gives more than this handle took (a semaphore used
+    as a signal) is made without SEM_UNDO, so the kernel does not take it back at exit.
+    """
+
+    _kind_name = "SysV semaphore"
+
+    def __init__(
+        self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
+    ) -> None:
+        super().__init__(key, sid, undo=undo, remove_on_close=remove_on_close)
+        self._held = 0
+        self._lock: anyio.Lock | None = None
+
+    @classmethod
+    def create(  # type: ignore[override]
+        cls,
+        key: int = IPC_PRIVATE,
+        value: int = 1,
+        *,
+        mode: int = 0o600,
+        undo: bool = True,
+        remove_on_close: bool | None = None,
+    ) -> Semaphore:
+        """Create a semaphore with ``value`` permits under ``key``; never waits.
+
+        Raises:
+            aioipc.IPCExistsError: a semaphore set with this key exists.
+            ValueError: key or value out of range.
+        """
+        s = super().create(
+            key, 1, values=value, mode=mode, undo=undo, remove_on_close=remove_on_close
+        )
+        assert isinstance(s, Semaphore)
+        return s
+
+    @classmethod
+    def open_or_create(  # type: ignore[override]
+        cls, key: int, value: int = 1, *, mode: int = 0o600, undo: bool = True
+    ) -> Semaphore:
+        """Open the semaphore under ``key``, or create it with ``value`` permits."""
+        s = super().open_or_create(key, 1, values=value, mode=mode, undo=undo)
+        assert isinstance(s, Semaphore)
+        return s
+
+    @classmethod
+    def open(cls, key: int, *, undo: bool = True) -> Semaphore:
+        """Open the existing semaphore under ``key`` (semaphore 0 of its set)."""
+        s = super().open(key, undo=undo)
+        assert isinstance(s, Semaphore)
+        return s
+
+    @property
+    def value(self) -> int:
+        """Permits available now."""
+        return self.get_value(0)
+
+    def acquire_nowait(self) -> None:
+        """Take a permit if one is free.
+
+        Raises:
+            anyio.WouldBlock: none is free.
+            anyio.ClosedResourceError, anyio.BrokenResourceError (removed).
+        """
+        self.op_nowait([(0, -1)])
+        self._held += self._undo
+
+    async def acquire(self) -> None:
+        """Take a permit, waiting for one.
+
+        Raises:
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            anyio.BrokenResourceError: the semaphore was removed (also while waiting).
+
+        Cancellation: a cancelled acquire holds no permit (one the kernel granted just
+        as the cancellation arrived is given back). Tasks of one handle wait in turn,
+        holding one worker thread between them.
+        """
+        prepared = self._ops([(0, -1)], None)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if not self._try(prepared):
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:
+                if not self._try(prepared):
+                    await self._wait(prepared)
+        else:
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+        self._held += self._undo
+
+    def release(self) -> None:
+        """Give a permit back (or give one, for a semaphore used as a signal).
+
+        Raises:
+            ValueError: the value would exceed SEMVMX.
+            anyio.ClosedResourceError, anyio.BrokenResourceError (removed).
+        """
+        undo = self._held > 0
+        self._check_open()
+        try:
+            _libc.semop(self._id, [(0, 1, SEM_UNDO if undo else 0)])
+        except OSError as exc:
+            raise self._op_error(exc) from exc
+        if undo:
+            self._held -= 1
+
+    async def __aenter__(self) -> Semaphore:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

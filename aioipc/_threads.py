@@ -1,0 +1,371 @@
+"""Worker threads for the kernel calls that can block without a file descriptor.
+
+``msgrcv``, ``msgsnd``, ``semop`` and ``sem_wait`` have nothing the event loop can poll.
+Callers try the no-wait form first (``IPC_NOWAIT``, ``sem_trywait``) and come here only
+when it would really block. This module is the only place aioipc starts threads.
+
+* **Bounded.** A blocking call runs on a thread of aioipc's own pool, and only while the
+  task holds a token of aioipc's own :class:`anyio.CapacityLimiter`
+  (:func:`worker_limiter`, :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's
+  default limiter, which the application's ``to_thread`` calls share, is never touched: a
+  thousand tasks waiting on a queue cannot starve the application's own threads.
+* **Interruptible.** The System V calls are never restarted after a signal handler runs
+  (signal(7)), and ``sem_wait`` returns ``EINTR`` too. To cancel a blocked call the task
+  marks the job cancelled and sends :data:`INTERRUPT_SIGNAL` to its thread with
+  ``pthread_kill``; the job sees ``EINTR``, checks the mark and returns. A signal can land
+  just before the thread enters the call, so a small interrupter thread repeats it every
+  millisecond until the job has finished.
+* **Nothing lost.** A cancelled task waits (shielded, about a millisecond) until its job
+  has finished, then hands whatever the job took from the kernel in that window to the
+  caller's ``on_late_result``, which keeps it for the next receive (or gives the permit
+  back). So cancellation never drops a message or leaks a permit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio import CancelScope, CapacityLimiter
+from anyio.lowlevel import RunVar, current_token
+
+from .errors import IPCError
+
+__all__ = [
+    "DEFAULT_WORKER_THREADS",
+    "INTERRUPT_SIGNAL",
+    "Interrupted",
+    "Job",
+    "install_interrupt_handler",
+    "interrupt_all",
+    "run_in_worker",
+    "stop_jobs",
+    "worker_limiter",
+]
+
+T = TypeVar("T")
+
+#: Tokens of aioipc's worker limiter per event loop: at most this many blocked kernel calls.
+DEFAULT_WORKER_THREADS = 16
+#: The signal that interrupts a worker blocked in a kernel call. A real-time signal, so it
+#: collides with nothing the standard library or the common servers use.
+INTERRUPT_SIGNAL: int = signal.SIGRTMIN + 6
+# An idle pool thread exits after this long, so closed handles leave no threads behind.
+_IDLE_SECONDS = 0.5
+_RESIGNAL_SECONDS = 0.001
+
+_limiter: RunVar[CapacityLimiter] = RunVar("aioipc_worker_limiter")
+
+
+def worker_limiter() -> CapacityLimiter:
+    """aioipc's worker-thread limiter of the running event loop.
+
+    Set ``worker_limiter().total_tokens`` to allow more (or fewer) kernel calls to block
+    at once. Tasks beyond it wait for a token, holding no thread.
+    """
+    try:
+        return _limiter.get()
+    except LookupError:
+        limiter = CapacityLimiter(DEFAULT_WORKER_THREADS)
+        _limiter.set(limiter)
+        return limiter
+
+
+def _no_op(signum: int, frame: object) -> None:
+    """The handler exists only so that the signal interrupts the blocked system call."""
+
+
+_handler_installed = False
+
+
+def install_interrupt_handler() -> None:
+    """Install the (no-op) handler for :data:`INTERRUPT_SIGNAL`.
+
+    aioipc does this by itself the first time a task waits in a worker thread, when that
+    happens on the main thread. An application that runs its event loop on another thread
+    calls this once from the main thread first (Python installs signal handlers only
+    there).
+
+    Raises:
+        aioipc.IPCError: not on the main thread, or the application already uses the
+            signal for something else.
+    """
+    global _handler_installed
+    if _handler_installed:
+        return
+    current = signal.getsignal(INTERRUPT_SIGNAL)
+    if current not in (signal.SIG_DFL, _no_op):
+        raise IPCError(
+            f"signal {INTERRUPT_SIGNAL} (SIGRTMIN+6) already has a handler ({current!r}); "
+            "aioipc needs it to interrupt worker threads blocked in msgrcv/semop/sem_wait"
+        )
+    try:
+        signal.signal(INTERRUPT_SIGNAL, _no_op)
+    except ValueError:
+        raise IPCError(
+            "aioipc must install a handler for signal SIGRTMIN+6 to interrupt blocked "
+            "worker threads, and Python allows that only on the main thread: call "
+            "aioipc.install_interrupt_handler() from the main thread before starting "
+            "the event loop on another thread"
+        ) from None
+    _handler_installed = True
+
+
+class Interrupted(Exception):
+    """Raised inside a job's function when its job was cancelled; never seen by users."""
+
+
+class Job(Generic[T]):
+    """One blocking call on a worker thread.
+
+    The function receives the job and must call :meth:`check` after every ``EINTR`` (and
+    before it starts waiting), so that an interrupted call returns instead of retrying.
+    """
+
+    __slots__ = ("_notify", "cancelled", "error", "finished", "fn", "result", "thread_id")
+
+    def __init__(self, fn: Callable[[Job[T]], T], notify: Callable[[], None]) -> None:
+        self.fn = fn
+        self._notify = notify
+        self.thread_id: int | None = None
+        self.cancelled = False
+        self.finished = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Interrupted
+
+    def run(self) -> None:
+        self.thread_id = threading.get_ident()
+        try:
+            self.result = self.fn(self)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.thread_id = None
+            self.finished = True
+            self._notify()
+
+    def interrupt(self) -> None:
+        """Mark the job cancelled and knock its thread out of the blocking call."""
+        self.cancelled = True
+        _interrupter.add(self)
+
+
+class _Interrupter:
+    """Re-sends the interrupt signal to cancelled jobs until they finish."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: set[Job[Any]] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job: Job[Any]) -> None:
+        self._signal(job)
+        with self._lock:
+            if job.finished:
+                return
+            self._jobs.add(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="aioipc-interrupter", daemon=True
+                )
+                self._thread.start()
+
+    @staticmethod
+    def _signal(job: Job[Any]) -> None:
+        tid = job.thread_id
+        if tid is not None and not job.finished:
+            # A stale id (the job just finished) hits a pool thread that treats EINTR
+            # as "check your own job and retry": harmless.
+            with contextlib.suppress(OSError):
+                signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_RESIGNAL_SECONDS)
+            with self._lock:
+                self._jobs = {j for j in self._jobs if not j.finished}
+                if not self._jobs:
+                    self._thread = None
+                    return
+                jobs = list(self._jobs)
+            for job in jobs:
+                self._signal(job)
+
+
+class _Pool:
+    """Worker threads, started on demand and ended after a short idle time."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: Job[Any]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._queue.put(job)
+                return
+        threading.Thread(target=self._work, args=(job,), name="aioipc-worker", daemon=True).start()
+
+    def _work(self, job: Job[Any] | None) -> None:
+        while True:
+            if job is not None:
+                job.run()
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._queue.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # A submit may have counted on this thread in the meantime.
+                    if self._queue.empty():
+                        self._idle -= 1
+                        return
+                job = self._queue.get()
+
+
+_interrupter = _Interrupter()
+_pool = _Pool()
+
+
+def _reset_after_fork() -> None:
+    global _interrupter, _pool
+    _interrupter = _Interrupter()
+    _pool = _Pool()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class _Waker:
+    """Wakes one task from a worker thread: an asyncio future, or an anyio Event elsewhere."""
+
+    __slots__ = ("_event", "_fut", "_loop", "_native")
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+        self._event: anyio.Event | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+            self._native: Any = current_token().native_token
+
+    def arm(self) -> None:
+        if self._loop is not None:
+            self._fut = self._loop.create_future()
+        else:
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        if self._fut is not None:
+            await self._fut
+        else:
+            assert self._event is not None
+            await self._event.wait()
+
+    def _fire(self) -> None:
+        fut = self._fut
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(None)
+        elif self._event is not None:
+            self._event.set()
+
+    def notify(self) -> None:
+        """Called on the worker thread when the job has finished."""
+        try:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._fire)
+            else:
+                self._native.run_sync_soon(self._fire)
+        except RuntimeError:
+            pass  # the loop has closed; nobody is waiting any more
+
+
+async def run_in_worker(
+    fn: Callable[[Job[T]], T],
+    *,
+    on_late_result: Callable[[T], None] | None = None,
+    late_note: str | None = None,
+    jobs: set[Job[Any]] | None = None,
+) -> T:
+    """Run ``fn`` on an aioipc worker thread and return its result.
+
+    ``jobs``, if given, is the handle's set of running jobs, so that closing the handle
+    can interrupt them (:func:`interrupt_all`).
+
+    Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
+    :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
+    if it completed anyway, its result goes to ``on_late_result`` and ``late_note`` is
+    added to the cancellation exception (Python 3.11+) before it propagates.
+    """
+    if not _handler_installed:
+        install_interrupt_handler()
+    limiter = worker_limiter()
+    await limiter.acquire()
+    try:
+        waker = _Waker()
+        waker.arm()
+        job: Job[T] = Job(fn, waker.notify)
+        if jobs is not None:
+            jobs.add(job)
+        try:
+            _pool.submit(job)
+            try:
+                await waker.wait()
+            except BaseException as exc:
+                job.interrupt()
+                while not job.finished:
+                    waker.arm()
+                    if job.finished:
+                        break
+                    # A second native asyncio cancel must not make us abandon the job:
+                    # its result would be lost. It ends within a millisecond or two.
+                    with contextlib.suppress(BaseException), CancelScope(shield=True):
+                        await waker.wait()
+                if job.error is None:
+                    if on_late_result is not None:
+                        on_late_result(job.result)  # type: ignore[arg-type]
+                    if late_note is not None and hasattr(exc, "add_note"):
+                        exc.add_note(late_note)
+                raise
+        finally:
+            if jobs is not None:
+                jobs.discard(job)
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+    finally:
+        limiter.release()
+
+
+def interrupt_all(jobs: set[Job[Any]]) -> None:
+    """Interrupt every running job in ``jobs`` (a handle is closing)."""
+    for job in list(jobs):
+        job.interrupt()
+
+
+async def stop_jobs(jobs: set[Job[Any]]) -> None:
+    """Interrupt ``jobs`` and wait (shielded, at most a second) until their tasks are done.
+
+    Each job wakes its own task, which then drops it from ``jobs``; polling that set every
+    millisecond is simpler than a second wake-up path, and it lasts a millisecond or two.
+    """
+    interrupt_all(jobs)
+    with CancelScope(shield=True), anyio.move_on_after(1):
+        while jobs:  # noqa: ASYNC110
+            await anyio.sleep(0.001)

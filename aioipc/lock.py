@@ -1,0 +1,143 @@
+"""``aioipc.Lock``: a cross-process mutex that a crashed holder cannot leave locked."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import anyio
+from anyio import TaskInfo, get_current_task
+
+from ._sysv_base import IPC_PRIVATE
+from ._sysv_sem import Semaphore
+
+__all__ = ["Lock"]
+
+
+class Lock:
+    """A mutex shared by processes, shaped like :class:`anyio.Lock`.
+
+    It is a System V semaphore of value 1 taken with ``SEM_UNDO``: if the holding
+    process dies -- even by SIGKILL -- the kernel gives the lock back at once, so the
+    next ``acquire`` anywhere succeeds. (A POSIX semaphore or a lock file offers no such
+    guarantee.) Within one process, tasks queue on an :class:`anyio.Lock` first, so at
+    most one of them waits on the kernel.
+
+    Like anyio's, the lock is not reentrant and only the task that acquired it may
+    release it.
+    """
+
+    def __init__(self, sem: Semaphore) -> None:
+        self._sem = sem
+        self._local = anyio.Lock()
+        self._owner: TaskInfo | None = None
+
+    @classmethod
+    def create(cls, key: int = IPC_PRIVATE, *, mode: int = 0o600) -> Lock:
+        """Create a new, unlocked lock under ``key``; never waits.
+
+        Raises:
+            aioipc.IPCExistsError: a semaphore set with this key exists.
+            ValueError: the key is out of range.
+        """
+        return cls(Semaphore.create(key, 1, mode=mode))
+
+    @classmethod
+    def open(cls, key: int) -> Lock:
+        """Open the lock under ``key``; never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: nothing has this key.
+        """
+        return cls(Semaphore.open(key))
+
+    @classmethod
+    def open_or_create(cls, key: int, *, mode: int = 0o600) -> Lock:
+        """Open the lock under ``key``, creating it unlocked if there is none."""
+        return cls(Semaphore.open_or_create(key, 1, mode=mode))
+
+    @property
+    def key(self) -> int:
+        return self._sem.key
+
+    @property
+    def id(self) -> int:
+        return self._sem.id
+
+    def locked(self) -> bool:
+        """Whether some task, in any process, holds the lock now."""
+        return self._sem.value == 0
+
+    def _check_reentry(self) -> TaskInfo:
+        task = get_current_task()
+        if self._owner is not None and self._owner.id == task.id:
+            raise RuntimeError("this task already holds the lock (aioipc.Lock is not reentrant)")
+        return task
+
+    async def acquire(self) -> None:
+        """Take the lock, waiting for it.
+
+        Raises:
+            RuntimeError: this task holds it already.
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            anyio.BrokenResourceError: the semaphore was removed (also while waiting).
+
+        Cancellation: a cancelled acquire does not hold the lock.
+        """
+        task = self._check_reentry()
+        await self._local.acquire()
+        try:
+            await self._sem.acquire()
+        except BaseException:
+            self._local.release()
+            raise
+        self._owner = task
+
+    def acquire_nowait(self) -> None:
+        """Take the lock if it is free.
+
+        Raises:
+            anyio.WouldBlock: another task or process holds it.
+            RuntimeError: this task holds it already.
+        """
+        task = self._check_reentry()
+        self._local.acquire_nowait()
+        try:
+            self._sem.acquire_nowait()
+        except BaseException:
+            self._local.release()
+            raise
+        self._owner = task
+
+    def release(self) -> None:
+        """Give the lock back.
+
+        Raises:
+            RuntimeError: the current task does not hold it.
+        """
+        task = get_current_task()
+        if self._owner is None or self._owner.id != task.id:
+            raise RuntimeError("the current task does not hold this lock")
+        self._owner = None
+        self._sem.release()
+        self._local.release()
+
+    def remove(self) -> None:
+        """Remove the semaphore under the lock from the system (waiters get
+        BrokenResourceError)."""
+        self._sem.remove()
+
+    async def aclose(self) -> None:
+        """Close this handle (the lock stays, unless it was created private)."""
+        await self._sem.aclose()
+
+    async def __aenter__(self) -> Lock:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<aioipc.Lock on {self._sem!r}>"

@@ -1,0 +1,24 @@
+"""POSIX IPC: message queues (fd-driven, no threads) and named semaphores.
+
+Names are ``"/name"``: one leading slash and no other. Constructors never wait:
+``create`` (exclusive), ``open``, ``open_or_create``; default mode 0600. ``unlink``
+removes a name; handles already open keep working until closed.
+"""
+
+from __future__ import annotations
+
+from ._posix_mq import PRIORITY_MAX as PRIORITY_MAX
+from ._posix_mq import MessageQueue as MessageQueue
+from ._posix_mq import unlink as unlink_message_queue
+from ._posix_sem import VALUE_MAX as VALUE_MAX
+from ._posix_sem import Semaphore as Semaphore
+from ._posix_sem import unlink_semaphore as unlink_semaphore
+
+__all__ = [
+    "PRIORITY_MAX",
+    "VALUE_MAX",
+    "MessageQueue",
+    "Semaphore",
+    "unlink_message_queue",
+    "unlink_semaphore",
+]
