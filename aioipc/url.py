@@ -8,12 +8,21 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``unix+seqpacket://...``  seqpacket listener                      seqpacket channel
 ``unix+dgram://...``      bound datagram endpoint                 datagram channel
 ``fifo:///path``          create the FIFO if needed, receive      send (waits for a receiver)
+``mq:///name``            POSIX queue, open or create             POSIX queue, open
+``sysvmq://KEY``          SysV queue, open or create              SysV queue, open
+``sysvmq:///path?proj=N`` the same, key = ``ftok(path, N)``       the same
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; stream and FIFO), ``mode=0600`` (octal, for
 what ``listen`` creates), ``max_size=N`` (bytes), ``persistent=1`` (FIFO receiver),
 ``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec`` argument)
 wraps the channel in a codec: ``bytes``, ``json``, ``pickle``, ``msgspec``.
+
+Queues: ``create=1`` (``connect`` creates a missing queue too; ``create=0`` makes
+``listen`` only open), ``max_messages=N`` and ``max_message_size=N`` (POSIX, on
+creation), ``max_bytes=N`` (SysV, on creation), ``send_type=T`` and ``receive_type=T``
+(SysV: the types ``send``/``receive`` use, for two-way use of one queue), ``proj=N``
+(SysV: the ftok project id, default 1). ``KEY`` is decimal or ``0x`` hex.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import fifo, unix
+import anyio
+
+from . import fifo, posix, sysv, unix
 from .codecs import Codec, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 
@@ -35,7 +46,17 @@ _UNIX_KINDS: dict[str, unix.Kind] = {
     "unix+seqpacket": "seqpacket",
     "unix+dgram": "dgram",
 }
-_SCHEMES = (*_UNIX_KINDS, "fifo")
+_QUEUES = ("mq", "sysvmq")
+_SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES)
+_INT_OPTIONS = (
+    "max_size",
+    "max_messages",
+    "max_message_size",
+    "max_bytes",
+    "send_type",
+    "receive_type",
+    "proj",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,13 @@ class Address:
     persistent: bool = False
     allowed_uids: tuple[int, ...] | None = None
     codec: str | None = None
+    create: bool | None = None
+    max_messages: int | None = None
+    max_message_size: int | None = None
+    max_bytes: int | None = None
+    send_type: int = 1
+    receive_type: int = 0
+    proj: int = 1
 
 
 def _flag(value: str, name: str) -> bool:
@@ -73,8 +101,18 @@ def parse_url(url: str) -> Address:
     path = unquote(parts.netloc + parts.path)
     if not path:
         raise ValueError(f"{url!r} names no path (write {scheme}:///path or {scheme}://@name)")
-    if path.startswith("@") and scheme == "fifo":
-        raise ValueError(f"{url!r}: a FIFO needs a filesystem path, not an abstract name")
+    if scheme == "mq" and not path.startswith("/"):
+        path = "/" + path
+    if scheme == "sysvmq" and not path.startswith(("/", "@")):
+        try:
+            int(path, 0)
+        except ValueError:
+            raise ValueError(
+                f"{url!r}: write the key as a number (sysvmq://0x1234, sysvmq://4660) "
+                "or a path for ftok (sysvmq:///path?proj=N)"
+            ) from None
+    if path.startswith("@") and scheme in ("fifo", *_QUEUES):
+        raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
     kw: dict[str, Any] = {}
     unknown = []
     for key, values in parse_qs(parts.query, keep_blank_values=True).items():
@@ -88,8 +126,13 @@ def parse_url(url: str) -> Address:
                 kw["mode"] = int(value, 8)
             except ValueError:
                 raise ValueError(f"URL option mode={value!r}: expected octal, like 0600") from None
-        elif key == "max_size":
-            kw["max_size"] = int(value)
+        elif key in _INT_OPTIONS:
+            try:
+                kw[key] = int(value, 0)
+            except ValueError:
+                raise ValueError(f"URL option {key}={value!r}: expected an integer") from None
+        elif key == "create":
+            kw["create"] = _flag(value, key)
         elif key == "persistent":
             kw["persistent"] = _flag(value, key)
         elif key == "allowed_uids":
@@ -137,6 +180,34 @@ class _CodecListener:
         await self.aclose()
 
 
+def _sysv_key(addr: Address) -> int:
+    if addr.path.startswith("/"):
+        return sysv.ftok(addr.path, addr.proj)
+    return int(addr.path, 0)
+
+
+def _open_queue(addr: Address, create: bool) -> Any:
+    if addr.scheme == "mq":
+        if not create:
+            return posix.MessageQueue.open(addr.path)
+        return posix.MessageQueue.open_or_create(
+            addr.path,
+            max_messages=addr.max_messages or 10,
+            max_message_size=addr.max_message_size or 8192,
+            mode=addr.mode,
+        )
+    key = _sysv_key(addr)
+    if not create:
+        return sysv.MessageQueue.open(key, send_type=addr.send_type, receive_type=addr.receive_type)
+    return sysv.MessageQueue.open_or_create(
+        key,
+        mode=addr.mode,
+        max_bytes=addr.max_bytes,
+        send_type=addr.send_type,
+        receive_type=addr.receive_type,
+    )
+
+
 async def connect(url: str, *, codec: str | Codec | None = None) -> Any:
     """Open the sending/connecting side of the object at ``url`` (see the module table).
 
@@ -150,7 +221,10 @@ async def connect(url: str, *, codec: str | Codec | None = None) -> Any:
     addr = parse_url(url)
     c = _codec(addr, codec)
     chan: Any
-    if addr.scheme == "fifo":
+    if addr.scheme in _QUEUES:
+        await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
+        chan = _open_queue(addr, bool(addr.create))
+    elif addr.scheme == "fifo":
         chan = await fifo.open_sender(
             addr.path, framing=addr.framing, max_message_size=addr.max_size
         )
@@ -177,6 +251,10 @@ async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
     """
     addr = parse_url(url)
     c = _codec(addr, codec)
+    if addr.scheme in _QUEUES:
+        await anyio.lowlevel.checkpoint()
+        q = _open_queue(addr, addr.create is not False)
+        return q if c is None else wrap(q, c)
     if addr.scheme == "fifo":
         rx = await fifo.open_receiver(
             addr.path,

@@ -200,6 +200,41 @@ def test_url_parsing() -> None:
     assert parse_url("fifo:///tmp/f?persistent=1").persistent is True
     assert parse_url("unix://@x?allowed_uids=0,1000").allowed_uids == (0, 1000)
     assert parse_url("unix://@x?codec=json").codec == "json"
+    q = parse_url("mq://jobs?max_messages=5&max_message_size=512&create=1")
+    assert (q.path, q.max_messages, q.max_message_size, q.create) == ("/jobs", 5, 512, True)
+    s = parse_url("sysvmq://0x1234?send_type=2&receive_type=-3&max_bytes=4096")
+    assert (s.path, s.send_type, s.receive_type, s.max_bytes) == ("0x1234", 2, -3, 4096)
+    assert parse_url("sysvmq:///tmp/k?proj=42").proj == 42
+
+
+@pytest.mark.asyncio
+async def test_queue_urls_open_both_ends(tmp_path: Path) -> None:
+    """mq:// and sysvmq:// (key and ftok forms): listen creates, connect opens."""
+    name = f"/aioipc-url-{os.getpid()}"
+    async with await aioipc.listen(f"mq://{name}?max_messages=3") as rx:
+        try:
+            async with await aioipc.connect(f"mq://{name}") as tx:
+                await tx.send(b"posix")
+                assert await rx.receive() == b"posix"
+                assert rx.max_messages == 3
+        finally:
+            rx.unlink()
+    key_file = tmp_path / "key"
+    key_file.touch()
+    url = f"sysvmq://{key_file}?proj=9"
+    a = await aioipc.listen(url + "&send_type=1&receive_type=2")
+    try:
+        assert a.key == aioipc.ftok(key_file, 9)
+        async with await aioipc.connect(url + "&send_type=2&receive_type=1") as b:
+            await a.send(b"to b")
+            await b.send(b"to a")
+            assert await b.receive() == b"to b"
+            assert await a.receive() == b"to a"
+        with pytest.raises(FileNotFoundError):
+            await aioipc.connect(f"sysvmq://{a.key + 1}")
+    finally:
+        a.remove()
+        await a.aclose()
 
 
 @pytest.mark.parametrize(
@@ -207,7 +242,10 @@ def test_url_parsing() -> None:
     [
         ("tcp://localhost:1", "unsupported URL scheme 'tcp'"),
         ("unix://", "names no path"),
-        ("fifo://@abstract", "filesystem path"),
+        ("fifo://@abstract", "no abstract"),
+        ("sysvmq://@k", "no abstract"),
+        ("sysvmq://nokey", "as a number"),
+        ("mq:///x?max_messages=ten", "integer"),
         ("unix:///x?colour=blue", "unknown URL option"),
         ("unix:///x?mode=rw", "octal"),
         ("unix:///x?framing=maybe", "framing"),
