@@ -549,20 +549,25 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     if exc.errno != errno.EINTR:
                         raise
 
-        async with lock:
-            self._count = 0
-            # Someone may have been served while we queued for the lock.
-            msg = self._try_receive(selector, flags, size)
-            if msg is not None:
-                return msg
-            try:
-                return await run_in_worker(
-                    blocking, on_late_result=self._stash.append, jobs=self._jobs
-                )
-            except Interrupted:
-                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-            except OSError as exc:
-                raise self._receive_error(exc, size) from exc
+        try:
+            async with lock:
+                self._count = 0
+                # Someone may have been served while we queued for the lock.
+                msg = self._try_receive(selector, flags, size)
+                if msg is not None:
+                    return msg
+                try:
+                    return await run_in_worker(
+                        blocking, on_late_result=self._stash.append, jobs=self._jobs
+                    )
+                except Interrupted:
+                    raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+                except OSError as exc:
+                    raise self._receive_error(exc, size) from exc
+        finally:
+            # One lock per selector in use, not per selector ever used.
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop((selector, flags), None)
 
     async def receive(
         self,

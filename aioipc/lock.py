@@ -118,8 +118,10 @@ class Lock:
         if self._owner is None or self._owner.id != task.id:
             raise RuntimeError("the current task does not hold this lock")
         self._owner = None
-        self._sem.release()
-        self._local.release()
+        try:
+            self._sem.release()
+        finally:
+            self._local.release()
 
     def remove(self) -> None:
         """Remove the semaphore under the lock from the system (waiters get
