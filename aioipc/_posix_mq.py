@@ -105,6 +105,9 @@ class MessageQueue(ObjectStream[bytes]):
                     ) from None
                 raise
         try:
+            if creating:
+                # mq_open applies the umask; the caller asked for exactly ``mode``.
+                os.fchmod(mq.mqd, mode & 0o777)
             return cls(mq, name, read=read, write=write)
         except BaseException:
             mq.close()
@@ -123,8 +126,9 @@ class MessageQueue(ObjectStream[bytes]):
     ) -> MessageQueue:
         """Create a new queue (``O_CREAT|O_EXCL``); never waits.
 
-        The defaults are this kernel's limits for unprivileged processes
-        (``/proc/sys/fs/mqueue/msg_max`` and ``msgsize_max``).
+        The defaults, 10 and 8192, are Linux's default ``/proc/sys/fs/mqueue/msg_max``
+        and ``msgsize_max``: the most an unprivileged process may ask for unless an
+        administrator raised those. ``mode`` is applied exactly, whatever the umask.
 
         Raises:
             aioipc.IPCExistsError: a queue with this name exists.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import warnings
 from types import TracebackType
 from typing import Any
@@ -55,14 +56,14 @@ class Semaphore:
             try:
                 sem = posix_ipc.Semaphore(name, flags, mode & 0o777, value)
             except posix_ipc.ExistentialError:
-                import os
-
                 if not creating and os.path.exists(f"/dev/mqueue{name}"):
                     raise IPCNotFoundError(
                         errno.ENOENT,
                         f"{what}: does not exist (a POSIX message queue has that name)",
                     ) from None
                 raise
+        if flags & posix_ipc.O_EXCL:
+            _chmod_created(name, mode & 0o777)
         return cls(sem, name)
 
     @classmethod
@@ -208,6 +209,22 @@ class Semaphore:
 
     def __repr__(self) -> str:
         return f"<aioipc {self._what}{' closed' if self._closed else ''}>"
+
+
+def _chmod_created(name: str, mode: int) -> None:
+    """sem_open applies the umask; give the semaphore exactly ``mode``.
+
+    glibc keeps the semaphore in /dev/shm/sem.NAME. O_NOFOLLOW: /dev/shm is shared and
+    world-writable, so never follow a link someone may have planted there.
+    """
+    try:
+        fd = os.open(f"/dev/shm/sem.{name[1:]}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # another C library, another place: it keeps its umask-reduced mode
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def unlink_semaphore(name: str) -> None:
