@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import sysv_ipc
 from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
@@ -95,6 +96,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         send_type: int = 1,
         receive_type: int = 0,
         remove_on_close: bool = False,
+        fast: Any = None,
     ) -> None:
         SysVObject.__init__(self, key, qid)
         self._send_type = _check_send_type(send_type)
@@ -102,6 +104,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._remove_on_close = remove_on_close
         self._msgmax = read_sysctl(_MSGMAX, 8192)
         self._rbuf = _libc.ReceiveBuffer(self._msgmax)
+        self._fast = fast if fast is not None else _fast_handle(key, qid, self._msgmax)
         self._stash: list[Message] = []
         self._jobs: set[Job[Any]] = set()
         self._locks: dict[tuple[int, int], anyio.Lock] = {}
@@ -140,7 +143,20 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             ValueError: the key is out of range.
         """
         key = check_key(key)
-        qid = cls._get(key, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
+        fast = None
+        if key == IPC_PRIVATE:
+            # sysv_ipc's object is the fast path, and a private queue can only be
+            # reached through the object that created it. On failure, the ctypes call
+            # below says exactly why.
+            with contextlib.suppress(sysv_ipc.Error, OSError, ValueError):
+                fast = sysv_ipc.MessageQueue(
+                    None, sysv_ipc.IPC_CREX, mode & 0o777, read_sysctl(_MSGMAX, 8192)
+                )
+        qid = (
+            fast.id
+            if fast is not None
+            else cls._get(key, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
+        )
         if remove_on_close is None:
             remove_on_close = key == IPC_PRIVATE
         q = cls(
@@ -149,6 +165,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             send_type=send_type,
             receive_type=receive_type,
             remove_on_close=remove_on_close,
+            fast=fast,
         )
         if max_bytes is not None:
             try:
@@ -351,6 +368,27 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             raise MessageTooLargeError(len(data), self._msgmax, _MSGMAX)
         return (self._send_type if type is None else _check_send_type(type)), data
 
+    def _try_send(self, mtype: int, data: bytes) -> bool:
+        """One no-wait msgsnd; False if the queue is full."""
+        fast = self._fast
+        if fast is not None:
+            # sysv_ipc's call costs about half of a ctypes call; it loses the errno, so
+            # on any failure but "full" the ctypes call below repeats it and says why.
+            try:
+                fast.send(data, False, mtype)
+                return True
+            except sysv_ipc.BusyError:
+                return False
+            except (sysv_ipc.Error, OSError, ValueError):
+                pass
+        try:
+            _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False
+            raise self._send_error(exc, len(data)) from exc
+
     def send_nowait(self, item: bytes, *, type: int | None = None) -> None:
         """Send one message without waiting.
 
@@ -363,12 +401,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             TypeError, ValueError: ``item`` is not bytes, or ``type`` is not > 0.
         """
         mtype, data = self._prepare(item, type)
-        try:
-            _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                raise WouldBlock from None
-            raise self._send_error(exc, len(data)) from exc
+        if not self._try_send(mtype, data):
+            raise WouldBlock
 
     async def send(self, item: bytes, *, type: int | None = None) -> None:
         """Send one message of ``type`` (default: the handle's ``send_type``).
@@ -382,17 +416,33 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         taken it already when the cancellation arrived; then the cancellation exception
         carries a note saying the message was sent (Python 3.11+).
         """
-        mtype, data = self._prepare(item, type)
-        self._count += 1
-        if self._count >= YIELD_EVERY:
-            self._count = 0
-            await anyio.lowlevel.checkpoint()
-        try:
-            _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise self._send_error(exc, len(data)) from exc
+        fast = self._fast
+        if fast is not None and type is None and item.__class__ is bytes and not self._closed:
+            # The common call in as few Python steps as the contract allows.
+            if len(item) > self._msgmax:
+                raise MessageTooLargeError(len(item), self._msgmax, _MSGMAX)
+            mtype, data = self._send_type, item
+            self._count += 1
+            if self._count >= YIELD_EVERY:
+                self._count = 0
+                await anyio.lowlevel.checkpoint()
+            try:
+                fast.send(data, False, mtype)
+                return
+            except sysv_ipc.BusyError:
+                full = True
+            except (sysv_ipc.Error, OSError, ValueError):
+                full = not self._try_send(mtype, data)  # repeats it, and says why it failed
+            if not full:
+                return
+        else:
+            mtype, data = self._prepare(item, type)
+            self._count += 1
+            if self._count >= YIELD_EVERY:
+                self._count = 0
+                await anyio.lowlevel.checkpoint()
+            if self._try_send(mtype, data):
+                return
         qid = self._id
 
         def blocking(job: Job[bool]) -> bool:
@@ -441,6 +491,15 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         stashed = self._take_stashed(selector, bool(flags & MSG_EXCEPT)) if self._stash else None
         if stashed is not None:
             return stashed
+        fast = self._fast
+        if fast is not None and flags == 0 and size == self._msgmax:
+            try:
+                data, mtype = fast.receive(False, selector)
+                return mtype, data
+            except sysv_ipc.BusyError:
+                return None
+            except (sysv_ipc.Error, OSError, ValueError):
+                pass  # the ctypes call below repeats it and says why
         try:
             return _libc.msgrcv(self._id, self._rbuf, size, selector, flags | IPC_NOWAIT)
         except OSError as exc:
@@ -583,6 +642,25 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         Raises and cancellation: as :meth:`receive_message`. A queue never ends, so
         ``async for`` runs until the handle is closed or the queue removed.
         """
+        fast = self._fast
+        if (
+            fast is not None
+            and type is None
+            and not (except_type or truncate or self._stash or self._closed)
+            and max_size is None
+        ):
+            # The common call, in as few Python steps as the contract allows: this path
+            # is most of the per-message cost once the kernel call is sysv_ipc's.
+            self._count += 1
+            if self._count >= YIELD_EVERY:
+                self._count = 0
+                await anyio.lowlevel.checkpoint()
+            try:
+                return fast.receive(False, self._receive_type)[0]  # type: ignore[no-any-return]
+            except sysv_ipc.BusyError:
+                return (await self._receive_waiting(self._receive_type, 0, self._msgmax))[1]
+            except (sysv_ipc.Error, OSError, ValueError):
+                pass  # the general path repeats the call and says exactly what is wrong
         selector = self._receive_type if type is None else type
         return (
             await self.receive_message(
@@ -661,6 +739,17 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             self._return_stash()
             if self._remove_on_close:
                 self._remove_quietly()
+
+
+def _fast_handle(key: int, qid: int, msgmax: int) -> Any:
+    """sysv_ipc's object for the queue, if it can be had (keyed queues), else None."""
+    if key == IPC_PRIVATE:
+        return None
+    try:
+        q = sysv_ipc.MessageQueue(key, 0, 0o600, msgmax)
+    except (sysv_ipc.Error, OSError, ValueError):
+        return None
+    return q if q.id == qid else None
 
 
 def _reopen(qid: int, key: int, send_type: int, receive_type: int) -> MessageQueue:
