@@ -379,7 +379,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return True
             except sysv_ipc.BusyError:
                 return False
-            except (sysv_ipc.Error, OSError, ValueError):
+            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
                 pass
         try:
             _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
@@ -431,7 +431,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return
             except sysv_ipc.BusyError:
                 full = True
-            except (sysv_ipc.Error, OSError, ValueError):
+            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
                 full = not self._try_send(mtype, data)  # repeats it, and says why it failed
             if not full:
                 return
@@ -498,7 +498,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return mtype, data
             except sysv_ipc.BusyError:
                 return None
-            except (sysv_ipc.Error, OSError, ValueError):
+            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
                 pass  # the ctypes call below repeats it and says why
         try:
             return _libc.msgrcv(self._id, self._rbuf, size, selector, flags | IPC_NOWAIT)
@@ -659,7 +659,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return fast.receive(False, self._receive_type)[0]  # type: ignore[no-any-return]
             except sysv_ipc.BusyError:
                 return (await self._receive_waiting(self._receive_type, 0, self._msgmax))[1]
-            except (sysv_ipc.Error, OSError, ValueError):
+            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
                 pass  # the general path repeats the call and says exactly what is wrong
         selector = self._receive_type if type is None else type
         return (
@@ -747,7 +747,7 @@ def _fast_handle(key: int, qid: int, msgmax: int) -> Any:
         return None
     try:
         q = sysv_ipc.MessageQueue(key, 0, 0o600, msgmax)
-    except (sysv_ipc.Error, OSError, ValueError):
+    except (sysv_ipc.Error, OSError, ValueError, OverflowError):
         return None
     return q if q.id == qid else None
 
