@@ -157,7 +157,10 @@ class Semaphore:
                 return
             try:
                 await run_in_worker(
-                    blocking, on_late_result=lambda _: sem.release(), jobs=self._jobs
+                    blocking,
+                    on_late_result=lambda _: sem.release(),
+                    jobs=self._jobs,
+                    before_start=self._check_open,
                 )
             except Interrupted:
                 raise ClosedResourceError(f"{self._what}: the handle was closed") from None

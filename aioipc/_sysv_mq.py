@@ -460,6 +460,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             await run_in_worker(
                 blocking,
                 jobs=self._jobs,
+                before_start=self._check_open,
                 late_note=f"aioipc: the message was sent to {self._what} before the "
                 "cancellation took effect",
             )
@@ -610,6 +611,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         try:
             async with lock:
+                self._check_open()  # closed while this task queued for the lock
                 self._count = 0
                 # Someone may have been served while we queued for the lock.
                 msg = self._try_receive(selector, flags, size)
@@ -617,7 +619,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     return msg
                 try:
                     return await run_in_worker(
-                        blocking, on_late_result=self._stash.append, jobs=self._jobs
+                        blocking,
+                        on_late_result=self._stash.append,
+                        jobs=self._jobs,
+                        before_start=self._check_open,
                     )
                 except Interrupted:
                     raise ClosedResourceError(f"{self._what}: the handle was closed") from None

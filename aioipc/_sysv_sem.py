@@ -8,7 +8,7 @@ import errno
 import warnings
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import ClosedResourceError, WouldBlock
@@ -20,6 +20,8 @@ from ._threads import Interrupted, Job, interrupt_all, run_in_worker, stop_jobs
 from .errors import IPCSystemError
 
 __all__ = ["Semaphore", "SemaphoreSet"]
+
+_S = TypeVar("_S", bound="SemaphoreSet")
 
 #: The largest value a System V semaphore can hold (SEMVMX).
 SEMVMX = 32767
@@ -139,7 +141,7 @@ class SemaphoreSet(SysVObject):
             raise cls._lookup_error(exc, key, False) from exc
 
     @classmethod
-    def open(cls, key: int, *, undo: bool = True) -> SemaphoreSet:
+    def open(cls: type[_S], key: int, *, undo: bool = True) -> _S:
         """Open the existing set under ``key``; never waits.
 
         Raises:
@@ -151,7 +153,7 @@ class SemaphoreSet(SysVObject):
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new set; use create()")
         sid = cls._get(key, 0, 0, False)
-        s: SemaphoreSet = cls._new(key, sid, undo=undo, remove_on_close=False)
+        s: _S = cls._new(key, sid, undo=undo, remove_on_close=False)
         return s
 
     @classmethod
@@ -170,7 +172,11 @@ class SemaphoreSet(SysVObject):
             raise ValueError("IPC_PRIVATE always creates a new set; use create()")
         for _ in range(10):
             try:
-                return cls.create(key, size, values=values, mode=mode, undo=undo)
+                # The base create: Semaphore.create takes ``value``, not ``size, values``.
+                created: SemaphoreSet = SemaphoreSet.create.__func__(  # type: ignore[attr-defined]
+                    cls, key, size, values=values, mode=mode, undo=undo
+                )
+                return created
             except FileExistsError:
                 pass
             try:
@@ -182,10 +188,10 @@ class SemaphoreSet(SysVObject):
         )
 
     @classmethod
-    def from_id(cls, sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> SemaphoreSet:
+    def from_id(cls: type[_S], sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> _S:
         """A handle on the set with kernel id ``sid`` (handles pickle to this)."""
         try:
-            s: SemaphoreSet = cls(key, sid, undo=undo)
+            s = cls(key, sid, undo=undo)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EIDRM):
                 exc = OSError(errno.ENOENT, "no such semaphore set")
@@ -360,7 +366,9 @@ class SemaphoreSet(SysVObject):
                 stuck.append(True)
 
         try:
-            await run_in_worker(blocking, on_late_result=undo_late, jobs=self._jobs)
+            await run_in_worker(
+                blocking, on_late_result=undo_late, jobs=self._jobs, before_start=self._check_open
+            )
         except Interrupted:
             raise ClosedResourceError(f"{self._what}: the handle was closed") from None
         except OSError as exc:
@@ -469,13 +477,6 @@ class Semaphore(SemaphoreSet):
         assert isinstance(s, Semaphore)
         return s
 
-    @classmethod
-    def open(cls, key: int, *, undo: bool = True) -> Semaphore:
-        """Open the existing semaphore under ``key`` (semaphore 0 of its set)."""
-        s = super().open(key, undo=undo)
-        assert isinstance(s, Semaphore)
-        return s
-
     @property
     def value(self) -> int:
         """Permits available now."""
@@ -508,6 +509,7 @@ class Semaphore(SemaphoreSet):
             if self._lock is None:
                 self._lock = anyio.Lock()
             async with self._lock:
+                self._check_open()  # closed while this task queued for the lock
                 if not self._try(prepared):
                     await self._wait(prepared)
         else:

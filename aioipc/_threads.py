@@ -302,11 +302,14 @@ async def run_in_worker(
     on_late_result: Callable[[T], None] | None = None,
     late_note: str | None = None,
     jobs: set[Job[Any]] | None = None,
+    before_start: Callable[[], None] | None = None,
 ) -> T:
     """Run ``fn`` on an aioipc worker thread and return its result.
 
     ``jobs``, if given, is the handle's set of running jobs, so that closing the handle
-    can interrupt them (:func:`interrupt_all`).
+    can interrupt them (:func:`interrupt_all`). ``before_start`` runs once the task holds
+    a worker token, right before the job starts (the handle checks it is still open: it
+    may have been closed while the task queued for the token).
 
     Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
     :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
@@ -318,6 +321,8 @@ async def run_in_worker(
     limiter = worker_limiter()
     await limiter.acquire()
     try:
+        if before_start is not None:
+            before_start()
         waker = _Waker()
         waker.arm()
         job: Job[T] = Job(fn, waker.notify)
