@@ -123,6 +123,13 @@ def map_posix_errors(
             diagnosis = mq_limit_error(what.rsplit(" ", 1)[-1], *shape)
             if diagnosis is not None:
                 raise diagnosis from None
+            if "Insufficient space" in str(exc) or exc.errno == errno.ENOSPC:
+                queues = _sysctl("queues_max")
+                raise IPCSystemError(
+                    errno.ENOSPC,
+                    f"{what}: the system's queue count limit is reached: "
+                    f"{MQ_DIR}/queues_max = {queues}",
+                ) from None
             if "maximum number of files" in str(exc):
                 queues = _sysctl("queues_max")
                 nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]

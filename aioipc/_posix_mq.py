@@ -190,6 +190,12 @@ class MessageQueue(ObjectStream[bytes]):
                 pass
         raise IPCNotFoundError(errno.ENOENT, f"POSIX message queue {name}: keeps vanishing")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A queue descriptor cannot travel to another process; its name can. (So a
+        # handle on an unlinked queue cannot be pickled usefully: the child gets
+        # IPCNotFoundError.)
+        return (_reopen, (self._name, self._read, self._write))
+
     # -- attributes -------------------------------------------------------------------
 
     @property
@@ -454,6 +460,10 @@ class MessageQueue(ObjectStream[bytes]):
 
     def __repr__(self) -> str:
         return f"<aioipc {self._what}{' closed' if self._closed else ''}>"
+
+
+def _reopen(name: str, read: bool, write: bool) -> MessageQueue:
+    return MessageQueue.open(name, read=read, write=write)
 
 
 def unlink(name: str) -> None:

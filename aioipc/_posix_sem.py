@@ -90,6 +90,10 @@ class Semaphore:
         """Open the semaphore, or create it with ``value`` permits (``O_CREAT``, atomic)."""
         return cls._open(name, posix_ipc.O_CREAT, mode, value)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Handles pickle by name (multiprocessing children reopen it).
+        return (Semaphore.open, (self._name,))
+
     @property
     def name(self) -> str:
         return self._name

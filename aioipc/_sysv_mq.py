@@ -389,6 +389,16 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return False
             raise self._send_error(exc, len(data)) from exc
 
+    def _check_fits(self, size: int) -> None:
+        """A message bigger than the queue's capacity would wait for ever (the kernel says
+        only "full"); called when a send finds the queue full, so it costs nothing else."""
+        try:
+            qbytes = int(self._stat().qbytes)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        if size > qbytes:
+            raise MessageTooLargeError(size, qbytes, f"max_bytes (msg_qbytes) of {self._what}")
+
     def send_nowait(self, item: bytes, *, type: int | None = None) -> None:
         """Send one message without waiting.
 
@@ -402,6 +412,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         """
         mtype, data = self._prepare(item, type)
         if not self._try_send(mtype, data):
+            self._check_fits(len(data))
             raise WouldBlock
 
     async def send(self, item: bytes, *, type: int | None = None) -> None:
@@ -443,6 +454,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 await anyio.lowlevel.checkpoint()
             if self._try_send(mtype, data):
                 return
+        self._check_fits(len(data))
         qid = self._id
 
         def blocking(job: Job[bool]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 import anyio
 from anyio import TaskInfo, get_current_task
@@ -54,6 +55,10 @@ class Lock:
     def open_or_create(cls, key: int, *, mode: int = 0o600) -> Lock:
         """Open the lock under ``key``, creating it unlocked if there is none."""
         return cls(Semaphore.open_or_create(key, 1, mode=mode))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A child process gets its own handle on the same semaphore, not holding it.
+        return (_reopen, (self._sem.id, self._sem.key))
 
     @property
     def key(self) -> int:
@@ -143,3 +148,7 @@ class Lock:
 
     def __repr__(self) -> str:
         return f"<aioipc.Lock on {self._sem!r}>"
+
+
+def _reopen(sid: int, key: int) -> Lock:
+    return Lock(Semaphore.from_id(sid, key=key))

@@ -772,3 +772,47 @@ async def test_posix_objects_get_the_asked_mode_whatever_the_umask() -> None:
             await s.aclose()
     finally:
         os.umask(old)
+
+
+@pytest.mark.asyncio
+async def test_sysv_message_bigger_than_the_queue_is_refused_not_waited_for() -> None:
+    """The kernel answers only "full" for a message larger than msg_qbytes, so without
+    a check a send would wait for ever for room that can never come."""
+    q = aioipc.sysv.MessageQueue.create(max_bytes=100)
+    try:
+        with pytest.raises(aioipc.MessageTooLargeError, match=r"max_bytes.* = 100 bytes"):
+            q.send_nowait(b"x" * 200)
+        with anyio.fail_after(5), pytest.raises(aioipc.MessageTooLargeError, match="max_bytes"):
+            await q.send(b"x" * 200)
+        assert q.current_messages == 0
+    finally:
+        await q.aclose()
+
+
+@pytest.mark.asyncio
+async def test_lock_and_posix_handles_pickle_to_fresh_handles() -> None:
+    import pickle
+
+    lock = aioipc.Lock.create()
+    name = f"/aioipc-pickle-{os.getpid()}"
+    mq = aioipc.posix.MessageQueue.create(name)
+    try:
+        async with lock:
+            copy = pickle.loads(pickle.dumps(lock))
+            try:
+                assert copy.id == lock.id
+                assert copy.locked()
+                with pytest.raises(anyio.WouldBlock):
+                    copy.acquire_nowait()
+            finally:
+                await copy.aclose()
+        mq2 = pickle.loads(pickle.dumps(mq))
+        try:
+            await mq2.send(b"through a pickled handle")
+            assert await mq.receive() == b"through a pickled handle"
+        finally:
+            await mq2.aclose()
+    finally:
+        mq.unlink()
+        await mq.aclose()
+        await lock.aclose()
