@@ -89,11 +89,16 @@ class MessageQueue(ObjectStream[bytes]):
             raise ValueError("a queue handle must be open for read, write or both")
         creating = bool(flags & posix_ipc.O_CREAT)
         what = f"POSIX message queue {name}"
+        if creating and (max_messages < 1 or max_message_size < 1):
+            raise ValueError(
+                f"{what}: max_messages and max_message_size must be >= 1, "
+                f"got {max_messages} and {max_message_size}"
+            )
         kw: dict[str, Any] = {"read": read, "write": write}
         if creating:
             kw["mode"] = mode & 0o777
-            kw["max_messages"] = max_messages or posix_ipc.QUEUE_MESSAGES_MAX_DEFAULT
-            kw["max_message_size"] = max_message_size or posix_ipc.QUEUE_MESSAGE_SIZE_MAX_DEFAULT
+            kw["max_messages"] = max_messages
+            kw["max_message_size"] = max_message_size
         shape = (kw.get("max_messages", 0), kw.get("max_message_size", 0))
         with map_posix_errors(what, creating=creating, shape=shape):
             try:

@@ -40,7 +40,7 @@ class Semaphore:
         self._name = name
         self._what = f"POSIX semaphore {name}"
         self._closed = False
-        self._jobs: set[Job[Any]] = set()
+        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._lock: anyio.Lock | None = None
 
     @classmethod

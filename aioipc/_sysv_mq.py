@@ -106,7 +106,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._rbuf = _libc.ReceiveBuffer(self._msgmax)
         self._fast = fast if fast is not None else _fast_handle(key, qid, self._msgmax)
         self._stash: list[Message] = []
-        self._jobs: set[Job[Any]] = set()
+        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._locks: dict[tuple[int, int], anyio.Lock] = {}
         self._count = 0
 
@@ -143,14 +143,22 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             ValueError: the key is out of range.
         """
         key = check_key(key)
+        _check_send_type(send_type)  # before anything is created: a bad option leaks nothing
+        _check_selector(receive_type, False)
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
         fast = None
         if key == IPC_PRIVATE:
             # sysv_ipc's object is the fast path, and a private queue can only be
             # reached through the object that created it. On failure, the ctypes call
             # below says exactly why.
             with contextlib.suppress(sysv_ipc.Error, OSError, ValueError):
+                # IPC_PRIVATE, not None: None makes sysv_ipc pick a random *key*.
                 fast = sysv_ipc.MessageQueue(
-                    None, sysv_ipc.IPC_CREX, mode & 0o777, read_sysctl(_MSGMAX, 8192)
+                    sysv_ipc.IPC_PRIVATE,
+                    sysv_ipc.IPC_CREX,
+                    mode & 0o777,
+                    read_sysctl(_MSGMAX, 8192),
                 )
         qid = (
             fast.id
@@ -171,6 +179,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             try:
                 q.max_bytes = max_bytes
             except BaseException:
+                q._closed = True
                 q._remove_quietly()
                 raise
         return q

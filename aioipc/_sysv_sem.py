@@ -72,7 +72,7 @@ class SemaphoreSet(SysVObject):
         SysVObject.__init__(self, key, sid)
         self._undo = undo
         self._remove_on_close = remove_on_close
-        self._jobs: set[Job[Any]] = set()
+        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._size = int(self._stat().nsems)
 
     # -- construction -----------------------------------------------------------------

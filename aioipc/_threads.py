@@ -301,7 +301,7 @@ async def run_in_worker(
     *,
     on_late_result: Callable[[T], None] | None = None,
     late_note: str | None = None,
-    jobs: set[Job[Any]] | None = None,
+    jobs: set[Any] | None = None,
     before_start: Callable[[], None] | None = None,
 ) -> T:
     """Run ``fn`` on an aioipc worker thread and return its result.
@@ -319,7 +319,20 @@ async def run_in_worker(
     if not _handler_installed:
         install_interrupt_handler()
     limiter = worker_limiter()
-    await limiter.acquire()
+    if jobs is None:
+        await limiter.acquire()
+    else:
+        # Registered while it queues for a token too, so that closing the handle wakes
+        # this task at once instead of when some other handle's worker frees up.
+        queued = CancelScope()
+        jobs.add(queued)
+        try:
+            with queued:
+                await limiter.acquire()
+        finally:
+            jobs.discard(queued)
+        if queued.cancelled_caught:
+            raise Interrupted
     try:
         if before_start is not None:
             before_start()
@@ -358,13 +371,17 @@ async def run_in_worker(
         limiter.release()
 
 
-def interrupt_all(jobs: set[Job[Any]]) -> None:
-    """Interrupt every running job in ``jobs`` (a handle is closing)."""
+def interrupt_all(jobs: set[Any]) -> None:
+    """Interrupt every running job in ``jobs``, and wake the tasks still queued for a
+    worker token (a handle is closing)."""
     for job in list(jobs):
-        job.interrupt()
+        if isinstance(job, CancelScope):
+            job.cancel()
+        else:
+            job.interrupt()
 
 
-async def stop_jobs(jobs: set[Job[Any]]) -> None:
+async def stop_jobs(jobs: set[Any]) -> None:
     """Interrupt ``jobs`` and wait (shielded, at most a second) until their tasks are done.
 
     Each job wakes its own task, which then drops it from ``jobs``; polling that set every

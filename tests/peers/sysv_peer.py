@@ -1,0 +1,173 @@
+"""A System V message queue peer for tests/test_sysv_mq.py, run as a real process.
+
+Usage: ``python sysv_peer.py [--as-user UID] COMMAND ARGS...``. Every command prints one
+line per step on stdout (flushed), so the test can follow it without sleeping.
+
+``--as-user UID`` drops to that uid and gid (and no supplementary groups) after the
+interpreter has started, before any System V call: the venv's interpreter lives under
+/root, which another uid cannot exec, so the child starts as root and then gives up its
+privileges (capabilities included: a setuid away from 0 clears them all).
+
+Commands (``QID`` is a kernel id, ``KEY`` a key; numbered messages are ``b"%d" % i``):
+
+``send QID START COUNT``
+    With aioipc: send messages START..START+COUNT-1 (type 1), print ``done``.
+``bursts QID``
+    With aioipc: print ``ready``; for every ``A B`` line on stdin, send messages A..B-1
+    at once; stop at end of stdin; print ``done``.
+``recv QID COUNT``
+    With aioipc: print ``ready``, receive COUNT messages and check that they are
+    0..COUNT-1 in order; print ``ok COUNT`` (or ``mismatch ...`` and exit 1).
+``sysv-send KEY COUNT``
+    With sysv_ipc (not aioipc): send messages 0..COUNT-1 of type 1, print ``done``.
+``sysv-recv KEY COUNT``
+    With sysv_ipc: print ``ready``, receive COUNT messages and check them as ``recv``;
+    print ``ok COUNT``.
+``open-send KEY``
+    Open the queue by key and send one message; print ``sent`` or ``error <what>``.
+``id-send QID``
+    Get a handle by id and send one message; print ``sent`` or ``error <what>``.
+``recv-then-send QID``
+    Get a handle by id, ``receive_nowait`` one message and print ``received <data>``
+    (or ``error <what>``), then send one and print ``sent`` or ``error <what>``.
+
+``<what>`` is ``ClassName is_permission_error message``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Everything is imported up front: after --as-user drops root, the interpreter's own
+# library (under /root) can no longer be read, so a late import would fail.
+import anyio
+import anyio._backends._asyncio  # anyio.run would import its backend lazily
+import sysv_ipc
+
+from aioipc.sysv import MessageQueue
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def describe(exc: BaseException) -> str:
+    return f"error {type(exc).__name__} {isinstance(exc, PermissionError)} {exc}"
+
+
+def drop_privileges(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    assert os.getuid() == os.geteuid() == uid
+
+
+async def send(qid: int, start: int, count: int) -> None:
+    async with MessageQueue.from_id(qid) as q:
+        for i in range(start, start + count):
+            await q.send(b"%d" % i)
+    say("done")
+
+
+async def bursts(qid: int) -> None:
+    async with MessageQueue.from_id(qid) as q:
+        say("ready")
+        while True:
+            line = await anyio.to_thread.run_sync(sys.stdin.readline)
+            if not line:
+                break
+            a, b = map(int, line.split())
+            for i in range(a, b):
+                await q.send(b"%d" % i)
+    say("done")
+
+
+async def recv(qid: int, count: int) -> None:
+    async with MessageQueue.from_id(qid) as q:
+        say("ready")
+        for i in range(count):
+            got = await q.receive()
+            if got != b"%d" % i:
+                say(f"mismatch at {i}: {got!r}")
+                raise SystemExit(1)
+    say(f"ok {count}")
+
+
+def sysv_send(key: int, count: int) -> None:
+    q = sysv_ipc.MessageQueue(key)
+    for i in range(count):
+        q.send(b"%d" % i, True, 1)
+    say("done")
+
+
+def sysv_recv(key: int, count: int) -> None:
+    q = sysv_ipc.MessageQueue(key)
+    say("ready")
+    for i in range(count):
+        got, mtype = q.receive()
+        if (got, mtype) != (b"%d" % i, 1):
+            say(f"mismatch at {i}: {got!r} type {mtype}")
+            raise SystemExit(1)
+    say(f"ok {count}")
+
+
+async def try_send(how: str, ident: int) -> None:
+    try:
+        q = MessageQueue.open(ident) if how == "key" else MessageQueue.from_id(ident)
+    except Exception as exc:
+        say(describe(exc))
+        return
+    async with q:
+        try:
+            await q.send(b"from another uid")
+        except Exception as exc:
+            say(describe(exc))
+        else:
+            say("sent")
+
+
+async def recv_then_send(qid: int) -> None:
+    async with MessageQueue.from_id(qid) as q:
+        try:
+            say(f"received {q.receive_nowait().decode()}")
+        except Exception as exc:
+            say(describe(exc))
+        try:
+            await q.send(b"from another uid")
+        except Exception as exc:
+            say(describe(exc))
+        else:
+            say("sent")
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "--as-user":
+        drop_privileges(int(argv[1]))
+        argv = argv[2:]
+    command, *args = argv
+    nums = [int(a) for a in args]
+
+    if command == "send":
+        anyio.run(send, nums[0], nums[1], nums[2])
+    elif command == "bursts":
+        anyio.run(bursts, nums[0])
+    elif command == "recv":
+        anyio.run(recv, nums[0], nums[1])
+    elif command == "sysv-send":
+        sysv_send(nums[0], nums[1])
+    elif command == "sysv-recv":
+        sysv_recv(nums[0], nums[1])
+    elif command == "open-send":
+        anyio.run(try_send, "key", nums[0])
+    elif command == "id-send":
+        anyio.run(try_send, "id", nums[0])
+    elif command == "recv-then-send":
+        anyio.run(recv_then_send, nums[0])
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
