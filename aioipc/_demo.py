@@ -22,9 +22,17 @@ from typing import Any
 import anyio
 from anyio.streams.stapled import StapledObjectStream
 
-from . import fifo, pipes, unix
+from . import fifo, pipes, posix, sysv, unix
 
-MECHANISMS = ("pipe", "fifo", "unix-stream", "unix-seqpacket", "unix-dgram")
+MECHANISMS = (
+    "pipe",
+    "fifo",
+    "unix-stream",
+    "unix-seqpacket",
+    "unix-dgram",
+    "posix-mq",
+    "sysv-mq",
+)
 _index = struct.Struct("!I")
 
 
@@ -62,6 +70,29 @@ async def _parent_side(
             yield _LazyFifo(down, rx), [down, up], ()
         finally:
             await rx.aclose()
+    elif mechanism == "posix-mq":
+        down, up = f"/aioipc-demo-{os.getpid()}-down", f"/aioipc-demo-{os.getpid()}-up"
+        tx = posix.MessageQueue.create(down, read=False)
+        try:
+            rx_q = posix.MessageQueue.create(up, write=False)
+        except BaseException:
+            tx.unlink()
+            await tx.aclose()
+            raise
+        try:
+            yield StapledObjectStream(tx, rx_q), [down, up], ()
+        finally:
+            tx.unlink()
+            rx_q.unlink()
+            await tx.aclose()
+            await rx_q.aclose()
+    elif mechanism == "sysv-mq":
+        # One private queue both ways: the parent sends type 1 and reads type 2.
+        q = sysv.MessageQueue.create(send_type=1, receive_type=2)
+        try:
+            yield q, [str(q.id)], ()
+        finally:
+            await q.aclose()  # removes it: this handle created it private
     else:
         kind = mechanism.removeprefix("unix-")
         path = os.path.join(tmp, "sock")
@@ -151,8 +182,9 @@ async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> R
                             )
                     elapsed = time.perf_counter() - t0
                     await chan.send(b"bye")
-                    await chan.aclose()
-                    await proc.wait()  # the child exits on end of stream
+                    if not mechanism.endswith("-mq"):
+                        await chan.aclose()  # queues stay open until the child has read "bye"
+                    await proc.wait()
             finally:
                 if proc.returncode is None:
                     proc.kill()
@@ -179,6 +211,13 @@ async def _child(mechanism: str, args: list[str]) -> None:
         rx2 = await fifo.open_receiver(args[0])
         tx2 = await fifo.open_sender(args[1])
         chan = StapledObjectStream(tx2, rx2)
+    elif mechanism == "posix-mq":
+        chan = StapledObjectStream(
+            posix.MessageQueue.open(args[1], read=False),
+            posix.MessageQueue.open(args[0], write=False),
+        )
+    elif mechanism == "sysv-mq":
+        chan = sysv.MessageQueue.from_id(int(args[0]), send_type=2, receive_type=1)
     else:
         chan = await unix.connect(args[0], args[1])  # type: ignore[arg-type]
         if args[1] == "dgram":
