@@ -1,4 +1,4 @@
-"""ctypes bindings for the System V calls that sysv_ipc does not expose (x86-64/aarch64 Linux).
+"""ctypes bindings for the System V calls that sysv_ipc does not expose (64-bit Linux).
 
 sysv_ipc has no MSG_EXCEPT or MSG_NOERROR, a single semaphore per set, and (in the PyPI
 1.2.0 wheel) no semaphore timeouts, so aioipc calls the C library directly. ctypes
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 from typing import Any
 
 __all__ = [
@@ -97,15 +98,28 @@ class MsqidDs(ctypes.Structure):
 
 
 class SemidDs(ctypes.Structure):
+    # x86-64 keeps padding after each time (checked with offsetof: nsems at 80, size
+    # 104); the generic 64-bit layout (aarch64, asm-generic/sembuf.h) has none.
     _fields_ = (
-        ("perm", IpcPerm),
-        ("otime", ctypes.c_long),
-        ("otime_high", ctypes.c_ulong),
-        ("ctime", ctypes.c_long),
-        ("ctime_high", ctypes.c_ulong),
-        ("nsems", ctypes.c_ulong),
-        ("reserved3", ctypes.c_ulong),
-        ("reserved4", ctypes.c_ulong),
+        (
+            ("perm", IpcPerm),
+            ("otime", ctypes.c_long),
+            ("otime_high", ctypes.c_ulong),
+            ("ctime", ctypes.c_long),
+            ("ctime_high", ctypes.c_ulong),
+            ("nsems", ctypes.c_ulong),
+            ("reserved3", ctypes.c_ulong),
+            ("reserved4", ctypes.c_ulong),
+        )
+        if platform.machine() == "x86_64"
+        else (
+            ("perm", IpcPerm),
+            ("otime", ctypes.c_long),
+            ("ctime", ctypes.c_long),
+            ("nsems", ctypes.c_ulong),
+            ("reserved3", ctypes.c_ulong),
+            ("reserved4", ctypes.c_ulong),
+        )
     )
 
 
@@ -114,7 +128,7 @@ class Sembuf(ctypes.Structure):
 
 
 assert ctypes.sizeof(MsqidDs) == 120
-assert ctypes.sizeof(SemidDs) == 104
+assert ctypes.sizeof(SemidDs) == (104 if platform.machine() == "x86_64" else 88)
 assert ctypes.sizeof(Sembuf) == 6
 
 

@@ -21,7 +21,12 @@ from anyio.abc import ObjectStream
 from ._posix_base import check_name, map_posix_errors
 from ._wait import YIELD_EVERY, FdWaiter
 from .abc import IPCAttribute
-from .errors import IPCNotFoundError, IPCPermissionError, MessageTooLargeError
+from .errors import (
+    IPCNotFoundError,
+    IPCPermissionError,
+    MessageTooLargeError,
+    translate_os_error,
+)
 
 __all__ = ["MessageQueue"]
 
@@ -114,8 +119,12 @@ class MessageQueue(ObjectStream[bytes]):
                 # mq_open applies the umask; the caller asked for exactly ``mode``.
                 os.fchmod(mq.mqd, mode & 0o777)
             return cls(mq, name, read=read, write=write)
-        except BaseException:
+        except BaseException as exc:
+            if flags & posix_ipc.O_EXCL:
+                mq.unlink()  # we made it: leave no half-made queue behind
             mq.close()
+            if isinstance(exc, OSError):
+                raise translate_os_error(exc, what) from exc
             raise
 
     @classmethod

@@ -14,7 +14,7 @@ from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
 from ._posix_base import check_name, map_posix_errors
 from ._threads import Interrupted, Job, run_in_worker, stop_jobs
-from .errors import IPCNotFoundError
+from .errors import IPCNotFoundError, translate_os_error
 
 __all__ = ["Semaphore", "unlink_semaphore"]
 
@@ -63,7 +63,12 @@ class Semaphore:
                     ) from None
                 raise
         if flags & posix_ipc.O_EXCL:
-            _chmod_created(name, mode & 0o777)
+            try:
+                _chmod_created(name, mode & 0o777)
+            except OSError as exc:
+                sem.unlink()
+                sem.close()
+                raise translate_os_error(exc, what) from exc
         return cls(sem, name)
 
     @classmethod
@@ -133,6 +138,10 @@ class Semaphore:
 
         Raises:
             anyio.ClosedResourceError: the handle is closed (also while waiting).
+            anyio.BrokenResourceError: the kernel refused the wait (posix_ipc's error is
+                in the message).
+            aioipc.IPCError: a wait needs a worker thread and the interrupt signal handler
+                could not be installed (see :func:`aioipc.install_interrupt_handler`).
 
         Cancellation: a cancelled acquire holds no permit (one granted just as the
         cancellation arrived is given back).
@@ -165,6 +174,7 @@ class Semaphore:
                     on_late_result=lambda _: sem.release(),
                     jobs=self._jobs,
                     before_start=self._check_open,
+                    poll=lambda: True if self._try() else None,
                 )
             except Interrupted:
                 raise ClosedResourceError(f"{self._what}: the handle was closed") from None
@@ -181,7 +191,10 @@ class Semaphore:
         self._check_open()
         if self._sem.value >= VALUE_MAX:
             raise ValueError(f"{self._what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})")
-        self._sem.release()
+        try:
+            self._sem.release()
+        except posix_ipc.Error as exc:
+            raise ValueError(f"{self._what}: release refused: {exc}") from exc
 
     def unlink(self) -> None:
         """Remove the name; handles already open keep working.
@@ -226,7 +239,7 @@ def _chmod_created(name: str, mode: int) -> None:
     """
     try:
         fd = os.open(f"/dev/shm/sem.{name[1:]}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    except FileNotFoundError:
         return  # another C library, another place: it keeps its umask-reduced mode
     try:
         os.fchmod(fd, mode)

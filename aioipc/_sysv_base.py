@@ -105,7 +105,12 @@ class SysVObject:
     def __init__(self, key: int, ipc_id: int) -> None:
         self._key = key
         self._id = ipc_id
-        self._closed = False
+        # Closed until the subclass has finished building: __del__ of a half-built
+        # handle must do nothing. Subclasses set it False last.
+        self._closed = True
+        # A child made by fork() inherits the handle; only the process that opened it
+        # may remove an owned object or interrupt its workers (gunicorn --preload).
+        self._pid = os.getpid()
         self._what = f"{self._kind_name} key={key_repr(key)} id={ipc_id}"
 
     @classmethod
@@ -138,6 +143,9 @@ class SysVObject:
         except OSError as exc:
             return exc.errno in (errno.EIDRM, errno.EINVAL)
         return False
+
+    def _in_opener(self) -> bool:
+        return os.getpid() == self._pid
 
     def _check_open(self) -> None:
         if self._closed:

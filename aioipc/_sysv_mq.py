@@ -109,6 +109,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._locks: dict[tuple[int, int], anyio.Lock] = {}
         self._count = 0
+        self._closed = False
 
     # -- construction -----------------------------------------------------------------
 
@@ -482,6 +483,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 blocking,
                 jobs=self._jobs,
                 before_start=self._check_open,
+                poll=lambda: True if self._try_send(mtype, data) else None,
                 late_note=f"aioipc: the message was sent to {self._what} before the "
                 "cancellation took effect",
             )
@@ -502,15 +504,20 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     # -- receiving --------------------------------------------------------------------
 
-    def _take_stashed(self, selector: int, except_type: bool) -> Message | None:
+    def _take_stashed(self, selector: int, flags: int, size: int) -> Message | None:
         for i, (mtype, data) in enumerate(self._stash):
-            if _matches(mtype, selector, except_type):
+            if _matches(mtype, selector, bool(flags & MSG_EXCEPT)):
+                if len(data) > size:
+                    if not flags & MSG_NOERROR:
+                        # As the kernel would: refuse, and keep the message.
+                        raise MessageTooLargeError(len(data), size, f"max_size of {self._what}")
+                    data = data[:size]
                 del self._stash[i]
                 return mtype, data
         return None
 
     def _try_receive(self, selector: int, flags: int, size: int) -> Message | None:
-        stashed = self._take_stashed(selector, bool(flags & MSG_EXCEPT)) if self._stash else None
+        stashed = self._take_stashed(selector, flags, size) if self._stash else None
         if stashed is not None:
             return stashed
         fast = self._fast
@@ -557,7 +564,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     def receive_message_nowait(
         self,
-        type: int = 0,
+        type: int | None = None,
         *,
         except_type: bool = False,
         truncate: bool = False,
@@ -565,7 +572,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     ) -> Message:
         """Take one message without waiting; return ``(type, data)``.
 
-        ``type`` selects as ``msgrcv`` does: 0 the first message, t > 0 the first of type
+        ``type`` (default: the handle's ``receive_type``) selects as ``msgrcv`` does:
+        0 the first message, t > 0 the first of type
         t (with ``except_type=True``: the first *not* of type t), t < 0 the first of the
         lowest type <= |t|. ``max_size`` caps the size (default msgmax); a longer message
         raises MessageTooLargeError and stays queued, unless ``truncate=True`` cuts it.
@@ -583,7 +591,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     async def receive_message(
         self,
-        type: int = 0,
+        type: int | None = None,
         *,
         except_type: bool = False,
         truncate: bool = False,
@@ -644,6 +652,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                         on_late_result=self._stash.append,
                         jobs=self._jobs,
                         before_start=self._check_open,
+                        poll=lambda: self._try_receive(selector, flags, size),
                     )
                 except Interrupted:
                     raise ClosedResourceError(f"{self._what}: the handle was closed") from None
@@ -752,6 +761,9 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         if self._closed:
             return
         self._closed = True
+        if not self._in_opener():
+            await anyio.lowlevel.checkpoint()
+            return  # an inherited copy: the opener's workers and objects are not ours
         await stop_jobs(self._jobs)
         self._return_stash()
         if self._remove_on_close:
@@ -759,8 +771,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
             self._closed = True
+            if not self._in_opener():
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
             interrupt_all(self._jobs)
             self._return_stash()
             if self._remove_on_close:

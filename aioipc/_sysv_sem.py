@@ -74,6 +74,7 @@ class SemaphoreSet(SysVObject):
         self._remove_on_close = remove_on_close
         self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._size = int(self._stat().nsems)
+        self._closed = False
 
     # -- construction -----------------------------------------------------------------
 
@@ -103,9 +104,9 @@ class SemaphoreSet(SysVObject):
     ) -> SemaphoreSet:
         """Create a set of ``size`` semaphores under ``key`` (``IPC_EXCL``); never waits.
 
-        ``values`` (one int for all, or one per semaphore) are applied as one ``semop``
-        without SEM_UNDO, so a process that opens the set before that sees zeros and
-        simply waits: there is no window in which it sees a half-made set.
+        ``values`` (one int for all, or one per semaphore) are set at once (SETALL), so a
+        process that opens the set just before sees zeros and simply waits: there is no
+        window in which it sees some values set and others not.
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
@@ -123,10 +124,10 @@ class SemaphoreSet(SysVObject):
         if remove_on_close is None:
             remove_on_close = key == IPC_PRIVATE
         s = cls._new(key, sid, undo=undo, remove_on_close=remove_on_close)
-        ops = [(i, v, 0) for i, v in enumerate(vals) if v]
-        if ops:
+        if any(vals):
+            # SETALL, not one semop: a semop takes at most semopm (500) operations.
             try:
-                _libc.semop(sid, ops)
+                _libc.semctl(sid, 0, _libc.SETALL, (ctypes.c_ushort * size)(*vals))
             except OSError as exc:
                 s._closed = True
                 s._remove_quietly()
@@ -362,12 +363,19 @@ class SemaphoreSet(SysVObject):
                         raise
 
         def undo_late(_: bool) -> None:
-            if inverse and not self._try(inverse):
-                stuck.append(True)
+            try:
+                if inverse and not self._try(inverse):
+                    stuck.append(True)
+            except Exception:
+                stuck.append(True)  # removed meanwhile: the cancellation still goes up
 
         try:
             await run_in_worker(
-                blocking, on_late_result=undo_late, jobs=self._jobs, before_start=self._check_open
+                blocking,
+                on_late_result=undo_late,
+                jobs=self._jobs,
+                before_start=self._check_open,
+                poll=lambda: True if self._try(prepared) else None,
             )
         except Interrupted:
             raise ClosedResourceError(f"{self._what}: the handle was closed") from None
@@ -403,14 +411,19 @@ class SemaphoreSet(SysVObject):
         if self._closed:
             return
         self._closed = True
+        if not self._in_opener():
+            await anyio.lowlevel.checkpoint()
+            return  # an inherited copy: the opener's workers and objects are not ours
         await stop_jobs(self._jobs)
         if self._remove_on_close:
             self._remove_quietly()
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
             self._closed = True
+            if not self._in_opener():
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
             interrupt_all(self._jobs)
             if self._remove_on_close:
                 self._remove_quietly()
@@ -442,9 +455,9 @@ class Semaphore(SemaphoreSet):
     def __init__(
         self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
     ) -> None:
-        super().__init__(key, sid, undo=undo, remove_on_close=remove_on_close)
         self._held = 0
         self._lock: anyio.Lock | None = None
+        super().__init__(key, sid, undo=undo, remove_on_close=remove_on_close)
 
     @classmethod
     def create(  # type: ignore[override]
@@ -531,6 +544,15 @@ class Semaphore(SemaphoreSet):
             raise self._op_error(exc) from exc
         if undo:
             self._held -= 1
+
+    async def aclose(self) -> None:
+        """Close this handle. Permits this handle still holds are given back first (a
+        closed handle cannot ``release``). Then as :meth:`SemaphoreSet.aclose`."""
+        if not self._closed and self._held > 0 and self._in_opener():
+            with contextlib.suppress(OSError):
+                _libc.semop(self._id, [(0, self._held, SEM_UNDO)])
+            self._held = 0
+        await super().aclose()
 
     async def __aenter__(self) -> Semaphore:
         await self.acquire()

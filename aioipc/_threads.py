@@ -130,11 +130,23 @@ class Job(Generic[T]):
     before it starts waiting), so that an interrupted call returns instead of retrying.
     """
 
-    __slots__ = ("_notify", "cancelled", "error", "finished", "fn", "result", "thread_id")
+    __slots__ = (
+        "_notify",
+        "cancelled",
+        "error",
+        "finished",
+        "fn",
+        "lock",
+        "result",
+        "thread_id",
+    )
 
     def __init__(self, fn: Callable[[Job[T]], T], notify: Callable[[], None]) -> None:
         self.fn = fn
         self._notify = notify
+        # Held while the id is read for a signal and while it is cleared: a signal can
+        # then only reach the thread while it still runs this job.
+        self.lock = threading.Lock()
         self.thread_id: int | None = None
         self.cancelled = False
         self.finished = False
@@ -146,14 +158,16 @@ class Job(Generic[T]):
             raise Interrupted
 
     def run(self) -> None:
-        self.thread_id = threading.get_ident()
+        with self.lock:
+            self.thread_id = threading.get_ident()
         try:
             self.result = self.fn(self)
         except BaseException as exc:
             self.error = exc
         finally:
-            self.thread_id = None
-            self.finished = True
+            with self.lock:
+                self.thread_id = None
+                self.finished = True
             self._notify()
 
     def interrupt(self) -> None:
@@ -184,12 +198,11 @@ class _Interrupter:
 
     @staticmethod
     def _signal(job: Job[Any]) -> None:
-        tid = job.thread_id
-        if tid is not None and not job.finished:
-            # A stale id (the job just finished) hits a pool thread that treats EINTR
-            # as "check your own job and retry": harmless.
-            with contextlib.suppress(OSError):
-                signal.pthread_kill(tid, INTERRUPT_SIGNAL)
+        with job.lock:
+            tid = job.thread_id
+            if tid is not None and not job.finished:
+                with contextlib.suppress(OSError):
+                    signal.pthread_kill(tid, INTERRUPT_SIGNAL)
 
     def _run(self) -> None:
         while True:
@@ -218,7 +231,12 @@ class _Pool:
                 self._idle -= 1
                 self._queue.put(job)
                 return
-        threading.Thread(target=self._work, args=(job,), name="aioipc-worker", daemon=True).start()
+        try:
+            threading.Thread(
+                target=self._work, args=(job,), name="aioipc-worker", daemon=True
+            ).start()
+        except RuntimeError as exc:
+            raise IPCError(f"aioipc could not start a worker thread: {exc}") from exc
 
     def _work(self, job: Job[Any] | None) -> None:
         while True:
@@ -230,11 +248,14 @@ class _Pool:
                 job = self._queue.get(timeout=_IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
-                    # A submit may have counted on this thread in the meantime.
-                    if self._queue.empty():
+                    # A submit may have counted on this thread in the meantime: take
+                    # its job, or leave (never block outside the lock: another idle
+                    # thread may take that job first).
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
                         self._idle -= 1
                         return
-                job = self._queue.get()
 
 
 _interrupter = _Interrupter()
@@ -303,6 +324,7 @@ async def run_in_worker(
     late_note: str | None = None,
     jobs: set[Any] | None = None,
     before_start: Callable[[], None] | None = None,
+    poll: Callable[[], T | None] | None = None,
 ) -> T:
     """Run ``fn`` on an aioipc worker thread and return its result.
 
@@ -311,28 +333,29 @@ async def run_in_worker(
     a worker token, right before the job starts (the handle checks it is still open: it
     may have been closed while the task queued for the token).
 
+    When every token is taken (the limiter's threads all wait on other objects), the task
+    does not just queue: every 1 ms, doubling up to 50 ms, it calls ``poll`` (the
+    caller's no-wait try), and returns what ``poll`` returns once that is not None. So
+    a handle whose message has arrived is served even while other handles hold every
+    thread, and threads stay bounded.
+
     Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
     :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
     if it completed anyway, its result goes to ``on_late_result`` and ``late_note`` is
     added to the cancellation exception (Python 3.11+) before it propagates.
     """
-    if not _handler_installed:
-        install_interrupt_handler()
+    if not _handler_installed or signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
+        # Checked every time: with the default action restored, our interrupt would
+        # terminate the process.
+        _reinstall()
     limiter = worker_limiter()
-    if jobs is None:
-        await limiter.acquire()
-    else:
-        # Registered while it queues for a token too, so that closing the handle wakes
-        # this task at once instead of when some other handle's worker frees up.
-        queued = CancelScope()
-        jobs.add(queued)
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
         try:
-            with queued:
-                await limiter.acquire()
-        finally:
-            jobs.discard(queued)
-        if queued.cancelled_caught:
-            raise Interrupted
+            await _queue_for_token(limiter, jobs, poll)
+        except _Polled as polled:
+            return polled.value  # type: ignore[return-value]
     try:
         if before_start is not None:
             before_start()
@@ -369,6 +392,47 @@ async def run_in_worker(
         return job.result  # type: ignore[return-value]
     finally:
         limiter.release()
+
+
+class _Polled(Exception):
+    """``poll`` succeeded while the task queued for a worker token."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+async def _queue_for_token(
+    limiter: CapacityLimiter, jobs: set[Any] | None, poll: Callable[[], Any] | None
+) -> None:
+    # Registered while it queues, so that closing the handle wakes this task at once
+    # instead of when some other handle's worker frees up.
+    queued = CancelScope()
+    if jobs is not None:
+        jobs.add(queued)
+    delay = 0.001
+    try:
+        with queued:
+            while True:
+                with anyio.move_on_after(delay):
+                    await limiter.acquire()
+                    return
+                if poll is not None:
+                    value = poll()
+                    if value is not None:
+                        raise _Polled(value)
+                delay = min(delay * 2, 0.05)
+    finally:
+        if jobs is not None:
+            jobs.discard(queued)
+        if queued.cancelled_caught:
+            raise Interrupted
+
+
+def _reinstall() -> None:
+    global _handler_installed
+    if _handler_installed and signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
+        _handler_installed = False
+    install_interrupt_handler()
 
 
 def interrupt_all(jobs: set[Any]) -> None:
