@@ -816,3 +816,108 @@ async def test_lock_and_posix_handles_pickle_to_fresh_handles() -> None:
         mq.unlink()
         await mq.aclose()
         await lock.aclose()
+
+
+@pytest.mark.asyncio
+async def test_waits_on_unrelated_handles_cannot_starve_one_another() -> None:
+    """With every worker token taken by idle receives on other queues, a receive whose
+    message arrives is still served (it polls its no-wait call while it queues)."""
+    limiter = aioipc.worker_limiter()
+    old = limiter.total_tokens
+    limiter.total_tokens = 2
+    queues = [aioipc.sysv.MessageQueue.create() for _ in range(4)]
+    got: list[bytes] = []
+    done = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            for q in queues[:3]:
+                tg.start_soon(q.receive)
+
+            async def last() -> None:
+                got.append(await queues[3].receive())
+                done.set()
+
+            tg.start_soon(last)
+            # Observing the limiter, which has no event to wait on: poll under a deadline.
+            with anyio.fail_after(5):
+                while limiter.borrowed_tokens < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
+            queues[3].send_nowait(b"served")
+            with anyio.fail_after(2):
+                await done.wait()
+            assert got == [b"served"]
+            tg.cancel_scope.cancel()
+    finally:
+        limiter.total_tokens = old
+        for q in queues:
+            await q.aclose()
+
+
+def test_a_forked_child_does_not_remove_the_parents_private_objects() -> None:
+    """gunicorn --preload: workers inherit handles; their exit must not destroy the
+    private lock or queue the parent created."""
+
+    async def make() -> tuple[aioipc.Lock, aioipc.sysv.MessageQueue]:
+        return aioipc.Lock.create(), aioipc.sysv.MessageQueue.create()
+
+    lock, q = anyio.run(make)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child drops its copies, as a worker's exit would
+            code = 0
+            try:
+
+                async def child() -> None:
+                    await lock.aclose()
+                    await q.aclose()
+
+                anyio.run(child)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not lock.locked()  # still there: reading it would fail otherwise
+        q.send_nowait(b"still here")
+        assert q.receive_nowait() == b"still here"
+    finally:
+
+        async def close() -> None:
+            await lock.aclose()
+            await q.aclose()
+
+        anyio.run(close)
+
+
+@pytest.mark.asyncio
+async def test_semaphore_set_larger_than_semopm_and_held_permits_on_close() -> None:
+    s = aioipc.sysv.SemaphoreSet.create(size=600, values=1)
+    try:
+        assert s.get_values() == [1] * 600
+    finally:
+        await s.aclose()
+    sem = aioipc.sysv.Semaphore.create(value=2)
+    other = aioipc.sysv.Semaphore.from_id(sem.id)
+    try:
+        await other.acquire()
+        await other.acquire()
+        assert sem.value == 0
+        await other.aclose()  # gives back what it held: a closed handle cannot release
+        assert sem.value == 2
+    finally:
+        await other.aclose()
+        await sem.aclose()
+
+
+@pytest.mark.asyncio
+async def test_receive_message_defaults_to_the_handles_receive_type() -> None:
+    a = aioipc.sysv.MessageQueue.create(send_type=1, receive_type=2)
+    b = aioipc.sysv.MessageQueue.from_id(a.id, send_type=2, receive_type=1)
+    try:
+        await a.send(b"to b")
+        await b.send(b"to a")
+        assert await a.receive_message() == (2, b"to a")
+        assert b.receive_message_nowait() == (1, b"to b")
+    finally:
+        await b.aclose()
+        await a.aclose()
