@@ -20,7 +20,7 @@ from anyio.abc import ObjectStream
 
 from ._posix_base import check_name, map_posix_errors
 from ._wait import YIELD_EVERY, FdWaiter
-from .abc import IPCAttribute
+from .abc import IPCAttribute, message_bytes
 from .errors import (
     IPCNotFoundError,
     IPCPermissionError,
@@ -32,14 +32,6 @@ __all__ = ["MessageQueue"]
 
 #: The highest priority a message can have (Linux: 32767).
 PRIORITY_MAX: int = posix_ipc.QUEUE_PRIORITY_MAX
-
-
-def _as_bytes(item: object) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, (bytearray, memoryview)):
-        return bytes(item)
-    raise TypeError(f"a message is bytes (or bytearray/memoryview), not {type(item).__name__}")
 
 
 class MessageQueue(ObjectStream[bytes]):
@@ -298,7 +290,7 @@ class MessageQueue(ObjectStream[bytes]):
         self._check_open()
         if not self._write:
             raise IPCPermissionError(errno.EBADF, f"{self._what}: this handle is receive-only")
-        data = _as_bytes(item)
+        data = message_bytes(item)
         if len(data) > self._max_size:
             raise MessageTooLargeError(
                 len(data), self._max_size, f"max_message_size of {self._what}"

@@ -7,14 +7,18 @@ not any process has it open. :func:`ftok` derives a key from a file, exactly as 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
 from . import _libc
+from ._threads import interrupt_all, stop_jobs
 from .errors import IPCNotFoundError, translate_os_error
 
 __all__ = ["IPC_PRIVATE", "SysVObject", "check_key", "ftok", "key_repr", "read_sysctl"]
@@ -208,6 +212,66 @@ class SysVObject:
                 setattr(ds.perm, name, value)
             else:
                 setattr(ds, name, value)
+
+    # -- lifecycle shared by queues and semaphore sets -----------------------------------
+    # Subclasses set ``_jobs`` (their running worker jobs) and ``_remove_on_close``.
+
+    _jobs: set[Any]
+    _remove_on_close: bool
+
+    def _rmid(self) -> None:
+        """IPC_RMID through the kind's own ctl call; raises OSError."""
+        raise NotImplementedError
+
+    def _before_close(self) -> None:
+        """Hand back what this handle holds (kernel side), once its workers have stopped."""
+
+    def remove(self) -> None:
+        """Remove the object from the system (``IPC_RMID``) now.
+
+        Every task waiting on it, in any process, wakes with BrokenResourceError.
+
+        Raises:
+            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
+            anyio.BrokenResourceError: it was removed already.
+        """
+        try:
+            self._rmid()
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _remove_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            self._rmid()
+
+    async def aclose(self) -> None:
+        """Close this handle; the object stays unless this handle created it private.
+
+        Wakes this handle's waiting tasks with ClosedResourceError and stops their
+        worker threads; never blocks for long (the shielded wait for the workers is about
+        a millisecond). A copy inherited through fork() only marks itself closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self._in_opener():
+            await anyio.lowlevel.checkpoint()
+            return  # an inherited copy: the opener's workers and objects are not ours
+        await stop_jobs(self._jobs)
+        self._before_close()
+        if self._remove_on_close:
+            self._remove_quietly()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            if not self._in_opener():
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            interrupt_all(self._jobs)
+            self._before_close()
+            if self._remove_on_close:
+                self._remove_quietly()
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""

@@ -16,9 +16,9 @@ from anyio.abc import ObjectStream
 from . import _libc
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
-from ._threads import Interrupted, Job, interrupt_all, run_in_worker, stop_jobs
+from ._threads import Interrupted, Job, run_in_worker
 from ._wait import YIELD_EVERY
-from .abc import IPCAttribute
+from .abc import IPCAttribute, message_bytes
 from .errors import IPCPermissionError, MessageTooLargeError
 
 __all__ = ["MessageQueue"]
@@ -46,14 +46,6 @@ def _check_selector(t: int, except_type: bool) -> int:
     if except_type and t <= 0:
         raise ValueError(f"except_type=True needs a type > 0 to exclude, got {t}")
     return t
-
-
-def _as_bytes(item: object) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, (bytearray, memoryview)):
-        return bytes(item)
-    raise TypeError(f"a message is bytes (or bytearray/memoryview), not {type(item).__name__}")
 
 
 def _matches(mtype: int, selector: int, except_type: bool) -> bool:
@@ -373,7 +365,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     def _prepare(self, item: object, type: int | None) -> tuple[int, bytes]:
         self._check_open()
-        data = _as_bytes(item)
+        data = message_bytes(item)
         if len(data) > self._msgmax:
             raise MessageTooLargeError(len(data), self._msgmax, _MSGMAX)
         return (self._send_type if type is None else _check_send_type(type)), data
@@ -719,24 +711,11 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def remove(self) -> None:
-        """Remove the queue from the system (``IPC_RMID``) now.
+    def _rmid(self) -> None:
+        _libc.msgctl(self._id, _libc.IPC_RMID)
 
-        Every task waiting on it, in any process, wakes with BrokenResourceError.
-        Messages still queued are discarded.
-
-        Raises:
-            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
-            anyio.BrokenResourceError: it was removed already.
-        """
-        try:
-            _libc.msgctl(self._id, _libc.IPC_RMID)
-        except OSError as exc:
-            raise self._error(exc) from exc
-
-    def _remove_quietly(self) -> None:
-        with contextlib.suppress(OSError):
-            _libc.msgctl(self._id, _libc.IPC_RMID)
+    def _before_close(self) -> None:
+        self._return_stash()
 
     def _return_stash(self) -> None:
         for mtype, data in self._stash:
@@ -750,35 +729,6 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     stacklevel=3,
                 )
         self._stash.clear()
-
-    async def aclose(self) -> None:
-        """Close this handle (the queue stays, unless this handle owns it).
-
-        Wakes this handle's waiting tasks with ClosedResourceError and stops their
-        worker threads. A message a cancelled receive had taken goes back to the queue.
-        Never blocks for long; the shielded wait for the workers is about a millisecond.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        if not self._in_opener():
-            await anyio.lowlevel.checkpoint()
-            return  # an inherited copy: the opener's workers and objects are not ours
-        await stop_jobs(self._jobs)
-        self._return_stash()
-        if self._remove_on_close:
-            self._remove_quietly()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self._closed = True
-            if not self._in_opener():
-                return
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-            interrupt_all(self._jobs)
-            self._return_stash()
-            if self._remove_on_close:
-                self._remove_quietly()
 
 
 def _fast_handle(key: int, qid: int, msgmax: int) -> Any:

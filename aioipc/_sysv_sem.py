@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import warnings
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from anyio import ClosedResourceError, WouldBlock
 from . import _libc
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
-from ._threads import Interrupted, Job, interrupt_all, run_in_worker, stop_jobs
+from ._threads import Interrupted, Job, run_in_worker
 from .errors import IPCSystemError
 
 __all__ = ["Semaphore", "SemaphoreSet"]
@@ -388,45 +387,8 @@ class SemaphoreSet(SysVObject):
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def remove(self) -> None:
-        """Remove the set now (``IPC_RMID``); every waiter, in any process, gets
-        BrokenResourceError.
-
-        Raises:
-            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
-            anyio.BrokenResourceError: it was removed already.
-        """
-        try:
-            _libc.semctl(self._id, 0, _libc.IPC_RMID)
-        except OSError as exc:
-            raise self._error(exc) from exc
-
-    def _remove_quietly(self) -> None:
-        with contextlib.suppress(OSError):
-            _libc.semctl(self._id, 0, _libc.IPC_RMID)
-
-    async def aclose(self) -> None:
-        """Close this handle: its waiting tasks get ClosedResourceError and their worker
-        threads stop. The set stays (unless this handle created it private)."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._in_opener():
-            await anyio.lowlevel.checkpoint()
-            return  # an inherited copy: the opener's workers and objects are not ours
-        await stop_jobs(self._jobs)
-        if self._remove_on_close:
-            self._remove_quietly()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self._closed = True
-            if not self._in_opener():
-                return
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
-            interrupt_all(self._jobs)
-            if self._remove_on_close:
-                self._remove_quietly()
+    def _rmid(self) -> None:
+        _libc.semctl(self._id, 0, _libc.IPC_RMID)
 
 
 def _reopen(cls: type[SemaphoreSet], sid: int, key: int, undo: bool) -> SemaphoreSet:
@@ -545,14 +507,12 @@ class Semaphore(SemaphoreSet):
         if undo:
             self._held -= 1
 
-    async def aclose(self) -> None:
-        """Close this handle. Permits this handle still holds are given back first (a
-        closed handle cannot ``release``). Then as :meth:`SemaphoreSet.aclose`."""
-        if not self._closed and self._held > 0 and self._in_opener():
+    def _before_close(self) -> None:
+        # A closed handle cannot release: give back the permits it still holds.
+        if self._held > 0:
             with contextlib.suppress(OSError):
                 _libc.semop(self._id, [(0, self._held, SEM_UNDO)])
             self._held = 0
-        await super().aclose()
 
     async def __aenter__(self) -> Semaphore:
         await self.acquire()

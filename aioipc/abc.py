@@ -54,3 +54,16 @@ class IPCAttribute(TypedAttributeSet):
     peer_uid: int = typed_attribute()
     #: Group id of the peer.
     peer_gid: int = typed_attribute()
+
+
+def message_bytes(item: object) -> bytes:
+    """A Channel item as bytes: bytes as they are, bytearray/memoryview copied.
+
+    Raises:
+        TypeError: anything else, naming its type.
+    """
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"a message is bytes (or bytearray/memoryview), not {type(item).__name__}")
