@@ -19,7 +19,7 @@ from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from ._posix_base import check_name, map_posix_errors
-from ._wait import YIELD_EVERY, FdWaiter
+from ._wait import YIELD_EVERY, FdWaiter, Pacer
 from .abc import IPCAttribute, message_bytes
 from .errors import (
     IPCNotFoundError,
@@ -63,7 +63,7 @@ class MessageQueue(ObjectStream[bytes]):
         self._read = read
         self._write = write
         self._closed = False
-        self._count = 0
+        self._pacer = Pacer()
         self._receive_lock: anyio.Lock | None = None
         self._send_lock: anyio.Lock | None = None
 
@@ -337,9 +337,10 @@ class MessageQueue(ObjectStream[bytes]):
         can arrive).
         """
         data = self._prepare(item, priority)
-        self._count += 1
-        if self._count >= YIELD_EVERY:
-            self._count = 0
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            pacer.count = 0
             await anyio.lowlevel.checkpoint()
         if self._try_send(data, priority):
             return
@@ -349,7 +350,7 @@ class MessageQueue(ObjectStream[bytes]):
             while True:
                 self._check_open()
                 if self._try_send(data, priority):
-                    self._count = 0
+                    self._pacer.waited()
                     return
                 await self._waiter.writable()
 
@@ -406,9 +407,10 @@ class MessageQueue(ObjectStream[bytes]):
         taken in one call, after the last point where a cancellation can arrive).
         """
         self._check_receive()
-        self._count += 1
-        if self._count >= YIELD_EVERY:
-            self._count = 0
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            pacer.count = 0
             await anyio.lowlevel.checkpoint()
         msg = self._try_receive()
         if msg is not None:
@@ -420,7 +422,7 @@ class MessageQueue(ObjectStream[bytes]):
                 self._check_open()
                 msg = self._try_receive()
                 if msg is not None:
-                    self._count = 0
+                    self._pacer.waited()
                     return msg
                 await self._waiter.readable()
 

@@ -17,7 +17,7 @@ from . import _libc
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
-from ._wait import YIELD_EVERY
+from ._wait import YIELD_EVERY, Pacer
 from .abc import IPCAttribute, message_bytes
 from .errors import IPCPermissionError, MessageTooLargeError
 
@@ -100,7 +100,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._stash: list[Message] = []
         self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
         self._locks: dict[tuple[int, int], anyio.Lock] = {}
-        self._count = 0
+        self._pacer = Pacer()
         self._closed = False
 
     # -- construction -----------------------------------------------------------------
@@ -435,9 +435,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             if len(item) > self._msgmax:
                 raise MessageTooLargeError(len(item), self._msgmax, _MSGMAX)
             mtype, data = self._send_type, item
-            self._count += 1
-            if self._count >= YIELD_EVERY:
-                self._count = 0
+            pacer = self._pacer
+            pacer.count += 1
+            if pacer.count >= YIELD_EVERY:
+                pacer.count = 0
                 await anyio.lowlevel.checkpoint()
             try:
                 fast.send(data, False, mtype)
@@ -450,10 +451,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 return
         else:
             mtype, data = self._prepare(item, type)
-            self._count += 1
-            if self._count >= YIELD_EVERY:
-                self._count = 0
-                await anyio.lowlevel.checkpoint()
+            await self._pacer.checkpoint()
             if self._try_send(mtype, data):
                 return
         self._check_fits(len(data))
@@ -469,7 +467,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     if exc.errno != errno.EINTR:
                         raise
 
-        self._count = 0
+        self._pacer.waited()
         try:
             await run_in_worker(
                 blocking,
@@ -603,10 +601,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         handle that matches gets it (and closing the handle puts it back in the queue).
         """
         selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
-        self._count += 1
-        if self._count >= YIELD_EVERY:
-            self._count = 0
-            await anyio.lowlevel.checkpoint()
+        await self._pacer.checkpoint()
         msg = self._try_receive(selector, flags, size)
         if msg is not None:
             return msg
@@ -633,7 +628,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         try:
             async with lock:
                 self._check_open()  # closed while this task queued for the lock
-                self._count = 0
+                self._pacer.waited()
                 # Someone may have been served while we queued for the lock.
                 msg = self._try_receive(selector, flags, size)
                 if msg is not None:
@@ -678,9 +673,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         ):
             # The common call, in as few Python steps as the contract allows: this path
             # is most of the per-message cost once the kernel call is sysv_ipc's.
-            self._count += 1
-            if self._count >= YIELD_EVERY:
-                self._count = 0
+            pacer = self._pacer
+            pacer.count += 1
+            if pacer.count >= YIELD_EVERY:
+                pacer.count = 0
                 await anyio.lowlevel.checkpoint()
             try:
                 return fast.receive(False, self._receive_type)[0]  # type: ignore[no-any-return]
