@@ -25,6 +25,7 @@ from .errors import (
     IPCNotFoundError,
     IPCPermissionError,
     MessageTooLargeError,
+    open_or_create,
     translate_os_error,
 )
 
@@ -178,23 +179,18 @@ class MessageQueue(ObjectStream[bytes]):
 
         The shape and mode apply only if this call creates it.
         """
-        for _ in range(10):
-            try:
-                return cls.create(
-                    name,
-                    max_messages=max_messages,
-                    max_message_size=max_message_size,
-                    mode=mode,
-                    read=read,
-                    write=write,
-                )
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, read=read, write=write)
-            except FileNotFoundError:
-                pass
-        raise IPCNotFoundError(errno.ENOENT, f"POSIX message queue {name}: keeps vanishing")
+        return open_or_create(
+            lambda: cls.create(
+                name,
+                max_messages=max_messages,
+                max_message_size=max_message_size,
+                mode=mode,
+                read=read,
+                write=write,
+            ),
+            lambda: cls.open(name, read=read, write=write),
+            IPCNotFoundError(errno.ENOENT, f"POSIX message queue {name}: keeps vanishing"),
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A queue descriptor cannot travel to another process; its name can. (So a

@@ -19,7 +19,7 @@ from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
 from ._wait import YIELD_EVERY, Pacer
 from .abc import IPCAttribute, message_bytes
-from .errors import IPCPermissionError, MessageTooLargeError
+from .errors import IPCPermissionError, MessageTooLargeError, open_or_create
 
 __all__ = ["MessageQueue"]
 
@@ -210,22 +210,17 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         key = check_key(key)
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new queue; use create()")
-        for _ in range(10):  # another process may remove it between our two calls
-            try:
-                return cls.create(
-                    key,
-                    mode=mode,
-                    max_bytes=max_bytes,
-                    send_type=send_type,
-                    receive_type=receive_type,
-                )
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(key, send_type=send_type, receive_type=receive_type)
-            except FileNotFoundError:
-                pass
-        raise cls._lookup_error(OSError(errno.EAGAIN, "created and removed repeatedly"), key, True)
+        return open_or_create(
+            lambda: cls.create(
+                key,
+                mode=mode,
+                max_bytes=max_bytes,
+                send_type=send_type,
+                receive_type=receive_type,
+            ),
+            lambda: cls.open(key, send_type=send_type, receive_type=receive_type),
+            cls._lookup_error(OSError(errno.EAGAIN, "created and removed repeatedly"), key, True),
+        )
 
     @classmethod
     def from_id(

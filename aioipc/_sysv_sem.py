@@ -16,7 +16,7 @@ from . import _libc
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
-from .errors import IPCSystemError
+from .errors import IPCSystemError, open_or_create
 
 __all__ = ["Semaphore", "SemaphoreSet"]
 
@@ -170,22 +170,16 @@ class SemaphoreSet(SysVObject):
         key = check_key(key)
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new set; use create()")
-        for _ in range(10):
-            try:
-                # The base create: Semaphore.create takes ``value``, not ``size, values``.
-                created: SemaphoreSet = SemaphoreSet.create.__func__(  # type: ignore[attr-defined]
-                    cls, key, size, values=values, mode=mode, undo=undo
-                )
-                return created
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(key, undo=undo)
-            except FileNotFoundError:
-                pass
-        raise IPCSystemError(
-            errno.EAGAIN, f"{cls._kind_name} key={key}: created and removed repeatedly"
+        # The base create: Semaphore.create takes ``value``, not ``size, values``.
+        base_create = SemaphoreSet.create.__func__  # type: ignore[attr-defined]
+        created: SemaphoreSet = open_or_create(
+            lambda: base_create(cls, key, size, values=values, mode=mode, undo=undo),
+            lambda: cls.open(key, undo=undo),
+            IPCSystemError(
+                errno.EAGAIN, f"{cls._kind_name} key={key}: created and removed repeatedly"
+            ),
         )
+        return created
 
     @classmethod
     def from_id(cls: type[_S], sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> _S:

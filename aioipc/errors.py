@@ -16,8 +16,9 @@ existing one or a permission problem also inherit the matching built-in, so
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from anyio import BrokenResourceError, ClosedResourceError
 
@@ -31,6 +32,7 @@ __all__ = [
     "MessageTooLargeError",
     "ProtocolError",
     "map_errors",
+    "open_or_create",
     "translate_os_error",
 ]
 
@@ -121,3 +123,21 @@ def map_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise translate_os_error(exc, what) from exc
+
+
+T = TypeVar("T")
+
+
+def open_or_create(create: Callable[[], T], open_: Callable[[], T], gave_up: Exception) -> T:
+    """Exclusive create, else open; retried, since another process may remove the object
+    between the two calls. Raises ``gave_up`` if that keeps happening."""
+    for _ in range(10):
+        try:
+            return create()
+        except FileExistsError:
+            pass
+        try:
+            return open_()
+        except FileNotFoundError:
+            pass
+    raise gave_up
