@@ -8,6 +8,9 @@ from . import pipes as pipes
 from . import posix as posix
 from . import sysv as sysv
 from . import unix as unix
+from ._region import AnonymousMemory as AnonymousMemory
+from ._region import MappedFile as MappedFile
+from ._region import SharedMemoryRegion as SharedMemoryRegion
 from ._sysv_base import IPC_PRIVATE as IPC_PRIVATE
 from ._sysv_base import ftok as ftok
 from ._threads import install_interrupt_handler as install_interrupt_handler
@@ -33,6 +36,9 @@ from .url import listen as listen
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnonymousMemory",
+    "MappedFile",
+    "SharedMemoryRegion",
     "Channel",
     "FrameTooLargeError",
     "IPC_PRIVATE",

@@ -37,6 +37,7 @@ __all__ = [
     "IpcPerm",
     "MsqidDs",
     "SemidDs",
+    "ShmidDs",
     "msgctl",
     "msgget",
     "msgrcv",
@@ -44,6 +45,10 @@ __all__ = [
     "semctl",
     "semget",
     "semop",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
 ]
 
 IPC_PRIVATE = 0
@@ -62,6 +67,9 @@ GETALL = 13
 GETZCNT = 15
 SETVAL = 16
 SETALL = 17
+SHM_RDONLY = 0o10000
+#: In ``shm_perm.mode``: IPC_RMID was done; the segment goes with its last detach.
+SHM_DEST = 0o1000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -123,6 +131,21 @@ class SemidDs(ctypes.Structure):
     )
 
 
+class ShmidDs(ctypes.Structure):
+    _fields_ = (
+        ("perm", IpcPerm),
+        ("segsz", ctypes.c_size_t),
+        ("atime", ctypes.c_long),
+        ("dtime", ctypes.c_long),
+        ("ctime", ctypes.c_long),
+        ("cpid", ctypes.c_int),
+        ("lpid", ctypes.c_int),
+        ("nattch", ctypes.c_ulong),
+        ("reserved5", ctypes.c_ulong),
+        ("reserved6", ctypes.c_ulong),
+    )
+
+
 class Sembuf(ctypes.Structure):
     _fields_ = (("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short))
 
@@ -130,6 +153,7 @@ class Sembuf(ctypes.Structure):
 assert ctypes.sizeof(MsqidDs) == 120
 assert ctypes.sizeof(SemidDs) == (104 if platform.machine() == "x86_64" else 88)
 assert ctypes.sizeof(Sembuf) == 6
+assert ctypes.sizeof(ShmidDs) == 112
 
 
 def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
@@ -160,6 +184,11 @@ _semop = _bind("semop", ctypes.c_int, ctypes.c_int, ctypes.POINTER(Sembuf), ctyp
 _semctl_ptr = _bind(
     "semctl", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
 )
+
+_shmget = _bind("shmget", ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+_shmat = _bind("shmat", ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_shmdt = _bind("shmdt", ctypes.c_int, ctypes.c_void_p)
+_shmctl = _bind("shmctl", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
 
 def _error() -> OSError:
@@ -242,3 +271,34 @@ def semctl(sid: int, num: int, cmd: int, arg: int | ctypes.Array[Any] | Any = 0)
     if r < 0:
         raise _error()
     return r
+
+
+def shmget(key: int, size: int, flags: int) -> int:
+    shmid: int = _shmget(key, size, flags)
+    if shmid < 0:
+        raise _error()
+    return shmid
+
+
+def shmat(shmid: int, flags: int) -> int:
+    addr = _shmat(shmid, None, flags)
+    # shmat returns (void *) -1 on failure, which ctypes gives back as 2**64 - 1.
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        raise _error()
+    return int(addr)
+
+
+def shmdt(addr: int) -> None:
+    if _shmdt(addr) < 0:
+        raise _error()
+
+
+def shmctl_stat(shmid: int) -> ShmidDs:
+    ds = ShmidDs()
+    shmctl(shmid, IPC_STAT, ds)
+    return ds
+
+
+def shmctl(shmid: int, cmd: int, ds: ShmidDs | None = None) -> None:
+    if _shmctl(shmid, cmd, None if ds is None else ctypes.byref(ds)) < 0:
+        raise _error()

@@ -1,4 +1,4 @@
-"""POSIX IPC: message queues (fd-driven, no threads) and named semaphores.
+"""POSIX IPC: message queues (fd-driven, no threads), named semaphores, shared memory.
 
 Names are ``"/name"``: one leading slash and no other. Constructors never wait:
 ``create`` (exclusive), ``open``, ``open_or_create``; default mode 0600. ``unlink``
@@ -13,12 +13,16 @@ from ._posix_mq import unlink as unlink_message_queue
 from ._posix_sem import VALUE_MAX as VALUE_MAX
 from ._posix_sem import Semaphore as Semaphore
 from ._posix_sem import unlink_semaphore as unlink_semaphore
+from ._region import PosixSharedMemory as SharedMemory
+from ._region import unlink_shared_memory as unlink_shared_memory
 
 __all__ = [
     "PRIORITY_MAX",
     "VALUE_MAX",
     "MessageQueue",
     "Semaphore",
+    "SharedMemory",
     "unlink_message_queue",
     "unlink_semaphore",
+    "unlink_shared_memory",
 ]

@@ -1,4 +1,4 @@
-"""System V IPC: message queues with typed messages, semaphore sets, keys.
+"""System V IPC: message queues with typed messages, semaphore sets, shared memory, keys.
 
 Every object lives under a 32-bit key (:func:`ftok` derives one from a file, as C does)
 until it is removed, whatever happens to the processes that use it. Constructors never
@@ -7,6 +7,7 @@ wait: ``create`` (exclusive), ``open``, ``open_or_create``; default mode 0600.
 
 from __future__ import annotations
 
+from ._region import SysVSharedMemory as SharedMemory
 from ._sysv_base import IPC_PRIVATE as IPC_PRIVATE
 from ._sysv_base import ftok as ftok
 from ._sysv_mq import MessageQueue as MessageQueue
@@ -14,4 +15,12 @@ from ._sysv_sem import SEMVMX as SEMVMX
 from ._sysv_sem import Semaphore as Semaphore
 from ._sysv_sem import SemaphoreSet as SemaphoreSet
 
-__all__ = ["IPC_PRIVATE", "SEMVMX", "MessageQueue", "Semaphore", "SemaphoreSet", "ftok"]
+__all__ = [
+    "IPC_PRIVATE",
+    "SEMVMX",
+    "MessageQueue",
+    "Semaphore",
+    "SemaphoreSet",
+    "SharedMemory",
+    "ftok",
+]
