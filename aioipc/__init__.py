@@ -6,6 +6,7 @@ from . import codecs as codecs
 from . import fifo as fifo
 from . import pipes as pipes
 from . import posix as posix
+from . import shm as shm
 from . import sysv as sysv
 from . import unix as unix
 from ._region import AnonymousMemory as AnonymousMemory
@@ -30,6 +31,8 @@ from .errors import ProtocolError as ProtocolError
 from .framing import FrameTooLargeError as FrameTooLargeError
 from .lock import Lock as Lock
 from .pipes import pipe as pipe
+from .shm import ShmReceiver as ShmReceiver
+from .shm import ShmSender as ShmSender
 from .url import connect as connect
 from .url import listen as listen
 
@@ -54,6 +57,8 @@ __all__ = [
     "ProtocolError",
     "ReceiveChannel",
     "SendChannel",
+    "ShmReceiver",
+    "ShmSender",
     "codecs",
     "connect",
     "fifo",
@@ -63,6 +68,7 @@ __all__ = [
     "pipe",
     "pipes",
     "posix",
+    "shm",
     "sysv",
     "unix",
     "worker_limiter",

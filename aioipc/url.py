@@ -11,6 +11,7 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``mq:///name``            POSIX queue, open or create             POSIX queue, open
 ``sysvmq://KEY``          SysV queue, open or create              SysV queue, open
 ``sysvmq:///path?proj=N`` the same, key = ``ftok(path, N)``       the same
+``shm://name``            create the ring, receive                 send into the ring
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; stream and FIFO), ``mode=0600`` (octal, for
@@ -23,6 +24,11 @@ Queues: ``create=1`` (``connect`` creates a missing queue too; ``create=0`` make
 creation), ``max_bytes=N`` (SysV, on creation), ``send_type=T`` and ``receive_type=T``
 (SysV: the types ``send``/``receive`` use, for two-way use of one queue), ``proj=N``
 (SysV: the ftok project id, default 1). ``KEY`` is decimal or ``0x`` hex.
+
+Shared-memory rings (``shm://name`` or ``shm:///name``): ``capacity=N`` (data bytes, on
+creation), ``multi_producer=1`` (on creation), ``spin=SECONDS`` (low-latency mode),
+``create=0`` (``listen`` attaches to an existing ring), ``create=1`` (``connect`` creates
+the ring and removes it when the sender closes).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 
-from . import fifo, posix, sysv, unix
+from . import fifo, posix, shm, sysv, unix
 from .codecs import Codec, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 
@@ -47,7 +53,7 @@ _UNIX_KINDS: dict[str, unix.Kind] = {
     "unix+dgram": "dgram",
 }
 _QUEUES = ("mq", "sysvmq")
-_SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES)
+_SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES, "shm")
 _INT_OPTIONS = (
     "max_size",
     "max_messages",
@@ -56,6 +62,7 @@ _INT_OPTIONS = (
     "send_type",
     "receive_type",
     "proj",
+    "capacity",
 )
 
 
@@ -78,6 +85,9 @@ class Address:
     send_type: int = 1
     receive_type: int = 0
     proj: int = 1
+    capacity: int = shm.DEFAULT_CAPACITY
+    multi_producer: bool = False
+    spin: float = 0.0
 
 
 def _flag(value: str, name: str) -> bool:
@@ -101,7 +111,7 @@ def parse_url(url: str) -> Address:
     path = unquote(parts.netloc + parts.path)
     if not path:
         raise ValueError(f"{url!r} names no path (write {scheme}:///path or {scheme}://@name)")
-    if scheme == "mq" and not path.startswith("/"):
+    if scheme in ("mq", "shm") and not path.startswith("/"):
         path = "/" + path
     if scheme == "sysvmq" and not path.startswith(("/", "@")):
         try:
@@ -111,7 +121,7 @@ def parse_url(url: str) -> Address:
                 f"{url!r}: write the key as a number (sysvmq://0x1234, sysvmq://4660) "
                 "or a path for ftok (sysvmq:///path?proj=N)"
             ) from None
-    if path.startswith("@") and scheme in ("fifo", *_QUEUES):
+    if path.startswith("@") and scheme in ("fifo", "shm", *_QUEUES):
         raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
     kw: dict[str, Any] = {}
     unknown = []
@@ -133,6 +143,13 @@ def parse_url(url: str) -> Address:
                 raise ValueError(f"URL option {key}={value!r}: expected an integer") from None
         elif key == "create":
             kw["create"] = _flag(value, key)
+        elif key == "multi_producer":
+            kw[key] = _flag(value, key)
+        elif key == "spin":
+            try:
+                kw[key] = float(value)
+            except ValueError:
+                raise ValueError(f"URL option spin={value!r}: expected seconds") from None
         elif key == "persistent":
             kw["persistent"] = _flag(value, key)
         elif key == "allowed_uids":
@@ -224,6 +241,18 @@ async def connect(url: str, *, codec: str | Codec | None = None) -> Any:
     if addr.scheme in _QUEUES:
         await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
         chan = _open_queue(addr, bool(addr.create))
+    elif addr.scheme == "shm":
+        await anyio.lowlevel.checkpoint()
+        if addr.create:
+            chan = shm.ShmSender.create(
+                addr.path,
+                addr.capacity,
+                mode=addr.mode,
+                multi_producer=addr.multi_producer,
+                spin=addr.spin,
+            )
+        else:
+            chan = shm.ShmSender.open(addr.path, spin=addr.spin)
     elif addr.scheme == "fifo":
         chan = await fifo.open_sender(
             addr.path, framing=addr.framing, max_message_size=addr.max_size
@@ -255,6 +284,19 @@ async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
         await anyio.lowlevel.checkpoint()
         q = _open_queue(addr, addr.create is not False)
         return q if c is None else wrap(q, c)
+    if addr.scheme == "shm":
+        await anyio.lowlevel.checkpoint()
+        if addr.create is False:
+            ring = shm.ShmReceiver.open(addr.path, spin=addr.spin)
+        else:
+            ring = shm.ShmReceiver.create(
+                addr.path,
+                addr.capacity,
+                mode=addr.mode,
+                multi_producer=addr.multi_producer,
+                spin=addr.spin,
+            )
+        return ring if c is None else wrap(ring, c)
     if addr.scheme == "fifo":
         rx = await fifo.open_receiver(
             addr.path,

@@ -1,0 +1,1100 @@
+"""ShmChannel: a one-way message channel over a ring buffer in shared memory.
+
+A ring named ``/jobs`` is three files, all created with the same mode (0600 default):
+``/dev/shm/jobs`` (a 4 KiB header and the ring's data) and two doorbell FIFOs,
+``/dev/shm/jobs.bell-data`` (rung for a sleeping receiver) and
+``/dev/shm/jobs.bell-space`` (rung for a sleeping sender). Messages are copied straight
+into the shared pages; a doorbell is written only when the other side said it may be
+asleep, so a busy channel makes no system call per message. See docs/shared-memory.md
+for the layout, the wake-up protocol and why no wake-up is lost.
+
+One :class:`ShmReceiver` and one :class:`ShmSender` may be attached at a time (each
+side holds an OFD lock on the region; a second one gets BusyResourceError). A ring
+created with ``multi_producer=True`` takes any number of senders, which serialise every
+``send`` on a lock (an OFD lock: freed by the kernel if its holder dies); there the
+stream ends when a sender calls :meth:`ShmSender.send_eof`, not when one closes.
+
+A peer that dies (even by SIGKILL) is noticed through a pidfd that wakes the sleeper;
+its pending and later calls raise BrokenResourceError. Messages it published before
+dying are still delivered first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import math
+import mmap
+import os
+import select
+import stat
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import anyio
+from anyio import (
+    BrokenResourceError,
+    BusyResourceError,
+    ClosedResourceError,
+    EndOfStream,
+    WouldBlock,
+)
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.lowlevel import checkpoint
+
+from . import _ring
+from ._posix_base import check_name
+from ._ring import (
+    HEADER_SIZE,
+    I_CPID,
+    I_CSTATE,
+    I_CWAITING,
+    I_FLAGS,
+    I_PPID,
+    I_PSTATE,
+    I_PWAITING,
+    Q_HEAD,
+    Q_MAGIC,
+    STATE_CLOSED,
+    STATE_OPEN,
+    RingReader,
+    RingWriter,
+)
+from ._threads import Interrupted, interrupt_all, run_in_worker
+from ._wait import YIELD_EVERY, FdWaiter, Pacer
+from .abc import IPCAttribute, message_bytes
+from .errors import (
+    IPCNotFoundError,
+    IPCPermissionError,
+    MessageTooLargeError,
+    ProtocolError,
+    translate_os_error,
+)
+
+__all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
+
+DEFAULT_CAPACITY = 1 << 20
+SHM_DIR = "/dev/shm"
+_BELL_DATA = ".bell-data"
+_BELL_SPACE = ".bell-space"
+# OFD lock bytes in the region file: who is attached.
+_LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS, _LOCK_SEND = 0, 1, 2, 3
+# How often a sender that never has to wait checks that its receiver is still alive.
+_PEER_CHECK_INTERVAL = 0.25
+
+# A full memory barrier: on x86-64 the store of head/tail may otherwise be reordered after
+# the next load of the peer's "waiting" flag (store->load is the one reordering TSO allows),
+# and both sides would skip the doorbell. Acquiring and releasing a threading.Lock runs
+# a locked instruction (sem_trywait's cmpxchg, sem_post's xadd) in the C library, which
+# orders every earlier store before every later load. See docs/shared-memory.md.
+_fence_lock = threading.Lock()
+_acquire = _fence_lock.acquire
+_release = _fence_lock.release
+
+
+def _fence() -> None:
+    _acquire(False)
+    _release()
+
+
+def _lock_struct(kind: int, start: int) -> bytes:
+    # struct flock on 64-bit Linux: short type, short whence, off_t start, off_t len,
+    # pid_t pid (0 for OFD locks), padded to 32 bytes.
+    return struct.pack("hh4xqqi4x", kind, os.SEEK_SET, start, 1, 0)
+
+
+def _try_lock(fd: int, start: int, exclusive: bool = True) -> bool:
+    kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_struct(kind, start))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _unlock(fd: int, start: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_struct(fcntl.F_UNLCK, start))
+
+
+def _is_locked(fd: int, start: int) -> bool:
+    """Whether another open file description holds a lock on byte ``start``."""
+    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _lock_struct(fcntl.F_WRLCK, start))
+    kind: int = struct.unpack("hh4xqqi4x", got)[0]
+    return kind != fcntl.F_UNLCK
+
+
+def _paths(name: str) -> tuple[str, str, str]:
+    check_name(name, "ring", prefix_len=len(_BELL_SPACE))
+    base = SHM_DIR + name
+    return base, base + _BELL_DATA, base + _BELL_SPACE
+
+
+def unlink(name: str) -> None:
+    """Remove the ring ``name`` (region and doorbells); attached handles keep working.
+
+    Raises:
+        aioipc.IPCNotFoundError: there is no ring region by that name.
+    """
+    region, *bells = _paths(name)
+    for path in bells:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    try:
+        os.unlink(region)
+    except OSError as exc:
+        raise translate_os_error(exc, f"shared-memory ring {name}") from exc
+
+
+def is_stale(name: str) -> bool:
+    """True if no live process is attached to ring ``name`` (so it may be removed).
+
+    Attachment is an OFD lock on the region, which the kernel drops when its holder
+    dies, so a SIGKILLed creator leaves a stale ring, never a falsely live one.
+
+    Raises:
+        aioipc.IPCNotFoundError: no such ring.
+    """
+    region = _paths(name)[0]
+    try:
+        fd = os.open(region, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, f"shared-memory ring {name}") from exc
+    try:
+        return not any(_is_locked(fd, b) for b in (_LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS))
+    finally:
+        os.close(fd)
+
+
+def _open_bell(path: str, owner: int, what: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, f"{what}: doorbell {path}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
+        os.close(fd)
+        # Something else sits where the doorbell should be: never talk through it.
+        raise IPCPermissionError(
+            errno.EPERM,
+            f"{what}: {path} is not a FIFO owned by the ring's owner (uid {owner})",
+        )
+    return fd
+
+
+class _RingEnd:
+    """What both ends share: the files, the mapping, the doorbells, the peer watch."""
+
+    _role = ""
+    _peer_role = ""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        create: bool,
+        capacity: int,
+        mode: int,
+        flags: int,
+        spin: float,
+        unlink_on_close: bool | None,
+    ) -> None:
+        self._closed = True  # until fully built: __del__ of a half-built end does nothing
+        if not (isinstance(spin, (int, float)) and 0 <= spin < 1 and math.isfinite(spin)):
+            raise ValueError(f"spin is seconds to busy-wait, 0 <= spin < 1, not {spin!r}")
+        self._name = name
+        self._what = f"shared-memory ring {name}"
+        region, bell_data, bell_space = _paths(name)
+        self._created = create
+        self._fd = -1
+        self._bells: list[int] = []
+        self._mm: mmap.mmap | None = None
+        made: list[str] = []
+        try:
+            if create:
+                self._make(region, bell_data, bell_space, capacity, mode, flags, made)
+            else:
+                self._attach(region, bell_data, bell_space)
+            self._claim()
+        except BaseException:
+            self._teardown()
+            for path in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        self._unlink_on_close = create if unlink_on_close is None else unlink_on_close
+        self._spin = float(spin)
+        self._pid = os.getpid()
+        self._ep = select.epoll()
+        self._ep.register(self._wait_bell, select.EPOLLIN)
+        self._waiter = FdWaiter(self._ep.fileno())
+        self._pidfd = -1
+        self._watched_pid = 0
+        self._wait_lock = anyio.Lock()
+        self._pacer = Pacer()
+        self._next_peer_check = 0.0
+        self._closed = False
+
+    # -- building -------------------------------------------------------------------------
+
+    def _make(
+        self,
+        region: str,
+        bell_data: str,
+        bell_space: str,
+        capacity: int,
+        mode: int,
+        flags: int,
+        made: list[str],
+    ) -> None:
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity is an int, not {type(capacity).__name__}")
+        if capacity < _ring.MIN_CAPACITY or capacity % 8:
+            raise ValueError(
+                f"{self._what}: capacity must be a multiple of 8 and at least "
+                f"{_ring.MIN_CAPACITY} bytes, not {capacity}"
+            )
+        try:
+            self._fd = os.open(
+                region, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            made.append(region)
+            os.fchmod(self._fd, mode)  # exactly mode, whatever the umask
+            os.ftruncate(self._fd, HEADER_SIZE + capacity)
+            for path in (bell_data, bell_space):
+                os.mkfifo(path, 0o600)
+                made.append(path)
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+                self._bells.append(fd)
+                os.fchmod(fd, mode)
+        except OSError as exc:
+            raise translate_os_error(exc, self._what) from exc
+        self._map(HEADER_SIZE + capacity)
+        _ring.init_header(self._hq, self._hi, capacity, flags)
+        self._capacity = capacity
+
+    def _attach(self, region: str, bell_data: str, bell_space: str) -> None:
+        try:
+            self._fd = os.open(region, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            raise translate_os_error(exc, self._what) from exc
+        if not stat.S_ISREG(st.st_mode) or st.st_size < HEADER_SIZE + _ring.MIN_CAPACITY:
+            raise ProtocolError(f"{self._what}: {region} is not a ring ({st.st_size} bytes)")
+        self._map(st.st_size)
+        if self._hq[Q_MAGIC] == 0:
+            raise IPCNotFoundError(
+                errno.ENOENT, f"{self._what}: still being created (no magic yet)", region
+            )
+        self._capacity = _ring.check_header(self._hq, self._hi, st.st_size, self._what)
+        for path in (bell_data, bell_space):
+            self._bells.append(_open_bell(path, st.st_uid, self._what))
+
+    def _map(self, size: int) -> None:
+        self._mm = self._m = mmap.mmap(
+            self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        mv = memoryview(self._m)
+        self._hq = mv[:HEADER_SIZE].cast("Q")
+        self._hi = mv[:HEADER_SIZE].cast("I")
+        self._data = mv[HEADER_SIZE:]
+        self._views = [self._hq, self._hi, self._data, mv]
+
+    def _claim(self) -> None:
+        raise NotImplementedError
+
+    def _teardown(self) -> None:
+        for fd in self._bells:
+            os.close(fd)
+        self._bells = []
+        if self._fd >= 0:
+            os.close(self._fd)  # also drops this end's OFD locks
+            self._fd = -1
+        for v in reversed(getattr(self, "_views", [])):
+            v.release()
+        self._views = []
+        if self._mm is not None:
+            self._mm.close()  # BufferError while a receive_view/reserve view is alive
+            self._mm = None
+
+    # -- doorbells and the peer -----------------------------------------------------------
+
+    _wait_bell_index = 0
+    _peer_waiting = 0
+    _peer_state = 0
+    _peer_pid_index = 0
+    _peer_lock = 0
+
+    @property
+    def _wait_bell(self) -> int:
+        return self._bells[self._wait_bell_index]
+
+    def _ring_peer(self) -> None:
+        try:  # noqa: SIM105 -- cheaper than contextlib.suppress on this path
+            os.write(self._bells[1 - self._wait_bell_index], b"\x01")
+        except BlockingIOError:
+            pass  # the FIFO is full of rings already: the peer will wake
+
+    def _drain_bell(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wait_bell, 4096)
+
+    def _peer_alive(self) -> bool:
+        return _is_locked(self._fd, self._peer_lock)
+
+    def _watch_peer(self) -> None:
+        """Make the peer's death wake our doorbell wait (a pidfd in our epoll set)."""
+        pid = self._hi[self._peer_pid_index]
+        if pid == self._watched_pid:
+            return
+        if self._pidfd >= 0:
+            self._ep.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._watched_pid = pid
+        if pid:
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except OSError:
+                return  # already gone; the liveness check says so
+            self._ep.register(self._pidfd, select.EPOLLIN)
+
+    def _peer_gone_error(self) -> Exception | None:
+        """BrokenResourceError if the peer closed or died (None if it is alive)."""
+        state = self._hi[self._peer_state]
+        if state == STATE_CLOSED:
+            return None
+        if self._peer_alive():
+            return None
+        if state == STATE_OPEN:
+            pid = self._hi[self._peer_pid_index]
+            return BrokenResourceError(
+                f"{self._what}: the {self._peer_role} (pid {pid}) died without closing"
+            )
+        return None
+
+    async def _sleep(self, my_flag: int, ready: Any) -> None:
+        """Sleep on our doorbell until ``ready()`` may be true. The protocol: say we may
+        sleep, fence, look again, and only then sleep (docs/shared-memory.md)."""
+        hi = self._hi
+        if self._spin:
+            deadline = time.perf_counter() + self._spin
+            while time.perf_counter() < deadline:
+                if ready():
+                    return
+        hi[my_flag] = 1
+        _fence()
+        try:
+            if ready():
+                return
+            self._check_peer_before_sleep()
+            self._watch_peer()
+            await self._waiter.readable()
+            self._check_open()
+            self._drain_bell()
+            if not ready():
+                self._forget_fired_pidfd()
+        finally:
+            if not self._closed:
+                hi[my_flag] = 0
+        self._pacer.waited()
+
+    def _forget_fired_pidfd(self) -> None:
+        """A woken sleeper found nothing to do: if it was the peer's pidfd that fired
+        while the peer still counts as attached (a forked child holds its lock), stop
+        watching that pid, or every later sleep would wake at once."""
+        if self._pidfd >= 0 and select.select([self._pidfd], [], [], 0)[0]:
+            self._ep.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _check_peer_before_sleep(self) -> None:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this {self._role} is closed")
+
+    # -- attributes and lifecycle ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """Data bytes in the ring."""
+        return self._capacity
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the ring takes: ``capacity // 2 - 8``."""
+        return _ring.max_message_size(self._capacity)
+
+    @property
+    def extra_attributes(self) -> dict[Any, Any]:
+        return {
+            IPCAttribute.path: lambda: SHM_DIR + self._name,
+            IPCAttribute.mechanism: lambda: "shm-ring",
+            IPCAttribute.framed: lambda: True,
+            IPCAttribute.max_message_size: lambda: self.max_message_size,
+            IPCAttribute.fd: lambda: self._ep.fileno(),
+        }
+
+    def _my_state(self) -> int:
+        raise NotImplementedError
+
+    def _close_sync(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._waiter.close()
+        if os.getpid() == self._pid:
+            self._hi[self._my_state()] = STATE_CLOSED
+            _fence()
+            self._ring_peer()
+            if self._unlink_on_close:
+                with contextlib.suppress(OSError):
+                    unlink(self._name)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._ep.close()
+        # A receive_view/reserve view still alive keeps the mapping until it goes.
+        with contextlib.suppress(BufferError):
+            self._teardown()
+
+    async def aclose(self) -> None:
+        """Close this end: the peer sees the end of the stream (a receiver's close makes
+        the sender's sends fail). The creator's close also removes the ring's files.
+
+        Never blocks; wakes this end's waiting tasks with ClosedResourceError.
+        """
+        self._close_sync()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose`."""
+        self._close_sync()
+
+    def unlink(self) -> None:
+        """Remove the ring's files now (attached ends keep working)."""
+        unlink(self._name)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            import warnings
+
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._close_sync()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<aioipc {self._role} of {self._what}{state}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (type(self), self._name, self._spin))
+
+
+class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
+    """The receiving end of a shared-memory ring (an anyio ObjectReceiveStream of bytes)."""
+
+    _role = "receiver"
+    _peer_role = "sender"
+    _wait_bell_index = 0  # data bell
+    _peer_waiting = I_PWAITING
+    _peer_state = I_PSTATE
+    _peer_pid_index = I_PPID
+    _peer_lock = _LOCK_PRODUCER
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        mode: int = 0o600,
+        multi_producer: bool = False,
+        spin: float = 0.0,
+        unlink_on_close: bool = True,
+    ) -> ShmReceiver:
+        """Create the ring ``name`` (``capacity`` data bytes) and attach as its receiver.
+
+        Never waits. ``spin`` (seconds, opt-in low latency) busy-polls the ring that
+        long before sleeping on the doorbell; it holds the event loop meanwhile.
+
+        Raises:
+            aioipc.IPCExistsError: a ring (or any /dev/shm entry) by that name exists.
+            ValueError: a bad name or capacity (a multiple of 8, >= 64).
+        """
+        flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
+        return cls(
+            name,
+            create=True,
+            capacity=capacity,
+            mode=mode,
+            flags=flags,
+            spin=spin,
+            unlink_on_close=unlink_on_close,
+        )
+
+    @classmethod
+    def open(cls, name: str, *, spin: float = 0.0) -> ShmReceiver:
+        """Attach as the receiver of the existing ring ``name``. Never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no such ring (or it is still being created).
+            anyio.BusyResourceError: another receiver is attached.
+            aioipc.ProtocolError: the region is not a valid aioipc ring.
+        """
+        return cls(
+            name, create=False, capacity=0, mode=0, flags=0, spin=spin, unlink_on_close=False
+        )
+
+    def _claim(self) -> None:
+        if not _try_lock(self._fd, _LOCK_CONSUMER):
+            raise BusyResourceError(
+                f"receiving from {self._what}: another receiver (pid "
+                f"{self._hi[I_CPID]}) is attached; a ring has one receiver"
+            )
+        self._multi = bool(self._hi[I_FLAGS] & _ring.FLAG_MULTI_PRODUCER)
+        if self._multi:
+            self._peer_lock = _LOCK_PRODUCERS
+        self._reader = RingReader(self._hq, self._data, self._capacity, self._what)
+        self._views.append(self._reader.dq)
+        self._hi[I_CPID] = os.getpid()
+        self._hi[I_CSTATE] = STATE_OPEN
+        self._view_open = False
+        _fence()
+        self._ring_peer()  # a sender asleep on a full ring re-checks who its receiver is
+
+    def _my_state(self) -> int:
+        return I_CSTATE
+
+    def _check_peer_before_sleep(self) -> None:
+        if self._hi[I_PSTATE] == STATE_CLOSED:
+            raise EndOfStream
+        if not self._multi:
+            err = self._peer_gone_error()
+            if err is not None:
+                raise err
+
+    def _has_data(self) -> bool:
+        return self._hq[Q_HEAD] != self._reader.tail
+
+    def _after_consume(self) -> None:
+        self._reader.publish()
+        _fence()
+        if self._hi[I_PWAITING]:
+            self._ring_peer()
+
+    def _take(self) -> bytes | None:
+        """The next message, consumed and published, or None if the ring is empty."""
+        if self._view_open:
+            raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
+        reader = self._reader
+        off, length = reader.next_record(self._hq[Q_HEAD])
+        if off < 0:
+            return None
+        msg = self._m[HEADER_SIZE + off : HEADER_SIZE + off + length]
+        reader.advance(length)
+        self._after_consume()
+        return msg
+
+    def _at_empty(self) -> None:
+        """Raise EndOfStream/BrokenResourceError if an empty ring will stay empty."""
+        if self._hi[I_PSTATE] == STATE_CLOSED:
+            # The sender publishes its last head before it says closed: look once more.
+            if self._hq[Q_HEAD] == self._reader.tail:
+                raise EndOfStream
+        elif not self._multi:
+            err = self._peer_gone_error()
+            if err is not None and self._hq[Q_HEAD] == self._reader.tail:
+                raise err
+
+    def receive_nowait(self) -> bytes:
+        """The next message if one is waiting.
+
+        Raises:
+            anyio.WouldBlock: the ring is empty.
+            anyio.EndOfStream: the sender closed and every message was received.
+            anyio.BrokenResourceError: the sender died and every message it published
+                was received.
+            anyio.ClosedResourceError: this receiver is closed.
+            aioipc.ProtocolError: the ring is corrupt.
+        """
+        self._check_open()
+        msg = self._take()
+        if msg is None:
+            self._at_empty()
+            msg = self._take()
+            if msg is None:
+                raise WouldBlock
+        return msg
+
+    async def receive(self) -> bytes:
+        """Receive the next message (a copy out of the ring).
+
+        Raises:
+            anyio.EndOfStream: the sender closed and every message was received.
+            anyio.BrokenResourceError: the sender died (SIGKILL too) and every message
+                it published was received; noticed within milliseconds.
+            anyio.ClosedResourceError: this receiver was closed, also while waiting.
+            anyio.BusyResourceError: a ``receive_view`` block is open on this receiver.
+            aioipc.ProtocolError: the ring is corrupt.
+
+        Cancellation: a cancelled receive consumed nothing.
+        """
+        self._check_open()
+        if not self._wait_lock.locked():
+            msg = self._take()
+            if msg is not None:
+                pacer = self._pacer
+                pacer.count += 1
+                if pacer.count >= YIELD_EVERY:
+                    pacer.count = 0
+                    await checkpoint()
+                return msg
+        async with self._wait_lock:
+            while True:
+                self._check_open()
+                msg = self._take()
+                if msg is not None:
+                    await self._pacer.checkpoint()
+                    return msg
+                self._at_empty()
+                await self._sleep(I_CWAITING, self._has_data)
+
+    async def receive_many(self, max_count: int = 1024) -> list[bytes]:
+        """Wait for at least one message, then take up to ``max_count`` that are there.
+
+        Publishes the ring's tail once for the whole batch. Raises as :meth:`receive`
+        (EndOfStream only when no message is left). Cancellation: nothing consumed.
+        """
+        if max_count < 1:
+            raise ValueError(f"max_count must be >= 1, not {max_count}")
+        first = await self.receive()
+        out = [first]
+        reader = self._reader
+        mm = self._m
+        head = self._hq[Q_HEAD]
+        while len(out) < max_count:
+            off, length = reader.next_record(head)
+            if off < 0:
+                break
+            out.append(mm[HEADER_SIZE + off : HEADER_SIZE + off + length])
+            reader.advance(length)
+        if len(out) > 1:
+            self._after_consume()
+        return out
+
+    @contextlib.asynccontextmanager
+    async def receive_view(self) -> AsyncIterator[memoryview]:
+        """``async with receiver.receive_view() as view:`` the next message, in place.
+
+        ``view`` is a read-only memoryview into the shared pages, valid until the block
+        exits; then the message's space goes back to the sender. Copy out what you
+        need to keep. Other receives on this receiver raise BusyResourceError meanwhile.
+
+        Raises: as :meth:`receive`; ``BufferError`` at exit if views derived from
+        ``view`` are still alive (the message is released all the same).
+
+        Cancellation: a receive_view cancelled while waiting consumed nothing.
+        """
+        self._check_open()
+        if self._view_open:
+            raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
+        async with self._wait_lock:
+            while True:
+                self._check_open()
+                off, length = self._reader.next_record(self._hq[Q_HEAD])
+                if off >= 0:
+                    break
+                self._at_empty()
+                await self._sleep(I_CWAITING, self._has_data)
+        view = self._data[off : off + length].toreadonly()
+        self._view_open = True
+        try:
+            yield view
+        finally:
+            self._view_open = False
+            released = True
+            try:
+                view.release()
+            except BufferError:
+                released = False
+            if not self._closed:
+                self._reader.advance(length)
+                self._after_consume()
+            if not released:
+                raise BufferError(
+                    f"{self._what}: views made from a receive_view outlived its block; "
+                    "the ring may now overwrite what they show"
+                )
+
+
+class ShmSender(_RingEnd, ObjectSendStream[bytes]):
+    """The sending end of a shared-memory ring (an anyio ObjectSendStream of bytes)."""
+
+    _role = "sender"
+    _peer_role = "receiver"
+    _wait_bell_index = 1  # space bell
+    _peer_waiting = I_CWAITING
+    _peer_state = I_CSTATE
+    _peer_pid_index = I_CPID
+    _peer_lock = _LOCK_CONSUMER
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        mode: int = 0o600,
+        multi_producer: bool = False,
+        spin: float = 0.0,
+        unlink_on_close: bool = True,
+    ) -> ShmSender:
+        """Create the ring ``name`` and attach as its (first) sender. Never waits.
+
+        Raises: as :meth:`ShmReceiver.create`.
+        """
+        flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
+        return cls(
+            name,
+            create=True,
+            capacity=capacity,
+            mode=mode,
+            flags=flags,
+            spin=spin,
+            unlink_on_close=unlink_on_close,
+        )
+
+    @classmethod
+    def open(cls, name: str, *, spin: float = 0.0) -> ShmSender:
+        """Attach as a sender of the existing ring ``name``. Never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no such ring (or it is still being created).
+            anyio.BusyResourceError: a single-producer ring already has a sender.
+            aioipc.ProtocolError: the region is not a valid aioipc ring.
+        """
+        return cls(
+            name, create=False, capacity=0, mode=0, flags=0, spin=spin, unlink_on_close=False
+        )
+
+    def _claim(self) -> None:
+        self._multi = bool(self._hi[I_FLAGS] & _ring.FLAG_MULTI_PRODUCER)
+        if self._multi:
+            _try_lock(self._fd, _LOCK_PRODUCERS, exclusive=False)
+        elif not _try_lock(self._fd, _LOCK_PRODUCER):
+            raise BusyResourceError(
+                f"sending to {self._what}: another sender (pid {self._hi[I_PPID]}) is "
+                "attached; create the ring with multi_producer=True for several"
+            )
+        self._writer = RingWriter(self._hq, self._data, self._capacity)
+        self._views.append(self._writer.dq)
+        self._reserved = False
+        self._jobs: set[Any] = set()
+        if not self._multi:
+            self._hi[I_PPID] = os.getpid()
+            self._hi[I_PSTATE] = STATE_OPEN
+        _fence()
+        self._ring_peer()  # a receiver asleep re-checks who its sender is
+
+    def _my_state(self) -> int:
+        return I_PSTATE
+
+    def _close_sync(self) -> None:
+        if self._multi and not self._closed:
+            # Several senders: one closing does not end the stream (send_eof does).
+            self._closed = True
+            self._waiter.close()
+            interrupt_all(self._jobs)
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+            self._ep.close()
+            if self._unlink_on_close and os.getpid() == self._pid:
+                with contextlib.suppress(OSError):
+                    unlink(self._name)
+            with contextlib.suppress(BufferError):
+                self._teardown()
+            return
+        super()._close_sync()
+
+    def send_eof(self) -> None:
+        """End the stream: the receiver gets EndOfStream after the messages sent so far.
+
+        With one sender, :meth:`aclose` does this too; with several, one of them calls
+        this when all are done. Raises ClosedResourceError if this sender is closed.
+        """
+        self._check_open()
+        self._hi[I_PSTATE] = STATE_CLOSED
+        _fence()
+        self._ring_peer()
+
+    def _check_peer_before_sleep(self) -> None:
+        self._check_receiver()
+
+    def _check_receiver(self) -> None:
+        hi = self._hi
+        if hi[I_CSTATE] == STATE_CLOSED:
+            raise BrokenResourceError(f"{self._what}: the receiver closed")
+        if not self._peer_alive() and hi[I_CSTATE] == STATE_OPEN:
+            raise BrokenResourceError(
+                f"{self._what}: the receiver (pid {hi[I_CPID]}) died without closing"
+            )
+
+    def _maybe_check_receiver(self) -> None:
+        if self._hi[I_CSTATE] == STATE_CLOSED:
+            raise BrokenResourceError(f"{self._what}: the receiver closed")
+        now = time.monotonic()
+        if now >= self._next_peer_check:
+            self._next_peer_check = now + _PEER_CHECK_INTERVAL
+            self._check_receiver()
+
+    def _too_large(self, size: int) -> MessageTooLargeError:
+        return MessageTooLargeError(
+            size,
+            self.max_message_size,
+            f"the largest message of {self._what} (capacity // 2 - 8, "
+            f"capacity {self._capacity} bytes)",
+        )
+
+    def _has_room_for(self, size: int) -> Any:
+        writer = self._writer
+
+        def ready() -> bool:
+            head = writer.head
+            idx = head % writer.capacity
+            need = _ring.record_size(size)
+            total = need if writer.capacity - idx >= need else writer.capacity - idx + need
+            return head + total - self._hq[_ring.Q_TAIL] <= writer.capacity
+
+        return ready
+
+    def _after_publish(self) -> None:
+        self._writer.publish()
+        _fence()
+        if self._hi[I_CWAITING]:
+            self._ring_peer()
+
+    def _put(self, data: bytes | bytearray | memoryview, size: int) -> bool:
+        writer = self._writer
+        off = writer.reserve(size)
+        if off < 0:
+            return False
+        start = HEADER_SIZE + off
+        self._m[start : start + size] = data
+        writer.commit(size)
+        return True
+
+    def _check_send(self) -> None:
+        self._check_open()
+        if self._reserved:
+            raise BusyResourceError(f"sending to {self._what} while a reserve() is open")
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send ``item`` if the ring has room now.
+
+        Raises:
+            anyio.WouldBlock: the ring is too full (nothing was sent).
+            aioipc.MessageTooLargeError: larger than :attr:`max_message_size`.
+            anyio.BrokenResourceError: the receiver closed or died.
+            anyio.ClosedResourceError: this sender is closed.
+        """
+        data = item if isinstance(item, bytes) else message_bytes(item)
+        size = len(data)
+        if size > self.max_message_size:
+            raise self._too_large(size)
+        self._check_send()
+        self._maybe_check_receiver()
+        if self._multi:
+            if not _try_lock(self._fd, _LOCK_SEND):
+                raise WouldBlock
+            try:
+                self._writer.reload()
+                if not self._put(data, size):
+                    raise WouldBlock
+                self._after_publish()
+            finally:
+                _unlock(self._fd, _LOCK_SEND)
+            return
+        if not self._put(data, size):
+            raise WouldBlock
+        self._after_publish()
+
+    async def send(self, item: bytes) -> None:
+        """Send one message (copied into the ring); waits while the ring is too full.
+
+        Raises:
+            aioipc.MessageTooLargeError: larger than :attr:`max_message_size` (which
+                the error names with the ring's capacity). Nothing was sent.
+            anyio.BrokenResourceError: the receiver closed or died (SIGKILL too).
+            anyio.ClosedResourceError: this sender was closed, also while waiting.
+            anyio.BusyResourceError: a ``reserve()`` block is open on this sender.
+            TypeError: ``item`` is not bytes-like.
+
+        Cancellation: a cancelled send did not send (the message is written and
+        published at once, after any wait).
+        """
+        data = item if isinstance(item, bytes) else message_bytes(item)
+        size = len(data)
+        if size > self.max_message_size:
+            raise self._too_large(size)
+        self._check_send()
+        if not self._multi and not self._wait_lock.locked():
+            self._maybe_check_receiver()
+            if self._put(data, size):
+                self._after_publish()
+                pacer = self._pacer
+                pacer.count += 1
+                if pacer.count >= YIELD_EVERY:
+                    pacer.count = 0
+                    await checkpoint()
+                return
+        async with self._wait_lock, self._send_lock():
+            while True:
+                self._check_send()
+                self._maybe_check_receiver()
+                if self._multi:
+                    self._writer.reload()
+                if self._put(data, size):
+                    self._after_publish()
+                    break
+                await self._sleep(I_PWAITING, self._has_room_for(size))
+        await self._pacer.checkpoint()
+
+    async def send_many(self, items: Iterable[bytes]) -> None:
+        """Send several messages, publishing them together (one fence, at most one
+        doorbell per batch that fits). Waits for room as :meth:`send`.
+
+        Raises: as :meth:`send`; a message too large is refused before any is sent.
+
+        Cancellation: the messages before the one that was waiting for room were sent;
+        the cancellation exception carries a note saying how many (Python 3.11+).
+        """
+        batch = [i if isinstance(i, bytes) else message_bytes(i) for i in items]
+        limit = self.max_message_size
+        for data in batch:
+            if len(data) > limit:
+                raise self._too_large(len(data))
+        self._check_send()
+        sent = 0
+        async with self._wait_lock, self._send_lock():
+            try:
+                while sent < len(batch):
+                    self._check_send()
+                    self._maybe_check_receiver()
+                    if self._multi:
+                        self._writer.reload()
+                    start = sent
+                    for data in batch[start:]:
+                        if not self._put(data, len(data)):
+                            break
+                        sent += 1
+                    if sent > start:
+                        self._after_publish()
+                    if sent < len(batch):
+                        await self._sleep(I_PWAITING, self._has_room_for(len(batch[sent])))
+            except BaseException as exc:
+                if sent and hasattr(exc, "add_note"):
+                    exc.add_note(f"send_many: {sent} of {len(batch)} messages were sent")
+                raise
+        await self._pacer.checkpoint()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[memoryview]:
+        """``async with sender.reserve(n) as view:`` write a message in place.
+
+        ``view`` is a writable memoryview of ``n`` bytes inside the ring; the message is
+        published when the block exits normally, and abandoned (never seen) if it
+        raises. Waits for room as :meth:`send`. Other sends on this sender raise
+        BusyResourceError until the block exits.
+
+        Raises: as :meth:`send`; ``BufferError`` at exit if views derived from ``view``
+        outlived the block (the message is published all the same).
+
+        Cancellation: cancelled while waiting for room, nothing was reserved.
+        """
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"reserve takes a size in bytes >= 0, not {size!r}")
+        if size > self.max_message_size:
+            raise self._too_large(size)
+        self._check_send()
+        async with self._wait_lock, self._send_lock():
+            while True:
+                self._check_send()
+                self._maybe_check_receiver()
+                writer = self._writer
+                if self._multi:
+                    writer.reload()
+                head = writer.head
+                off = writer.reserve(size)
+                if off >= 0:
+                    break
+                await self._sleep(I_PWAITING, self._has_room_for(size))
+            view = self._data[off : off + size]
+            self._reserved = True
+            ok = False
+            try:
+                yield view
+                ok = True
+            finally:
+                self._reserved = False
+                released = True
+                try:
+                    view.release()
+                except BufferError:
+                    released = False
+                if self._closed:
+                    pass
+                elif ok:
+                    writer.commit(size)
+                    self._after_publish()
+                else:
+                    writer.abandon(head)
+                if not released:
+                    raise BufferError(
+                        f"{self._what}: views made from a reserve() outlived its block"
+                    )
+
+    @contextlib.asynccontextmanager
+    async def _send_lock(self) -> AsyncIterator[None]:
+        """Several producers: hold the ring's send lock (an OFD lock) around a send."""
+        if not self._multi:
+            yield
+            return
+        if not _try_lock(self._fd, _LOCK_SEND):
+            fd = self._fd
+
+            def wait_for_lock(job: Any) -> bool:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _lock_struct(fcntl.F_WRLCK, _LOCK_SEND))
+                return True
+
+            try:
+                await run_in_worker(
+                    wait_for_lock,
+                    on_late_result=lambda _: _unlock(fd, _LOCK_SEND),
+                    jobs=self._jobs,
+                    before_start=self._check_open,
+                    poll=lambda: True if _try_lock(fd, _LOCK_SEND) else None,
+                )
+            except Interrupted:
+                raise ClosedResourceError(f"{self._what}: this sender was closed") from None
+            except OSError as exc:
+                raise translate_os_error(exc, self._what) from exc
+        try:
+            yield
+        finally:
+            if self._fd >= 0:
+                _unlock(self._fd, _LOCK_SEND)
+
+
+def _reopen(cls: type[_RingEnd], name: str, spin: float) -> Any:
+    return cls.open(name, spin=spin)  # type: ignore[attr-defined]
