@@ -57,8 +57,11 @@ from ._ring import (
     I_PPID,
     I_PSTATE,
     I_PWAITING,
+    KIND_MESSAGE,
     Q_HEAD,
     Q_MAGIC,
+    Q_TAIL,
+    RECORD_HEADER,
     STATE_CLOSED,
     STATE_OPEN,
     RingReader,
@@ -78,6 +81,7 @@ from .errors import (
 __all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
 
 DEFAULT_CAPACITY = 1 << 20
+_KIND_MESSAGE_WORD = KIND_MESSAGE << 32
 SHM_DIR = "/dev/shm"
 _BELL_DATA = ".bell-data"
 _BELL_SPACE = ".bell-space"
@@ -192,6 +196,7 @@ class _RingEnd:
 
     _role = ""
     _peer_role = ""
+    _multi = False
 
     def __init__(
         self,
@@ -238,6 +243,10 @@ class _RingEnd:
         self._wait_lock = anyio.Lock()
         self._pacer = Pacer()
         self._next_peer_check = 0.0
+        self._max_msg = _ring.max_message_size(self._capacity)
+        # 0 = the inline fast paths may run: open, nobody waiting, no view or reservation
+        # open, a single producer. Everything else counts itself in here.
+        self._slow = 1 if self._multi and self._role == "sender" else 0
         self._closed = False
 
     # -- building -------------------------------------------------------------------------
@@ -453,6 +462,7 @@ class _RingEnd:
         if self._closed:
             return
         self._closed = True
+        self._slow += 1 << 30
         self._waiter.close()
         if os.getpid() == self._pid:
             self._hi[self._my_state()] = STATE_CLOSED
@@ -650,25 +660,47 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
 
         Cancellation: a cancelled receive consumed nothing.
         """
-        self._check_open()
-        if not self._wait_lock.locked():
-            msg = self._take()
-            if msg is not None:
-                pacer = self._pacer
-                pacer.count += 1
-                if pacer.count >= YIELD_EVERY:
-                    pacer.count = 0
-                    await checkpoint()
-                return msg
-        async with self._wait_lock:
-            while True:
-                self._check_open()
-                msg = self._take()
-                if msg is not None:
-                    await self._pacer.checkpoint()
+        if not self._slow:
+            # The common case inline (what _take does, minus the pad records).
+            reader = self._reader
+            tail = reader.tail
+            hq = self._hq
+            used = hq[Q_HEAD] - tail
+            if 0 < used <= reader.capacity:
+                idx = tail % reader.capacity
+                word = reader.dq[idx >> 3]
+                length = word & 0xFFFFFFFF
+                size = RECORD_HEADER + ((length + 7) & ~7)
+                if word >> 32 == KIND_MESSAGE and size <= used and idx + size <= reader.capacity:
+                    start = HEADER_SIZE + RECORD_HEADER + idx
+                    msg = self._m[start : start + length]
+                    reader.tail = tail = tail + size
+                    hq[Q_TAIL] = tail
+                    _acquire(False)
+                    _release()
+                    if self._hi[I_PWAITING]:
+                        self._ring_peer()
+                    pacer = self._pacer
+                    pacer.count += 1
+                    if pacer.count >= YIELD_EVERY:
+                        pacer.count = 0
+                        await checkpoint()
                     return msg
-                self._at_empty()
-                await self._sleep(I_CWAITING, self._has_data)
+        self._check_open()
+        self._slow += 1
+        try:
+            async with self._wait_lock:
+                while True:
+                    self._check_open()
+                    got = self._take()
+                    if got is not None:
+                        break
+                    self._at_empty()
+                    await self._sleep(I_CWAITING, self._has_data)
+        finally:
+            self._slow -= 1
+        await self._pacer.checkpoint()
+        return got
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` that are there.
@@ -683,12 +715,14 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         reader = self._reader
         mm = self._m
         head = self._hq[Q_HEAD]
-        while len(out) < max_count:
-            off, length = reader.next_record(head)
+        append = out.append
+        next_record = reader.next_record
+        for _ in range(max_count - 1):
+            off, length = next_record(head)
             if off < 0:
                 break
-            out.append(mm[HEADER_SIZE + off : HEADER_SIZE + off + length])
-            reader.advance(length)
+            append(mm[HEADER_SIZE + off : HEADER_SIZE + off + length])
+            reader.tail += RECORD_HEADER + ((length + 7) & ~7)
         if len(out) > 1:
             self._after_consume()
         return out
@@ -709,20 +743,26 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         self._check_open()
         if self._view_open:
             raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
-        async with self._wait_lock:
-            while True:
-                self._check_open()
-                off, length = self._reader.next_record(self._hq[Q_HEAD])
-                if off >= 0:
-                    break
-                self._at_empty()
-                await self._sleep(I_CWAITING, self._has_data)
+        self._slow += 1
+        try:
+            async with self._wait_lock:
+                while True:
+                    self._check_open()
+                    off, length = self._reader.next_record(self._hq[Q_HEAD])
+                    if off >= 0:
+                        break
+                    self._at_empty()
+                    await self._sleep(I_CWAITING, self._has_data)
+        except BaseException:
+            self._slow -= 1
+            raise
         view = self._data[off : off + length].toreadonly()
         self._view_open = True
         try:
             yield view
         finally:
             self._view_open = False
+            self._slow -= 1
             released = True
             try:
                 view.release()
@@ -814,6 +854,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if self._multi and not self._closed:
             # Several senders: one closing does not end the stream (send_eof does).
             self._closed = True
+            self._slow += 1 << 30
             self._waiter.close()
             interrupt_all(self._jobs)
             if self._pidfd >= 0:
@@ -877,6 +918,14 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             return head + total - self._hq[_ring.Q_TAIL] <= writer.capacity
 
         return ready
+
+    def _refresh_tail(self) -> int:
+        writer = self._writer
+        tail: int = self._hq[_ring.Q_TAIL]
+        if not 0 <= writer.head - tail <= writer.capacity:
+            raise ProtocolError(f"{self._what}: corrupt ring: tail {tail}, head {writer.head}")
+        writer.tail_seen = tail
+        return tail
 
     def _after_publish(self) -> None:
         self._writer.publish()
@@ -943,31 +992,55 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         Cancellation: a cancelled send did not send (the message is written and
         published at once, after any wait).
         """
-        data = item if isinstance(item, bytes) else message_bytes(item)
+        data = item if type(item) is bytes else message_bytes(item)
         size = len(data)
-        if size > self.max_message_size:
-            raise self._too_large(size)
-        self._check_send()
-        if not self._multi and not self._wait_lock.locked():
-            self._maybe_check_receiver()
-            if self._put(data, size):
-                self._after_publish()
+        hi = self._hi
+        if not self._slow and size <= self._max_msg and hi[I_CSTATE] != STATE_CLOSED:
+            # The common case inline: room up to the end of the data, no wait.
+            writer = self._writer
+            head = writer.head
+            cap = writer.capacity
+            idx = head % cap
+            rec = RECORD_HEADER + ((size + 7) & ~7)
+            if idx + rec <= cap and (
+                head + rec - writer.tail_seen <= cap or head + rec - self._refresh_tail() <= cap
+            ):
+                now = time.monotonic()
+                if now >= self._next_peer_check:
+                    self._next_peer_check = now + _PEER_CHECK_INTERVAL
+                    self._check_receiver()
+                writer.dq[idx >> 3] = size | _KIND_MESSAGE_WORD
+                start = HEADER_SIZE + RECORD_HEADER + idx
+                self._m[start : start + size] = data
+                writer.head = head = head + rec
+                self._hq[Q_HEAD] = head
+                _acquire(False)
+                _release()
+                if hi[I_CWAITING]:
+                    self._ring_peer()
                 pacer = self._pacer
                 pacer.count += 1
                 if pacer.count >= YIELD_EVERY:
                     pacer.count = 0
                     await checkpoint()
                 return
-        async with self._wait_lock, self._send_lock():
-            while True:
-                self._check_send()
-                self._maybe_check_receiver()
-                if self._multi:
-                    self._writer.reload()
-                if self._put(data, size):
-                    self._after_publish()
-                    break
-                await self._sleep(I_PWAITING, self._has_room_for(size))
+        if size > self._max_msg:
+            raise self._too_large(size)
+        self._check_send()
+        self._slow += 1
+        try:
+            async with self._wait_lock, self._send_lock():
+                while True:
+                    self._check_send()
+                    self._maybe_check_receiver()
+                    if self._multi:
+                        self._writer.reload()
+                    if self._put(data, size):
+                        self._after_publish()
+                        break
+                    await self._sleep(I_PWAITING, self._has_room_for(size))
+        finally:
+            self._slow -= 1
         await self._pacer.checkpoint()
 
     async def send_many(self, items: Iterable[bytes]) -> None:
@@ -986,27 +1059,55 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                 raise self._too_large(len(data))
         self._check_send()
         sent = 0
-        async with self._wait_lock, self._send_lock():
-            try:
+        self._slow += 1
+        try:
+            async with self._wait_lock, self._send_lock():
                 while sent < len(batch):
                     self._check_send()
                     self._maybe_check_receiver()
                     if self._multi:
                         self._writer.reload()
                     start = sent
-                    for data in batch[start:]:
-                        if not self._put(data, len(data)):
-                            break
-                        sent += 1
+                    sent = self._put_many(batch, sent)
                     if sent > start:
                         self._after_publish()
                     if sent < len(batch):
                         await self._sleep(I_PWAITING, self._has_room_for(len(batch[sent])))
-            except BaseException as exc:
-                if sent and hasattr(exc, "add_note"):
-                    exc.add_note(f"send_many: {sent} of {len(batch)} messages were sent")
-                raise
+        except BaseException as exc:
+            if sent and hasattr(exc, "add_note"):
+                exc.add_note(f"send_many: {sent} of {len(batch)} messages were sent")
+            raise
+        finally:
+            self._slow -= 1
         await self._pacer.checkpoint()
+
+    def _put_many(self, batch: list[bytes], start: int) -> int:
+        """Write ``batch[start:]`` while it fits (unpublished); return the next index."""
+        writer = self._writer
+        m = self._m
+        dq = writer.dq
+        cap = writer.capacity
+        head = writer.head
+        tail = writer.tail_seen
+        i = start
+        for data in batch[start:]:
+            size = len(data)
+            idx = head % cap
+            rec = RECORD_HEADER + ((size + 7) & ~7)
+            if idx + rec > cap or head + rec - tail > cap:
+                writer.head = head
+                if not self._put(data, size):  # the general path: pad record, fresh tail
+                    return i
+                head = writer.head
+                tail = writer.tail_seen
+            else:
+                dq[idx >> 3] = size | _KIND_MESSAGE_WORD
+                s = HEADER_SIZE + RECORD_HEADER + idx
+                m[s : s + size] = data
+                head += rec
+            i += 1
+        writer.head = head
+        return i
 
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[memoryview]:
@@ -1027,6 +1128,15 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if size > self.max_message_size:
             raise self._too_large(size)
         self._check_send()
+        self._slow += 1
+        try:
+            async with self._reserved_slot(size) as view:
+                yield view
+        finally:
+            self._slow -= 1
+
+    @contextlib.asynccontextmanager
+    async def _reserved_slot(self, size: int) -> AsyncIterator[memoryview]:
         async with self._wait_lock, self._send_lock():
             while True:
                 self._check_send()
