@@ -353,6 +353,13 @@ class _RingEnd:
         with contextlib.suppress(BlockingIOError):
             os.read(self._wait_bell, 4096)
 
+    def _drain_in_callback(self) -> bool:
+        # asyncio runs this in the readiness callback: draining there keeps the fd from
+        # firing again before the woken task gets to run.
+        self._drain_bell()
+        self._drained = True
+        return True
+
     def _peer_alive(self) -> bool:
         return _is_locked(self._fd, self._peer_lock)
 
@@ -403,9 +410,11 @@ class _RingEnd:
                 return
             self._check_peer_before_sleep()
             self._watch_peer()
-            await self._waiter.readable()
+            self._drained = False
+            await self._waiter.readable(self._drain_in_callback)
             self._check_open()
-            self._drain_bell()
+            if not self._drained:
+                self._drain_bell()
             if not ready():
                 self._forget_fired_pidfd()
         finally:
