@@ -179,6 +179,8 @@ class PosixSharedMemory(_MmapRegion):
         self._what = f"POSIX shared memory {name}"
         try:
             self._map(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, self._what) from exc
         finally:
             os.close(fd)
 
@@ -206,11 +208,13 @@ class PosixSharedMemory(_MmapRegion):
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
             os.ftruncate(fd, size)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(path)
-            raise translate_os_error(exc, what) from exc
-        return cls(name, fd, size, False)
+            return cls(name, fd, size, False)  # closes fd, mapped or not
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if isinstance(exc, OSError):
+                raise translate_os_error(exc, what) from exc
+            raise
 
     @classmethod
     def open(
@@ -293,6 +297,8 @@ class MappedFile(_MmapRegion):
         self._what = f"mapped file {path}"
         try:
             self._map(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, self._what) from exc
         finally:
             os.close(fd)
 
@@ -324,6 +330,8 @@ class MappedFile(_MmapRegion):
             _check_size(size, what)
         if create and read_only:
             raise ValueError(f"{what}: create=True needs a writable mapping")
+        if create and size is None and not os.path.lexists(p):
+            raise ValueError(f"{what}: does not exist; create=True needs a size")
         base = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
         created = False
         try:
@@ -351,13 +359,21 @@ class MappedFile(_MmapRegion):
             else:
                 actual = st.st_size
             mapped = _open_size(size, actual, what)
-        except OSError as exc:
+        except BaseException as exc:
             os.close(fd)
-            raise translate_os_error(exc, what) from exc
-        except BaseException:
-            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            if isinstance(exc, OSError):
+                raise translate_os_error(exc, what) from exc
             raise
-        return cls(p, fd, mapped, read_only)
+        try:
+            return cls(p, fd, mapped, read_only)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            raise
 
     @property
     def path(self) -> str:
@@ -406,8 +422,10 @@ class AnonymousMemory(_MmapRegion):
         self._what = f"{what} (memfd {fd})"
         try:
             self._map(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError):
+                raise translate_os_error(exc, self._what) from exc
             raise
 
     @classmethod
@@ -456,7 +474,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         try:
             self._addr = _libc.shmat(shmid, _libc.SHM_RDONLY if read_only else 0)
         except OSError as exc:
-            raise self._lookup_error(exc, key, False) from exc
+            raise translate_os_error(exc, f"{self._what}: attach") from exc
         self._array = (ctypes.c_char * size).from_address(self._addr)
         self._buf = self._view()
         self._closed = False
@@ -500,7 +518,14 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
                     "exists with a smaller size"
                 ) from exc
             raise cls._lookup_error(exc, key, True) from exc
-        return cls(key, shmid, size, False)
+        try:
+            return cls(key, shmid, size, False)
+        except BaseException:
+            # We made it but cannot attach it (a mode that locks us out): do not leave an
+            # orphan behind, least of all a private one nobody could find again.
+            with contextlib.suppress(OSError):
+                _libc.shmctl(shmid, _libc.IPC_RMID)
+            raise
 
     @classmethod
     def open(

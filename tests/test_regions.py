@@ -419,32 +419,9 @@ def open_fds() -> set[str]:
     "kind",
     [
         "sysv",
-        pytest.param(
-            "posix",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="posix.SharedMemory.create: when mmap fails after shm_open+ftruncate "
-                "(ENOMEM for a size beyond the address space) the /dev/shm object it just "
-                "created is left behind (only an ftruncate failure unlinks it), and the "
-                "OSError from mmap escapes untranslated (not an aioipc.IPCError)",
-            ),
-        ),
-        pytest.param(
-            "file",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="MappedFile.open(create=True): a failure after the file was created "
-                "(ftruncate EFBIG, mmap ENOMEM) leaves the new file behind",
-            ),
-        ),
-        pytest.param(
-            "anon",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="AnonymousMemory: the OSError (ENOMEM) from mmap escapes untranslated "
-                "instead of an aioipc.IPCError or ValueError",
-            ),
-        ),
+        "posix",
+        "file",
+        "anon",
     ],
 )
 def test_a_size_that_cannot_be_mapped_fails_cleanly(kind: str, regions: Regions) -> None:
@@ -742,13 +719,6 @@ async def test_sysv_another_uid_is_refused_a_0600_segment(regions: Regions) -> N
 
 
 @root_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="sysv.SharedMemory.create: when shmat fails after shmget created the segment "
-    "(here EACCES: a non-root creator asking for a mode without owner write), the new "
-    "segment is left behind with nobody attached; with IPC_PRIVATE it can never be found "
-    "again. create should IPC_RMID what it made before raising",
-)
 @pytest.mark.asyncio
 async def test_sysv_create_that_cannot_attach_leaves_no_segment(regions: Regions) -> None:
     async with python_peer(as_user=NOBODY) as peer:
@@ -1019,12 +989,6 @@ def test_mapped_file_create_does_not_follow_a_symlink(regions: Regions) -> None:
     assert not nowhere.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MappedFile.open(path, create=True) without a size on a missing file creates an "
-    "empty file, then raises ValueError (size 0) and leaves that file behind; bad options "
-    "should be refused before anything is created",
-)
 def test_mapped_file_create_without_a_size_leaves_no_file(regions: Regions) -> None:
     path = regions.path()
     with pytest.raises(ValueError, match="size"):
