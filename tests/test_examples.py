@@ -71,9 +71,14 @@ def run_example(name: str) -> Run:
     return run
 
 
-def _sysv_queue_keys() -> set[int]:
-    lines = Path("/proc/sysvipc/msg").read_text().splitlines()[1:]
+def _sysv_keys(kind: str) -> set[int]:
+    """Keys of the System V objects of ``kind`` ("msg", "shm" or "sem") that exist now."""
+    lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
     return {int(f[0]) & 0xFFFFFFFF for f in map(str.split, lines) if f}
+
+
+def _dev_shm(prefix: str) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
 def test_bank() -> None:
@@ -86,7 +91,7 @@ def test_bank() -> None:
     assert "the server removed the queue; done" in run.stdout
     for name in ("alice", "bob", "carol"):
         assert re.search(rf"{name} +\[pid \d+\] +balance {name} +-> balance", run.stdout)
-    assert key not in _sysv_queue_keys(), f"SysV queue {key:#010x} left behind"
+    assert key not in _sysv_keys("msg"), f"SysV queue {key:#010x} left behind"
 
 
 def test_priority_jobs() -> None:
@@ -97,3 +102,59 @@ def test_priority_jobs() -> None:
     if os.path.ismount("/dev/mqueue"):
         left = [n for n in os.listdir("/dev/mqueue") if n.endswith(f"-{run.pid}")]
         assert not left, f"POSIX queues left behind: {left}"
+
+
+def test_shm_semaphores() -> None:
+    run = run_example("shm_semaphores.py")
+    match = re.search(r"under key (0x[0-9a-f]{8})", run.stdout)
+    assert match, run.stdout
+    key = int(match.group(1), 16)
+    written = re.findall(r"^writer: (.*)$", run.stdout, re.M)
+    read = re.findall(r"^reader \[pid \d+\]: (.*)$", run.stdout, re.M)
+    assert len(written) == 5, run.stdout
+    assert written[-1] == "end"
+    assert read == written, run.stdout
+    # Strict turns: each line is printed by the writer, then by the reader.
+    turns = re.findall(r"^(writer): |^(reader) \[pid \d+\]: ", run.stdout, re.M)
+    turns = ["".join(t) for t in turns]
+    assert turns == ["writer", "reader"] * 5, run.stdout
+    assert "the reader exited with status 0" in run.stdout
+    assert key not in _sysv_keys("shm"), f"SysV segment {key:#010x} left behind"
+    assert key not in _sysv_keys("sem"), f"SysV semaphore set {key:#010x} left behind"
+
+
+def test_anon_mmap() -> None:
+    run = run_example("anon_mmap.py")
+    forked = re.search(r"the parent reads: 'hello from forked child (\d+)'", run.stdout)
+    assert forked, run.stdout
+    assert int(forked.group(1)) != run.pid
+    spawned = re.search(r"spawned child (\d+) read: 'what is six times seven\?'", run.stdout)
+    assert spawned, run.stdout
+    assert f"the parent reads: '42, says spawned child {spawned.group(1)}'" in run.stdout
+    sockets = Path("/proc/net/unix").read_text()
+    assert f"@aioipc-anon-mmap-{run.pid}" not in sockets, "the listener outlived the example"
+
+
+def test_mapped_file() -> None:
+    run = run_example("mapped_file.py")
+    match = re.search(r"wrote 'job 1: pending' to (\S+)", run.stdout)
+    assert match, run.stdout
+    path = Path(match.group(1))
+    child = re.search(r"child (\d+) read: 'job 1: pending'", run.stdout)
+    assert child, run.stdout
+    done = f"'job 1: done by {child.group(1)}'"
+    assert f"its own mapping now shows {done}" in run.stdout
+    assert re.search(rf"the file says +{done}", run.stdout)
+    assert not path.exists(), f"{path} left behind"
+    assert not path.parent.exists(), f"{path.parent} left behind"
+
+
+def test_shm_bulk() -> None:
+    run = run_example("shm_bulk.py")
+    assert "blake2b digests match" in run.stdout, run.stdout
+    match = re.search(r"received 64 MiB in [\d.]+ s: (\d+) MB/s", run.stdout)
+    assert match, run.stdout
+    assert int(match.group(1)) > 0
+    assert f"ring /aioipc-bulk-{run.pid} " in run.stdout
+    left = _dev_shm(f"aioipc-bulk-{run.pid}")
+    assert not left, f"ring files left behind in /dev/shm: {left}"
