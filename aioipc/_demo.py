@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 from anyio.streams.stapled import StapledObjectStream
 
-from . import fifo, pipes, posix, sysv, unix
+from . import fifo, pipes, posix, shm, sysv, unix
 
 MECHANISMS = (
     "pipe",
@@ -32,6 +32,7 @@ MECHANISMS = (
     "unix-dgram",
     "posix-mq",
     "sysv-mq",
+    "shm-ring",
 )
 _index = struct.Struct("!I")
 
@@ -93,6 +94,20 @@ async def _parent_side(
             yield q, [str(q.id)], ()
         finally:
             await q.aclose()  # removes it: this handle created it private
+    elif mechanism == "shm-ring":
+        # A ring is one-way: one down to the child, one up from it.
+        down, up = f"/aioipc-demo-{os.getpid()}-down", f"/aioipc-demo-{os.getpid()}-up"
+        ring_tx = shm.ShmSender.create(down)
+        try:
+            ring_rx = shm.ShmReceiver.create(up)
+        except BaseException:
+            await ring_tx.aclose()
+            raise
+        chan = StapledObjectStream(ring_tx, ring_rx)
+        try:
+            yield chan, [down, up], ()
+        finally:
+            await chan.aclose()  # each ring's creator removes its files
     else:
         kind = mechanism.removeprefix("unix-")
         path = os.path.join(tmp, "sock")
@@ -218,6 +233,8 @@ async def _child(mechanism: str, args: list[str]) -> None:
         )
     elif mechanism == "sysv-mq":
         chan = sysv.MessageQueue.from_id(int(args[0]), send_type=2, receive_type=1)
+    elif mechanism == "shm-ring":
+        chan = StapledObjectStream(shm.ShmSender.open(args[1]), shm.ShmReceiver.open(args[0]))
     else:
         chan = await unix.connect(args[0], args[1])  # type: ignore[arg-type]
         if args[1] == "dgram":
