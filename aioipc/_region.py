@@ -218,7 +218,7 @@ class PosixSharedMemory(_MmapRegion):
 
     @classmethod
     def open(
-        cls, name: str, *, size: int | None = None, read_only: bool = False
+        cls, name: str, size: int | None = None, *, read_only: bool = False
     ) -> PosixSharedMemory:
         """Map the existing object ``name`` (all of it, or its first ``size`` bytes).
 
@@ -529,7 +529,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
 
     @classmethod
     def open(
-        cls, key: int, *, size: int | None = None, read_only: bool = False
+        cls, key: int, size: int | None = None, *, read_only: bool = False
     ) -> SysVSharedMemory:
         """Attach the existing segment ``key`` (all of it, or its first ``size`` bytes).
 
