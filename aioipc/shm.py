@@ -32,10 +32,9 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-import anyio
 from anyio import (
     BrokenResourceError,
     BusyResourceError,
@@ -175,11 +174,18 @@ def is_stale(name: str) -> bool:
         os.close(fd)
 
 
+def _open_error(exc: OSError, what: str) -> Exception:
+    if exc.errno == errno.ELOOP:
+        # O_NOFOLLOW met a symlink: someone planted it in the shared directory.
+        return IPCPermissionError(errno.ELOOP, f"{what}: is a symlink, which aioipc never follows")
+    return translate_os_error(exc, what)
+
+
 def _open_bell(path: str, owner: int, what: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise translate_os_error(exc, f"{what}: doorbell {path}") from exc
+        raise _open_error(exc, f"{what}: doorbell {path}") from exc
     st = os.fstat(fd)
     if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
         os.close(fd)
@@ -240,7 +246,7 @@ class _RingEnd:
         self._waiter = FdWaiter(self._ep.fileno())
         self._pidfd = -1
         self._watched_pid = 0
-        self._wait_lock = anyio.Lock()
+        self._waiting = False
         self._pacer = Pacer()
         self._next_peer_check = 0.0
         self._max_msg = _ring.max_message_size(self._capacity)
@@ -292,7 +298,7 @@ class _RingEnd:
             self._fd = os.open(region, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             st = os.fstat(self._fd)
         except OSError as exc:
-            raise translate_os_error(exc, self._what) from exc
+            raise _open_error(exc, self._what) from exc
         if not stat.S_ISREG(st.st_mode) or st.st_size < HEADER_SIZE + _ring.MIN_CAPACITY:
             raise ProtocolError(f"{self._what}: {region} is not a ring ({st.st_size} bytes)")
         self._map(st.st_size)
@@ -433,6 +439,20 @@ class _RingEnd:
 
     def _check_peer_before_sleep(self) -> None:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _one_waiter(self, doing: str) -> Iterator[None]:
+        """One task at a time may be in a call that can wait (the Channel contract);
+        the fast paths stay off while it is."""
+        if self._waiting:
+            raise BusyResourceError(f"{doing} {self._what}: another task is already waiting")
+        self._waiting = True
+        self._slow += 1
+        try:
+            yield
+        finally:
+            self._waiting = False
+            self._slow -= 1
 
     def _check_open(self) -> None:
         if self._closed:
@@ -669,6 +689,12 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
 
         Cancellation: a cancelled receive consumed nothing.
         """
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            # The checkpoint comes first: cancelled here, nothing was taken or sent.
+            pacer.count = 0
+            await checkpoint()
         if not self._slow:
             # The common case inline (what _take does, minus the pad records).
             reader = self._reader
@@ -689,27 +715,16 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
                     _release()
                     if self._hi[I_PWAITING]:
                         self._ring_peer()
-                    pacer = self._pacer
-                    pacer.count += 1
-                    if pacer.count >= YIELD_EVERY:
-                        pacer.count = 0
-                        await checkpoint()
                     return msg
         self._check_open()
-        self._slow += 1
-        try:
-            async with self._wait_lock:
-                while True:
-                    self._check_open()
-                    got = self._take()
-                    if got is not None:
-                        break
-                    self._at_empty()
-                    await self._sleep(I_CWAITING, self._has_data)
-        finally:
-            self._slow -= 1
-        await self._pacer.checkpoint()
-        return got
+        with self._one_waiter("receiving from"):
+            while True:
+                self._check_open()
+                got = self._take()
+                if got is not None:
+                    return got
+                self._at_empty()
+                await self._sleep(I_CWAITING, self._has_data)
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` that are there.
@@ -727,7 +742,10 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         append = out.append
         next_record = reader.next_record
         for _ in range(max_count - 1):
-            off, length = next_record(head)
+            try:
+                off, length = next_record(head)
+            except ProtocolError:
+                break  # return what we have; the next call raises it
             if off < 0:
                 break
             append(mm[HEADER_SIZE + off : HEADER_SIZE + off + length])
@@ -752,19 +770,15 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         self._check_open()
         if self._view_open:
             raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
-        self._slow += 1
-        try:
-            async with self._wait_lock:
-                while True:
-                    self._check_open()
-                    off, length = self._reader.next_record(self._hq[Q_HEAD])
-                    if off >= 0:
-                        break
-                    self._at_empty()
-                    await self._sleep(I_CWAITING, self._has_data)
-        except BaseException:
-            self._slow -= 1
-            raise
+        with self._one_waiter("receiving from"):
+            while True:
+                self._check_open()
+                off, length = self._reader.next_record(self._hq[Q_HEAD])
+                if off >= 0:
+                    break
+                self._at_empty()
+                await self._sleep(I_CWAITING, self._has_data)
+        self._slow += 1  # until the view is released
         view = self._data[off : off + length].toreadonly()
         self._view_open = True
         try:
@@ -849,6 +863,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         self._writer = RingWriter(self._hq, self._data, self._capacity)
         self._views.append(self._writer.dq)
         self._reserved = False
+        self._broken: str | None = None
         self._jobs: set[Any] = set()
         if not self._multi:
             self._hi[I_PPID] = os.getpid()
@@ -891,18 +906,25 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     def _check_peer_before_sleep(self) -> None:
         self._check_receiver()
 
+    def _receiver_gone(self, why: str) -> BrokenResourceError:
+        # Sticky: once a send has said the receiver is gone, every later one says so.
+        if self._broken is None:
+            self._broken = f"{self._what}: {why}"
+            self._slow += 1
+        return BrokenResourceError(self._broken)
+
     def _check_receiver(self) -> None:
         hi = self._hi
         if hi[I_CSTATE] == STATE_CLOSED:
-            raise BrokenResourceError(f"{self._what}: the receiver closed")
+            raise self._receiver_gone("the receiver closed")
         if not self._peer_alive() and hi[I_CSTATE] == STATE_OPEN:
-            raise BrokenResourceError(
-                f"{self._what}: the receiver (pid {hi[I_CPID]}) died without closing"
-            )
+            raise self._receiver_gone(f"the receiver (pid {hi[I_CPID]}) died without closing")
 
     def _maybe_check_receiver(self) -> None:
+        if self._broken is not None:
+            raise BrokenResourceError(self._broken)
         if self._hi[I_CSTATE] == STATE_CLOSED:
-            raise BrokenResourceError(f"{self._what}: the receiver closed")
+            raise self._receiver_gone("the receiver closed")
         now = time.monotonic()
         if now >= self._next_peer_check:
             self._next_peer_check = now + _PEER_CHECK_INTERVAL
@@ -1003,6 +1025,12 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         """
         data = item if type(item) is bytes else message_bytes(item)
         size = len(data)
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            # The checkpoint comes first: cancelled here, nothing was taken or sent.
+            pacer.count = 0
+            await checkpoint()
         hi = self._hi
         if not self._slow and size <= self._max_msg and hi[I_CSTATE] != STATE_CLOSED:
             # The common case inline: room up to the end of the data, no wait.
@@ -1027,18 +1055,12 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                 _release()
                 if hi[I_CWAITING]:
                     self._ring_peer()
-                pacer = self._pacer
-                pacer.count += 1
-                if pacer.count >= YIELD_EVERY:
-                    pacer.count = 0
-                    await checkpoint()
                 return
         if size > self._max_msg:
             raise self._too_large(size)
         self._check_send()
-        self._slow += 1
-        try:
-            async with self._wait_lock, self._send_lock():
+        with self._one_waiter("sending to"):
+            async with self._send_lock():
                 while True:
                     self._check_send()
                     self._maybe_check_receiver()
@@ -1046,11 +1068,8 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                         self._writer.reload()
                     if self._put(data, size):
                         self._after_publish()
-                        break
+                        return
                     await self._sleep(I_PWAITING, self._has_room_for(size))
-        finally:
-            self._slow -= 1
-        await self._pacer.checkpoint()
 
     async def send_many(self, items: Iterable[bytes]) -> None:
         """Send several messages, publishing them together (one fence, at most one
@@ -1067,28 +1086,27 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             if len(data) > limit:
                 raise self._too_large(len(data))
         self._check_send()
+        await self._pacer.checkpoint()
         sent = 0
-        self._slow += 1
         try:
-            async with self._wait_lock, self._send_lock():
-                while sent < len(batch):
-                    self._check_send()
-                    self._maybe_check_receiver()
-                    if self._multi:
-                        self._writer.reload()
-                    start = sent
-                    sent = self._put_many(batch, sent)
-                    if sent > start:
-                        self._after_publish()
-                    if sent < len(batch):
-                        await self._sleep(I_PWAITING, self._has_room_for(len(batch[sent])))
+            with self._one_waiter("sending to"):
+                async with self._send_lock():
+                    while sent < len(batch):
+                        self._check_send()
+                        self._maybe_check_receiver()
+                        if self._multi:
+                            self._writer.reload()
+                        start = sent
+                        sent = self._put_many(batch, sent)
+                        if sent > start:
+                            self._after_publish()
+                        if sent < len(batch):
+                            room = self._has_room_for(len(batch[sent]))
+                            await self._sleep(I_PWAITING, room)
         except BaseException as exc:
             if sent and hasattr(exc, "add_note"):
                 exc.add_note(f"send_many: {sent} of {len(batch)} messages were sent")
             raise
-        finally:
-            self._slow -= 1
-        await self._pacer.checkpoint()
 
     def _put_many(self, batch: list[bytes], start: int) -> int:
         """Write ``batch[start:]`` while it fits (unpublished); return the next index."""
@@ -1137,51 +1155,43 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if size > self.max_message_size:
             raise self._too_large(size)
         self._check_send()
-        self._slow += 1
-        try:
-            async with self._reserved_slot(size) as view:
-                yield view
-        finally:
-            self._slow -= 1
-
-    @contextlib.asynccontextmanager
-    async def _reserved_slot(self, size: int) -> AsyncIterator[memoryview]:
-        async with self._wait_lock, self._send_lock():
-            while True:
-                self._check_send()
-                self._maybe_check_receiver()
-                writer = self._writer
-                if self._multi:
-                    writer.reload()
-                head = writer.head
-                off = writer.reserve(size)
-                if off >= 0:
-                    break
-                await self._sleep(I_PWAITING, self._has_room_for(size))
-            view = self._data[off : off + size]
-            self._reserved = True
-            ok = False
-            try:
-                yield view
-                ok = True
-            finally:
-                self._reserved = False
-                released = True
+        with self._one_waiter("sending to"):
+            async with self._send_lock():
+                while True:
+                    self._check_send()
+                    self._maybe_check_receiver()
+                    writer = self._writer
+                    if self._multi:
+                        writer.reload()
+                    head = writer.head
+                    off = writer.reserve(size)
+                    if off >= 0:
+                        break
+                    await self._sleep(I_PWAITING, self._has_room_for(size))
+                view = self._data[off : off + size]
+                self._reserved = True
+                ok = False
                 try:
-                    view.release()
-                except BufferError:
-                    released = False
-                if self._closed:
-                    pass
-                elif ok:
-                    writer.commit(size)
-                    self._after_publish()
-                else:
-                    writer.abandon(head)
-                if not released:
-                    raise BufferError(
-                        f"{self._what}: views made from a reserve() outlived its block"
-                    )
+                    yield view
+                    ok = True
+                finally:
+                    self._reserved = False
+                    released = True
+                    try:
+                        view.release()
+                    except BufferError:
+                        released = False
+                    if self._closed:
+                        pass
+                    elif ok:
+                        writer.commit(size)
+                        self._after_publish()
+                    else:
+                        writer.abandon(head)
+                    if not released:
+                        raise BufferError(
+                            f"{self._what}: views made from a reserve() outlived its block"
+                        )
 
     @contextlib.asynccontextmanager
     async def _send_lock(self) -> AsyncIterator[None]:

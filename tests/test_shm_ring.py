@@ -276,12 +276,6 @@ async def test_conformance_one_way(new_ring: Callable[[], str]) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc bug: a second concurrent receive() (or send() on a full ring) queues "
-    "on the handle's anyio.Lock (_wait_lock in shm.py) and waits, instead of raising "
-    "anyio.BusyResourceError as the Channel contract requires",
-)
 @pytest.mark.asyncio
 async def test_conformance_concurrent_calls_are_busy(new_ring: Callable[[], str]) -> None:
     capacity = 1 << 20
@@ -480,13 +474,6 @@ async def test_send_after_receiver_killed_is_broken(new_ring: Callable[[], str])
                     await checkpoint()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc bug: BrokenResourceError is not sticky on ShmSender. Right after a send "
-    "raised it (receiver SIGKILLed), the next send()/send_nowait() succeeds into the dead "
-    "ring while the ring has room, because _maybe_check_receiver re-checks the receiver "
-    "only every 0.25 s and nothing remembers the death already seen",
-)
 @pytest.mark.asyncio
 async def test_sender_stays_broken_once_it_saw_a_dead_receiver(
     new_ring: Callable[[], str],
@@ -721,13 +708,6 @@ async def test_planted_doorbell_is_refused(new_ring: Callable[[], str]) -> None:
     assert existing(name) == []  # the creator's close removed even the planted files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc bug (error class): a symlink planted at NAME.bell-data is refused "
-    "(O_NOFOLLOW), but as IPCSystemError(ELOOP, 'Too many levels of symbolic links'), "
-    "not IPCPermissionError like a planted regular file or a foreign FIFO: "
-    "_open_bell passes ELOOP to translate_os_error, which has no case for it",
-)
 @pytest.mark.asyncio
 async def test_planted_doorbell_symlink_is_a_permission_error(
     new_ring: Callable[[], str], tmp_path: Path
@@ -1009,14 +989,6 @@ async def test_cancelled_receive_consumed_nothing(new_ring: Callable[[], str]) -
             rx.receive_nowait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc bug: ShmReceiver.receive() takes the message out of the ring (and "
-    "publishes the tail) before its every-16th-call checkpoint (the Pacer, YIELD_EVERY); "
-    "cancelled at that checkpoint, the message is lost. _wait.py promises the checkpoint "
-    "comes before anything is consumed, and receive() documents 'a cancelled receive "
-    "consumed nothing'",
-)
 @pytest.mark.asyncio
 async def test_receive_cancelled_at_its_checkpoint_loses_nothing(
     new_ring: Callable[[], str],
@@ -1037,13 +1009,6 @@ async def test_receive_cancelled_at_its_checkpoint_loses_nothing(
         assert got + drain(rx) == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc bug: ShmSender.send() publishes the message before its every-16th-call "
-    "checkpoint (the Pacer, YIELD_EVERY); cancelled at that checkpoint, the send raises "
-    "the cancellation although the message was sent. send() documents 'a cancelled send "
-    "did not send'",
-)
 @pytest.mark.asyncio
 async def test_send_cancelled_at_its_checkpoint_did_not_send(
     new_ring: Callable[[], str],
