@@ -31,6 +31,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_queues.py
+	$(BIN)/python benchmarks/bench_shm.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
