@@ -246,6 +246,9 @@ class _RingEnd:
         self._waiter = FdWaiter(self._ep.fileno())
         self._pidfd = -1
         self._watched_pid = 0
+        # True while the peer's pidfd is in our epoll set and has not fired: a sleep then
+        # needs no liveness syscall, since the peer's death would wake it at once.
+        self._peer_ok = False
         self._waiting = False
         self._pacer = Pacer()
         self._next_peer_check = 0.0
@@ -366,7 +369,9 @@ class _RingEnd:
         self._drained = True
         return True
 
-    def _peer_alive(self) -> bool:
+    def _peer_alive(self, cached: bool = False) -> bool:
+        if cached and self._peer_ok and self._hi[self._peer_pid_index] == self._watched_pid:
+            return True
         return _is_locked(self._fd, self._peer_lock)
 
     def _watch_peer(self) -> None:
@@ -374,6 +379,7 @@ class _RingEnd:
         pid = self._hi[self._peer_pid_index]
         if pid == self._watched_pid:
             return
+        self._peer_ok = False
         if self._pidfd >= 0:
             self._ep.unregister(self._pidfd)
             os.close(self._pidfd)
@@ -385,13 +391,15 @@ class _RingEnd:
             except OSError:
                 return  # already gone; the liveness check says so
             self._ep.register(self._pidfd, select.EPOLLIN)
+            self._peer_ok = True
 
-    def _peer_gone_error(self) -> Exception | None:
-        """BrokenResourceError if the peer closed or died (None if it is alive)."""
+    def _peer_gone_error(self, cached: bool = False) -> Exception | None:
+        """BrokenResourceError if the peer closed or died (None if it is alive).
+        ``cached``: right before a sleep, whose epoll set watches the peer's pidfd."""
         state = self._hi[self._peer_state]
         if state == STATE_CLOSED:
             return None
-        if self._peer_alive():
+        if self._peer_alive(cached):
             return None
         if state == STATE_OPEN:
             pid = self._hi[self._peer_pid_index]
@@ -422,6 +430,7 @@ class _RingEnd:
             if not self._drained:
                 self._drain_bell()
             if not ready():
+                self._peer_ok = False  # woken for nothing: maybe the pidfd; look again
                 self._forget_fired_pidfd()
         finally:
             if not self._closed:
@@ -619,7 +628,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         if self._hi[I_PSTATE] == STATE_CLOSED:
             raise EndOfStream
         if not self._multi:
-            err = self._peer_gone_error()
+            err = self._peer_gone_error(cached=True)
             if err is not None:
                 raise err
 
@@ -645,14 +654,14 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         self._after_consume()
         return msg
 
-    def _at_empty(self) -> None:
+    def _at_empty(self, cached: bool = False) -> None:
         """Raise EndOfStream/BrokenResourceError if an empty ring will stay empty."""
         if self._hi[I_PSTATE] == STATE_CLOSED:
             # The sender publishes its last head before it says closed: look once more.
             if self._hq[Q_HEAD] == self._reader.tail:
                 raise EndOfStream
         elif not self._multi:
-            err = self._peer_gone_error()
+            err = self._peer_gone_error(cached)
             if err is not None and self._hq[Q_HEAD] == self._reader.tail:
                 raise err
 
@@ -723,7 +732,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
                 got = self._take()
                 if got is not None:
                     return got
-                self._at_empty()
+                self._at_empty(cached=True)
                 await self._sleep(I_CWAITING, self._has_data)
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
@@ -776,7 +785,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
                 off, length = self._reader.next_record(self._hq[Q_HEAD])
                 if off >= 0:
                     break
-                self._at_empty()
+                self._at_empty(cached=True)
                 await self._sleep(I_CWAITING, self._has_data)
         self._slow += 1  # until the view is released
         view = self._data[off : off + length].toreadonly()
@@ -904,7 +913,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         self._ring_peer()
 
     def _check_peer_before_sleep(self) -> None:
-        self._check_receiver()
+        self._check_receiver(cached=True)
 
     def _receiver_gone(self, why: str) -> BrokenResourceError:
         # Sticky: once a send has said the receiver is gone, every later one says so.
@@ -913,11 +922,11 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             self._slow += 1
         return BrokenResourceError(self._broken)
 
-    def _check_receiver(self) -> None:
+    def _check_receiver(self, cached: bool = False) -> None:
         hi = self._hi
         if hi[I_CSTATE] == STATE_CLOSED:
             raise self._receiver_gone("the receiver closed")
-        if not self._peer_alive() and hi[I_CSTATE] == STATE_OPEN:
+        if not self._peer_alive(cached) and hi[I_CSTATE] == STATE_OPEN:
             raise self._receiver_gone(f"the receiver (pid {hi[I_CPID]}) died without closing")
 
     def _maybe_check_receiver(self) -> None:
