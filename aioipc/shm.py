@@ -614,7 +614,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         if self._multi:
             self._peer_lock = _LOCK_PRODUCERS
         self._reader = RingReader(self._hq, self._data, self._capacity, self._what)
-        self._views.append(self._reader.dq)
+        self._data_ro = self._data.toreadonly()
+        self._views += [self._reader.dq, self._data_ro]
         self._hi[I_CPID] = os.getpid()
         self._hi[I_CSTATE] = STATE_OPEN
         self._view_open = False
@@ -763,8 +764,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             self._after_consume()
         return out
 
-    @contextlib.asynccontextmanager
-    async def receive_view(self) -> AsyncIterator[memoryview]:
+    def receive_view(self) -> _ReceivedView:
         """``async with receiver.receive_view() as view:`` the next message, in place.
 
         ``view`` is a read-only memoryview into the shared pages, valid until the block
@@ -776,38 +776,121 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
 
         Cancellation: a receive_view cancelled while waiting consumed nothing.
         """
+        return _ReceivedView(self)
+
+    async def _open_view(self) -> tuple[memoryview, int]:
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            pacer.count = 0
+            await checkpoint()
         self._check_open()
         if self._view_open:
             raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
-        with self._one_waiter("receiving from"):
-            while True:
-                self._check_open()
-                off, length = self._reader.next_record(self._hq[Q_HEAD])
-                if off >= 0:
-                    break
-                self._at_empty(cached=True)
-                await self._sleep(I_CWAITING, self._has_data)
+        off, length = self._reader.next_record(self._hq[Q_HEAD])
+        if off < 0:
+            with self._one_waiter("receiving from"):
+                while True:
+                    self._at_empty(cached=True)
+                    await self._sleep(I_CWAITING, self._has_data)
+                    self._check_open()
+                    off, length = self._reader.next_record(self._hq[Q_HEAD])
+                    if off >= 0:
+                        break
         self._slow += 1  # until the view is released
-        view = self._data[off : off + length].toreadonly()
         self._view_open = True
+        return self._data_ro[off : off + length], length
+
+    def _close_view(self, view: memoryview, length: int) -> None:
+        self._view_open = False
+        self._slow -= 1
+        released = True
         try:
-            yield view
-        finally:
-            self._view_open = False
-            self._slow -= 1
-            released = True
+            view.release()
+        except BufferError:
+            released = False
+        if not self._closed:
+            self._reader.advance(length)
+            self._after_consume()
+        if not released:
+            raise BufferError(
+                f"{self._what}: views made from a receive_view outlived its block; "
+                "the ring may now overwrite what they show"
+            )
+
+
+class _Reservation:
+    """What :meth:`ShmSender.reserve` returns (a class: the zero-copy hot path)."""
+
+    __slots__ = ("_head", "_size", "_tx", "_view")
+
+    def __init__(self, tx: ShmSender, size: int) -> None:
+        self._tx = tx
+        self._size = size
+        self._view: memoryview | None = None
+        self._head = 0
+
+    async def __aenter__(self) -> memoryview:
+        if self._view is not None:
+            raise RuntimeError("this reserve() is already entered")
+        tx = self._tx
+        if not tx._slow and tx._pacer.count < YIELD_EVERY - 1:
+            tx._maybe_check_receiver()
+            writer = tx._writer
+            head = writer.head
+            off = writer.reserve(self._size)
+            if off >= 0:  # the common case inline: there is room
+                tx._pacer.count += 1
+                tx._slow += 1
+                tx._reserved = True
+                self._head = head
+                view = self._view = tx._data[off : off + self._size]
+                return view
+        self._view, self._head = await tx._open_reservation(self._size)
+        return self._view
+
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            tx = self._tx
             try:
-                view.release()
-            except BufferError:
-                released = False
-            if not self._closed:
-                self._reader.advance(length)
-                self._after_consume()
-            if not released:
-                raise BufferError(
-                    f"{self._what}: views made from a receive_view outlived its block; "
-                    "the ring may now overwrite what they show"
-                )
+                tx._close_reservation(view, self._size, self._head, exc_type is None)
+            finally:
+                if tx._lock_cm is not None:
+                    await tx._release_send_lock()
+
+
+class _ReceivedView:
+    """What :meth:`ShmReceiver.receive_view` returns (a class, not a generator-based
+    context manager: this is the zero-copy hot path)."""
+
+    __slots__ = ("_length", "_rx", "_view")
+
+    def __init__(self, rx: ShmReceiver) -> None:
+        self._rx = rx
+        self._view: memoryview | None = None
+        self._length = 0
+
+    async def __aenter__(self) -> memoryview:
+        if self._view is not None:
+            raise RuntimeError("this receive_view() is already entered")
+        rx = self._rx
+        if not rx._slow and rx._pacer.count < YIELD_EVERY - 1:
+            off, length = rx._reader.next_record(rx._hq[Q_HEAD])
+            if off >= 0:  # the common case inline: a message is there
+                rx._pacer.count += 1
+                rx._slow += 1
+                rx._view_open = True
+                self._length = length
+                view = self._view = rx._data_ro[off : off + length]
+                return view
+        self._view, self._length = await rx._open_view()
+        return self._view
+
+    async def __aexit__(self, *exc: object) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            self._rx._close_view(view, self._length)
 
 
 class ShmSender(_RingEnd, ObjectSendStream[bytes]):
@@ -872,6 +955,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         self._writer = RingWriter(self._hq, self._data, self._capacity)
         self._views.append(self._writer.dq)
         self._reserved = False
+        self._lock_cm: Any = None
         self._broken: str | None = None
         self._jobs: set[Any] = set()
         if not self._multi:
@@ -1145,8 +1229,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         writer.head = head
         return i
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[memoryview]:
+    def reserve(self, size: int) -> _Reservation:
         """``async with sender.reserve(n) as view:`` write a message in place.
 
         ``view`` is a writable memoryview of ``n`` bytes inside the ring; the message is
@@ -1161,15 +1244,34 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         """
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"reserve takes a size in bytes >= 0, not {size!r}")
-        if size > self.max_message_size:
+        if size > self._max_msg:
             raise self._too_large(size)
+        return _Reservation(self, size)
+
+    async def _open_reservation(self, size: int) -> tuple[memoryview, int]:
+        pacer = self._pacer
+        pacer.count += 1
+        if pacer.count >= YIELD_EVERY:
+            pacer.count = 0
+            await checkpoint()
         self._check_send()
+        writer = self._writer
+        if not self._slow:
+            self._maybe_check_receiver()
+            head = writer.head
+            off = writer.reserve(size)
+            if off >= 0:
+                self._slow += 1
+                self._reserved = True
+                return self._data[off : off + size], head
         with self._one_waiter("sending to"):
-            async with self._send_lock():
+            lock_cm = self._send_lock()
+            await lock_cm.__aenter__()
+            self._lock_cm = lock_cm
+            try:
                 while True:
                     self._check_send()
                     self._maybe_check_receiver()
-                    writer = self._writer
                     if self._multi:
                         writer.reload()
                     head = writer.head
@@ -1177,30 +1279,37 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                     if off >= 0:
                         break
                     await self._sleep(I_PWAITING, self._has_room_for(size))
-                view = self._data[off : off + size]
-                self._reserved = True
-                ok = False
-                try:
-                    yield view
-                    ok = True
-                finally:
-                    self._reserved = False
-                    released = True
-                    try:
-                        view.release()
-                    except BufferError:
-                        released = False
-                    if self._closed:
-                        pass
-                    elif ok:
-                        writer.commit(size)
-                        self._after_publish()
-                    else:
-                        writer.abandon(head)
-                    if not released:
-                        raise BufferError(
-                            f"{self._what}: views made from a reserve() outlived its block"
-                        )
+            except BaseException:
+                await self._release_send_lock()
+                raise
+        self._slow += 1
+        self._reserved = True
+        return self._data[off : off + size], head
+
+    async def _release_send_lock(self) -> None:
+        cm, self._lock_cm = self._lock_cm, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+    def _close_reservation(self, view: memoryview, size: int, head: int, ok: bool) -> None:
+        """Publish (or abandon) the reserved message; the caller then releases the send
+        lock if one is held (``_lock_cm``)."""
+        self._reserved = False
+        self._slow -= 1
+        released = True
+        try:
+            view.release()
+        except BufferError:
+            released = False
+        if self._closed:
+            pass
+        elif ok:
+            self._writer.commit(size)
+            self._after_publish()
+        else:
+            self._writer.abandon(head)
+        if not released:
+            raise BufferError(f"{self._what}: views made from a reserve() outlived its block")
 
     @contextlib.asynccontextmanager
     async def _send_lock(self) -> AsyncIterator[None]:
