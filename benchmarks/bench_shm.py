@@ -151,6 +151,8 @@ IMPLS: tuple[Impl, ...] = (
         "anyio",
     ),
     Impl("aioipc-shm-zc", "aioipc shm, reserve/receive_view", ("1MiB",), "anyio"),
+    Impl("aioipc-shm-zc-spin", "aioipc shm, zero copy, spin=50e-6", ("1MiB",), "anyio"),
+    Impl("aioipc-shm-1copy", "aioipc shm, send(bytes)/receive_view", ("1MiB",), "anyio"),
     Impl("aioipc-shm-spin", "aioipc shm, spin=50e-6", ("rtt", "idle-cpu"), "anyio"),
     Impl("aioipc-unix", "aioipc unix-stream", ("rtt", "64B", "1MiB"), "anyio"),
     Impl("pyzmq", "pyzmq PAIR ipc:// (zmq.asyncio)", ("rtt", "64B", "1MiB"), "asyncio"),
@@ -159,9 +161,19 @@ IMPLS: tuple[Impl, ...] = (
     Impl("iceoryx2", "iceoryx2 pub/sub, busy polling", ("rtt", "64B", "1MiB"), "sync"),
     Impl("c-eventfd", "C floor: eventfd ping-pong", ("rtt",), "c"),
     Impl("c-memcpy", "C floor: memcpy of 1 MiB", ("1MiB",), "c"),
+    Impl("py-eventfd", "Python floor: blocking eventfd ping-pong", ("rtt",), "py"),
+    Impl("asyncio-eventfd", "asyncio floor: eventfd ping-pong", ("rtt",), "py"),
 )
 _BY_KEY = {impl.key: impl for impl in IMPLS}
-_SHM_IMPLS = ("aioipc-shm", "aioipc-shm-zc", "aioipc-shm-spin")
+_SHM_IMPLS = (
+    "aioipc-shm",
+    "aioipc-shm-zc",
+    "aioipc-shm-zc-spin",
+    "aioipc-shm-1copy",
+    "aioipc-shm-spin",
+)
+_ZERO_COPY_RECEIVE = ("aioipc-shm-zc", "aioipc-shm-zc-spin", "aioipc-shm-1copy")
+_ZERO_COPY_SEND = ("aioipc-shm-zc", "aioipc-shm-zc-spin")
 
 # ---------------------------------------------------------------------------------------
 # Messages and checks
@@ -347,7 +359,7 @@ async def _open_aioipc_shm(spec: _Spec, hs: _Handshake) -> _AsyncEnd:
     """Ring 1 carries b -> a, ring 2 (ping-pong only) a -> b; each receiver creates its
     ring, so the creating handle (which unlinks on close) is the receiving one."""
     shm: Any = importlib.import_module("aioipc.shm")
-    spin = SPIN if spec.impl == "aioipc-shm-spin" else 0.0
+    spin = SPIN if spec.impl in ("aioipc-shm-spin", "aioipc-shm-zc-spin") else 0.0
     capacity = BIG_RING if spec.test == "1MiB" else SMALL_RING
     ring1, ring2 = spec.res["names"]
     two_way = spec.test == "rtt"
@@ -440,6 +452,8 @@ async def _open_pyzmq(spec: _Spec, hs: _Handshake) -> _AsyncEnd:
 _ASYNC_OPENERS: dict[str, Callable[[_Spec, _Handshake], Awaitable[_AsyncEnd]]] = {
     "aioipc-shm": _open_aioipc_shm,
     "aioipc-shm-zc": _open_aioipc_shm,
+    "aioipc-shm-zc-spin": _open_aioipc_shm,
+    "aioipc-shm-1copy": _open_aioipc_shm,
     "aioipc-shm-spin": _open_aioipc_shm,
     "aioipc-unix": _open_aioipc_unix,
     "pyzmq": _open_pyzmq,
@@ -548,8 +562,11 @@ async def _source_batched(end: _AsyncEnd, ctl: Connection, count: int, size: int
     await end.finish()
 
 
-async def _sink_zero_copy(end: _AsyncEnd, ctl: Connection, count: int, size: int) -> int:
-    """``receive_view``: check the length and both markers of every message in place."""
+async def _sink_zero_copy(
+    end: _AsyncEnd, ctl: Connection, count: int, size: int, step: int = 1
+) -> int:
+    """``receive_view``: check the length and the tail of every message in place, and the
+    index of every ``step``-th (every one for the zero-copy senders, which write it)."""
     receive_view = end.rx.receive_view
     clock = time.perf_counter_ns
     ctl.send_bytes(GO)
@@ -558,7 +575,7 @@ async def _sink_zero_copy(end: _AsyncEnd, ctl: Connection, count: int, size: int
         async with receive_view() as view:
             if len(view) != size:
                 raise _wrong_length(i, len(view), size)
-            if view[:8] != i.to_bytes(8, "big") or view[-8:] != TAIL:
+            if view[-8:] != TAIL or (_sampled(i, count, step) and view[:8] != i.to_bytes(8, "big")):
                 raise _bad_content(i, view[:8], view[-8:])
     elapsed = clock() - start
     try:
@@ -616,8 +633,9 @@ async def _async_role(spec: _Spec) -> dict[str, Any]:
             count, size, step = _test_params(test, counts)
             if test == "64B-batched":
                 elapsed = await _sink_batched(end, ctl, count, size)
-            elif spec.impl == "aioipc-shm-zc":
-                elapsed = await _sink_zero_copy(end, ctl, count, size)
+            elif spec.impl in _ZERO_COPY_RECEIVE:
+                every = 1 if spec.impl in _ZERO_COPY_SEND else step
+                elapsed = await _sink_zero_copy(end, ctl, count, size, every)
             else:
                 elapsed = await _sink(end, ctl, count, size, step)
             if end.wait_done:
@@ -638,7 +656,7 @@ async def _async_role(spec: _Spec) -> dict[str, Any]:
         count, size, step = _test_params(test, counts)
         if test == "64B-batched":
             await _source_batched(end, ctl, count, size)
-        elif spec.impl == "aioipc-shm-zc":
+        elif spec.impl in _ZERO_COPY_SEND:
             await _source_zero_copy(end, ctl, count, size)
         else:
             await _source(end, ctl, count, size, step)
@@ -1189,8 +1207,15 @@ def _floor_exe(run: _Run) -> str:
 
 
 def _measure_floor(impl: Impl, counts: Counts, timeout: float, run: _Run) -> Any:
-    exe = _floor_exe(run)
     cpu_a, cpu_b = _pin_cpus(run.pin)
+    if impl.kind == "py":
+        mode = "rtt-blocking" if impl.key == "py-eventfd" else "rtt-asyncio"
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.py")
+        args = [sys.executable, script, mode, str(counts.rtt_warmup), str(counts.rtt_count)]
+        if cpu_a is not None:
+            args += [str(cpu_b), str(cpu_a)]  # pinger, echoer
+        return _run_floor(impl, args, timeout)
+    exe = _floor_exe(run)
     if impl.key == "c-eventfd":
         args = [exe, "rtt", str(counts.rtt_warmup), str(counts.rtt_count)]
         if cpu_a is not None:
@@ -1199,6 +1224,10 @@ def _measure_floor(impl: Impl, counts: Counts, timeout: float, run: _Run) -> Any
         args = [exe, "memcpy", str(BIG), str(10 * counts.big_count)]
         if cpu_a is not None:
             args.append(str(cpu_a))
+    return _run_floor(impl, args, timeout)
+
+
+def _run_floor(impl: Impl, args: list[str], timeout: float) -> Any:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1206,7 +1235,7 @@ def _measure_floor(impl: Impl, counts: Counts, timeout: float, run: _Run) -> Any
     if proc.returncode != 0:
         raise MeasurementError(f"{' '.join(args[1:])} failed ({proc.returncode}): {proc.stderr}")
     values = dict(line.split("=", 1) for line in proc.stdout.split())
-    if impl.key == "c-eventfd":
+    if "rtt" in impl.tests:
         return float(values["rtt_median_us"]), float(values["rtt_p99_us"])
     return float(values["gb_per_s"])
 
@@ -1230,7 +1259,7 @@ def _unavailable(impl: Impl, test: str | None = None) -> str | None:
                     return "skipped: aioipc.shm is not there (yet)"
                 raise
             needed = {"ShmSender": ("open",), "ShmReceiver": ("create",)}
-            if key == "aioipc-shm-zc":
+            if key in _ZERO_COPY_RECEIVE:
                 needed = {
                     "ShmSender": ("open", "reserve"),
                     "ShmReceiver": ("create", "receive_view"),
@@ -1254,6 +1283,8 @@ def _unavailable(impl: Impl, test: str | None = None) -> str | None:
             importlib.import_module("faster_fifo")
         elif key == "iceoryx2":
             importlib.import_module("iceoryx2")
+        elif impl.kind == "py" and not hasattr(os, "eventfd"):
+            return "skipped: os.eventfd needs Python 3.10+ on Linux"
         elif impl.kind == "c" and shutil.which("gcc") is None:
             return "skipped: no gcc to build benchmarks/floor.c"
     except ImportError as exc:
@@ -1351,7 +1382,7 @@ def run_benchmarks(
                         f"[{done}/{total}] round {round_no + 1}/{counts.rounds}: {impl.key} {test}"
                     )
                 try:
-                    if impl.kind == "c":
+                    if impl.kind in ("c", "py"):
                         value = _measure_floor(impl, counts, limit, run)
                     else:
                         value = _measure_pair(impl, test, counts, limit, run)
@@ -1405,10 +1436,36 @@ PYTHON_PEERS = ("pyzmq", "mp-queue", "faster-fifo", "iceoryx2")
 #: better), "time" (mine / best peer, lower is better) or "value" (mine alone).
 RATIOS: tuple[tuple[str, str, tuple[str, ...], str, str, float | None], ...] = (
     ("1MiB: aioipc-shm-zc / iceoryx2", "aioipc-shm-zc", ("iceoryx2",), "1MiB", "rate", 1.0),
+    (
+        "1MiB: aioipc-shm-zc-spin / iceoryx2",
+        "aioipc-shm-zc-spin",
+        ("iceoryx2",),
+        "1MiB",
+        "rate",
+        1.0,
+    ),
     ("1MiB: aioipc-shm / aioipc-unix", "aioipc-shm", ("aioipc-unix",), "1MiB", "rate", 10.0),
+    (
+        "1MiB: aioipc-shm-1copy / aioipc-unix",
+        "aioipc-shm-1copy",
+        ("aioipc-unix",),
+        "1MiB",
+        "rate",
+        10.0,
+    ),
     ("64B-batched: aioipc-shm msgs/s", "aioipc-shm", (), "64B-batched", "value", 1_000_000),
     ("64B: aioipc-shm / best Python peer", "aioipc-shm", PYTHON_PEERS, "64B", "rate", 1.0),
     ("rtt: aioipc-shm / C eventfd floor", "aioipc-shm", ("c-eventfd",), "rtt", "time", 1.3),
+    (
+        "rtt: asyncio floor / C eventfd floor",
+        "asyncio-eventfd",
+        ("c-eventfd",),
+        "rtt",
+        "time",
+        None,
+    ),
+    ("rtt: Python blocking floor / C floor", "py-eventfd", ("c-eventfd",), "rtt", "time", None),
+    ("rtt: aioipc-shm / asyncio floor", "aioipc-shm", ("asyncio-eventfd",), "rtt", "time", None),
     ("rtt: aioipc-shm-spin / iceoryx2", "aioipc-shm-spin", ("iceoryx2",), "rtt", "time", 1.5),
     (
         "idle CPU: aioipc-shm-spin receiver, s/s",
