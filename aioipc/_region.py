@@ -58,6 +58,12 @@ def _check_size(size: int, what: str) -> int:
     return size
 
 
+def _check_mode(mode: int, what: str) -> int:
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise ValueError(f"{what}: mode is permission bits 0..0o777, not {mode!r}")
+    return mode
+
+
 def _open_size(requested: int | None, actual: int, what: str) -> int:
     """The size to map when opening an object of ``actual`` bytes."""
     if actual == 0:
@@ -200,16 +206,21 @@ class PosixSharedMemory(_MmapRegion):
         path = cls._path(name)
         what = f"POSIX shared memory {name}"
         _check_size(size, what)
+        _check_mode(mode, what)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise translate_os_error(exc, what) from exc
+        handed = False
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
             os.ftruncate(fd, size)
+            handed = True
             return cls(name, fd, size, False)  # closes fd, mapped or not
         except BaseException as exc:
+            if not handed:
+                os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             if isinstance(exc, OSError):
@@ -229,7 +240,9 @@ class PosixSharedMemory(_MmapRegion):
         """
         path = cls._path(name)
         what = f"POSIX shared memory {name}"
+        # O_NONBLOCK: a FIFO planted under the name must not hang the open.
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags |= os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except OSError as exc:
@@ -330,9 +343,11 @@ class MappedFile(_MmapRegion):
             _check_size(size, what)
         if create and read_only:
             raise ValueError(f"{what}: create=True needs a writable mapping")
+        _check_mode(mode, what)
         if create and size is None and not os.path.lexists(p):
             raise ValueError(f"{what}: does not exist; create=True needs a size")
         base = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
+        base |= os.O_NONBLOCK  # a FIFO at the path must not hang the open
         created = False
         try:
             if create:
@@ -507,6 +522,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         """
         check_key(key)
         _check_size(size, f"{cls._kind_name} key={key_repr(key)}")
+        _check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
         try:
             shmid = _libc.shmget(key, size, _libc.IPC_CREAT | _libc.IPC_EXCL | (mode & 0o777))
         except OSError as exc:

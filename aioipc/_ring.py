@@ -64,12 +64,12 @@ def max_message_size(capacity: int) -> int:
 
 
 def init_header(hq: memoryview, hi: memoryview, capacity: int, flags: int) -> None:
-    """Fill in a zeroed header; the magic goes last, after everything it vouches for."""
+    """Fill in a zeroed header, all but the magic: the creator writes that last (``MAGIC``
+    at ``Q_MAGIC``), once it holds its own claim on the ring."""
     hi[I_VERSION] = VERSION
     hi[I_FLAGS] = flags
     hq[Q_CAPACITY] = capacity
     hq[Q_DATA_OFF] = HEADER_SIZE
-    hq[Q_MAGIC] = MAGIC
 
 
 def check_header(hq: memoryview, hi: memoryview, region_size: int, what: str) -> int:
@@ -88,6 +88,10 @@ def check_header(hq: memoryview, hi: memoryview, region_size: int, what: str) ->
     if capacity % 8 or capacity < MIN_CAPACITY or capacity != region_size - HEADER_SIZE:
         raise ProtocolError(
             f"{what}: capacity {capacity} does not fit the region's {region_size} bytes"
+        )
+    if hq[Q_HEAD] % 8 or hq[Q_TAIL] % 8:
+        raise ProtocolError(
+            f"{what}: head {hq[Q_HEAD]} or tail {hq[Q_TAIL]} is not a multiple of 8"
         )
     used = hq[Q_HEAD] - hq[Q_TAIL]
     if not 0 <= used <= capacity:

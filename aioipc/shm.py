@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import anyio
 from anyio import (
     BrokenResourceError,
     BusyResourceError,
@@ -66,7 +67,6 @@ from ._ring import (
     RingReader,
     RingWriter,
 )
-from ._threads import Interrupted, interrupt_all, run_in_worker
 from ._wait import YIELD_EVERY, FdWaiter, Pacer
 from .abc import IPCAttribute, message_bytes
 from .errors import (
@@ -96,14 +96,9 @@ _PEER_CHECK_INTERVAL = 0.25
 # and both sides would skip the doorbell. Acquiring and releasing a threading.Lock runs
 # a locked instruction (sem_trywait's cmpxchg, sem_post's xadd) in the C library, which
 # orders every earlier store before every later load. See docs/shared-memory.md.
-_fence_lock = threading.Lock()
-_acquire = _fence_lock.acquire
-_release = _fence_lock.release
-
-
-def _fence() -> None:
-    _acquire(False)
-    _release()
+# Each handle has its own lock (a handle is used from one thread), so the acquire always
+# succeeds: a failed sem_trywait runs no locked instruction, and releasing a lock another
+# thread holds would be worse.
 
 
 def _lock_struct(kind: int, start: int) -> bytes:
@@ -147,13 +142,18 @@ def unlink(name: str) -> None:
         aioipc.IPCNotFoundError: there is no ring region by that name.
     """
     region, *bells = _paths(name)
+    what = f"shared-memory ring {name}"
     for path in bells:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise translate_os_error(exc, f"{what}: doorbell {path}") from exc
     try:
         os.unlink(region)
     except OSError as exc:
-        raise translate_os_error(exc, f"shared-memory ring {name}") from exc
+        raise translate_os_error(exc, what) from exc
 
 
 def is_stale(name: str) -> bool:
@@ -167,13 +167,28 @@ def is_stale(name: str) -> bool:
     """
     region = _paths(name)[0]
     try:
-        fd = os.open(region, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted under the name must not hang us.
+        fd = os.open(region, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise translate_os_error(exc, f"shared-memory ring {name}") from exc
+        raise _open_error(exc, f"shared-memory ring {name}") from exc
     try:
         return not any(_is_locked(fd, b) for b in (_LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS))
     finally:
         os.close(fd)
+
+
+def _busy(message: str) -> BusyResourceError:
+    # anyio's constructor words its message as "Another task is already {action} this
+    # resource"; ours names the ring and what is in the way.
+    exc = BusyResourceError("using")
+    exc.args = (message,)
+    return exc
+
+
+def _readable_now(fd: int) -> bool:
+    poller = select.poll()  # not select(): fds above 1023 are common in servers
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _open_error(exc: OSError, what: str) -> Exception:
@@ -218,6 +233,8 @@ class _RingEnd:
         unlink_on_close: bool | None,
     ) -> None:
         self._closed = True  # until fully built: __del__ of a half-built end does nothing
+        lock = threading.Lock()
+        self._facq, self._frel = lock.acquire, lock.release
         if not (isinstance(spin, (int, float)) and 0 <= spin < 1 and math.isfinite(spin)):
             raise ValueError(f"spin is seconds to busy-wait, 0 <= spin < 1, not {spin!r}")
         self._name = name
@@ -234,16 +251,21 @@ class _RingEnd:
             else:
                 self._attach(region, bell_data, bell_space)
             self._claim()
-        except BaseException:
+            if create:
+                # Only now may others attach: the creator holds its own claim already.
+                self._hq[Q_MAGIC] = _ring.MAGIC
+            self._ep = select.epoll()
+        except BaseException as exc:
             self._teardown()
             for path in made:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            if isinstance(exc, OSError):
+                raise translate_os_error(exc, self._what) from exc
             raise
         self._unlink_on_close = create if unlink_on_close is None else unlink_on_close
         self._spin = float(spin)
         self._pid = os.getpid()
-        self._ep = select.epoll()
         self._ep.register(self._wait_bell, select.EPOLLIN)
         self._waiter = FdWaiter(self._ep.fileno())
         self._pidfd = -1
@@ -274,6 +296,8 @@ class _RingEnd:
     ) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool):
             raise TypeError(f"capacity is an int, not {type(capacity).__name__}")
+        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError(f"{self._what}: mode is permission bits 0..0o777, not {mode!r}")
         if capacity < _ring.MIN_CAPACITY or capacity % 8:
             raise ValueError(
                 f"{self._what}: capacity must be a multiple of 8 and at least "
@@ -295,30 +319,38 @@ class _RingEnd:
         except OSError as exc:
             raise translate_os_error(exc, self._what) from exc
         self._map(HEADER_SIZE + capacity)
-        _ring.init_header(self._hq, self._hi, capacity, flags)
+        _ring.init_header(self._hq, self._hi, capacity, flags)  # all but the magic
         self._capacity = capacity
 
     def _attach(self, region: str, bell_data: str, bell_space: str) -> None:
         try:
-            self._fd = os.open(region, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            self._fd = os.open(region, flags)
             st = os.fstat(self._fd)
         except OSError as exc:
             raise _open_error(exc, self._what) from exc
         if not stat.S_ISREG(st.st_mode) or st.st_size < HEADER_SIZE + _ring.MIN_CAPACITY:
             raise ProtocolError(f"{self._what}: {region} is not a ring ({st.st_size} bytes)")
+        # Check the header before mapping (and populating) a file of any size.
+        header = memoryview(bytearray(os.pread(self._fd, HEADER_SIZE, 0)))
+        with header.cast("Q") as hq, header.cast("I") as hi:
+            if hq[Q_MAGIC] == 0:
+                raise IPCNotFoundError(
+                    errno.ENOENT, f"{self._what}: still being created (no magic yet)", region
+                )
+            _ring.check_header(hq, hi, st.st_size, self._what)
         self._map(st.st_size)
-        if self._hq[Q_MAGIC] == 0:
-            raise IPCNotFoundError(
-                errno.ENOENT, f"{self._what}: still being created (no magic yet)", region
-            )
         self._capacity = _ring.check_header(self._hq, self._hi, st.st_size, self._what)
         for path in (bell_data, bell_space):
             self._bells.append(_open_bell(path, st.st_uid, self._what))
 
     def _map(self, size: int) -> None:
-        self._mm = self._m = mmap.mmap(
-            self._fd, size, mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ | mmap.PROT_WRITE
-        )
+        try:
+            self._mm = self._m = mmap.mmap(
+                self._fd, size, mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self._what}: mapping {size} bytes") from exc
         mv = memoryview(self._m)
         self._hq = mv[:HEADER_SIZE].cast("Q")
         self._hi = mv[:HEADER_SIZE].cast("I")
@@ -345,6 +377,7 @@ class _RingEnd:
     # -- doorbells and the peer -----------------------------------------------------------
 
     _wait_bell_index = 0
+    _my_waiting = 0
     _peer_waiting = 0
     _peer_state = 0
     _peer_pid_index = 0
@@ -391,7 +424,10 @@ class _RingEnd:
             try:
                 self._pidfd = os.pidfd_open(pid)
             except OSError:
-                return  # already gone; the liveness check says so
+                # Gone already (or out of fds): the lock check decides, and the next
+                # sleep tries again.
+                self._watched_pid = 0
+                return
             self._ep.register(self._pidfd, select.EPOLLIN)
             self._peer_ok = True
 
@@ -420,12 +456,12 @@ class _RingEnd:
                 if ready():
                     return
         hi[my_flag] = 1
-        _fence()
+        self._fence()
         try:
             if ready():
                 return
+            self._watch_peer()  # first: a death after this wakes the sleep below
             self._check_peer_before_sleep()
-            self._watch_peer()
             self._drained = False
             await self._waiter.readable(self._drain_in_callback)
             self._check_open()
@@ -443,7 +479,7 @@ class _RingEnd:
         """A woken sleeper found nothing to do: if it was the peer's pidfd that fired
         while the peer still counts as attached (a forked child holds its lock), stop
         watching that pid, or every later sleep would wake at once."""
-        if self._pidfd >= 0 and select.select([self._pidfd], [], [], 0)[0]:
+        if self._pidfd >= 0 and _readable_now(self._pidfd):
             self._ep.unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
@@ -455,6 +491,11 @@ class _RingEnd:
         """One task at a time may be in a call that can wait (the Channel contract);
         the fast paths stay off while it is."""
         return _OneWaiter(self, doing)
+
+    def _fence(self) -> None:
+        """A full memory barrier (see the comment at the top of this module)."""
+        if self._facq(False):
+            self._frel()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -496,8 +537,10 @@ class _RingEnd:
         self._slow += 1 << 30
         self._waiter.close()
         if os.getpid() == self._pid:
+            if self._waiting:  # do not leave the peer ringing a doorbell nobody hears
+                self._hi[self._my_waiting] = 0
             self._hi[self._my_state()] = STATE_CLOSED
-            _fence()
+            self._fence()
             self._ring_peer()
             if self._unlink_on_close:
                 with contextlib.suppress(OSError):
@@ -555,7 +598,7 @@ class _OneWaiter:
     def __enter__(self) -> None:
         end = self._end
         if end._waiting:
-            raise BusyResourceError(f"{self._doing} {end._what}: another task is already waiting")
+            raise _busy(f"{self._doing} {end._what}: another task is already waiting")
         end._waiting = True
         end._slow += 1
 
@@ -571,6 +614,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     _role = "receiver"
     _peer_role = "sender"
     _wait_bell_index = 0  # data bell
+    _my_waiting = I_CWAITING
     _peer_waiting = I_PWAITING
     _peer_state = I_PSTATE
     _peer_pid_index = I_PPID
@@ -622,7 +666,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
 
     def _claim(self) -> None:
         if not _try_lock(self._fd, _LOCK_CONSUMER):
-            raise BusyResourceError(
+            raise _busy(
                 f"receiving from {self._what}: another receiver (pid "
                 f"{self._hi[I_CPID]}) is attached; a ring has one receiver"
             )
@@ -633,35 +677,33 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         self._data_ro = self._data.toreadonly()
         self._views += [self._reader.dq, self._data_ro]
         self._hi[I_CPID] = os.getpid()
+        self._hi[I_CWAITING] = 0  # a previous receiver may have died asleep
         self._hi[I_CSTATE] = STATE_OPEN
         self._view_open = False
-        _fence()
+        self._fence()
         self._ring_peer()  # a sender asleep on a full ring re-checks who its receiver is
 
     def _my_state(self) -> int:
         return I_CSTATE
 
     def _check_peer_before_sleep(self) -> None:
-        if self._hi[I_PSTATE] == STATE_CLOSED:
-            raise EndOfStream
-        if not self._multi:
-            err = self._peer_gone_error(cached=True)
-            if err is not None:
-                raise err
+        # The sender may publish and then close or die right now: _at_empty reads its
+        # state before looking at head again, so no published message is skipped.
+        self._at_empty(cached=True)
 
     def _has_data(self) -> bool:
         return self._hq[Q_HEAD] != self._reader.tail
 
     def _after_consume(self) -> None:
         self._reader.publish()
-        _fence()
+        self._fence()
         if self._hi[I_PWAITING]:
             self._ring_peer()
 
     def _take(self) -> bytes | None:
         """The next message, consumed and published, or None if the ring is empty."""
         if self._view_open:
-            raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
+            raise _busy(f"receiving from {self._what} while a receive_view is open")
         reader = self._reader
         off, length = reader.next_record(self._hq[Q_HEAD])
         if off < 0:
@@ -737,8 +779,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
                     msg = self._m[start : start + length]
                     reader.tail = tail = tail + size
                     hq[Q_TAIL] = tail
-                    _acquire(False)
-                    _release()
+                    if self._facq(False):
+                        self._frel()
                     if self._hi[I_PWAITING]:
                         self._ring_peer()
                     return msg
@@ -758,8 +800,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         Publishes the ring's tail once for the whole batch. Raises as :meth:`receive`
         (EndOfStream only when no message is left). Cancellation: nothing consumed.
         """
-        if max_count < 1:
-            raise ValueError(f"max_count must be >= 1, not {max_count}")
+        if not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"max_count must be an int >= 1, not {max_count!r}")
         first = await self.receive()
         out = [first]
         reader = self._reader
@@ -802,7 +844,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             await checkpoint()
         self._check_open()
         if self._view_open:
-            raise BusyResourceError(f"receiving from {self._what} while a receive_view is open")
+            raise _busy(f"receiving from {self._what} while a receive_view is open")
         off, length = self._reader.next_record(self._hq[Q_HEAD])
         if off < 0:
             with self._one_waiter("receiving from"):
@@ -810,6 +852,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
                     self._at_empty(cached=True)
                     await self._sleep(I_CWAITING, self._has_data)
                     self._check_open()
+                    if self._view_open:  # another task's view took the message meanwhile
+                        raise _busy(f"receiving from {self._what} while a receive_view is open")
                     off, length = self._reader.next_record(self._hq[Q_HEAD])
                     if off >= 0:
                         break
@@ -915,6 +959,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     _role = "sender"
     _peer_role = "receiver"
     _wait_bell_index = 1  # space bell
+    _my_waiting = I_PWAITING
     _peer_waiting = I_CWAITING
     _peer_state = I_CSTATE
     _peer_pid_index = I_CPID
@@ -964,7 +1009,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if self._multi:
             _try_lock(self._fd, _LOCK_PRODUCERS, exclusive=False)
         elif not _try_lock(self._fd, _LOCK_PRODUCER):
-            raise BusyResourceError(
+            raise _busy(
                 f"sending to {self._what}: another sender (pid {self._hi[I_PPID]}) is "
                 "attached; create the ring with multi_producer=True for several"
             )
@@ -973,11 +1018,11 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         self._reserved = False
         self._lock_cm: Any = None
         self._broken: str | None = None
-        self._jobs: set[Any] = set()
         if not self._multi:
             self._hi[I_PPID] = os.getpid()
+            self._hi[I_PWAITING] = 0  # a previous sender may have died asleep
             self._hi[I_PSTATE] = STATE_OPEN
-        _fence()
+        self._fence()
         self._ring_peer()  # a receiver asleep re-checks who its sender is
 
     def _my_state(self) -> int:
@@ -989,7 +1034,6 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             self._closed = True
             self._slow += 1 << 30
             self._waiter.close()
-            interrupt_all(self._jobs)
             if self._pidfd >= 0:
                 os.close(self._pidfd)
             self._ep.close()
@@ -1009,7 +1053,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         """
         self._check_open()
         self._hi[I_PSTATE] = STATE_CLOSED
-        _fence()
+        self._fence()
         self._ring_peer()
 
     def _check_peer_before_sleep(self) -> None:
@@ -1069,7 +1113,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
 
     def _after_publish(self) -> None:
         self._writer.publish()
-        _fence()
+        self._fence()
         if self._hi[I_CWAITING]:
             self._ring_peer()
 
@@ -1086,7 +1130,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     def _check_send(self) -> None:
         self._check_open()
         if self._reserved:
-            raise BusyResourceError(f"sending to {self._what} while a reserve() is open")
+            raise _busy(f"sending to {self._what} while a reserve() is open")
 
     def send_nowait(self, item: bytes) -> None:
         """Send ``item`` if the ring has room now.
@@ -1104,7 +1148,9 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         self._check_send()
         self._maybe_check_receiver()
         if self._multi:
-            if not _try_lock(self._fd, _LOCK_SEND):
+            # An OFD lock is this handle's, so taking it again would succeed (and the
+            # unlock below drop it) while another task of ours holds it.
+            if self._waiting or self._lock_cm is not None or not _try_lock(self._fd, _LOCK_SEND):
                 raise WouldBlock
             try:
                 self._writer.reload()
@@ -1160,8 +1206,8 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                 self._m[start : start + size] = data
                 writer.head = head = head + rec
                 self._hq[Q_HEAD] = head
-                _acquire(False)
-                _release()
+                if self._facq(False):
+                    self._frel()
                 if hi[I_CWAITING]:
                     self._ring_peer()
                 return
@@ -1333,25 +1379,15 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if not self._multi:
             yield
             return
-        if not _try_lock(self._fd, _LOCK_SEND):
-            fd = self._fd
-
-            def wait_for_lock(job: Any) -> bool:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _lock_struct(fcntl.F_WRLCK, _LOCK_SEND))
-                return True
-
-            try:
-                await run_in_worker(
-                    wait_for_lock,
-                    on_late_result=lambda _: _unlock(fd, _LOCK_SEND),
-                    jobs=self._jobs,
-                    before_start=self._check_open,
-                    poll=lambda: True if _try_lock(fd, _LOCK_SEND) else None,
-                )
-            except Interrupted:
-                raise ClosedResourceError(f"{self._what}: this sender was closed") from None
-            except OSError as exc:
-                raise translate_os_error(exc, self._what) from exc
+        # Polled, not waited for in a thread: F_OFD_SETLKW cannot be interrupted (Python
+        # retries it on EINTR), so a cancelled send would hang as long as the holder
+        # keeps the lock. The lock is held for the time of one copy into the ring, or
+        # while its holder waits for room, which a short poll follows well enough.
+        delay = 0.0005
+        while not _try_lock(self._fd, _LOCK_SEND):
+            await anyio.sleep(delay)
+            self._check_open()
+            delay = min(delay * 2, 0.02)
         try:
             yield
         finally:
