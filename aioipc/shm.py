@@ -172,6 +172,9 @@ def is_stale(name: str) -> bool:
     except OSError as exc:
         raise _open_error(exc, f"shared-memory ring {name}") from exc
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # Never call something else "stale": a cleaner would delete it.
+            raise ProtocolError(f"shared-memory ring {name}: {region} is not a ring")
         return not any(_is_locked(fd, b) for b in (_LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS))
     finally:
         os.close(fd)
@@ -465,7 +468,13 @@ class _RingEnd:
             self._watch_peer()  # first: a death after this wakes the sleep below
             self._check_peer_before_sleep()
             self._drained = False
-            await self._waiter.readable(self._drain_in_callback)
+            if self._pidfd < 0 and self._hi[self._peer_pid_index]:
+                # No pidfd (pidfd_open failed, e.g. out of fds): nothing would wake us if
+                # the peer died, so look again at least four times a second.
+                with anyio.move_on_after(_PEER_CHECK_INTERVAL):
+                    await self._waiter.readable(self._drain_in_callback)
+            else:
+                await self._waiter.readable(self._drain_in_callback)
             self._check_open()
             if not self._drained:
                 self._drain_bell()

@@ -3,7 +3,8 @@
 One test per finding, on real kernel objects (files in /dev/shm, FIFOs, OFD locks,
 pidfds, SysV segments) and, where a finding needs another process or a process-wide
 limit, real child processes. Each test failed on the code before that commit, except
-the two marked xfail, which show problems that remain (see their reasons).
+the last two (a FIFO at a ring's name called stale; a receiver without a free fd for
+the pidfd), which failed until the commit after it.
 
 Children import the same ``aioipc`` as this module (``PYTHONPATH`` points at it), so the
 tests can be run against another checkout of the package as well.
@@ -717,13 +718,6 @@ def test_fifo_planted_at_the_name_hangs_nothing(new_ring: Callable[[], str]) -> 
     assert "not a regular file" in out["file"], out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioipc.shm.is_stale() on a FIFO (or any non-ring) at the name returns True "
-    "(no locks on it: 'stale, may be removed') instead of refusing it as "
-    "ShmSender.open does (ProtocolError: not a ring), so a caller would unlink "
-    "someone else's FIFO",
-)
 def test_is_stale_refuses_a_fifo_at_the_name(new_ring: Callable[[], str]) -> None:
     name = new_ring()
     with planted_fifo(name):
@@ -951,14 +945,6 @@ IDLE_SENDER = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a receive() that sleeps while pidfd_open() of the sender fails (EMFILE) "
-    "sleeps on the doorbell alone: _watch_peer() gives up for this sleep ('the next "
-    "sleep tries again') and the lock check before it only sees the sender alive, so "
-    "a sender SIGKILLed during that sleep is never noticed (the receive hangs; here "
-    "it is still asleep after 2 s instead of raising BrokenResourceError)",
-)
 def test_receiver_without_a_free_fd_still_notices_a_killed_sender(
     new_ring: Callable[[], str],
 ) -> None:
