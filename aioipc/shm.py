@@ -881,8 +881,13 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         except BufferError:
             released = False
         if not self._closed:
-            self._reader.advance(length)
-            self._after_consume()
+            reader = self._reader
+            reader.tail = tail = reader.tail + RECORD_HEADER + ((length + 7) & ~7)
+            self._hq[Q_TAIL] = tail
+            if self._facq(False):
+                self._frel()
+            if self._hi[I_PWAITING]:
+                self._ring_peer()
         if not released:
             raise BufferError(
                 f"{self._what}: views made from a receive_view outlived its block; "
@@ -906,16 +911,25 @@ class _Reservation:
             raise RuntimeError("this reserve() is already entered")
         tx = self._tx
         if not tx._slow and tx._pacer.count < YIELD_EVERY - 1:
-            tx._maybe_check_receiver()
+            if time.monotonic() >= tx._next_peer_check or tx._hi[I_CSTATE] == STATE_CLOSED:
+                tx._maybe_check_receiver()
+            # The common case inline (what RingWriter.reserve does): room up to the end.
             writer = tx._writer
+            size = self._size
             head = writer.head
-            off = writer.reserve(self._size)
-            if off >= 0:  # the common case inline: there is room
+            cap = writer.capacity
+            idx = head % cap
+            rec = RECORD_HEADER + ((size + 7) & ~7)
+            if idx + rec <= cap and (
+                head + rec - writer.tail_seen <= cap or head + rec - tx._refresh_tail() <= cap
+            ):
+                writer.dq[idx >> 3] = size | _KIND_MESSAGE_WORD
                 tx._pacer.count += 1
                 tx._slow += 1
                 tx._reserved = True
                 self._head = head
-                view = self._view = tx._data[off : off + self._size]
+                start = idx + RECORD_HEADER
+                view = self._view = tx._data[start : start + size]
                 return view
         self._view, self._head = await tx._open_reservation(self._size)
         return self._view
@@ -947,8 +961,20 @@ class _ReceivedView:
             raise RuntimeError("this receive_view() is already entered")
         rx = self._rx
         if not rx._slow and rx._pacer.count < YIELD_EVERY - 1:
-            off, length = rx._reader.next_record(rx._hq[Q_HEAD])
-            if off >= 0:  # the common case inline: a message is there
+            # The common case inline (what RingReader.next_record does, minus pads).
+            reader = rx._reader
+            tail = reader.tail
+            cap = reader.capacity
+            used = rx._hq[Q_HEAD] - tail
+            off = -1
+            if 0 < used <= cap:
+                idx = tail % cap
+                word = reader.dq[idx >> 3]
+                length = word & 0xFFFFFFFF
+                rec = RECORD_HEADER + ((length + 7) & ~7)
+                if word >> 32 == KIND_MESSAGE and rec <= used and idx + rec <= cap:
+                    off = idx + RECORD_HEADER
+            if off >= 0:  # a message is there
                 rx._pacer.count += 1
                 rx._slow += 1
                 rx._view_open = True
@@ -959,8 +985,9 @@ class _ReceivedView:
         return self._view
 
     async def __aexit__(self, *exc: object) -> None:
-        view, self._view = self._view, None
+        view = self._view
         if view is not None:
+            self._view = None
             self._rx._close_view(view, self._length)
 
 
@@ -1377,8 +1404,13 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if self._closed:
             pass
         elif ok:
-            self._writer.commit(size)
-            self._after_publish()
+            writer = self._writer
+            writer.head = new_head = writer.head + RECORD_HEADER + ((size + 7) & ~7)
+            self._hq[Q_HEAD] = new_head
+            if self._facq(False):
+                self._frel()
+            if self._hi[I_CWAITING]:
+                self._ring_peer()
         else:
             self._writer.abandon(head)
         if not released:
