@@ -1445,6 +1445,7 @@ RATIOS: tuple[tuple[str, str, tuple[str, ...], str, str, float | None], ...] = (
         1.0,
     ),
     ("1MiB: aioipc-shm / aioipc-unix", "aioipc-shm", ("aioipc-unix",), "1MiB", "rate", 10.0),
+    ("1MiB: aioipc-shm-zc / aioipc-unix", "aioipc-shm-zc", ("aioipc-unix",), "1MiB", "rate", 10.0),
     (
         "1MiB: aioipc-shm-1copy / aioipc-unix",
         "aioipc-shm-1copy",
