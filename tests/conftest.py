@@ -7,12 +7,15 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
 from aioipc.testing import IPCSnapshot
+
+from ._rings import existing
 
 HERE = Path(__file__).parent
 
@@ -72,3 +75,23 @@ def python_threads() -> list[str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def new_ring() -> Iterator[Callable[[], str]]:
+    """``new_ring()`` -> a fresh unique ring name. Afterwards every file of every name
+    handed out is removed, and the test fails if any was still there."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"/aioipc-test-ring-{uuid4().hex[:12]}"
+        names.append(name)
+        return name
+
+    yield make
+    left = []
+    for name in names:
+        for path in existing(name):
+            left.append(path)
+            os.unlink(path)
+    assert not left, f"ring files left behind: {left}"

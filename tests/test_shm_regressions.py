@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import pytest
@@ -54,6 +53,8 @@ import aioipc.shm
 from aioipc import IPCNotFoundError, MappedFile, ProtocolError, posix, sysv
 from aioipc.shm import ShmReceiver, ShmSender
 
+from ._rings import existing, ring_files
+
 PYTHON = sys.executable
 #: Where the aioipc under test lives: children import the same one.
 AIOIPC_ROOT = str(Path(aioipc.__file__).resolve().parent.parent)
@@ -64,35 +65,6 @@ CHILD_LIMIT = 20
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def ring_files(name: str) -> tuple[str, str, str]:
-    base = "/dev/shm" + name
-    return base, base + ".bell-data", base + ".bell-space"
-
-
-def existing(name: str) -> list[str]:
-    return [p for p in ring_files(name) if os.path.lexists(p)]
-
-
-@pytest.fixture
-def new_ring() -> Iterator[Callable[[], str]]:
-    """``new_ring()`` -> a fresh unique name under /dev/shm. Afterwards every file of
-    every name handed out is removed, and the test fails if any was still there."""
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"/aioipc-test-reg-{uuid4().hex[:12]}"
-        names.append(name)
-        return name
-
-    yield make
-    left = []
-    for name in names:
-        for path in existing(name):
-            left.append(path)
-            os.unlink(path)
-    assert not left, f"files left behind: {left}"
 
 
 def run(main: Callable[[], Awaitable[None]], backend: str = "asyncio") -> None:

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import pytest
@@ -52,6 +51,7 @@ from aioipc.testing import ONE_WAY_CHECKS, OpenOneWay, check_one_way_channel
 
 from ._assert import same
 from ._peer import Peer, spawn
+from ._rings import existing, ring_files
 
 PYTHON = sys.executable
 PEER = Path(__file__).parent / "peers" / "ring_peer.py"
@@ -82,35 +82,6 @@ pause: Callable[[random.Random], Awaitable[None]] = _ring_peer.pause
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def ring_files(name: str) -> tuple[str, str, str]:
-    base = "/dev/shm" + name
-    return base, base + ".bell-data", base + ".bell-space"
-
-
-def existing(name: str) -> list[str]:
-    return [p for p in ring_files(name) if os.path.lexists(p)]
-
-
-@pytest.fixture
-def new_ring() -> Iterator[Callable[[], str]]:
-    """``new_ring()`` -> a fresh unique ring name. Afterwards every file of every name
-    handed out is removed, and the test fails if any was still there."""
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"/aioipc-test-ring-{uuid4().hex[:12]}"
-        names.append(name)
-        return name
-
-    yield make
-    left = []
-    for name in names:
-        for path in existing(name):
-            left.append(path)
-            os.unlink(path)
-    assert not left, f"ring files left behind: {left}"
 
 
 def run_peer(*args: object) -> contextlib.AbstractAsyncContextManager[Peer]:
