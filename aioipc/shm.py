@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import (
@@ -217,6 +217,9 @@ def _open_bell(path: str, owner: int, what: str) -> int:
     return fd
 
 
+_E = TypeVar("_E", bound="_RingEnd")
+
+
 class _RingEnd:
     """What both ends share: the files, the mapping, the doorbells, the peer watch."""
 
@@ -284,6 +287,58 @@ class _RingEnd:
         # open, a single producer. Everything else counts itself in here.
         self._slow = 1 if self._multi and self._role == "sender" else 0
         self._closed = False
+
+    @classmethod
+    def create(
+        cls: type[_E],
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        mode: int = 0o600,
+        multi_producer: bool = False,
+        spin: float = 0.0,
+        unlink_on_close: bool = True,
+    ) -> _E:
+        """Create the ring ``name`` (``capacity`` data bytes, files with exactly
+        ``mode``) and attach as its receiver (``ShmReceiver.create``) or its first sender
+        (``ShmSender.create``). Never waits.
+
+        ``multi_producer=True`` lets any number of senders attach. ``spin`` (seconds,
+        opt-in low latency) busy-polls the ring that long before sleeping on the
+        doorbell; it holds the event loop meanwhile. The creating end removes the
+        ring's files when it closes, unless ``unlink_on_close=False``.
+
+        Raises:
+            aioipc.IPCExistsError: a ring (or any /dev/shm entry) by that name exists.
+            ValueError: a bad name, capacity (a multiple of 8, >= 64), mode or spin.
+        """
+        flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
+        return cls(
+            name,
+            create=True,
+            capacity=capacity,
+            mode=mode,
+            flags=flags,
+            spin=spin,
+            unlink_on_close=unlink_on_close,
+        )
+
+    @classmethod
+    def open(cls: type[_E], name: str, *, spin: float = 0.0) -> _E:
+        """Attach to the existing ring ``name`` as its receiver (``ShmReceiver.open``)
+        or a sender (``ShmSender.open``). Never waits.
+
+        Raises:
+            aioipc.IPCNotFoundError: no such ring (or it is still being created).
+            anyio.BusyResourceError: the ring already has a receiver (or, unless it was
+                created with ``multi_producer=True``, a sender).
+            aioipc.ProtocolError: the region is not a valid aioipc ring.
+            aioipc.IPCPermissionError: its mode does not let us in, or a doorbell is
+                not a FIFO owned by the ring's owner.
+        """
+        return cls(
+            name, create=False, capacity=0, mode=0, flags=0, spin=spin, unlink_on_close=False
+        )
 
     # -- building -------------------------------------------------------------------------
 
@@ -631,50 +686,6 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     _peer_pid_index = I_PPID
     _peer_lock = _LOCK_PRODUCER
 
-    @classmethod
-    def create(
-        cls,
-        name: str,
-        capacity: int = DEFAULT_CAPACITY,
-        *,
-        mode: int = 0o600,
-        multi_producer: bool = False,
-        spin: float = 0.0,
-        unlink_on_close: bool = True,
-    ) -> ShmReceiver:
-        """Create the ring ``name`` (``capacity`` data bytes) and attach as its receiver.
-
-        Never waits. ``spin`` (seconds, opt-in low latency) busy-polls the ring that
-        long before sleeping on the doorbell; it holds the event loop meanwhile.
-
-        Raises:
-            aioipc.IPCExistsError: a ring (or any /dev/shm entry) by that name exists.
-            ValueError: a bad name or capacity (a multiple of 8, >= 64).
-        """
-        flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
-        return cls(
-            name,
-            create=True,
-            capacity=capacity,
-            mode=mode,
-            flags=flags,
-            spin=spin,
-            unlink_on_close=unlink_on_close,
-        )
-
-    @classmethod
-    def open(cls, name: str, *, spin: float = 0.0) -> ShmReceiver:
-        """Attach as the receiver of the existing ring ``name``. Never waits.
-
-        Raises:
-            aioipc.IPCNotFoundError: no such ring (or it is still being created).
-            anyio.BusyResourceError: another receiver is attached.
-            aioipc.ProtocolError: the region is not a valid aioipc ring.
-        """
-        return cls(
-            name, create=False, capacity=0, mode=0, flags=0, spin=spin, unlink_on_close=False
-        )
-
     def _claim(self) -> None:
         if not _try_lock(self._fd, _LOCK_CONSUMER):
             raise _busy(
@@ -1002,45 +1013,6 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     _peer_state = I_CSTATE
     _peer_pid_index = I_CPID
     _peer_lock = _LOCK_CONSUMER
-
-    @classmethod
-    def create(
-        cls,
-        name: str,
-        capacity: int = DEFAULT_CAPACITY,
-        *,
-        mode: int = 0o600,
-        multi_producer: bool = False,
-        spin: float = 0.0,
-        unlink_on_close: bool = True,
-    ) -> ShmSender:
-        """Create the ring ``name`` and attach as its (first) sender. Never waits.
-
-        Raises: as :meth:`ShmReceiver.create`.
-        """
-        flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
-        return cls(
-            name,
-            create=True,
-            capacity=capacity,
-            mode=mode,
-            flags=flags,
-            spin=spin,
-            unlink_on_close=unlink_on_close,
-        )
-
-    @classmethod
-    def open(cls, name: str, *, spin: float = 0.0) -> ShmSender:
-        """Attach as a sender of the existing ring ``name``. Never waits.
-
-        Raises:
-            aioipc.IPCNotFoundError: no such ring (or it is still being created).
-            anyio.BusyResourceError: a single-producer ring already has a sender.
-            aioipc.ProtocolError: the region is not a valid aioipc ring.
-        """
-        return cls(
-            name, create=False, capacity=0, mode=0, flags=0, spin=spin, unlink_on_close=False
-        )
 
     def _claim(self) -> None:
         self._multi = bool(self._hi[I_FLAGS] & _ring.FLAG_MULTI_PRODUCER)
@@ -1439,4 +1411,4 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
 
 
 def _reopen(cls: type[_RingEnd], name: str, spin: float) -> Any:
-    return cls.open(name, spin=spin)  # type: ignore[attr-defined]
+    return cls.open(name, spin=spin)
