@@ -436,7 +436,6 @@ class _RingEnd:
 
     _wait_bell_index = 0
     _my_waiting = 0
-    _peer_waiting = 0
     _peer_state = 0
     _peer_pid_index = 0
     _peer_lock = 0
@@ -681,7 +680,6 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     _peer_role = "sender"
     _wait_bell_index = 0  # data bell
     _my_waiting = I_CWAITING
-    _peer_waiting = I_PWAITING
     _peer_state = I_PSTATE
     _peer_pid_index = I_PPID
     _peer_lock = _LOCK_PRODUCER
@@ -1009,7 +1007,6 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     _peer_role = "receiver"
     _wait_bell_index = 1  # space bell
     _my_waiting = I_PWAITING
-    _peer_waiting = I_CWAITING
     _peer_state = I_CSTATE
     _peer_pid_index = I_CPID
     _peer_lock = _LOCK_CONSUMER
