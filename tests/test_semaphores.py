@@ -737,7 +737,7 @@ async def test_aclose_wakes_queued_waiters_too() -> None:
 
 @pytest.mark.asyncio
 async def test_waiters_share_bounded_worker_threads() -> None:
-    base = await quiet_thread_count()
+    await quiet_thread_count()
     default_limiter = anyio.to_thread.current_default_thread_limiter()
     limiter = aioipc.worker_limiter()
     async with removing(Semaphore.create(value=0)) as s:
@@ -748,7 +748,9 @@ async def test_waiters_share_bounded_worker_threads() -> None:
                 tg.start_soon(done.run, s.acquire)
             await anyio.wait_all_tasks_blocked()
             await wait_until(lambda: s.waiting_count() == 1)
-            assert thread_count() - base == 1
+            # aioipc's own threads: asyncio's child-watcher threads of earlier tests'
+            # subprocesses may still come and go in this process meanwhile.
+            assert len(aioipc_threads()) == 1
             assert limiter.borrowed_tokens == 1
             assert default_limiter.borrowed_tokens == 0
             s.op_nowait([(0, 1000)], undo=False)
@@ -768,7 +770,7 @@ async def test_waiters_share_bounded_worker_threads() -> None:
                 await wait_until(lambda: s.waiting_count() == limiter.total_tokens)
                 await anyio.wait_all_tasks_blocked()
                 assert s.waiting_count() == limiter.total_tokens
-                assert thread_count() - base <= limiter.total_tokens
+                assert len(aioipc_threads()) <= limiter.total_tokens
                 assert limiter.borrowed_tokens == limiter.total_tokens
                 assert default_limiter.borrowed_tokens == 0
                 s.op_nowait([(0, 150)], undo=False)
