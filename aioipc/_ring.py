@@ -15,12 +15,17 @@ Header (byte offsets)::
     64   head      u64      bytes ever published (monotonic)
     72   ppid      u32      producer pid (single-producer rings)
     76   pstate    u32      0 none yet, 1 attached, 2 closed: the stream has ended
-    80   pwaiting  u32      1 = the producer may be asleep on the space doorbell
     -- consumer's cache line (written by the consumer only) --
     128  tail      u64      bytes ever consumed (monotonic)
     136  cpid      u32      consumer pid
     140  cstate    u32      0 none yet, 1 attached, 2 closed
-    144  cwaiting  u32      1 = the consumer may be asleep on the data doorbell
+    -- one line each, written only around a sleep --
+    192  pwaiting  u32      1 = the producer may be asleep on the space doorbell
+    256  cwaiting  u32      1 = the consumer may be asleep on the data doorbell
+
+The waiting flags have lines of their own: each side reads the other's flag after every
+publish or consume, and on the line of a field written per message (head, tail) that
+read would miss the cache every time.
 
 A record starts at a multiple of 8: a u64 word ``length | kind << 32`` and then
 ``length`` bytes, padded to 8. ``kind`` 1 is a message; kind 2 pads the rest of the data
@@ -46,8 +51,8 @@ FLAG_MULTI_PRODUCER = 1
 Q_MAGIC, Q_CAPACITY, Q_DATA_OFF, Q_HEAD, Q_TAIL = 0, 2, 3, 8, 16
 # u32 indexes
 I_VERSION, I_FLAGS = 2, 3
-I_PPID, I_PSTATE, I_PWAITING = 18, 19, 20
-I_CPID, I_CSTATE, I_CWAITING = 34, 35, 36
+I_PPID, I_PSTATE, I_PWAITING = 18, 19, 48
+I_CPID, I_CSTATE, I_CWAITING = 34, 35, 64
 
 STATE_NONE, STATE_OPEN, STATE_CLOSED = 0, 1, 2
 KIND_MESSAGE, KIND_PAD = 1, 2

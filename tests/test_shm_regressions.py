@@ -59,7 +59,7 @@ PYTHON = sys.executable
 #: Where the aioipc under test lives: children import the same one.
 AIOIPC_ROOT = str(Path(aioipc.__file__).resolve().parent.parent)
 #: Header fields (byte offsets into /dev/shm/NAME), as aioipc/_ring.py documents them.
-OFF_MAGIC, OFF_HEAD, OFF_TAIL, OFF_CWAITING = 0, 64, 128, 144
+OFF_MAGIC, OFF_HEAD, OFF_TAIL, OFF_CWAITING = 0, 64, 128, 256
 #: A bound on every wait for a child process.
 CHILD_LIMIT = 20
 
