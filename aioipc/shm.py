@@ -257,10 +257,10 @@ class _RingEnd:
             else:
                 self._attach(region, bell_data, bell_space)
             self._claim()
-            if create:
-                # Only now may others attach: the creator holds its own claim already.
-                self._hq[Q_MAGIC] = _ring.MAGIC
             self._ep = select.epoll()
+            if create:
+                # Last, once nothing can fail: only now may others attach.
+                self._hq[Q_MAGIC] = _ring.MAGIC
         except BaseException as exc:
             self._teardown()
             for path in made:
@@ -366,6 +366,8 @@ class _RingEnd:
                 region, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
             made.append(region)
+            # Claimed at once, so that is_stale() never calls a ring being built stale.
+            self._claim_byte(flags)
             os.fchmod(self._fd, mode)  # exactly mode, whatever the umask
             os.ftruncate(self._fd, HEADER_SIZE + capacity)
             for path in (bell_data, bell_space):
@@ -387,6 +389,9 @@ class _RingEnd:
             st = os.fstat(self._fd)
         except OSError as exc:
             raise _open_error(exc, self._what) from exc
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            # Its creator has not sized it yet.
+            raise IPCNotFoundError(errno.ENOENT, f"{self._what}: still being created", region)
         if not stat.S_ISREG(st.st_mode) or st.st_size < HEADER_SIZE + _ring.MIN_CAPACITY:
             raise ProtocolError(f"{self._what}: {region} is not a ring ({st.st_size} bytes)")
         # Check the header before mapping (and populating) a file of any size.
@@ -417,6 +422,16 @@ class _RingEnd:
 
     def _claim(self) -> None:
         raise NotImplementedError
+
+    def _claim_byte(self, flags: int) -> None:
+        """The creator's own OFD lock, taken right after the exclusive create
+        (``_claim`` takes it again later, which an OFD lock allows)."""
+        if self._role == "receiver":
+            _try_lock(self._fd, _LOCK_CONSUMER)
+        elif flags & _ring.FLAG_MULTI_PRODUCER:
+            _try_lock(self._fd, _LOCK_PRODUCERS, exclusive=False)
+        else:
+            _try_lock(self._fd, _LOCK_PRODUCER)
 
     def _teardown(self) -> None:
         for fd in self._bells:

@@ -932,3 +932,30 @@ def test_receiver_without_a_free_fd_still_notices_a_killed_sender(
         outcome = read_line(receiver)
         assert receiver.wait(timeout=CHILD_LIMIT) == 0  # it closed (and removed) the ring
     assert outcome == "BrokenResourceError"
+
+
+# ================================== second review: a ring seen while it is being created
+
+
+def test_ring_being_created_is_not_found_and_not_stale(new_ring: Callable[[], str]) -> None:
+    """The creator claims its end right after its exclusive create: before the ring is
+    sized, an open says "still being created" (IPCNotFoundError, which callers retry on),
+    and is_stale() does not call the half-built ring stale while the creator holds it.
+
+    The half-built state is made by hand: the region file as the creator's O_EXCL open
+    leaves it (0 bytes), held by an OFD lock on the receiver's byte as the creator takes
+    it."""
+    name = new_ring()
+    region = ring_files(name)[0]
+    fd = os.open(region, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(IPCNotFoundError, match="still being created"):
+            ShmSender.open(name)
+        with pytest.raises(IPCNotFoundError, match="still being created"):
+            ShmReceiver.open(name)
+        lock = struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+        assert aioipc.shm.is_stale(name) is False
+    finally:
+        os.close(fd)
+        os.unlink(region)
