@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := aioipc tests $(wildcard benchmarks examples)
+LINT_PATHS := aioipc tests mkdocs_hooks.py $(wildcard benchmarks examples)
 
 .PHONY: demo test lint typecheck pytest docs bench clean
 

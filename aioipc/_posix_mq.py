@@ -474,7 +474,9 @@ def unlink(name: str) -> None:
     """Remove the POSIX message queue ``name`` (``mq_unlink``).
 
     Raises:
-        aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+        aioipc.IPCNotFoundError: no such queue.
+        aioipc.IPCPermissionError: we may not remove it.
+        ValueError: a bad name.
     """
     check_name(name, "message queue")
     with map_posix_errors(f"POSIX message queue {name}", creating=False):

@@ -86,7 +86,9 @@ class Semaphore:
         """Open an existing semaphore; never waits.
 
         Raises:
-            aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+            aioipc.IPCNotFoundError: no such semaphore.
+            aioipc.IPCPermissionError: its mode does not let us in.
+            ValueError: a bad name.
         """
         return cls._open(name, 0)
 
@@ -200,7 +202,8 @@ class Semaphore:
         """Remove the name; handles already open keep working.
 
         Raises:
-            aioipc.IPCNotFoundError, aioipc.IPCPermissionError.
+            aioipc.IPCNotFoundError: it was unlinked already.
+            aioipc.IPCPermissionError: we may not remove it.
         """
         unlink_semaphore(self._name)
 
@@ -251,7 +254,9 @@ def unlink_semaphore(name: str) -> None:
     """Remove the named POSIX semaphore (``sem_unlink``).
 
     Raises:
-        aioipc.IPCNotFoundError, aioipc.IPCPermissionError, ValueError (a bad name).
+        aioipc.IPCNotFoundError: no such semaphore.
+        aioipc.IPCPermissionError: we may not remove it.
+        ValueError: a bad name.
     """
     check_name(name, "semaphore", _PREFIX)
     with map_posix_errors(f"POSIX semaphore {name}", creating=False):

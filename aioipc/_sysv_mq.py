@@ -565,8 +565,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         Raises:
             anyio.WouldBlock: no message matches.
-            anyio.ClosedResourceError, anyio.BrokenResourceError (removed),
-            aioipc.MessageTooLargeError, aioipc.IPCPermissionError.
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the queue was removed.
+            aioipc.MessageTooLargeError: the message is larger than ``max_size``.
+            aioipc.IPCPermissionError: the queue's mode does not let us read.
         """
         selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
         msg = self._try_receive(selector, flags, size)
@@ -589,7 +591,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         Raises:
             anyio.ClosedResourceError: the handle is closed (also while waiting).
             anyio.BrokenResourceError: the queue was removed (also while waiting).
-            aioipc.MessageTooLargeError, aioipc.IPCPermissionError.
+            aioipc.MessageTooLargeError: the message is larger than ``max_size``.
+            aioipc.IPCPermissionError: the queue's mode does not let us read.
 
         Cancellation: a cancelled receive took nothing from the queue; if a worker had
         already taken a message when the cancellation arrived, the next receive on this

@@ -315,8 +315,10 @@ class SemaphoreSet(SysVObject):
 
         Raises:
             anyio.WouldBlock: some operation would have to wait (nothing was applied).
-            anyio.ClosedResourceError, anyio.BrokenResourceError (the set was removed),
-            aioipc.IPCPermissionError, ValueError (bad index/delta, or above SEMVMX).
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the set was removed.
+            aioipc.IPCPermissionError: the set's mode does not let us change it.
+            ValueError: a bad index or delta, or a value above SEMVMX.
         """
         if not self._try(self._ops(ops, undo)):
             raise WouldBlock
@@ -325,8 +327,10 @@ class SemaphoreSet(SysVObject):
         """Apply ``ops`` [(index, delta), ...] atomically, as one ``semop``, waiting as needed.
 
         Raises:
-            as :meth:`op_nowait` except WouldBlock; BrokenResourceError also wakes a
-            waiting call when the set is removed.
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            anyio.BrokenResourceError: the set was removed (also while waiting).
+            aioipc.IPCPermissionError: the set's mode does not let us change it.
+            ValueError: a bad index or delta, or a value above SEMVMX.
 
         Cancellation: a cancelled op applied nothing. If the kernel had applied it when
         the cancellation arrived, aioipc applies the inverse; if that cannot be done at
@@ -456,7 +460,8 @@ class Semaphore(SemaphoreSet):
 
         Raises:
             anyio.WouldBlock: none is free.
-            anyio.ClosedResourceError, anyio.BrokenResourceError (removed).
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the semaphore was removed.
         """
         self.op_nowait([(0, -1)])
         self._held += self._undo
@@ -490,7 +495,8 @@ class Semaphore(SemaphoreSet):
 
         Raises:
             ValueError: the value would exceed SEMVMX.
-            anyio.ClosedResourceError, anyio.BrokenResourceError (removed).
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the semaphore was removed.
         """
         undo = self._held > 0
         self._check_open()
