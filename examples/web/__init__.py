@@ -1,0 +1,1 @@
+"""A Starlette app under uvicorn with several workers, sharing state through aioipc."""
