@@ -1,0 +1,323 @@
+"""``aioipc send`` and ``aioipc recv``: talk to any channel from the shell.
+
+Both open the channel with :func:`aioipc.connect` / :func:`aioipc.listen`, so every URL
+of docs/urls.md works. Messages are bytes: stdin is read as bytes, and ``recv`` prints
+each message as UTF-8 (undecodable bytes as ``\\xNN``) on its own line, or with ``--raw``
+writes the bytes as they are.
+
+Errors are one line on stderr (``aioipc: error: ...``) and an exit code: 2 for bad usage
+or a bad URL, 1 for a runtime error (missing object, permission, the peer gone), 130 for
+Ctrl-C (quietly) and 141 when our stdout is closed (``aioipc recv ... | head -1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from anyio import (
+    BrokenResourceError,
+    BusyResourceError,
+    ClosedResourceError,
+    EndOfStream,
+)
+from anyio.lowlevel import current_token
+
+from . import unix
+from .abc import IPCAttribute
+from .errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
+from .url import Address, connect, listen, parse_url
+
+__all__ = ["UsageError", "run_recv", "run_send"]
+
+#: lines: a message per line, without its newline; whole: all of stdin, less one final
+#: newline; exact: all of stdin as it is; chunks: the bytes as they arrive.
+StdinMode = Literal["lines", "whole", "exact", "chunks"]
+
+#: The most ``send --raw`` puts in one message (less if the channel's limit is lower).
+RAW_CHUNK = 64 * 1024
+#: How often ``recv --follow`` looks for the next sender of a shared-memory ring (a ring
+#: has no event for "a sender attached").
+_RING_FOLLOW_POLL = 0.05
+_STDOUT_CLOSED_EXIT = 141  # 128 + SIGPIPE, what a shell shows for `yes | head -1`
+
+
+class UsageError(Exception):
+    """Bad usage: reported as one line, exit code 2."""
+
+
+class _StdoutClosed(Exception):
+    """Whoever reads our stdout went away."""
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    """One readable line for ``exc`` (no errno prefix, no repr)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        # aioipc's own errors put the object's name in strerror already.
+        if isinstance(exc, IPCError) or not exc.filename:
+            return exc.strerror
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    if text:
+        return " ".join(text.split())
+    if isinstance(exc, BrokenResourceError):
+        return "the channel broke: the peer is gone"
+    if isinstance(exc, ClosedResourceError):
+        return "the channel was closed"
+    if isinstance(exc, BusyResourceError):
+        return "the channel is in use"
+    return type(exc).__name__
+
+
+def _error(message: str) -> None:
+    print(f"aioipc: error: {message}", file=sys.stderr, flush=True)
+
+
+def _run(main: Callable[[], Awaitable[None]]) -> int:
+    """Run ``main`` under anyio; every expected failure becomes a line and an exit code."""
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        return 130
+    except _StdoutClosed:
+        # Point stdout at /dev/null so the interpreter's last flush does not complain.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return _STDOUT_CLOSED_EXIT
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
+    except IPCError as exc:  # before ValueError: MessageTooLargeError is both
+        _error(_describe(exc))
+        return 1
+    except ValueError as exc:  # a malformed URL, a bad name or option value
+        _error(_describe(exc))
+        return 2
+    except (BrokenResourceError, ClosedResourceError, BusyResourceError, OSError) as exc:
+        _error(_describe(exc))
+        return 1
+    return 0
+
+
+def _check_url(url: str) -> Address:
+    addr = parse_url(url)  # ValueError -> exit 2
+    if addr.codec is not None:
+        raise UsageError(
+            f"{url!r}: the aioipc command sends and receives bytes; drop codec={addr.codec}"
+        )
+    return addr
+
+
+# -- send -------------------------------------------------------------------------------
+
+
+async def _connect(url: str, wait: float) -> Any:
+    """``connect(url)``, retried while the object does not exist yet or nobody listens,
+    for up to ``wait`` seconds (the kernel has no event for either)."""
+    deadline = anyio.current_time() + wait
+    delay = 0.005
+    while True:
+        try:
+            return await connect(url)
+        except (IPCNotFoundError, IPCConnectionRefusedError):
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                raise
+        await anyio.sleep(min(delay, left))
+        delay = min(delay * 2, 0.1)
+
+
+def _read_stdin(mode: StdinMode, chunk: int) -> Iterator[bytes]:
+    # os.read on the descriptor, not sys.stdin.buffer: a daemon thread blocked inside a
+    # BufferedReader holds its lock, and the interpreter aborts at exit if it cannot take it.
+    fd = sys.stdin.fileno()
+    if mode == "chunks":
+        while data := os.read(fd, chunk):
+            yield data
+        return
+    pending = bytearray()
+    while data := os.read(fd, RAW_CHUNK):
+        pending += data
+        if mode == "lines" and b"\n" in data:  # only then: a long line is not re-scanned
+            *lines, rest = pending.split(b"\n")
+            yield from map(bytes, lines)
+            pending = rest
+    if mode == "whole" and pending.endswith(b"\n"):
+        del pending[-1]
+    if mode != "lines" or pending:  # a last line without its newline is a line too
+        yield bytes(pending)
+
+
+@contextlib.asynccontextmanager
+async def _stdin_messages(mode: StdinMode, chunk: int) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The messages of stdin, read by a daemon thread so that neither the event loop nor
+    Ctrl-C waits on a blocking read (and a process exiting early is not held up by it)."""
+    tx, rx = anyio.create_memory_object_stream[tuple[bytes | None, BaseException | None]](16)
+    token = current_token()
+
+    def reader() -> None:
+        try:
+            try:
+                for item in _read_stdin(mode, chunk):
+                    anyio.from_thread.run(tx.send, (item, None), token=token)
+            except Exception as exc:  # reading stdin failed: the sending task raises it
+                anyio.from_thread.run(tx.send, (None, exc), token=token)
+                return
+            anyio.from_thread.run(tx.send, (None, None), token=token)
+        except BaseException:  # the loop is gone or stopped listening: nobody to tell
+            return
+
+    async def messages() -> AsyncIterator[bytes]:
+        async for item, exc in rx:
+            if exc is not None:
+                raise exc
+            if item is None:
+                return
+            yield item
+
+    threading.Thread(target=reader, name="aioipc stdin reader", daemon=True).start()
+    with rx, tx:
+        yield messages()
+
+
+async def send(url: str, data: bytes | None, mode: StdinMode, wait: float) -> None:
+    """Send ``data`` as one message, or stdin (``data`` None) as ``mode`` says."""
+    _check_url(url)
+    chan = await _connect(url, wait)
+    async with chan:
+        if data is not None:
+            await chan.send(data)
+            return
+        chunk = min(RAW_CHUNK, chan.extra(IPCAttribute.max_message_size, RAW_CHUNK))
+        async with _stdin_messages(mode, max(chunk, 1)) as messages:
+            async for message in messages:
+                await chan.send(message)
+
+
+def run_send(url: str, data: str | None, whole: bool, raw: bool, wait: float) -> int:
+    """``aioipc send``: returns the exit code."""
+    payload: bytes | None = None
+    if data is not None and data != "-":
+        payload = os.fsencode(data)  # the argument's bytes exactly as the shell gave them
+        if whole:
+            _error("--whole applies to stdin (DATA is one message anyway)")
+            return 2
+    elif sys.stdin is None:
+        _error("stdin is closed: give DATA")
+        return 2
+    elif data is None and sys.stdin.isatty():
+        _error("nothing to send: give DATA, pipe data into stdin, or '-' to type lines")
+        return 2
+    if wait < 0:
+        _error(f"--wait is seconds >= 0, not {wait}")
+        return 2
+    modes: dict[tuple[bool, bool], StdinMode] = {
+        (False, False): "lines",
+        (False, True): "chunks",
+        (True, False): "whole",
+        (True, True): "exact",
+    }
+    mode = modes[whole, raw]
+    return _run(lambda: send(url, payload, mode, wait))
+
+
+# -- recv -------------------------------------------------------------------------------
+
+
+class _Output:
+    def __init__(self, raw: bool) -> None:
+        self._raw = raw
+        self._out = sys.stdout.buffer
+
+    def write(self, message: bytes) -> None:
+        if not self._raw:
+            message = message.decode("utf-8", "backslashreplace").encode("utf-8") + b"\n"
+        try:
+            self._out.write(message)
+            self._out.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
+
+def _with_option(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    query = f"{parts.query}&{key}={value}" if parts.query else f"{key}={value}"
+    return urlunsplit(parts._replace(query=query))
+
+
+async def _pump(
+    chan: Any, out: _Output, left: int | None, *, ring_follow: bool = False
+) -> int | None:
+    """Print messages until end of stream or until ``left`` reaches 0; return ``left``."""
+    while left is None or left > 0:
+        try:
+            message = await chan.receive()
+        except (EndOfStream, BrokenResourceError) as exc:
+            if not ring_follow:
+                if isinstance(exc, EndOfStream):
+                    return left
+                raise
+            # The ring's sender closed (or died): wait for the next one to attach.
+            await anyio.sleep(_RING_FOLLOW_POLL)
+            continue
+        out.write(message)
+        if left is not None:
+            left -= 1
+    return left
+
+
+def _remove(addr: Address, obj: Any) -> None:
+    """``--unlink``: remove the queue, FIFO or ring (a unix listener removes its own)."""
+    with contextlib.suppress(FileNotFoundError, IPCNotFoundError, BrokenResourceError):
+        if addr.scheme == "mq" or addr.scheme == "shm":
+            obj.unlink()
+        elif addr.scheme == "sysvmq":
+            obj.remove()
+        elif addr.scheme == "fifo":
+            os.unlink(addr.path)
+
+
+async def recv(url: str, count: int | None, follow: bool, raw: bool, unlink: bool) -> None:
+    """Print what arrives at ``url`` (see the module docstring)."""
+    addr = _check_url(url)
+    if follow and addr.scheme == "fifo" and not addr.persistent:
+        url = _with_option(url, "persistent", "1")
+    out = _Output(raw)
+    obj = await listen(url)
+    if isinstance(obj, unix.UnixListener):
+        # One client after another; without --follow only the first.
+        async with obj:
+            left = count
+            while left is None or left > 0:
+                chan = await obj.accept()
+                async with chan:
+                    try:
+                        left = await _pump(chan, out, left)
+                    except (BrokenResourceError, ProtocolError):  # the client died
+                        if not follow:
+                            raise
+                if not follow:
+                    return
+        return
+    async with obj:
+        try:
+            await _pump(obj, out, count, ring_follow=follow and addr.scheme == "shm")
+        finally:
+            if unlink:
+                _remove(addr, obj)
+
+
+def run_recv(url: str, count: int | None, follow: bool, raw: bool, unlink: bool) -> int:
+    """``aioipc recv``: returns the exit code."""
+    return _run(lambda: recv(url, count, follow, raw, unlink))
