@@ -158,3 +158,72 @@ def test_shm_bulk() -> None:
     assert f"ring /aioipc-bulk-{run.pid} " in run.stdout
     left = _dev_shm(f"aioipc-bulk-{run.pid}")
     assert not left, f"ring files left behind in /dev/shm: {left}"
+
+
+def test_pipe_child() -> None:
+    run = run_example("pipe_child.py")
+    match = re.search(r"started child (\d+) \(pipe fds \d+, \d+\)", run.stdout)
+    assert match, run.stdout
+    child = match.group(1)
+    assert int(child) != run.pid
+    for request, total in (("1 2 3", 6), ("10 20 30 40", 100), ("7", 7), ("100 -58", 42)):
+        assert f"sum({request}) -> child {child} says {total}\n" in run.stdout, run.stdout
+    assert f"child {child}: end of stream on the requests, exiting" in run.stdout
+    assert "end of stream on the replies; the child exited with status 0" in run.stdout
+    assert "done: 4 requests answered over two pipes" in run.stdout
+
+
+def test_fifo_unrelated() -> None:
+    run = run_example("fifo_unrelated.py")
+    match = re.search(r"FIFO (\S+)", run.stdout)
+    assert match, run.stdout
+    path = Path(match.group(1))
+    writers = re.findall(r"^  writer ([123]) \(pid (\d+)\) opened the FIFO$", run.stdout, re.M)
+    assert sorted(n for n, _ in writers) == ["1", "2", "3"], run.stdout
+    order = re.search(r"messages arrived from writers ([\d ]+)$", run.stdout, re.M)
+    assert order, run.stdout
+    assert sorted(order.group(1).split()) == ["1"] * 5 + ["2"] * 5 + ["3"] * 5
+    for n in "123":
+        assert f"  writer {n}: 4 lines, big message whole: True" in run.stdout
+    assert "reader: end of stream: every writer has closed" in run.stdout
+    assert f"done: 3 writers, every message whole; {path.parent} removed" in run.stdout
+    assert not path.parent.exists(), f"{path.parent} left behind"
+    # The writers ran in sessions of their own, which run_example does not look into.
+    for _, pid in writers:
+        assert not _session_members(int(pid)), f"writer {pid} outlived the example"
+
+
+def test_unix_echo() -> None:
+    run = run_example("unix_echo.py")
+    match = re.search(r"listening on (\S+)", run.stdout)
+    assert match, run.stdout
+    path = Path(match.group(1))
+    peers = re.findall(
+        r"^server: peer pid=(\d+) uid=(\d+) gid=(\d+); says pid (\d+): matches$", run.stdout, re.M
+    )
+    assert len(peers) == 3, run.stdout
+    for pid, uid, gid, claimed in peers:
+        assert pid == claimed
+        assert (int(uid), int(gid)) == (os.getuid(), os.getgid())
+        for word in ("ping", "hello", f"bye from {pid}"):
+            assert f"  client {pid}: sent {word!r}, echo {word!r}" in run.stdout
+    assert len({pid for pid, *_ in peers}) == 3
+    assert "client exit statuses [0, 0, 0]" in run.stdout
+    assert "DOES NOT MATCH" not in run.stdout
+    assert not path.parent.exists(), f"{path.parent} left behind"
+
+
+def test_fd_passing() -> None:
+    run = run_example("fd_passing.py")
+    match = re.search(r"opened (\S+) as fd \d+, then removed its name", run.stdout)
+    assert match, run.stdout
+    path = Path(match.group(1))
+    child = re.search(r"child (\d+): got fd \d+ with 'count the stock", run.stdout)
+    assert child, run.stdout
+    lines = re.findall(r"^  \| (.*)$", run.stdout, re.M)
+    assert lines == ["apples 3", "pears 5", "plums 12", f"total 20 (counted by {child.group(1)})"]
+    assert "the child replied 'done' and exited with status 0" in run.stdout
+    assert "done: the child wrote to a file" in run.stdout
+    assert not path.parent.exists(), f"{path.parent} left behind"
+    sockets = Path("/proc/net/unix").read_text()
+    assert f"@aioipc-fd-passing-{run.pid}" not in sockets, "the listener outlived the example"
