@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import IPCError
+from ._bench_cli import add_bench_parser
 from ._demo import MECHANISMS, Result, run_demo
 from ._shell import run_recv, run_send
 
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="remove the queue, FIFO or ring when done (a unix socket file always is)",
     )
     recv.set_defaults(func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink))
+    add_bench_parser(sub)
     return parser
 
 
