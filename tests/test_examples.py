@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ._procs import session_members
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 30
 
@@ -22,23 +24,6 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
-
-
-def _session_members(sid: int) -> list[str]:
-    """Processes still in session ``sid`` (the example and the children it started)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(f"{entry} {stat[: stat.rindex(')') + 1]}")
-    return found
 
 
 def run_example(name: str) -> Run:
@@ -57,7 +42,7 @@ def run_example(name: str) -> Run:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"{name} took over {TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
-    left = _session_members(proc.pid)
+    left = session_members(proc.pid)
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left, f"{name} left processes behind: {left}"
@@ -190,7 +175,7 @@ def test_fifo_unrelated() -> None:
     assert not path.parent.exists(), f"{path.parent} left behind"
     # The writers ran in sessions of their own, which run_example does not look into.
     for _, pid in writers:
-        assert not _session_members(int(pid)), f"writer {pid} outlived the example"
+        assert not session_members(int(pid)), f"writer {pid} outlived the example"
 
 
 def test_unix_echo() -> None:

@@ -30,6 +30,8 @@ import pytest
 import aioipc
 from aioipc.testing import IPCSnapshot
 
+from ._procs import session_members
+
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
@@ -76,22 +78,6 @@ def free_port() -> int:
 def _sem_keys() -> set[int]:
     lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
     return {int(f[0]) & 0xFFFFFFFF for f in map(str.split, lines) if f}
-
-
-def _session_members(sid: int) -> list[str]:
-    """Live processes in session ``sid``: the launcher and everything it started."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(stat[: stat.rindex(")") + 1])
-    return found
 
 
 @dataclass
@@ -183,7 +169,7 @@ async def launched(tmp: Path, *args: str) -> AsyncIterator[Launch]:
                 tg.cancel_scope.deadline = anyio.current_time() + 5
     finally:
         stuck = process.returncode is None
-        left = _session_members(process.pid)
+        left = session_members(process.pid)
         if stuck or left:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
