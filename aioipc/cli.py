@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from . import IPCError
 from ._bench_cli import add_bench_parser
 from ._demo import MECHANISMS, Result, run_demo
+from ._inventory import add_inventory_parsers
 from ._shell import run_recv, run_send
 
 __all__ = ["main"]
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     recv.set_defaults(func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink))
     add_bench_parser(sub)
+    add_inventory_parsers(sub)
     return parser
 
 
