@@ -609,10 +609,9 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         _libc.shmctl(self._id, _libc.IPC_RMID)
 
     def _ds(self) -> _libc.ShmidDs:
-        try:
-            return self._stat()
-        except OSError as exc:
-            raise self._error(exc) from exc
+        # A detached handle may still read the segment's state.
+        ds: _libc.ShmidDs = self._checked_stat(need_open=False)
+        return ds
 
     @property
     def segment_size(self) -> int:

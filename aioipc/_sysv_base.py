@@ -161,12 +161,17 @@ class SysVObject:
     def _set(self, **fields: int) -> None:
         raise NotImplementedError
 
-    def _perm(self) -> _libc.IpcPerm:
-        self._check_open()
+    def _checked_stat(self, *, need_open: bool = True) -> Any:
+        """IPC_STAT, its OSError translated (EIDRM: BrokenResourceError)."""
+        if need_open:
+            self._check_open()
         try:
-            perm: _libc.IpcPerm = self._stat().perm
+            return self._stat()
         except OSError as exc:
             raise self._error(exc) from exc
+
+    def _perm(self) -> _libc.IpcPerm:
+        perm: _libc.IpcPerm = self._checked_stat().perm
         return perm
 
     @property

@@ -253,11 +253,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         return _libc.msgctl_stat(self._id)
 
     def _ds(self) -> _libc.MsqidDs:
-        self._check_open()
-        try:
-            return self._stat()
-        except OSError as exc:
-            raise self._error(exc) from exc
+        ds: _libc.MsqidDs = self._checked_stat()
+        return ds
 
     def _set(self, **fields: int) -> None:
         ds = self._ds()
