@@ -596,14 +596,8 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
     def _stat(self) -> _libc.ShmidDs:
         return _libc.shmctl_stat(self._id)
 
-    def _set(self, **fields: int) -> None:
-        self._check_open()
-        try:
-            ds = self._stat()
-            self._apply_perm(ds, fields)
-            _libc.shmctl(self._id, _libc.IPC_SET, ds)
-        except OSError as exc:
-            raise self._error(exc) from exc
+    def _ipc_set(self, ds: _libc.ShmidDs) -> None:
+        _libc.shmctl(self._id, _libc.IPC_SET, ds)
 
     def _rmid(self) -> None:
         _libc.shmctl(self._id, _libc.IPC_RMID)

@@ -158,8 +158,19 @@ class SysVObject:
     def _stat(self) -> Any:
         raise NotImplementedError
 
-    def _set(self, **fields: int) -> None:
+    def _ipc_set(self, ds: Any) -> None:
+        """IPC_SET through the kind's own ctl call; raises OSError."""
         raise NotImplementedError
+
+    def _set(self, **fields: int) -> None:
+        """Change owner/mode (or a kind's own field) with IPC_STAT + IPC_SET."""
+        self._check_open()
+        try:
+            ds = self._stat()
+            self._apply_perm(ds, fields)
+            self._ipc_set(ds)
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     def _checked_stat(self, *, need_open: bool = True) -> Any:
         """IPC_STAT, its OSError translated (EIDRM: BrokenResourceError)."""

@@ -202,14 +202,8 @@ class SemaphoreSet(SysVObject):
         _libc.semctl(self._id, 0, _libc.IPC_STAT, ds)
         return ds
 
-    def _set(self, **fields: int) -> None:
-        self._check_open()
-        try:
-            ds = self._stat()
-            self._apply_perm(ds, fields)
-            _libc.semctl(self._id, 0, _libc.IPC_SET, ds)
-        except OSError as exc:
-            raise self._error(exc) from exc
+    def _ipc_set(self, ds: _libc.SemidDs) -> None:
+        _libc.semctl(self._id, 0, _libc.IPC_SET, ds)
 
     def _ctl(self, num: int, cmd: int, arg: Any = 0) -> int:
         self._check_open()
@@ -267,11 +261,7 @@ class SemaphoreSet(SysVObject):
     @property
     def last_op_time(self) -> float | None:
         """Epoch seconds of the last ``semop``, None if never."""
-        self._check_open()
-        try:
-            return float(self._stat().otime) or None
-        except OSError as exc:
-            raise self._error(exc) from exc
+        return float(self._checked_stat().otime) or None
 
     # -- operations -------------------------------------------------------------------
 
