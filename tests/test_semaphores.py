@@ -671,7 +671,9 @@ async def test_aclose_wakes_the_handles_waiters_and_threads_end() -> None:
                 for _ in range(5):
                     tg.start_soon(set_out.run, lambda: as_set.op([(0, -1)]))
                 await wait_until(lambda: owner.waiting_count() == 8)
-                assert thread_count() >= base + 8
+                # By name: the base count may include another library's idle threads,
+                # which can end at any moment (CI once saw 9 threads for 8 waiters).
+                assert len(aioipc_threads()) >= 8
 
                 await singles[0].aclose()
                 with anyio.fail_after(1):

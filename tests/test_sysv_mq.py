@@ -948,8 +948,9 @@ async def test_aclose_wakes_waiters_and_their_threads_end() -> None:
                 for t, outcome in enumerate(outcomes, 1):  # one selector each: five threads
                     tg.start_soon(outcome.run, lambda t=t: q.receive(type=t))
                 await anyio.wait_all_tasks_blocked()
+                # By name only: ``before`` may count another library's idle threads,
+                # which can end at any moment.
                 assert aioipc_threads() >= 5
-                assert thread_count() >= before + 5
                 with anyio.fail_after(1):
                     await q.aclose()
                 await wait_all(outcomes, 1)
