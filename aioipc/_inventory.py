@@ -1,37 +1,47 @@
-"""``aioipc ls`` and ``aioipc rm``: every IPC object on the machine, and removing one.
+"""What ``aioipc ls`` lists: every IPC object on the machine, one :class:`IPCObject` each.
 
-The scanning is pure functions returning :class:`IPCObject` rows: the parsers take the
-text or the directory to read, so tests can feed them anything. Sources:
+Scanning goes in two steps. First the kernel's own lists, read by pure parsers that
+tests can feed anything:
 
 * ``/proc/sysvipc/{shm,msg,sem}``: SysV objects. The header line names the columns, and
   they are used by name (the kernel has added columns over the years).
 * ``/dev/shm``: ``sem.NAME`` is the POSIX semaphore ``/NAME``; a regular file starting
   with the ring magic ``b"aioipcRG"`` is an aioipc ring, its two doorbells
   ``NAME.bell-data`` and ``NAME.bell-space`` folded into its row; any other regular file
-  is POSIX shared memory ``/NAME``.
-* ``/dev/mqueue`` (when mounted): POSIX message queues; each file reads
-  ``QSIZE:N NOTIFY:...``, N the bytes queued.
+  is POSIX shared memory ``/NAME``. aioipc's registry directories are skipped.
+* the ``mqueue`` filesystem (see :mod:`aioipc._mqueue_view`): POSIX message queues; each
+  file reads ``QSIZE:N NOTIFY:...``, N the bytes queued.
+* aioipc's registry (:mod:`aioipc._registry`): FIFOs and socket files are found only
+  there, since nothing else lists them short of searching the whole filesystem.
 
-Whether aioipc made an object is only known for rings (their magic): "yes"; anything
-else is "?" until aioipc keeps a registry of what it creates.
+Then :func:`annotate` joins what aioipc's registry says (who created an object, whether
+that process still runs) and who holds each object now (:mod:`aioipc._holders`), and
+decides whether the object is stale: made by aioipc, its creator dead, nobody attached.
+The registry is read *before* the kernel's lists, so an entry always describes an object
+that existed when the lists were read: an entry with no object is one whose object was
+removed by something other than aioipc.
 """
 
 from __future__ import annotations
 
-import errno
+import ctypes
 import os
 import pwd
 import stat
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import _libc
+from . import _libc, _registry
+from ._holders import Holders, bound_unix_paths, scan_holders
+from ._registry import Entry
 
 __all__ = [
     "KINDS",
     "IPCObject",
+    "Scan",
+    "annotate",
     "parse_mqueue",
     "parse_sysv",
     "pid_alive",
@@ -39,17 +49,23 @@ __all__ = [
     "scan_dev_shm",
 ]
 
-KINDS = ("sysv-shm", "sysv-msg", "sysv-sem", "posix-shm", "posix-sem", "posix-mq", "shm-ring")
+KINDS = (
+    "sysv-shm",
+    "sysv-msg",
+    "sysv-sem",
+    "posix-shm",
+    "posix-sem",
+    "posix-mq",
+    "shm-ring",
+    "fifo",
+    "unix-socket",
+)
 SYSV_FILES = {"sysv-shm": "shm", "sysv-msg": "msg", "sysv-sem": "sem"}
 SHM_DIR = "/dev/shm"
-MQUEUE_DIR = "/dev/mqueue"
-MQUEUE_HINT = (
-    "note: /dev/mqueue is not mounted, so POSIX message queues are not listed "
-    "(as root: mkdir -p /dev/mqueue && mount -t mqueue none /dev/mqueue)"
-)
 RING_MAGIC = b"aioipcRG"
 _BELLS = (".bell-data", ".bell-space")
 _SEM_PREFIX = "sem."
+_GETPID = 11  # semctl: the pid of the last semop on one semaphore
 
 
 @dataclass(frozen=True)
@@ -57,15 +73,19 @@ class IPCObject:
     """One row of ``aioipc ls``.
 
     ``size``: bytes (shared memory: its size; SysV and POSIX queues: bytes queued).
-    ``count``: messages queued (sysv-msg), processes attached (sysv-shm), semaphores in
-    the set (sysv-sem); None where the kernel does not say. ``pid``: the creator
-    (sysv-shm ``cpid``) or last sender (sysv-msg ``lspid``); None for the rest.
-    ``alive``: whether ``pid`` still runs; for a ring, whether a live process is
-    attached. ``aioipc``: "yes" (a ring: its magic) or "?" (unknown).
+    ``count``: messages queued (queues), processes attached (sysv-shm), semaphores in the
+    set (sysv-sem), the value (posix-sem); None where it cannot be read. ``values``: the
+    semaphores' values. ``pid``: the creator, from aioipc's registry, or the kernel's
+    ``cpid`` for a SysV segment; ``alive``: whether it still runs. ``users``: processes
+    holding the object now (attached, open or mapped; for a socket file, 1 while a
+    socket is bound to it). ``aioipc``: "yes" (in aioipc's registry, or a ring), "no"
+    (not in the registry of its owner) or "?" (that registry is not ours to read).
+    ``stale``: for aioipc's objects, whether ``aioipc rm --stale`` removes it, and
+    ``why`` says why or why not.
     """
 
     kind: str
-    name: str | None  # POSIX and rings: "/name"
+    name: str | None  # POSIX and rings: "/name"; FIFOs and sockets: the path
     key: str | None  # SysV: "0x%08x"
     id: int | None  # SysV
     uid: int
@@ -77,11 +97,26 @@ class IPCObject:
     alive: bool | None
     aioipc: str
     files: tuple[str, ...] = ()  # the paths behind a /dev/shm or /dev/mqueue object
+    values: tuple[int, ...] | None = None
+    users: int | None = None
+    stale: bool | None = None
+    why: str = ""
+    dev: int | None = None
+    ino: int | None = None
+    last_pids: tuple[int, ...] = field(default=(), repr=False)  # SysV: last users
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["files"] = list(self.files)
+        for name, value in out.items():
+            if isinstance(value, tuple):
+                out[name] = list(value)
         return out
+
+    def describe(self) -> str:
+        """The object in words, as error messages and ``rm`` name it."""
+        if self.id is not None:
+            return f"{self.kind} id {self.id} (key {self.key})"
+        return f"{self.kind} {self.name}"
 
 
 def user_name(uid: int) -> str:
@@ -92,14 +127,8 @@ def user_name(uid: int) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (in our pid namespace)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether process ``pid`` runs (in our pid namespace); a zombie does not."""
+    return _registry.process_start(pid) is not None
 
 
 def _mode(bits: int) -> str:
@@ -134,14 +163,15 @@ def parse_sysv(
             return int(value) if value is not None else None
 
         size = count = pid = None
+        last: tuple[int, ...] = ()
         if kind == "sysv-shm":
             size, count, pid = num("size"), num("nattch"), num("cpid")
+            last = tuple(p for p in (num("lpid"),) if p)
         elif kind == "sysv-msg":
-            size, count, pid = num("cbytes"), num("qnum"), num("lspid")
+            size, count = num("cbytes"), num("qnum")
+            last = tuple(p for p in (num("lspid"), num("lrpid")) if p)
         else:
             count = num("nsems")
-        if pid == 0:  # a queue nobody has sent to yet
-            pid = None
         uid = int(col["uid"])
         rows.append(
             IPCObject(
@@ -157,9 +187,24 @@ def parse_sysv(
                 pid=pid,
                 alive=alive(pid) if pid is not None else None,
                 aioipc="?",
+                users=count if kind == "sysv-shm" else None,
+                last_pids=last,
             )
         )
     return rows
+
+
+def _semaphores(row: IPCObject) -> IPCObject:
+    """A set's values and the pids of each semaphore's last semop (needs read access)."""
+    if row.id is None or not row.count:
+        return row
+    try:
+        array = (ctypes.c_ushort * row.count)()
+        _libc.semctl(row.id, 0, _libc.GETALL, array)
+        pids = [_libc.semctl(row.id, i, _GETPID) for i in range(row.count)]
+    except OSError:
+        return row
+    return replace(row, values=tuple(array), last_pids=tuple(p for p in pids if p))
 
 
 def scan_sysv(kind: str, proc: str = "/proc/sysvipc") -> list[IPCObject]:
@@ -167,7 +212,8 @@ def scan_sysv(kind: str, proc: str = "/proc/sysvipc") -> list[IPCObject]:
         text = Path(proc, SYSV_FILES[kind]).read_text()
     except OSError:
         return []
-    return parse_sysv(kind, text)
+    rows = parse_sysv(kind, text)
+    return [_semaphores(r) for r in rows] if kind == "sysv-sem" else rows
 
 
 # -- /dev/shm ---------------------------------------------------------------------------
@@ -187,20 +233,24 @@ def _read_head(path: str, size: int) -> bytes | None:
         os.close(fd)
 
 
-def _ring_attached(name: str) -> bool | None:
-    from . import shm
+def _posix_sem_value(name: str) -> int | None:
+    import posix_ipc
 
     try:
-        return not shm.is_stale(name)
-    except Exception:  # unreadable, gone meanwhile, or no longer a ring
+        sem = posix_ipc.Semaphore(name)
+    except (posix_ipc.Error, OSError, ValueError):
         return None
+    try:
+        return int(sem.value)
+    finally:
+        sem.close()
 
 
 def scan_dev_shm(
     directory: str = SHM_DIR,
     *,
     owner: Callable[[int], str] = user_name,
-    attached: Callable[[str], bool | None] = _ring_attached,
+    sem_value: Callable[[str], int | None] = _posix_sem_value,
 ) -> list[IPCObject]:
     """POSIX semaphores, POSIX shared memory and aioipc rings in ``directory``."""
     try:
@@ -231,8 +281,10 @@ def scan_dev_shm(
             "uid": st.st_uid,
             "owner": owner(st.st_uid),
             "mode": _mode(st.st_mode),
-            "count": None,
             "pid": None,
+            "alive": None,
+            "dev": st.st_dev,
+            "ino": st.st_ino,
         }
         if entry in rings or (bell_of is not None and not stat.S_ISREG(st.st_mode)):
             # A ring, or a doorbell whose ring region is gone (a ring half removed).
@@ -250,19 +302,22 @@ def scan_dev_shm(
                     kind="shm-ring",
                     name="/" + base,
                     size=st.st_size if entry in rings else None,
-                    alive=attached("/" + base) if entry in rings else False,
+                    count=None,
                     aioipc="yes" if entry in rings else "?",
                     files=files if entry in rings else (path,),
                     **common,
                 )
             )
         elif entry.startswith(_SEM_PREFIX) and stat.S_ISREG(st.st_mode):
+            name = "/" + entry[len(_SEM_PREFIX) :]
+            value = sem_value(name)
             rows.append(
                 IPCObject(
                     kind="posix-sem",
-                    name="/" + entry[len(_SEM_PREFIX) :],
+                    name=name,
                     size=None,
-                    alive=None,
+                    count=value,
+                    values=None if value is None else (value,),
                     aioipc="?",
                     files=(path,),
                     **common,
@@ -274,7 +329,7 @@ def scan_dev_shm(
                     kind="posix-shm",
                     name="/" + entry,
                     size=st.st_size,
-                    alive=None,
+                    count=None,
                     aioipc="?",
                     files=(path,),
                     **common,
@@ -291,7 +346,7 @@ def scan_dev_shm(
     return unique
 
 
-# -- /dev/mqueue ------------------------------------------------------------------------
+# -- POSIX message queues ---------------------------------------------------------------
 
 
 def parse_mqueue(text: str) -> int | None:
@@ -305,13 +360,25 @@ def parse_mqueue(text: str) -> int | None:
     return None
 
 
-def mqueue_mounted(directory: str = MQUEUE_DIR) -> bool:
-    return os.path.ismount(directory)
+def _mq_messages(name: str) -> int | None:
+    import posix_ipc
+
+    try:
+        mq = posix_ipc.MessageQueue(name, read=True, write=False)
+    except (posix_ipc.Error, OSError, ValueError):
+        return None
+    try:
+        return int(mq.current_messages)
+    finally:
+        mq.close()
 
 
 def scan_mqueue(
-    directory: str = MQUEUE_DIR, *, owner: Callable[[int], str] = user_name
+    directory: str | None, *, owner: Callable[[int], str] = user_name
 ) -> list[IPCObject]:
+    """The queues in ``directory``, an ``mqueue`` mount (None: none to read)."""
+    if directory is None:
+        return []
     try:
         names = sorted(os.listdir(directory))
     except OSError:
@@ -334,22 +401,174 @@ def scan_mqueue(
                 owner=owner(st.st_uid),
                 mode=_mode(st.st_mode),
                 size=used,
-                count=None,
+                count=_mq_messages("/" + entry),
                 pid=None,
                 alive=None,
                 aioipc="?",
-                files=(path,),
+                files=(path,) if directory == "/dev/mqueue" else (),
+                dev=st.st_dev,
+                ino=st.st_ino,
             )
         )
     return rows
 
 
+# -- FIFOs and socket files (from the registry) -----------------------------------------
+
+
+def registry_paths(entries: Iterable[Entry], kinds: set[str]) -> list[IPCObject]:
+    """A row for each registered FIFO or socket file that is still the one registered."""
+    rows = []
+    for e in entries:
+        if e.kind not in kinds or e.kind not in ("fifo", "unix-socket"):
+            continue
+        try:
+            st = os.lstat(e.ident)
+        except OSError:
+            continue
+        wanted = stat.S_ISFIFO if e.kind == "fifo" else stat.S_ISSOCK
+        if not wanted(st.st_mode) or (e.ino is not None and e.ino != st.st_ino):
+            continue
+        rows.append(
+            IPCObject(
+                kind=e.kind,
+                name=e.ident,
+                key=None,
+                id=None,
+                uid=st.st_uid,
+                owner=user_name(st.st_uid),
+                mode=_mode(st.st_mode),
+                size=None,
+                count=None,
+                pid=None,
+                alive=None,
+                aioipc="?",
+                files=(e.ident,),
+                dev=st.st_dev,
+                ino=st.st_ino,
+            )
+        )
+    return rows
+
+
+# -- joining the registry and the holders -----------------------------------------------
+
+
+def _entry_of(row: IPCObject, index: dict[tuple[str, str], Entry]) -> Entry | None:
+    if row.id is not None:
+        entry = index.get((row.kind, str(row.id)))
+        if entry is None or row.key is None or entry.key is None:
+            return None
+        return entry if entry.key == int(row.key, 16) else None
+    entry = index.get((row.kind, row.name or ""))
+    if entry is None or (entry.ino is not None and entry.ino != row.ino):
+        return None  # another object was made under the name since
+    return entry
+
+
+def _ring_attached(name: str) -> bool | None:
+    from . import shm
+
+    try:
+        return not shm.is_stale(name)
+    except Exception:  # unreadable, gone meanwhile, or no longer a ring
+        return None
+
+
+def _nobody_attached(row: IPCObject, holders: Holders, bound: set[str]) -> tuple[bool | None, str]:
+    """(True if nobody holds ``row``, the reason when somebody does)."""
+    if row.kind == "sysv-shm":
+        n = row.count or 0
+        return n == 0, f"{n} process{'es' if n != 1 else ''} attached"
+    if row.kind in ("sysv-msg", "sysv-sem"):
+        # Nothing lists who holds a queue or a set: the last processes to use it stand
+        # in. A reused pid only makes this answer "in use", never "stale".
+        live = [p for p in row.last_pids if pid_alive(p)]
+        return not live, f"pid {live[0] if live else 0} used it last and is alive"
+    if row.kind == "shm-ring":
+        attached = _ring_attached(row.name or "")
+        if attached is None:
+            return None, "its ring header cannot be read"
+        return not attached, "a live process is attached"
+    if row.kind == "unix-socket":
+        return row.name not in bound, "a socket is bound to it (a live listener)"
+    pids = sorted(holders.pids(row.dev, row.ino))
+    shown = ", ".join(map(str, pids[:3])) + (", ..." if len(pids) > 3 else "")
+    return not pids, f"open in pid {shown}"
+
+
+def annotate(
+    rows: Iterable[IPCObject],
+    entries: Iterable[Entry],
+    holders: Holders,
+    bound: set[str],
+) -> list[IPCObject]:
+    """``rows`` with creator, liveness, users, ``aioipc`` and ``stale`` filled in."""
+    index = {(e.kind, e.ident): e for e in entries}
+    out = []
+    for row in rows:
+        entry = _entry_of(row, index)
+        changes: dict[str, Any] = {}
+        if entry is not None:
+            changes.update(aioipc="yes", pid=entry.pid, alive=_registry.creator_alive(entry))
+        elif row.aioipc != "yes":
+            changes["aioipc"] = "no" if _registry.knows(row.uid) else "?"
+        if row.kind == "unix-socket":
+            changes["users"] = int(row.name in bound)
+        elif row.dev is not None:
+            changes["users"] = len(holders.pids(row.dev, row.ino))
+        row = replace(row, **changes)
+        out.append(replace(row, **_staleness(row, entry, holders, bound)))
+    return out
+
+
+def _staleness(
+    row: IPCObject, entry: Entry | None, holders: Holders, bound: set[str]
+) -> dict[str, Any]:
+    if row.aioipc != "yes":
+        return {"stale": None, "why": "not made by aioipc" if row.aioipc == "no" else ""}
+    if entry is not None:
+        if row.alive is None:
+            why = f"cannot tell whether its creator, pid {entry.pid}, runs (another pid namespace)"
+            return {"stale": False, "why": why}
+        if row.alive:
+            return {"stale": False, "why": f"its creator, pid {entry.pid}, is alive"}
+        creator = f"its creator, pid {entry.pid}, is dead"
+    else:
+        creator = "a ring with no registry entry"
+    free, busy = _nobody_attached(row, holders, bound)
+    if free is None:
+        return {"stale": False, "why": busy}
+    if not free:
+        return {"stale": False, "why": f"{creator}, but {busy}"}
+    return {"stale": True, "why": f"{creator} and nobody is attached"}
+
+
 # -- everything -------------------------------------------------------------------------
 
 
-def scan(kinds: Iterable[str] = KINDS, uid: int | None = None) -> list[IPCObject]:
-    """Every IPC object of ``kinds`` on the machine (owned by ``uid``, if given)."""
+@dataclass
+class Scan:
+    """What :func:`scan` found: the rows, and the registry entries whose object is
+    gone (removed by something other than aioipc)."""
+
+    rows: list[IPCObject]
+    orphans: list[Entry]
+
+
+def scan(
+    kinds: Iterable[str] = KINDS,
+    uid: int | None = None,
+    *,
+    mqueue: str | None = "/dev/mqueue",
+) -> Scan:
+    """Every IPC object of ``kinds`` on the machine (owned by ``uid``, if given).
+
+    ``mqueue``: where an ``mqueue`` filesystem is mounted (None: queues cannot be listed,
+    and their registry entries are never called orphans).
+    """
     wanted = set(kinds)
+    entries = [e for e in _registry.entries() if e.kind in wanted]  # first: see above
     rows: list[IPCObject] = []
     for kind in SYSV_FILES:
         if kind in wanted:
@@ -357,218 +576,17 @@ def scan(kinds: Iterable[str] = KINDS, uid: int | None = None) -> list[IPCObject
     if wanted & {"posix-shm", "posix-sem", "shm-ring"}:
         rows += [r for r in scan_dev_shm() if r.kind in wanted]
     if "posix-mq" in wanted:
-        rows += scan_mqueue()
+        rows += scan_mqueue(mqueue)
+    rows += registry_paths(entries, wanted)
+    rows = annotate(rows, entries, scan_holders(), bound_unix_paths())
+    index = {(r.kind, r.name if r.id is None else str(r.id)) for r in rows if r.aioipc == "yes"}
+    orphans = [
+        e
+        for e in entries
+        if (e.kind, e.ident) not in index and not (e.kind == "posix-mq" and mqueue is None)
+    ]
     if uid is not None:
         rows = [r for r in rows if r.uid == uid]
     order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(rows, key=lambda r: (order[r.kind], r.id or 0, r.name or ""))
-
-
-# -- rm ---------------------------------------------------------------------------------
-
-
-class RemoveError(Exception):
-    """``aioipc rm`` failed: one line; ``code`` 1 (runtime) or 2 (usage)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def posix_name(text: str) -> str:
-    return text if text.startswith("/") else "/" + text
-
-
-def find_sysv(kind: str, target: str, rows: Sequence[IPCObject]) -> IPCObject:
-    """The SysV object of ``kind`` named by ``target``: an id, or a key with 0x."""
-    if target.lower().startswith("0x"):
-        try:
-            key = int(target, 16)
-        except ValueError:
-            raise RemoveError(f"{kind}: {target!r} is not a key (0x and hex digits)", 2) from None
-        if not 0 <= key <= 0xFFFFFFFF:
-            raise RemoveError(f"{kind}: key {target} does not fit in 32 bits", 2)
-        if key == 0:
-            raise RemoveError(f"{kind}: key 0x00000000 is IPC_PRIVATE, not unique: give the id", 2)
-        hits = [r for r in rows if r.kind == kind and r.key == f"{key:#010x}"]
-        if not hits:
-            raise RemoveError(f"{kind} with key {key:#010x}: does not exist")
-        return hits[0]
-    try:
-        ipc_id = int(target, 10)
-    except ValueError:
-        raise RemoveError(
-            f"{kind}: {target!r} is neither an id (decimal) nor a key (0x...)", 2
-        ) from None
-    hits = [r for r in rows if r.kind == kind and r.id == ipc_id]
-    if not hits:
-        raise RemoveError(f"{kind} with id {ipc_id}: does not exist")
-    return hits[0]
-
-
-def _rmid(kind: str, ipc_id: int) -> None:
-    if kind == "sysv-shm":
-        _libc.shmctl(ipc_id, _libc.IPC_RMID)
-    elif kind == "sysv-msg":
-        _libc.msgctl(ipc_id, _libc.IPC_RMID)
-    else:
-        _libc.semctl(ipc_id, 0, _libc.IPC_RMID)
-
-
-def remove(kind: str, target: str, *, force: bool = False) -> str:
-    """Remove one object; returns what was removed, in words. Raises RemoveError."""
-    from . import posix, shm
-    from .errors import IPCError
-
-    if kind in SYSV_FILES:
-        row = find_sysv(kind, target, scan_sysv(kind))
-        assert row.id is not None
-        what = f"{kind} id {row.id} (key {row.key})"
-        try:
-            _rmid(kind, row.id)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIDRM):
-                raise RemoveError(f"{what}: does not exist") from None
-            if exc.errno == errno.EPERM:
-                raise RemoveError(f"{what}: permission denied (not its owner or creator)") from None
-            raise RemoveError(f"{what}: {exc.strerror}") from None
-        return what
-    name = posix_name(target)
-    what = f"{kind} {name}"
-    unlinkers: dict[str, Callable[[str], None]] = {
-        "posix-shm": posix.unlink_shared_memory,
-        "posix-sem": posix.unlink_semaphore,
-        "posix-mq": posix.unlink_message_queue,
-        "shm-ring": shm.unlink,
-    }
-    try:
-        if kind == "shm-ring" and not force and not shm.is_stale(name):
-            raise RemoveError(
-                f"{what}: a live process is attached; --force removes it anyway "
-                "(attached ends keep working)"
-            )
-        unlinkers[kind](name)
-    except RemoveError:
-        raise
-    except IPCError as exc:  # before ValueError: some IPC errors are both
-        raise RemoveError(_one_line(exc, what)) from None
-    except ValueError as exc:
-        raise RemoveError(_one_line(exc, what), 2) from None
-    except OSError as exc:
-        raise RemoveError(_one_line(exc, what)) from None
-    return what
-
-
-def _one_line(exc: BaseException, what: str) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    else:
-        text = " ".join(str(exc).split()) or type(exc).__name__
-    name = what.split(" ", 1)[1]
-    return text if name in text else f"{what}: {text}"
-
-
-# -- the subcommands --------------------------------------------------------------------
-
-_COLUMNS = ("kind", "key/name", "id", "owner", "mode", "size", "count", "pid", "alive", "aioipc")
-
-
-def _cells(row: IPCObject) -> tuple[str, ...]:
-    def text(value: object) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        return str(value)
-
-    return (
-        row.kind,
-        row.key if row.key is not None else (row.name or "-"),
-        text(row.id),
-        row.owner,
-        row.mode,
-        text(row.size),
-        text(row.count),
-        text(row.pid),
-        text(row.alive),
-        row.aioipc,
-    )
-
-
-def run_ls(kinds: Sequence[str] | None, mine: bool, as_json: bool) -> int:
-    import json
-    import sys
-
-    wanted = tuple(kinds) if kinds else KINDS
-    rows = scan(wanted, os.geteuid() if mine else None)
-    if "posix-mq" in wanted and not mqueue_mounted():
-        print(MQUEUE_HINT, file=sys.stderr, flush=True)
-    if as_json:
-        print(json.dumps([r.as_json() for r in rows], indent=2))
-        return 0
-    cells = [_cells(r) for r in rows]
-    try:
-        if not sys.stdout.isatty():  # piped: plain columns, never wrapped
-            raise ImportError
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(c[i]) for c in [_COLUMNS, *cells]) for i in range(len(_COLUMNS))]
-        for line in [_COLUMNS, *cells]:
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        return 0
-    table = Table(*_COLUMNS, title=f"IPC objects: {len(rows)}")
-    for line in cells:
-        table.add_row(*line)
-    Console().print(table)
-    return 0
-
-
-def run_rm(kind: str, target: str, force: bool, stale: bool) -> int:
-    import sys
-
-    if stale:
-        print(
-            "aioipc: error: rm --stale: not yet; it needs the registry of the "
-            "objects aioipc creates (a later change)",
-            file=sys.stderr,
-        )
-        return 2
-    if kind is None or target is None:
-        print("aioipc: error: rm needs KIND and ID|KEY|NAME", file=sys.stderr)
-        return 2
-    try:
-        what = remove(kind, target, force=force)
-    except RemoveError as exc:
-        print(f"aioipc: error: {exc}", file=sys.stderr)
-        return exc.code
-    print(f"removed {what}")
-    return 0
-
-
-def add_inventory_parsers(sub: Any) -> None:
-    """Register ``aioipc ls`` and ``aioipc rm`` on the subparsers ``sub``."""
-    ls = sub.add_parser(
-        "ls",
-        help="list every IPC object on the machine",
-        description="List the SysV shared memory segments, message queues and semaphore "
-        "sets, the POSIX shared memory, semaphores and message queues, and aioipc's "
-        "shared-memory rings (docs/cli.md says what each column means).",
-    )
-    ls.add_argument("--kind", action="append", choices=KINDS, help="only this kind (repeatable)")
-    ls.add_argument("--mine", action="store_true", help="only objects you own")
-    ls.add_argument("--json", action="store_true", help="a JSON list of objects")
-    ls.set_defaults(func=lambda a: run_ls(a.kind, a.mine, a.json))
-
-    rm = sub.add_parser(
-        "rm",
-        help="remove one IPC object",
-        description="Remove one object: sysv-* by id, or by key written 0x...; posix-* "
-        "and shm-ring by name. A ring a live process is attached to is only removed "
-        "with --force.",
-    )
-    rm.add_argument("kind", metavar="KIND", nargs="?", choices=KINDS, help=", ".join(KINDS))
-    rm.add_argument("target", metavar="ID|KEY|NAME", nargs="?", help="which object")
-    rm.add_argument("--force", action="store_true", help="remove a ring even while attached")
-    rm.add_argument("--stale", action="store_true", help="(not yet: needs the registry)")
-    rm.set_defaults(func=lambda a: run_rm(a.kind, a.target, a.force, a.stale))
+    rows.sort(key=lambda r: (order[r.kind], r.id or 0, r.name or ""))
+    return Scan(rows, orphans)

@@ -18,6 +18,7 @@ import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
+from . import _registry
 from ._posix_base import check_name, map_posix_errors
 from ._wait import YIELD_EVERY, FdWaiter, Pacer
 from .abc import IPCAttribute, message_bytes
@@ -111,7 +112,10 @@ class MessageQueue(ObjectStream[bytes]):
             if creating:
                 # mq_open applies the umask; the caller asked for exactly ``mode``.
                 os.fchmod(mq.mqd, mode & 0o777)
-            return cls(mq, name, read=read, write=write)
+            handle = cls(mq, name, read=read, write=write)
+            if flags & posix_ipc.O_EXCL:
+                _registry.record("posix-mq", name, st=os.fstat(mq.mqd))
+            return handle
         except BaseException as exc:
             if flags & posix_ipc.O_EXCL:
                 mq.unlink()  # we made it: leave no half-made queue behind
@@ -481,3 +485,4 @@ def unlink(name: str) -> None:
     check_name(name, "message queue")
     with map_posix_errors(f"POSIX message queue {name}", creating=False):
         posix_ipc.unlink_message_queue(name)
+    _registry.forget("posix-mq", name)

@@ -12,6 +12,7 @@ import anyio
 import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
+from . import _registry
 from ._posix_base import check_name, map_posix_errors
 from ._threads import Interrupted, Job, run_in_worker, stop_jobs
 from .errors import IPCNotFoundError, translate_os_error
@@ -69,6 +70,7 @@ class Semaphore:
                 sem.unlink()
                 sem.close()
                 raise translate_os_error(exc, what) from exc
+            _registry.record("posix-sem", name, st=_stat_or_none(f"/dev/shm/sem.{name[1:]}"))
         return cls(sem, name)
 
     @classmethod
@@ -261,3 +263,11 @@ def unlink_semaphore(name: str) -> None:
     check_name(name, "semaphore", _PREFIX)
     with map_posix_errors(f"POSIX semaphore {name}", creating=False):
         posix_ipc.unlink_semaphore(name)
+    _registry.forget("posix-sem", name)
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None

@@ -28,7 +28,7 @@ import stat
 import sys
 from typing import Any, TypeVar
 
-from . import _libc
+from . import _libc, _registry
 from ._posix_base import check_name
 from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
 from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
@@ -216,8 +216,9 @@ class PosixSharedMemory(_MmapRegion):
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
             os.ftruncate(fd, size)
+            st = os.fstat(fd)
             handed = True
-            return cls(name, fd, size, False)  # closes fd, mapped or not
+            region = cls(name, fd, size, False)  # closes fd, mapped or not
         except BaseException as exc:
             if not handed:
                 os.close(fd)
@@ -226,6 +227,8 @@ class PosixSharedMemory(_MmapRegion):
             if isinstance(exc, OSError):
                 raise translate_os_error(exc, what) from exc
             raise
+        _registry.record("posix-shm", name, st=st)
+        return region
 
     @classmethod
     def open(
@@ -299,6 +302,7 @@ def unlink_shared_memory(name: str) -> None:
         os.unlink(PosixSharedMemory._path(name))
     except OSError as exc:
         raise translate_os_error(exc, f"POSIX shared memory {name}") from exc
+    _registry.forget("posix-shm", name)
 
 
 class MappedFile(_MmapRegion):
@@ -535,13 +539,15 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
                 ) from exc
             raise cls._lookup_error(exc, key, True) from exc
         try:
-            return cls(key, shmid, size, False)
+            segment = cls(key, shmid, size, False)
         except BaseException:
             # We made it but cannot attach it (a mode that locks us out): do not leave an
             # orphan behind, least of all a private one nobody could find again.
             with contextlib.suppress(OSError):
                 _libc.shmctl(shmid, _libc.IPC_RMID)
             raise
+        segment._record_created()
+        return segment
 
     @classmethod
     def open(

@@ -29,7 +29,7 @@ from anyio import (
 )
 from anyio.lowlevel import current_token
 
-from . import unix
+from . import fifo, unix
 from .abc import IPCAttribute
 from .errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
 from .url import Address, connect, listen, parse_url
@@ -285,7 +285,7 @@ def _remove(addr: Address, obj: Any) -> None:
         elif addr.scheme == "sysvmq":
             obj.remove()
         elif addr.scheme == "fifo":
-            os.unlink(addr.path)
+            fifo.unlink(addr.path)
 
 
 async def recv(url: str, count: int | None, follow: bool, raw: bool, unlink: bool) -> None:

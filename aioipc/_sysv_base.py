@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
-from . import _libc
+from . import _libc, _registry
 from ._threads import interrupt_all, stop_jobs
 from .errors import IPCNotFoundError, translate_os_error
 
@@ -242,6 +242,10 @@ class SysVObject:
     def _before_close(self) -> None:
         """Hand back what this handle holds (kernel side), once its workers have stopped."""
 
+    def _record_created(self) -> None:
+        """Note in aioipc's registry that this process created the object."""
+        _registry.record(f"sysv-{self._kind}", str(self._id), key=self._key)
+
     def remove(self) -> None:
         """Remove the object from the system (``IPC_RMID``) now.
 
@@ -255,10 +259,12 @@ class SysVObject:
             self._rmid()
         except OSError as exc:
             raise self._error(exc) from exc
+        _registry.forget(f"sysv-{self._kind}", str(self._id))
 
     def _remove_quietly(self) -> None:
         with contextlib.suppress(OSError):
             self._rmid()
+            _registry.forget(f"sysv-{self._kind}", str(self._id))
 
     async def aclose(self) -> None:
         """Close this handle; the object stays unless this handle created it private.

@@ -175,6 +175,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 q._closed = True
                 q._remove_quietly()
                 raise
+        q._record_created()
         return q
 
     @classmethod

@@ -131,6 +131,7 @@ class SemaphoreSet(SysVObject):
                 s._closed = True
                 s._remove_quietly()
                 raise s._error(exc) from exc
+        s._record_created()
         return s  # type: ignore[no-any-return]
 
     @classmethod

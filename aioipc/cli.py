@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from . import IPCError
 from ._bench_cli import add_bench_parser
 from ._demo import MECHANISMS, Result, run_demo
-from ._inventory import add_inventory_parsers
+from ._inventory_cli import add_inventory_parsers
 from ._shell import run_recv, run_send
 
 __all__ = ["main"]

@@ -39,11 +39,12 @@ import stat
 
 import anyio
 
+from . import _registry
 from ._stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 
-__all__ = ["NotAFifoError", "create", "open_receiver", "open_sender"]
+__all__ = ["NotAFifoError", "create", "open_receiver", "open_sender", "unlink"]
 
 _MAX_BACKOFF = 0.05
 
@@ -80,8 +81,25 @@ def create(path: str | os.PathLike[str], mode: int = 0o600, *, exist_ok: bool = 
         raise translate_os_error(exc, _what(p)) from exc
     # mkfifo applies the umask; the caller's mode is what they asked for.
     with map_errors(_what(p)):
-        if stat.S_IMODE(os.lstat(p).st_mode) != mode:
+        st = os.lstat(p)
+        if stat.S_IMODE(st.st_mode) != mode:
             os.chmod(p, mode)
+    _registry.record("fifo", p, st=st)
+
+
+def unlink(path: str | os.PathLike[str]) -> None:
+    """Remove the FIFO at ``path`` (open ends keep working) and its registry entry.
+
+    Raises:
+        aioipc.fifo.NotAFifoError: ``path`` is not a FIFO (nothing is removed).
+        aioipc.IPCNotFoundError: nothing is at ``path``.
+        aioipc.IPCPermissionError: the directory is not writable.
+    """
+    p = os.fspath(path)
+    _check_fifo(p)
+    with map_errors(_what(p)):
+        os.unlink(p)
+    _registry.forget("fifo", p)
 
 
 _mkfifo = create  # open_receiver's ``create`` argument shadows the function

@@ -46,7 +46,7 @@ from anyio import (
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.lowlevel import checkpoint
 
-from . import _ring
+from . import _registry, _ring
 from ._posix_base import check_name
 from ._ring import (
     HEADER_SIZE,
@@ -154,6 +154,7 @@ def unlink(name: str) -> None:
         os.unlink(region)
     except OSError as exc:
         raise translate_os_error(exc, what) from exc
+    _registry.forget("shm-ring", name)
 
 
 def is_stale(name: str) -> bool:
@@ -269,6 +270,8 @@ class _RingEnd:
             if isinstance(exc, OSError):
                 raise translate_os_error(exc, self._what) from exc
             raise
+        if create:
+            _registry.record("shm-ring", name, st=os.fstat(self._fd))
         self._unlink_on_close = create if unlink_on_close is None else unlink_on_close
         self._spin = float(spin)
         self._pid = os.getpid()

@@ -51,6 +51,7 @@ from anyio import (
 )
 from anyio.abc import ObjectStream
 
+from . import _registry
 from ._stream import FdChannel, FdResource
 from ._wait import Pacer
 from .abc import IPCAttribute
@@ -571,6 +572,7 @@ class _Unlinker:
             st = os.lstat(path)
             if (st.st_dev, st.st_ino) == self._ident:
                 os.unlink(path)
+                _registry.forget("unix-socket", path)
         except OSError:
             pass
 
@@ -599,8 +601,10 @@ def _bind(sock: socket.socket, address: str, name: str, kind: Kind, mode: int) -
     if abstract:
         return None
     with map_errors(_what(kind, name)):
-        if stat.S_IMODE(os.lstat(address).st_mode) != mode:
+        st = os.lstat(address)
+        if stat.S_IMODE(st.st_mode) != mode:
             os.chmod(address, mode)
+    _registry.record("unix-socket", address, st=st)
     return address
 
 
@@ -807,6 +811,7 @@ async def listen(
         if unlink_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(unlink_path)
+            _registry.forget("unix-socket", unlink_path)
         raise
     return UnixListener(
         sock,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -13,11 +15,18 @@ from uuid import uuid4
 
 import pytest
 
+from aioipc import _registry
 from aioipc.testing import IPCSnapshot
 
 from ._rings import existing
 
 HERE = Path(__file__).parent
+
+# The suite keeps its own registry of what aioipc creates (subprocesses inherit this), so
+# that it never reads or prunes the registry of the machine's user, and `aioipc rm
+# --stale` in a test can only ever see the suite's own objects.
+SUITE_REGISTRY = tempfile.mkdtemp(prefix="aioipc-suite-registry-")
+os.environ[_registry.ENV] = SUITE_REGISTRY
 
 
 def _mount_mqueue() -> None:
@@ -45,6 +54,7 @@ def _no_ipc_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     root = tmp_path_factory.getbasetemp()
     before = IPCSnapshot.take(root)
     yield
+    shutil.rmtree(SUITE_REGISTRY, ignore_errors=True)
     IPCSnapshot.take(root).assert_no_new(before)
 
 

@@ -1,9 +1,13 @@
 """``aioipc ls`` and ``aioipc rm``, run as real processes against real kernel objects.
 
-Each test makes one object of every kind with aioipc (unique keys and names), runs
-``python -m aioipc`` with subprocess and checks what it reports or removes; the SysV rows
-are compared with ``ipcs`` when it is installed. Every object is removed at the end (the
-session leak check would notice otherwise).
+A peer process (tests/peers/inventory_peer.py) creates one object of every kind with
+aioipc, or holds one; the tests run ``python -m aioipc`` and check what it reports or
+removes, SysV rows against ``ipcs`` and POSIX ones against ``stat``. Killing a creator
+with SIGKILL leaves its objects behind, which is what ``rm --stale`` is for.
+
+The suite's registry is its own (conftest sets AIOIPC_REGISTRY), so ``rm --stale`` here
+only ever sees objects the suite made. Every object is removed at the end (the session
+leak check would notice otherwise).
 """
 
 from __future__ import annotations
@@ -11,29 +15,51 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
+import pwd
+import select
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import anyio
 import pytest
+import sysv_ipc
 
-from aioipc import posix, shm, sysv
+from aioipc import _registry, posix
 from aioipc._inventory import parse_mqueue, parse_sysv
 
 CLI = [sys.executable, "-m", "aioipc"]
+PEER = Path(__file__).parent / "peers" / "inventory_peer.py"
 LIMIT = 30
+KINDS = (
+    "sysv-shm",
+    "sysv-msg",
+    "sysv-sem",
+    "posix-shm",
+    "posix-sem",
+    "posix-mq",
+    "shm-ring",
+    "fifo",
+    "unix-socket",
+)
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to setuid a child")
 
 
-def aioipc(*args: str) -> subprocess.CompletedProcess[str]:
+def aioipc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=LIMIT
+        [*CLI, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        env=env,
     )
 
 
@@ -44,72 +70,115 @@ def ls_json(*args: str) -> list[dict[str, Any]]:
     return rows
 
 
-def find(rows: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any] | None:
-    hits = [r for r in rows if r["kind"] == kind and all(r[k] == v for k, v in match.items())]
-    assert len(hits) <= 1, hits
-    return hits[0] if hits else None
+class Peer:
+    """A running inventory_peer.py: ``info`` is the JSON line it printed when ready."""
 
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PEER), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info: dict[str, Any] = self._line()
 
-def _key() -> int:
-    return random.randint(0x10000000, 0x7FFFFFFF)
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
+    def _line(self) -> Any:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], LIMIT)
+        assert ready, "the peer did not answer in time"
+        line = self.proc.stdout.readline()
+        assert line, f"the peer exited with {self.proc.wait(LIMIT)}"
+        return json.loads(line)
 
-@dataclass
-class Objects:
-    sysv_shm: Any
-    sysv_msg: Any
-    sysv_sem: Any
-    posix_shm: Any
-    posix_sem: Any
-    posix_mq: Any
-    ring: Any
-    tag: str
+    def finish(self) -> None:
+        """Close its stdin: it removes (or lets go of) what it made and exits 0."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        assert self._line() == "closed"
+        assert self.proc.wait(LIMIT) == 0
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
-    def name(self, kind: str) -> str:
-        return f"/aioipc-ls-{kind}-{self.tag}"
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(LIMIT)  # reaped: no zombie stands in for the dead creator
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+    def target(self, kind: str) -> str:
+        """How ``aioipc rm`` names the peer's object of ``kind``."""
+        value = self.info[kind]
+        return str(value[0]) if kind.startswith("sysv-") else str(value)
+
+    def row(self, rows: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+        key = "id" if kind.startswith("sysv-") else "name"
+        value = self.info[kind][0] if kind.startswith("sysv-") else self.info[kind]
+        hits = [r for r in rows if r["kind"] == kind and r[key] == value]
+        assert len(hits) <= 1, hits
+        return hits[0] if hits else None
 
 
 @pytest.fixture
-def objects() -> Iterator[Objects]:
-    """One object of each kind; whatever a test did not remove is removed afterwards."""
-    tag = uuid4().hex[:10]
-    made: list[Any] = []
+def workdir() -> Iterator[str]:
+    """A short directory anyone may write in (socket paths must fit in 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="aioipc-ls-")
+    os.chmod(d, 0o777)
     try:
-        seg = sysv.SharedMemory.create(_key(), 8192, mode=0o640)
-        made.append(seg)
-        msgq = sysv.MessageQueue.create(_key(), mode=0o620)
-        made.append(msgq)
-        sems = sysv.SemaphoreSet.create(_key(), 3, mode=0o600)
-        made.append(sems)
-        pshm = posix.SharedMemory.create(f"/aioipc-ls-posix-shm-{tag}", 4096, mode=0o640)
-        made.append(pshm)
-        psem = posix.Semaphore.create(f"/aioipc-ls-posix-sem-{tag}", mode=0o600)
-        made.append(psem)
-        pmq = posix.MessageQueue.create(f"/aioipc-ls-posix-mq-{tag}", mode=0o620)
-        made.append(pmq)
-        ring = shm.ShmReceiver.create(
-            f"/aioipc-ls-shm-ring-{tag}", 4096, mode=0o600, unlink_on_close=False
-        )
-        made.append(ring)
-        anyio.run(msgq.send, b"hello")
-        yield Objects(seg, msgq, sems, pshm, psem, pmq, ring, tag)
+        yield d
     finally:
-        for obj in made:
-            if isinstance(obj, (sysv.SharedMemory, sysv.MessageQueue, sysv.SemaphoreSet)):
-                with contextlib.suppress(Exception):
-                    obj.remove()
-                anyio.run(obj.aclose)
-            elif isinstance(obj, shm.ShmReceiver):
-                obj.close()
-                with contextlib.suppress(Exception):
-                    shm.unlink(obj.name)
-            else:
-                with contextlib.suppress(Exception):
-                    obj.unlink()
-                if isinstance(obj, posix.SharedMemory):
-                    obj.close()
-                else:
-                    anyio.run(obj.aclose)
+        shutil.rmtree(d)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    """Peers a test starts; any still running at the end is killed, and what the killed
+    creators left is removed through ``aioipc rm --stale`` (checked to work) or by hand."""
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        if peer.proc.poll() is None:
+            peer.kill()
+    leftovers = aioipc("rm", "--stale")
+    assert leftovers.returncode == 0, leftovers.stderr
+    for peer in started:
+        _remove_by_hand(peer.info)
+
+
+def _remove_by_hand(info: dict[str, Any]) -> None:
+    """What ``rm --stale`` could not know about: another user's objects (no registry)."""
+    for kind in ("sysv-shm", "sysv-msg", "sysv-sem"):
+        if kind in info:
+            cls = {
+                "sysv-shm": sysv_ipc.SharedMemory,
+                "sysv-msg": sysv_ipc.MessageQueue,
+                "sysv-sem": sysv_ipc.Semaphore,
+            }[kind]
+            with contextlib.suppress(sysv_ipc.Error):
+                cls(info[kind][1]).remove()
+    for kind, unlink in (
+        ("posix-shm", posix.unlink_shared_memory),
+        ("posix-sem", posix.unlink_semaphore),
+        ("posix-mq", posix.unlink_message_queue),
+    ):
+        if kind in info:
+            with contextlib.suppress(Exception):
+                unlink(info[kind])
+    if "shm-ring" in info:
+        for suffix in ("", ".bell-data", ".bell-space"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm{info['shm-ring']}{suffix}")
+
+
+def creator(peers: list[Peer], workdir: str, mode: str = "600", *user: str) -> Peer:
+    peer = Peer(*user, "create", f"aioipc-ls-{uuid4().hex[:10]}", workdir, mode)
+    peers.append(peer)
+    return peer
 
 
 def _ipcs(flag: str) -> dict[int, tuple[str, str, str]]:
@@ -123,43 +192,72 @@ def _ipcs(flag: str) -> dict[int, tuple[str, str, str]]:
     return rows
 
 
-def test_ls_lists_one_object_of_each_kind(objects: Objects) -> None:
-    me = os.geteuid()
+def _paths(kind: str, name: str) -> list[str]:
+    """The files behind a POSIX object or ring."""
+    if kind == "posix-sem":
+        return [f"/dev/shm/sem.{name[1:]}"]
+    if kind == "posix-mq":
+        return [f"/dev/mqueue{name}"]
+    if kind == "shm-ring":
+        return [f"/dev/shm{name}{s}" for s in ("", ".bell-data", ".bell-space")]
+    if kind == "posix-shm":
+        return [f"/dev/shm{name}"]
+    return [name]
+
+
+def _exists(peer: Peer, kind: str) -> bool:
+    if kind.startswith("sysv-"):
+        table = Path(f"/proc/sysvipc/{kind[5:]}").read_text().split("\n")[1:]
+        return any(len(f) > 1 and int(f[1]) == peer.info[kind][0] for f in map(str.split, table))
+    return any(os.path.lexists(p) for p in _paths(kind, peer.info[kind]))
+
+
+# --------------------------------------------------------------------------- ls
+
+
+def test_ls_lists_one_object_of_each_kind_with_owner_mode_and_creator(
+    peers: list[Peer], workdir: str
+) -> None:
+    peer = creator(peers, workdir, "640")
     rows = ls_json()
-    seg = find(rows, "sysv-shm", id=objects.sysv_shm.id)
-    assert seg is not None
-    assert seg["key"] == f"{objects.sysv_shm.key:#010x}"
-    assert (seg["uid"], seg["mode"], seg["size"], seg["count"]) == (me, "0640", 8192, 1)
-    assert (seg["pid"], seg["alive"], seg["aioipc"]) == (os.getpid(), True, "?")
-
-    msg = find(rows, "sysv-msg", id=objects.sysv_msg.id)
-    assert msg is not None
-    assert msg["key"] == f"{objects.sysv_msg.key:#010x}"
-    assert (msg["uid"], msg["mode"], msg["size"], msg["count"]) == (me, "0620", 5, 1)
-    assert (msg["pid"], msg["alive"]) == (os.getpid(), True)
-
-    sem = find(rows, "sysv-sem", id=objects.sysv_sem.id)
-    assert sem is not None
-    assert (sem["uid"], sem["mode"], sem["count"], sem["pid"]) == (me, "0600", 3, None)
-
-    for kind, mode in (("posix-shm", "0640"), ("posix-sem", "0600"), ("posix-mq", "0620")):
-        row = find(rows, kind, name=objects.name(kind))
+    me = os.geteuid()
+    name = pwd.getpwuid(me).pw_name
+    for kind in KINDS:
+        row = peer.row(rows, kind)
         assert row is not None, kind
-        assert (row["uid"], row["mode"], row["aioipc"], row["pid"]) == (me, mode, "?", None)
-    assert find(rows, "posix-shm", name=objects.name("posix-shm"))["size"] == 4096  # type: ignore[index]
-    assert find(rows, "posix-mq", name=objects.name("posix-mq"))["size"] == 0  # type: ignore[index]
-
-    ring = find(rows, "shm-ring", name=objects.name("shm-ring"))
+        assert (row["uid"], row["owner"], row["mode"]) == (me, name, "0640"), kind
+        assert (row["pid"], row["alive"], row["aioipc"]) == (peer.pid, True, "yes"), kind
+        assert row["stale"] is False, kind
+        assert row["why"] == f"its creator, pid {peer.pid}, is alive", kind
+        if not kind.startswith("sysv-"):
+            for path in _paths(kind, peer.info[kind]):
+                st = os.lstat(path)
+                assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (me, 0o640), path
+    seg = peer.row(rows, "sysv-shm")
+    msg = peer.row(rows, "sysv-msg")
+    sem = peer.row(rows, "sysv-sem")
+    assert seg is not None
+    assert msg is not None
+    assert sem is not None
+    assert seg["key"] == f"{peer.info['sysv-shm'][1]:#010x}"
+    assert (seg["size"], seg["count"], seg["users"]) == (8192, 1, 1)
+    assert (msg["size"], msg["count"]) == (len(b"queued"), 1)
+    assert (sem["count"], sem["values"]) == (3, [0, 1, 2])
+    for kind, size, count in (("posix-shm", 4096, None), ("posix-sem", None, 2)):
+        row = peer.row(rows, kind)
+        assert row is not None
+        assert (row["size"], row["count"], row["users"]) == (size, count, 1), kind
+    mq = peer.row(rows, "posix-mq")
+    ring = peer.row(rows, "shm-ring")
+    sock = peer.row(rows, "unix-socket")
+    assert mq is not None
     assert ring is not None
-    assert (ring["uid"], ring["mode"], ring["aioipc"], ring["alive"]) == (me, "0600", "yes", True)
-    base = "/dev/shm" + objects.name("shm-ring")
-    assert ring["files"] == [base, base + ".bell-data", base + ".bell-space"]
+    assert sock is not None
+    assert (mq["size"], mq["count"], mq["users"]) == (0, 0, 1)
+    assert ring["files"] == _paths("shm-ring", peer.info["shm-ring"])
+    assert (ring["users"], sock["users"]) == (1, 1)
     # The doorbells are folded into the ring's row, never rows of their own.
     assert not [r for r in rows if r["name"] and ".bell-" in r["name"]]
-    # The owner is the user name.
-    import pwd
-
-    assert seg["owner"] == ring["owner"] == pwd.getpwuid(me).pw_name
 
     if shutil.which("ipcs"):
         for flag, row in (("-m", seg), ("-q", msg), ("-s", sem)):
@@ -170,90 +268,256 @@ def test_ls_lists_one_object_of_each_kind(objects: Objects) -> None:
                 int(row["mode"], 8),
             ), flag
 
-
-def test_ls_kind_mine_and_table(objects: Objects) -> None:
-    rows = ls_json("--kind", "sysv-sem", "--kind", "shm-ring", "--mine")
-    assert {r["kind"] for r in rows} <= {"sysv-sem", "shm-ring"}
-    assert all(r["uid"] == os.geteuid() for r in rows)
-    assert find(rows, "sysv-sem", id=objects.sysv_sem.id) is not None
-    assert find(rows, "shm-ring", name=objects.name("shm-ring")) is not None
+    # The table says the same; --kind, --mine and --stale filter.
     table = aioipc("ls")
     assert table.returncode == 0, table.stderr
-    assert objects.name("posix-mq") in table.stdout
+    for kind in ("posix-mq", "fifo", "unix-socket"):
+        assert peer.target(kind) in table.stdout, kind
+    only = ls_json("--kind", "sysv-sem", "--kind", "fifo", "--mine")
+    assert {r["kind"] for r in only} <= {"sysv-sem", "fifo"}
+    assert all(r["uid"] == me for r in only)
+    assert peer.row(only, "fifo") is not None
+    assert peer.row(only, "sysv-sem") is not None
+    assert all(peer.row(ls_json("--stale"), k) is None for k in KINDS)
     assert aioipc("ls", "--kind", "nope").returncode == 2
 
+    peer.finish()  # removes everything through aioipc: no entry is left behind
+    rows = ls_json()
+    assert all(peer.row(rows, k) is None for k in KINDS)
+    assert not [e for e in _registry.entries() if e.pid == peer.pid]
 
-def _gone(kind: str, **match: Any) -> bool:
-    return find(ls_json("--kind", kind), kind, **match) is None
+
+@root_only
+def test_ls_shows_another_users_objects_as_unknown(peers: list[Peer], workdir: str) -> None:
+    other = creator(peers, workdir, "644", "--as-user", str(NOBODY))
+    rows = ls_json()
+    for kind in ("sysv-shm", "sysv-msg", "posix-shm", "posix-mq"):
+        row = other.row(rows, kind)
+        assert row is not None, kind
+        assert (row["uid"], row["owner"], row["mode"]) == (
+            NOBODY,
+            pwd.getpwuid(NOBODY).pw_name,
+            "0644",
+        ), kind
+        # Its registry is not ours to read (and it kept none): whether aioipc made it is
+        # unknown, so it is never stale.
+        assert (row["aioipc"], row["stale"]) == ("?", None), kind
+    done = aioipc("rm", "posix-shm", other.info["posix-shm"])
+    assert done.returncode == 1
+    assert "not known to be aioipc's" in done.stderr, done.stderr
+    assert "--force" in done.stderr, done.stderr
+    other.finish()
 
 
-def test_rm_removes_each_kind(objects: Objects) -> None:
-    for kind, target, match in (
-        ("sysv-shm", f"{objects.sysv_shm.key:#x}", {"id": objects.sysv_shm.id}),
-        ("sysv-msg", str(objects.sysv_msg.id), {"id": objects.sysv_msg.id}),
-        ("sysv-sem", f"{objects.sysv_sem.key:#010x}", {"id": objects.sysv_sem.id}),
-        ("posix-shm", objects.name("posix-shm"), {"name": objects.name("posix-shm")}),
-        ("posix-sem", objects.name("posix-sem").lstrip("/"), {"name": objects.name("posix-sem")}),
-        ("posix-mq", objects.name("posix-mq"), {"name": objects.name("posix-mq")}),
-    ):
-        done = aioipc("rm", kind, target)
+def test_ls_reads_queues_through_a_private_mount_when_dev_mqueue_is_not_mounted(
+    peers: list[Peer], workdir: str
+) -> None:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to hide /dev/mqueue")
+    peer = creator(peers, workdir)
+    script = 'umount /dev/mqueue && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *CLI, "ls", "--json", "--kind", "posix-mq"],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    if done.returncode != 0 and "umount" in done.stderr:
+        pytest.skip(f"cannot hide /dev/mqueue here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert "private mount" in done.stderr, done.stderr
+    row = peer.row(json.loads(done.stdout), "posix-mq")
+    assert row is not None
+    assert (row["pid"], row["aioipc"], row["count"]) == (peer.pid, "yes", 0)
+    assert not list(Path(tempfile.gettempdir()).glob("aioipc-mqueue-*"))
+    peer.finish()
+
+
+# --------------------------------------------------------------------------- rm --stale
+
+
+def test_rm_stale_removes_what_a_killed_creator_left_and_leaves_a_live_one(
+    peers: list[Peer], workdir: str
+) -> None:
+    dead = creator(peers, workdir)
+    live = creator(peers, workdir)
+    dead.kill()
+    rows = ls_json("--stale")
+    for kind in KINDS:
+        row = dead.row(rows, kind)
+        assert row is not None, kind
+        assert (row["pid"], row["alive"], row["stale"]) == (dead.pid, False, True), kind
+        assert row["why"] == f"its creator, pid {dead.pid}, is dead and nobody is attached"
+        assert live.row(rows, kind) is None, kind
+
+    preview = aioipc("rm", "--stale", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    assert preview.stdout.count("would remove") == len(KINDS), preview.stdout
+    assert all(_exists(dead, k) for k in KINDS)
+
+    done = aioipc("rm", "--stale")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(KINDS), lines
+    for kind in KINDS:
+        assert not _exists(dead, kind), kind
+        assert _exists(live, kind), kind
+        said = [line for line in lines if line.startswith(f"removed {kind} ")]
+        assert len(said) == 1, (kind, lines)
+        assert dead.target(kind) in said[0], (kind, lines)
+    again = aioipc("rm", "--stale")
+    assert (again.returncode, again.stdout) == (0, "nothing stale\n"), again.stderr
+
+    live.finish()
+    assert not any(_exists(live, k) for k in KINDS)
+
+
+def test_rm_stale_keeps_what_a_live_process_still_holds(peers: list[Peer], workdir: str) -> None:
+    made = creator(peers, workdir)
+    held = [k for k in KINDS if k != "unix-socket"]  # a socket file has no holder
+    holders = {k: Peer("hold", k, made.target(k)) for k in held}
+    peers.extend(holders.values())
+    made.kill()
+    rows = ls_json()
+    for kind in held:
+        row = made.row(rows, kind)
+        assert row is not None, kind
+        assert (row["alive"], row["stale"]) == (False, False), kind
+        pid = holders[kind].pid
+        expected = {
+            "sysv-shm": "1 process attached",
+            "sysv-msg": f"pid {pid} used it last and is alive",
+            "sysv-sem": f"pid {pid} used it last and is alive",
+            "shm-ring": "a live process is attached",
+        }.get(kind, f"open in pid {pid}")
+        assert row["why"] == f"its creator, pid {made.pid}, is dead, but {expected}", kind
+
+    done = aioipc("rm", "--stale")
+    assert done.returncode == 0, done.stderr
+    # Only the socket file went: its listener died with the creator.
+    assert done.stdout.splitlines() == [
+        f"removed unix-socket {made.target('unix-socket')}: its creator, pid {made.pid}, "
+        "is dead and nobody is attached"
+    ]
+    assert all(_exists(made, k) for k in held)
+
+    for peer in holders.values():
+        peer.finish()
+    done = aioipc("rm", "--stale")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == len(held), done.stdout
+    assert not any(_exists(made, k) for k in KINDS)
+
+
+def test_rm_stale_forgets_entries_of_objects_removed_behind_aioipcs_back(
+    peers: list[Peer], workdir: str
+) -> None:
+    peer = creator(peers, workdir)
+    peer.kill()
+    # Removed by other means: ipcrm and a plain unlink.
+    subprocess.run(["ipcrm", "-q", peer.target("sysv-msg")], check=True)
+    os.unlink(peer.info["fifo"])
+    done = aioipc("rm", "--stale", "--kind", "sysv-msg", "--kind", "fifo")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [
+        f"forgot fifo {peer.info['fifo']}: already gone",
+        f"forgot sysv-msg {peer.target('sysv-msg')}: already gone",
+    ]
+    # --kind narrowed it: the rest is still there, and still stale.
+    assert all(_exists(peer, k) for k in KINDS if k not in ("sysv-msg", "fifo"))
+    assert len(ls_json("--stale")) == len(KINDS) - 2
+
+
+# --------------------------------------------------------------------------- rm one object
+
+
+def test_rm_one_object_needs_force_unless_it_is_stale(peers: list[Peer], workdir: str) -> None:
+    peer = creator(peers, workdir)
+    for kind in KINDS:
+        refused = aioipc("rm", kind, peer.target(kind))
+        assert refused.returncode == 1, (kind, refused.stderr)
+        assert refused.stderr.startswith("aioipc: error:"), refused.stderr
+        assert f"its creator, pid {peer.pid}, is alive; --force removes it anyway" in (
+            refused.stderr
+        ), refused.stderr
+        assert _exists(peer, kind)
+    for kind in KINDS:
+        target = peer.target(kind)
+        if kind.startswith("sysv-"):
+            target = f"{peer.info[kind][1]:#x}"  # by key this time
+        done = aioipc("rm", kind, target, "--force")
         assert done.returncode == 0, (kind, done.stderr)
         assert done.stdout.startswith(f"removed {kind}"), done.stdout
-        if kind == "sysv-shm":
-            # Still attached (by us): the kernel frees it at the last detach; until then
-            # its key is gone (IPC_PRIVATE), so it can no longer be found by key.
-            row = find(ls_json("--kind", kind), kind, **match)
-            assert row is None or row["key"] == "0x00000000", row
-        else:
-            assert _gone(kind, **match), kind
-        # A second rm finds nothing: exit 1, naming the object.
-        again = aioipc("rm", kind, target)
+        if kind != "sysv-shm":  # still attached by the peer: destroyed at its detach
+            assert not _exists(peer, kind), kind
+        # Its registry entry went with it.
+        assert peer.row(ls_json("--kind", kind), kind) is None or kind == "sysv-shm"
+        again = aioipc("rm", kind, target, "--force")
         assert again.returncode == 1, (kind, again.stderr)
-        assert again.stderr.startswith("aioipc: error:")
         assert "\n" not in again.stderr.strip()
-        assert (
-            target.lstrip("/").removeprefix("0x") in again.stderr
-            or str(match.get("id")) in again.stderr
-        ), again.stderr
-
-    ring = objects.name("shm-ring")
-    live = aioipc("rm", "shm-ring", ring)
-    assert live.returncode == 1, live.stderr
-    assert "--force" in live.stderr, live.stderr
-    assert not _gone("shm-ring", name=ring)
-    objects.ring.close()  # unlink_on_close=False: the files stay, nobody attached
-    done = aioipc("rm", "shm-ring", ring)
-    assert done.returncode == 0, done.stderr
-    assert not [
-        p for p in ("", ".bell-data", ".bell-space") if os.path.lexists(f"/dev/shm{ring}{p}")
-    ]
+        assert target.lstrip("/").removeprefix("0x") in again.stderr, again.stderr
+    peer.kill()
 
 
-def test_rm_force_removes_a_live_ring(objects: Objects) -> None:
-    ring = objects.name("shm-ring")
-    done = aioipc("rm", "shm-ring", ring, "--force")
-    assert done.returncode == 0, done.stderr
-    assert not os.path.lexists("/dev/shm" + ring)
+def test_rm_refuses_what_aioipc_did_not_make_without_force() -> None:
+    key = int(uuid4().hex[:7], 16) + 0x10000000
+    q = sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, 0o600)
+    name = f"/aioipc-ls-raw-{uuid4().hex[:8]}"
+    import posix_ipc
+
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 1)
+    try:
+        for kind, target in (("sysv-msg", str(q.id)), ("posix-sem", name)):
+            row = [r for r in ls_json("--kind", kind) if target in (str(r["id"]), r["name"])]
+            assert [(r["aioipc"], r["stale"]) for r in row] == [("no", None)], row
+            refused = aioipc("rm", kind, target)
+            assert refused.returncode == 1
+            assert "not made by aioipc; --force removes it anyway" in refused.stderr
+            done = aioipc("rm", kind, target, "--force")
+            assert done.returncode == 0, done.stderr
+        with pytest.raises(sysv_ipc.ExistentialError):
+            sysv_ipc.MessageQueue(key)
+        with pytest.raises(posix_ipc.ExistentialError):
+            posix_ipc.Semaphore(name)
+    finally:
+        with contextlib.suppress(sysv_ipc.Error):
+            q.remove()
+        with contextlib.suppress(posix_ipc.Error):
+            sem.unlink()
+        sem.close()
 
 
-def test_rm_errors() -> None:
+def test_rm_errors(workdir: str) -> None:
+    plain = os.path.join(workdir, "plain-fifo")
+    os.mkfifo(plain)
     cases = [
         (("rm", "sysv-shm", "2147483000"), 1, "2147483000"),
         (("rm", "sysv-msg", "0x7ffffffe"), 1, "0x7ffffffe"),
         (("rm", "posix-mq", f"/nope-{uuid4().hex[:8]}"), 1, "nope-"),
         (("rm", "shm-ring", f"/nope-{uuid4().hex[:8]}"), 1, "nope-"),
+        (("rm", "fifo", os.path.join(workdir, "nothing")), 1, "does not exist"),
+        (("rm", "fifo", plain), 1, "not made by aioipc; remove it with: rm --"),
+        (("rm", "unix-socket", plain), 1, "is not a socket"),
         (("rm", "sysv-sem", "abc"), 2, "abc"),
         (("rm", "sysv-sem", "0xzz"), 2, "0xzz"),
-        (("rm", "posix-shm", "/a/b"), 2, ""),
-        (("rm", "--stale"), 2, "not yet"),
-        (("rm", "sysv-shm"), 2, ""),
-        (("rm", "bogus", "1"), 2, ""),
+        (("rm", "posix-shm", "/a/b"), 2, "/a/b"),
+        (("rm", "--stale", "sysv-shm"), 2, "takes no KIND"),
+        (("rm", "--stale", "--force"), 2, "--force is for one named object"),
+        (("rm", "--kind", "fifo"), 2, "go with --stale"),
+        (("rm", "sysv-shm"), 2, "needs KIND and ID|KEY|NAME"),
+        (("rm", "bogus", "1"), 2, "invalid choice"),
     ]
     for args, code, text in cases:
         done = aioipc(*args)
         assert done.returncode == code, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert text in done.stderr, (args, done.stderr)
+        # One line says what is wrong (argparse puts its usage above it).
+        assert done.stderr.strip().splitlines()[-1].startswith(("aioipc: error:", "aioipc rm:"))
+    assert os.path.exists(plain)
+
+
+# --------------------------------------------------------------------------- parsers
 
 
 def test_parsers() -> None:
@@ -269,6 +533,14 @@ def test_parsers() -> None:
         4,
         "u1000",
     )
+    msg = (
+        "       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid"
+        "      stime      rtime      ctime\n"
+        "         5         9   600          12          2   301     0     0     0     0     0"
+        "          0          0 1700000000\n"
+    )
+    [row] = parse_sysv("sysv-msg", msg, owner=str, alive=lambda pid: True)
+    assert (row.size, row.count, row.pid, row.last_pids) == (12, 2, None, (301,))
     assert parse_mqueue("QSIZE:129        NOTIFY:0     SIGNO:0     NOTIFY_PID:0     \n") == 129
     assert parse_mqueue("") is None
     assert Path("/proc/sysvipc/shm").exists()

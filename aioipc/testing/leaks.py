@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._registry import PREFIX as REGISTRY_PREFIX
+
 __all__ = ["IPCSnapshot", "LeakError"]
 
 
@@ -44,9 +46,11 @@ def _sysv(kind: str) -> frozenset[str]:
 
 def _dir_entries(path: str, label: str) -> frozenset[str]:
     try:
-        return frozenset(f"{label} {path}/{name}" for name in os.listdir(path))
+        names = os.listdir(path)
     except OSError:
         return frozenset()
+    # aioipc's registry of what it created is no IPC object (and goes when it empties).
+    return frozenset(f"{label} {path}/{n}" for n in names if not n.startswith(REGISTRY_PREFIX))
 
 
 def _special_files(roots: Iterable[str | os.PathLike[str]]) -> frozenset[str]:

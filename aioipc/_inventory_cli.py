@@ -1,0 +1,200 @@
+"""The ``aioipc ls`` and ``aioipc rm`` subcommands: arguments, table and messages.
+
+What they list and remove is decided in :mod:`aioipc._inventory` and :mod:`aioipc._rm`;
+this module only talks to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._inventory import KINDS, IPCObject, scan
+from ._mqueue_view import mqueue_directory
+from ._rm import RemoveError, find, remove, remove_stale
+
+__all__ = ["add_inventory_parsers", "run_ls", "run_rm"]
+
+_COLUMNS = (
+    "kind",
+    "key/name",
+    "id",
+    "owner",
+    "mode",
+    "size",
+    "count",
+    "creator",
+    "alive",
+    "users",
+    "aioipc",
+    "stale",
+)
+
+
+def _cells(row: IPCObject) -> tuple[str, ...]:
+    def text(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return str(value)
+
+    count = ",".join(map(str, row.values)) if row.kind == "sysv-sem" and row.values else None
+    return (
+        row.kind,
+        row.key if row.key is not None else (row.name or "-"),
+        text(row.id),
+        row.owner,
+        row.mode,
+        text(row.size),
+        count or text(row.count),
+        text(row.pid),
+        text(row.alive),
+        text(row.users),
+        row.aioipc,
+        text(row.stale),
+    )
+
+
+def _print_table(rows: Sequence[IPCObject], title: str) -> None:
+    cells = [_cells(r) for r in rows]
+    try:
+        if not sys.stdout.isatty():  # piped: plain columns, never wrapped
+            raise ImportError
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(c[i]) for c in [_COLUMNS, *cells]) for i in range(len(_COLUMNS))]
+        for line in [_COLUMNS, *cells]:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        return
+    table = Table(*_COLUMNS, title=title)
+    for line in cells:
+        table.add_row(*line)
+    Console().print(table)
+
+
+def _note(text: str) -> None:
+    if text:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_ls(kinds: Sequence[str] | None, mine: bool, stale: bool, as_json: bool) -> int:
+    wanted = tuple(kinds) if kinds else KINDS
+    with mqueue_directory() as (mqueue, note):
+        if "posix-mq" in wanted:
+            _note(note)
+        rows = scan(wanted, os.geteuid() if mine else None, mqueue=mqueue).rows
+    if stale:
+        rows = [r for r in rows if r.stale]
+    if as_json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+        return 0
+    _print_table(rows, f"IPC objects: {len(rows)}")
+    return 0
+
+
+def _error(message: str) -> None:
+    print(f"aioipc: error: {message}", file=sys.stderr, flush=True)
+
+
+def run_rm(
+    kind: str | None,
+    target: str | None,
+    *,
+    force: bool,
+    stale: bool,
+    kinds: Sequence[str] | None,
+    dry_run: bool,
+) -> int:
+    if stale:
+        if kind is not None or target is not None:
+            _error("rm --stale takes no KIND or name (narrow it with --kind)")
+            return 2
+        if force:
+            _error("rm --stale removes only stale objects; --force is for one named object")
+            return 2
+        wanted = tuple(kinds) if kinds else KINDS
+        with mqueue_directory() as (mqueue, note):
+            if "posix-mq" in wanted:
+                _note(note)
+            done, failed = remove_stale(scan(wanted, mqueue=mqueue), dry_run=dry_run)
+        for line in done:
+            print(line, flush=True)
+        if not done and not failed:
+            print("nothing stale")
+        for line in failed:
+            _error(line)
+        return 1 if failed else 0
+    if kinds or dry_run:
+        _error("--kind and --dry-run go with --stale; name one object as KIND ID|KEY|NAME")
+        return 2
+    if kind is None or target is None:
+        _error("rm needs KIND and ID|KEY|NAME, or --stale")
+        return 2
+    try:
+        with mqueue_directory() as (mqueue, _):
+            row = find(kind, target, scan([kind], mqueue=mqueue).rows)
+            remove(row, force=force)
+    except RemoveError as exc:
+        _error(str(exc))
+        return exc.code
+    print(f"removed {row.describe()}")
+    return 0
+
+
+def add_inventory_parsers(sub: Any) -> None:
+    """Register ``aioipc ls`` and ``aioipc rm`` on the subparsers ``sub``."""
+    ls = sub.add_parser(
+        "ls",
+        help="list every IPC object on the machine",
+        description="List the SysV shared memory segments, message queues and semaphore "
+        "sets, the POSIX shared memory, semaphores and message queues, aioipc's "
+        "shared-memory rings, and the FIFOs and socket files aioipc made, with who made "
+        "each and whether it is stale (docs/cli.md says what each column means).",
+    )
+    ls.add_argument(
+        "--kind", action="append", choices=KINDS, metavar="KIND", help="only this kind (repeatable)"
+    )
+    ls.add_argument("--mine", action="store_true", help="only objects you own")
+    ls.add_argument(
+        "--stale",
+        action="store_true",
+        help="only what rm --stale would remove: made by aioipc, creator dead, unused",
+    )
+    ls.add_argument("--json", action="store_true", help="a JSON list of objects")
+    ls.set_defaults(func=lambda a: run_ls(a.kind, a.mine, a.stale, a.json))
+
+    rm = sub.add_parser(
+        "rm",
+        help="remove one IPC object, or every stale one aioipc made",
+        description="Remove one object (sysv-* by id, or by key written 0x...; posix-* "
+        "and shm-ring by name; fifo and unix-socket by path), or with --stale every "
+        "object aioipc made whose creator is dead and that nobody is attached to. "
+        "Anything but such a stale object is removed only with --force.",
+    )
+    rm.add_argument("kind", metavar="KIND", nargs="?", choices=KINDS, help=", ".join(KINDS))
+    rm.add_argument("target", metavar="ID|KEY|NAME", nargs="?", help="which object")
+    rm.add_argument(
+        "--force", action="store_true", help="remove it even if it is in use or not aioipc's"
+    )
+    rm.add_argument("--stale", action="store_true", help="remove every stale object aioipc made")
+    rm.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        choices=KINDS,
+        metavar="KIND",
+        help="with --stale: only this kind (repeatable)",
+    )
+    rm.add_argument(
+        "-n", "--dry-run", action="store_true", help="with --stale: list, remove nothing"
+    )
+    rm.set_defaults(
+        func=lambda a: run_rm(
+            a.kind, a.target, force=a.force, stale=a.stale, kinds=a.kinds, dry_run=a.dry_run
+        )
+    )
