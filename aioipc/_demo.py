@@ -23,6 +23,7 @@ import anyio
 from anyio.streams.stapled import StapledObjectStream
 
 from . import fifo, pipes, posix, shm, sysv, unix
+from ._demo_regions import REGION_MECHANISMS, region_child, region_parent
 
 MECHANISMS = (
     "pipe",
@@ -33,6 +34,7 @@ MECHANISMS = (
     "posix-mq",
     "sysv-mq",
     "shm-ring",
+    *REGION_MECHANISMS,
 )
 _index = struct.Struct("!I")
 
@@ -47,10 +49,13 @@ class Result:
 
 @asynccontextmanager
 async def _parent_side(
-    mechanism: str, tmp: str
+    mechanism: str, tmp: str, size: int
 ) -> AsyncIterator[tuple[Any, list[str], tuple[int, ...]]]:
     """Open the parent's channel; yield it with the child's arguments and fds to pass."""
-    if mechanism == "pipe":
+    if mechanism in REGION_MECHANISMS:
+        async with region_parent(mechanism, tmp, size) as side:
+            yield side
+    elif mechanism == "pipe":
         to_child_tx, to_child_rx = pipes.pipe()
         to_parent_tx, to_parent_rx = pipes.pipe()
         child_fds = (to_child_rx.fileno(), to_parent_tx.fileno())
@@ -171,7 +176,7 @@ class _LazyAccept:
 async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> Result:
     tmp = tempfile.mkdtemp(prefix="aioipc-demo-")
     try:
-        async with _parent_side(mechanism, tmp) as (chan, args, fds):
+        async with _parent_side(mechanism, tmp, size) as (chan, args, fds):
             cmd = [sys.executable, "-m", "aioipc._demo", "child", mechanism, *args]
             proc = await anyio.open_process(cmd, pass_fds=fds, stdin=None, stdout=None, stderr=None)
             try:
@@ -218,7 +223,9 @@ async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> R
 
 async def _child(mechanism: str, args: list[str]) -> None:
     chan: Any
-    if mechanism == "pipe":
+    if mechanism in REGION_MECHANISMS:
+        chan = region_child(mechanism, args)
+    elif mechanism == "pipe":
         rx = pipes.from_fd(int(args[0]), "r")
         tx = pipes.from_fd(int(args[1]), "w")
         chan = StapledObjectStream(tx, rx)
