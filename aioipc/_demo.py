@@ -71,11 +71,15 @@ async def _parent_side(
         down, up = os.path.join(tmp, "down"), os.path.join(tmp, "up")
         fifo.create(down)
         fifo.create(up)
-        rx = await fifo.open_receiver(up)
         try:
-            yield _LazyFifo(down, rx), [down, up], ()
+            rx = await fifo.open_receiver(up)
+            try:
+                yield _LazyFifo(down, rx), [down, up], ()
+            finally:
+                await rx.aclose()
         finally:
-            await rx.aclose()
+            for path in (down, up):  # through aioipc, so its registry forgets them too
+                fifo.unlink(path)
     elif mechanism == "posix-mq":
         down, up = f"/aioipc-demo-{os.getpid()}-down", f"/aioipc-demo-{os.getpid()}-up"
         tx = posix.MessageQueue.create(down, read=False)

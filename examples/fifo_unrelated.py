@@ -119,7 +119,9 @@ def main() -> int:
         print(f"FAILED: no end of stream within {TIMEOUT} s", file=sys.stderr)
         status = 1
     finally:
-        shutil.rmtree(tmp)  # the FIFO and its directory
+        if (tmp / "lines.fifo").exists():
+            fifo.unlink(tmp / "lines.fifo")  # aioipc.fifo's own: it forgets the FIFO too
+        shutil.rmtree(tmp)
     if status == 0:
         print(f"done: {WRITERS} writers, every message whole; {tmp} removed")
     return status

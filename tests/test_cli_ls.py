@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import pytest
 import sysv_ipc
 
@@ -544,3 +545,47 @@ def test_parsers() -> None:
     assert parse_mqueue("QSIZE:129        NOTIFY:0     SIGNO:0     NOTIFY_PID:0     \n") == 129
     assert parse_mqueue("") is None
     assert Path("/proc/sysvipc/shm").exists()
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@root_only
+def test_permission_problems_are_one_line_as_another_user() -> None:
+    """Another user meets root's 0600 objects: one line each, exit 1, never a traceback."""
+    tag = uuid4().hex[:8]
+    region = posix.SharedMemory.create(f"/aioipc-perm-{tag}", 64)
+    region.close()
+    queue = posix.MessageQueue.create(f"/aioipc-perm-{tag}-q")
+    as_nobody = [sys.executable, str(PEER.parent / "as_user_cli.py"), str(NOBODY)]
+    try:
+        for args, text in (
+            (["rm", "--force", "posix-shm", region.name], f"{region.name}: permission denied"),
+            (["send", f"mq://{queue.name}", "hi"], f"{queue.name}: permission denied"),
+            (["recv", f"mq://{queue.name}", "--count", "1"], f"{queue.name}: permission denied"),
+        ):
+            done = subprocess.run(
+                [*as_nobody, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=LIMIT,
+            )
+            assert done.returncode == 1, (args, done.stderr)
+            assert done.stderr.startswith("aioipc: error:"), done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+            assert text in done.stderr, (args, done.stderr)
+        listed = subprocess.run(
+            [*as_nobody, "ls", "--json", "--kind", "posix-shm"],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
+        )
+        assert listed.returncode == 0, listed.stderr
+        [row] = [r for r in json.loads(listed.stdout) if r["name"] == region.name]
+        # Root's registry is not nobody's to read: who made it is unknown to them.
+        assert (row["owner"], row["aioipc"], row["pid"], row["stale"]) == ("root", "?", None, None)
+    finally:
+        region.unlink()
+        queue.unlink()
+        anyio.run(queue.aclose)
