@@ -151,6 +151,32 @@ def test_create_on_existing_path(short_tmp: Path) -> None:
     assert regular.read_bytes() == b"data"
 
 
+def test_unlink_removes_only_a_fifo_and_its_registry_entry(short_tmp: Path) -> None:
+    from aioipc import _registry
+
+    path = short_tmp / "f"
+    fifo.create(path)
+    fifo.create(path, exist_ok=True)  # found, not made: recorded once, by the creator
+    [entry] = [e for e in _registry.entries() if e.ident == str(path)]
+    assert (entry.kind, entry.pid, entry.ino) == ("fifo", os.getpid(), os.lstat(path).st_ino)
+    fifo.unlink(path)
+    assert not os.path.lexists(path)
+    assert not [e for e in _registry.entries() if e.ident == str(path)]
+    with pytest.raises(aioipc.IPCNotFoundError, match=str(path)):
+        fifo.unlink(path)
+
+    regular = short_tmp / "file"
+    regular.write_bytes(b"data")
+    link = short_tmp / "link"
+    fifo.create(short_tmp / "target")
+    link.symlink_to(short_tmp / "target")
+    for other in (regular, link):
+        with pytest.raises(NotAFifoError, match=str(other)):
+            fifo.unlink(other)
+        assert os.path.lexists(other)  # left alone
+    assert stat.S_ISFIFO(os.lstat(short_tmp / "target").st_mode)  # the link was not followed
+
+
 # --------------------------------------------------------------------------- 2. refusals
 
 
