@@ -1,42 +1,69 @@
-"""Which processes hold an IPC object: for ``aioipc ls`` (the users column) and
-``aioipc rm --stale`` (nobody attached).
+"""Who holds an IPC object: for ``aioipc ls`` (the users column) and ``aioipc rm
+--stale`` (nobody attached).
 
-The kernel keeps no list of who opened a POSIX object, so this looks at every process,
-the way ``fuser`` does: the targets of ``/proc/PID/fd/*`` (an open FIFO, POSIX queue or
-shared-memory fd) and the inodes in ``/proc/PID/maps`` (a mapped POSIX shared memory or
-semaphore, which needs no open fd). A socket file has no holder of its own; a listener
-bound to its path shows up in ``/proc/net/unix``.
+Two ways to know, best first:
+
+* **A write lease** (``F_SETLEASE``, :func:`unused_by_others`): the kernel grants one
+  only if no other process has the file open or mapped. It works for regular files and
+  POSIX queues, for their owner or root, and answers for every process, even those in
+  other pid namespaces. The lease is dropped at once; an open racing with it waits for
+  that, microseconds.
+* **Looking at every process** (:func:`scan_holders`), the way ``fuser`` does: the
+  targets of ``/proc/PID/fd/*``, the inodes in ``/proc/PID/maps`` (a mapping needs no
+  open fd), and what each thread is blocked in (``/proc/PID/task/TID/syscall``: a
+  ``msgrcv`` or ``semop`` waiting on a SysV id, which nothing else reveals).
 
 Processes whose ``/proc`` entries we may not read (another user's, when not root) are
-counted in ``unreadable`` and otherwise left out: such a process could hold an object
-only if its mode lets that user in (0600 by default does not) or it is root's.
+kept in ``unreadable`` with their uid, so that callers can refuse to call an object
+unused when such a process could have it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import platform
 from dataclasses import dataclass, field
 
-__all__ = ["Holders", "bound_unix_paths", "scan_holders"]
+__all__ = ["Holders", "scan_holders", "unused_by_others"]
+
+# The SysV calls that block on an id given as their first argument, by machine.
+_SYSCALLS = {
+    "x86_64": {69: "msg", 70: "msg", 65: "sem", 220: "sem"},  # msgsnd msgrcv semop semtimedop
+    "aarch64": {189: "msg", 188: "msg", 193: "sem", 192: "sem"},
+}
 
 
 @dataclass
 class Holders:
-    """``(st_dev, st_ino)`` -> the pids that have it open or mapped."""
+    """``by_inode``: ``(st_dev, st_ino)`` -> pids that have it open or mapped.
+    ``waiting``: ``("msg" | "sem", id)`` -> pids with a thread blocked on that id.
+    ``unreadable``: pid -> uid of the processes we could not look into."""
 
     by_inode: dict[tuple[int, int], set[int]] = field(default_factory=dict)
-    unreadable: int = 0
+    waiting: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    unreadable: dict[int, int] = field(default_factory=dict)
 
     def pids(self, dev: int | None, ino: int | None) -> set[int]:
         if dev is None or ino is None:
             return set()
         return self.by_inode.get((dev, ino), set())
 
+    def hidden(self, uid: int, mode: int) -> list[int]:
+        """Unreadable processes that may have access to an object of owner ``uid`` and
+        permission bits ``mode``: root's, the owner's, and anyone's if group or others
+        have any access."""
+        return sorted(
+            pid for pid, owner in self.unreadable.items() if owner in (0, uid) or mode & 0o066
+        )
+
 
 def scan_holders(proc: str = "/proc", *, skip: int | None = None) -> Holders:
-    """Every open or mapped inode of every process but ``skip`` (default: this one)."""
+    """Every open or mapped inode, and every blocked SysV call, of every process but
+    ``skip`` (default: this one)."""
     skip = os.getpid() if skip is None else skip
+    calls = _SYSCALLS.get(platform.machine(), {})
     out = Holders()
     try:
         pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
@@ -45,13 +72,17 @@ def scan_holders(proc: str = "/proc", *, skip: int | None = None) -> Holders:
     for pid in pids:
         if pid == skip:
             continue
-        seen = _fds(f"{proc}/{pid}")
-        maps = _maps(f"{proc}/{pid}/maps")
-        if seen is None and maps is None:
-            out.unreadable += 1
+        base = f"{proc}/{pid}"
+        fds = _fds(base)
+        maps = _maps(f"{base}/maps")
+        if fds is None or maps is None:
+            with contextlib.suppress(OSError):  # unless it ended meanwhile
+                out.unreadable[pid] = os.stat(base).st_uid
             continue
-        for inode in (seen or set()) | (maps or set()):
+        for inode in fds | maps:
             out.by_inode.setdefault(inode, set()).add(pid)
+        for what in _blocked(base, calls):
+            out.waiting.setdefault(what, set()).add(pid)
     return out
 
 
@@ -72,7 +103,7 @@ def _fds(base: str) -> set[tuple[int, int]] | None:
 
 def _maps(path: str) -> set[tuple[int, int]] | None:
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:  # bytes: a mapped file's path need not be UTF-8
             lines = f.readlines()
     except FileNotFoundError:
         return set()
@@ -82,26 +113,52 @@ def _maps(path: str) -> set[tuple[int, int]] | None:
     for line in lines:
         # address perms offset dev inode [path]; dev is "major:minor" in hex.
         parts = line.split(maxsplit=5)
-        if len(parts) < 5 or parts[4] == "0":
+        if len(parts) < 5 or parts[4] == b"0":
             continue
         try:
-            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            major, minor = (int(x, 16) for x in parts[3].split(b":"))
             found.add((os.makedev(major, minor), int(parts[4])))
         except ValueError:
             continue
     return found
 
 
-def bound_unix_paths(path: str = "/proc/net/unix") -> set[str]:
-    """The filesystem paths unix sockets in this network namespace are bound to."""
+def _blocked(base: str, calls: dict[int, str]) -> set[tuple[str, int]]:
+    """The SysV ids this process's threads are blocked on."""
+    found: set[tuple[str, int]] = set()
+    if not calls:
+        return found
     try:
-        with open(path) as f:
-            lines = f.readlines()[1:]
+        tids = os.listdir(f"{base}/task")
     except OSError:
-        return set()
-    # Num RefCount Protocol Flags Type St Inode [Path]; abstract names start with "@".
-    return {
-        parts[7].rstrip("\n")
-        for parts in (line.split(maxsplit=7) for line in lines)
-        if len(parts) == 8 and parts[7].startswith("/")
-    }
+        return found
+    for tid in tids:
+        try:
+            with open(f"{base}/task/{tid}/syscall", "rb") as f:
+                fields = f.read().split()
+            # "NR arg1 arg2 ...", or "running" / "-1 sp pc" outside a system call.
+            call = calls.get(int(fields[0]))
+            if call is not None:
+                found.add((call, int(fields[1], 16)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def unused_by_others(path: str) -> bool | None:
+    """True if no other process has the file at ``path`` open or mapped, False if one
+    has; None if the kernel will not say (not its owner nor root, not a regular file or
+    queue, or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing the fd also drops the lease
+    return True

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _libc, _registry
-from ._holders import Holders, bound_unix_paths, scan_holders
-from ._registry import Entry
+from ._holders import Holders, scan_holders, unused_by_others
+from ._registry import KINDS, Entry
 
 __all__ = [
     "KINDS",
@@ -49,23 +49,13 @@ __all__ = [
     "scan_dev_shm",
 ]
 
-KINDS = (
-    "sysv-shm",
-    "sysv-msg",
-    "sysv-sem",
-    "posix-shm",
-    "posix-sem",
-    "posix-mq",
-    "shm-ring",
-    "fifo",
-    "unix-socket",
-)
 SYSV_FILES = {"sysv-shm": "shm", "sysv-msg": "msg", "sysv-sem": "sem"}
 SHM_DIR = "/dev/shm"
 RING_MAGIC = b"aioipcRG"
 _BELLS = (".bell-data", ".bell-space")
 _SEM_PREFIX = "sem."
 _GETPID = 11  # semctl: the pid of the last semop on one semaphore
+_GETNCNT, _GETZCNT = 14, 15  # semctl: processes waiting for a value to rise, or for 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +94,8 @@ class IPCObject:
     dev: int | None = None
     ino: int | None = None
     last_pids: tuple[int, ...] = field(default=(), repr=False)  # SysV: last users
+    cuid: int | None = None  # SysV: the creator's uid
+    waiters: int | None = None  # sysv-sem: processes blocked in semop on the set
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -173,6 +165,7 @@ def parse_sysv(
         else:
             count = num("nsems")
         uid = int(col["uid"])
+        cuid = num("cuid")
         rows.append(
             IPCObject(
                 kind=kind,
@@ -189,6 +182,7 @@ def parse_sysv(
                 aioipc="?",
                 users=count if kind == "sysv-shm" else None,
                 last_pids=last,
+                cuid=cuid,
             )
         )
     return rows
@@ -202,9 +196,12 @@ def _semaphores(row: IPCObject) -> IPCObject:
         array = (ctypes.c_ushort * row.count)()
         _libc.semctl(row.id, 0, _libc.GETALL, array)
         pids = [_libc.semctl(row.id, i, _GETPID) for i in range(row.count)]
+        waiters = sum(
+            _libc.semctl(row.id, i, cmd) for i in range(row.count) for cmd in (_GETNCNT, _GETZCNT)
+        )
     except OSError:
         return row
-    return replace(row, values=tuple(array), last_pids=tuple(p for p in pids if p))
+    return replace(row, values=tuple(array), last_pids=tuple(p for p in pids if p), waiters=waiters)
 
 
 def scan_sysv(kind: str, proc: str = "/proc/sysvipc") -> list[IPCObject]:
@@ -424,7 +421,7 @@ def registry_paths(entries: Iterable[Entry], kinds: set[str]) -> list[IPCObject]
             continue
         try:
             st = os.lstat(e.ident)
-        except OSError:
+        except (OSError, ValueError):
             continue
         wanted = stat.S_ISFIFO if e.kind == "fifo" else stat.S_ISSOCK
         if not wanted(st.st_mode) or (e.ino is not None and e.ino != st.st_ino):
@@ -455,14 +452,25 @@ def registry_paths(entries: Iterable[Entry], kinds: set[str]) -> list[IPCObject]
 
 
 def _entry_of(row: IPCObject, index: dict[tuple[str, str], Entry]) -> Entry | None:
+    """The entry that vouches for ``row``, if one does.
+
+    It must name this very object: for SysV the same id and key in the same IPC
+    namespace, otherwise the same device and inode (a POSIX queue also the same IPC
+    namespace). And the object must belong to the entry's user: a registry is trusted
+    for what its own user made, never for another user's objects.
+    """
     if row.id is not None:
         entry = index.get((row.kind, str(row.id)))
-        if entry is None or row.key is None or entry.key is None:
+        if entry is None or row.key is None or entry.key != int(row.key, 16):
             return None
-        return entry if entry.key == int(row.key, 16) else None
+        if entry.ipcns is None or entry.ipcns != _registry.ipc_namespace():
+            return None
+        return entry if row.cuid == entry.uid else None
     entry = index.get((row.kind, row.name or ""))
-    if entry is None or (entry.ino is not None and entry.ino != row.ino):
-        return None  # another object was made under the name since
+    if entry is None or (entry.dev, entry.ino) != (row.dev, row.ino) or row.uid != entry.uid:
+        return None  # another object was made under the name since, or not theirs
+    if row.kind == "posix-mq" and entry.ipcns != _registry.ipc_namespace():
+        return None
     return entry
 
 
@@ -475,33 +483,90 @@ def _ring_attached(name: str) -> bool | None:
         return None
 
 
-def _nobody_attached(row: IPCObject, holders: Holders, bound: set[str]) -> tuple[bool | None, str]:
-    """(True if nobody holds ``row``, the reason when somebody does)."""
+def _socket_listened(path: str) -> bool | None:
+    from . import unix
+
+    try:
+        return not unix._is_stale(path, "stream")
+    except Exception:  # not a socket any more
+        return None
+
+
+def object_path(row: IPCObject, mqueue: str | None) -> str | None:
+    """The file behind a POSIX object, ring, FIFO or socket (None if it has none here)."""
+    if row.kind == "posix-mq":
+        return None if mqueue is None or row.name is None else mqueue + row.name
+    if row.kind == "posix-sem" and row.name is not None:
+        return f"{SHM_DIR}/{_SEM_PREFIX}{row.name[1:]}"
+    if row.kind in ("posix-shm", "shm-ring") and row.name is not None:
+        return SHM_DIR + row.name
+    if row.kind in ("fifo", "unix-socket"):
+        return row.name
+    return None
+
+
+def _unseen(row: IPCObject, holders: Holders) -> str | None:
+    """Why processes we cannot look into could be using ``row``, if they could."""
+    hidden = holders.hidden(row.uid, int(row.mode, 8))
+    if not hidden:
+        return None
+    shown = ", ".join(map(str, hidden[:3])) + (", ..." if len(hidden) > 3 else "")
+    if os.geteuid() == 0:
+        return f"pid {shown} could be using it and cannot be inspected, even by root here"
+    return f"pid {shown} could be using it and cannot be inspected (run as root)"
+
+
+def _nobody_attached(
+    row: IPCObject, holders: Holders, mqueue: str | None
+) -> tuple[bool | None, str]:
+    """(True if nobody holds ``row``; None if that cannot be told), and why not."""
     if row.kind == "sysv-shm":
         n = row.count or 0
         return n == 0, f"{n} process{'es' if n != 1 else ''} attached"
-    if row.kind in ("sysv-msg", "sysv-sem"):
-        # Nothing lists who holds a queue or a set: the last processes to use it stand
-        # in. A reused pid only makes this answer "in use", never "stale".
-        live = [p for p in row.last_pids if pid_alive(p)]
-        return not live, f"pid {live[0] if live else 0} used it last and is alive"
     if row.kind == "shm-ring":
         attached = _ring_attached(row.name or "")
         if attached is None:
             return None, "its ring header cannot be read"
         return not attached, "a live process is attached"
     if row.kind == "unix-socket":
-        return row.name not in bound, "a socket is bound to it (a live listener)"
+        listened = _socket_listened(row.name or "")
+        if listened is None:
+            return None, "it is no longer a socket"
+        return not listened, "a socket is bound to it (a live listener)"
+    if row.kind in ("sysv-msg", "sysv-sem"):
+        # Nothing lists who holds a queue or a set: a thread blocked on it, or the last
+        # processes to use it, stand in. A reused pid only makes this say "in use".
+        assert row.id is not None
+        blocked = sorted(holders.waiting.get((row.kind[5:], row.id), set()))
+        if blocked or row.waiters:
+            who = f"pid {blocked[0]}" if blocked else f"{row.waiters} process(es)"
+            return False, f"{who} waiting on it"
+        live = [p for p in row.last_pids if pid_alive(p)]
+        if live:
+            return False, f"pid {live[0]} used it last and is alive"
+        # The kernel counts a set's waiters (row.waiters) but not a queue's: a process
+        # we cannot look into could be blocked in msgrcv on it.
+        unseen = _unseen(row, holders) if row.kind == "sysv-msg" else None
+        return (None, unseen) if unseen else (True, "")
     pids = sorted(holders.pids(row.dev, row.ino))
     shown = ", ".join(map(str, pids[:3])) + (", ..." if len(pids) > 3 else "")
-    return not pids, f"open in pid {shown}"
+    busy = f"open in pid {shown}" if pids else "another process has it open or mapped"
+    path = object_path(row, mqueue)
+    if row.kind != "fifo" and path is not None:
+        free = unused_by_others(path)  # the kernel's own answer, when it gives one
+        if free is not None:
+            return free, busy
+    if pids:
+        return False, busy
+    unseen = _unseen(row, holders)
+    return (None, unseen) if unseen else (True, "")
 
 
 def annotate(
     rows: Iterable[IPCObject],
     entries: Iterable[Entry],
     holders: Holders,
-    bound: set[str],
+    mqueue: str | None = None,
 ) -> list[IPCObject]:
     """``rows`` with creator, liveness, users, ``aioipc`` and ``stale`` filled in."""
     index = {(e.kind, e.ident): e for e in entries}
@@ -514,32 +579,30 @@ def annotate(
         elif row.aioipc != "yes":
             changes["aioipc"] = "no" if _registry.knows(row.uid) else "?"
         if row.kind == "unix-socket":
-            changes["users"] = int(row.name in bound)
+            listened = _socket_listened(row.name or "")
+            changes["users"] = None if listened is None else int(listened)
         elif row.dev is not None:
             changes["users"] = len(holders.pids(row.dev, row.ino))
         row = replace(row, **changes)
-        out.append(replace(row, **_staleness(row, entry, holders, bound)))
+        out.append(replace(row, **_staleness(row, entry, holders, mqueue)))
     return out
 
 
 def _staleness(
-    row: IPCObject, entry: Entry | None, holders: Holders, bound: set[str]
+    row: IPCObject, entry: Entry | None, holders: Holders, mqueue: str | None
 ) -> dict[str, Any]:
     if row.aioipc != "yes":
         return {"stale": None, "why": "not made by aioipc" if row.aioipc == "no" else ""}
-    if entry is not None:
-        if row.alive is None:
-            why = f"cannot tell whether its creator, pid {entry.pid}, runs (another pid namespace)"
-            return {"stale": False, "why": why}
-        if row.alive:
-            return {"stale": False, "why": f"its creator, pid {entry.pid}, is alive"}
-        creator = f"its creator, pid {entry.pid}, is dead"
-    else:
-        creator = "a ring with no registry entry"
-    free, busy = _nobody_attached(row, holders, bound)
-    if free is None:
-        return {"stale": False, "why": busy}
-    if not free:
+    if entry is None:  # a ring by its magic alone
+        return {"stale": False, "why": "no registry entry: who made it is unknown"}
+    if row.alive is None:
+        why = f"cannot tell whether its creator, pid {entry.pid}, runs (another pid namespace)"
+        return {"stale": False, "why": why}
+    if row.alive:
+        return {"stale": False, "why": f"its creator, pid {entry.pid}, is alive"}
+    creator = f"its creator, pid {entry.pid}, is dead"
+    free, busy = _nobody_attached(row, holders, mqueue)
+    if not free:  # in use, or cannot be told
         return {"stale": False, "why": f"{creator}, but {busy}"}
     return {"stale": True, "why": f"{creator} and nobody is attached"}
 
@@ -578,7 +641,7 @@ def scan(
     if "posix-mq" in wanted:
         rows += scan_mqueue(mqueue)
     rows += registry_paths(entries, wanted)
-    rows = annotate(rows, entries, scan_holders(), bound_unix_paths())
+    rows = annotate(rows, entries, scan_holders(), mqueue)
     index = {(r.kind, r.name if r.id is None else str(r.id)) for r in rows if r.aioipc == "yes"}
     orphans = [
         e

@@ -121,7 +121,8 @@ def run_rm(
         with mqueue_directory() as (mqueue, note):
             if "posix-mq" in wanted:
                 _note(note)
-            done, failed = remove_stale(scan(wanted, mqueue=mqueue), dry_run=dry_run)
+            found = scan(wanted, mqueue=mqueue)
+            done, failed = remove_stale(found, dry_run=dry_run, mqueue=mqueue)
         for line in done:
             print(line, flush=True)
         if not done and not failed:
@@ -138,7 +139,7 @@ def run_rm(
     try:
         with mqueue_directory() as (mqueue, _):
             row = find(kind, target, scan([kind], mqueue=mqueue).rows)
-            remove(row, force=force)
+            remove(row, force=force, mqueue=mqueue)
     except RemoveError as exc:
         _error(str(exc))
         return exc.code

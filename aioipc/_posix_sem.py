@@ -15,7 +15,7 @@ from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from . import _registry
 from ._posix_base import check_name, map_posix_errors
 from ._threads import Interrupted, Job, run_in_worker, stop_jobs
-from .errors import IPCNotFoundError, translate_os_error
+from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
 
 __all__ = ["Semaphore", "unlink_semaphore"]
 
@@ -96,8 +96,17 @@ class Semaphore:
 
     @classmethod
     def open_or_create(cls, name: str, value: int = 1, *, mode: int = 0o600) -> Semaphore:
-        """Open the semaphore, or create it with ``value`` permits (``O_CREAT``, atomic)."""
-        return cls._open(name, posix_ipc.O_CREAT, mode, value)
+        """Open the semaphore, or create it with ``value`` permits and exactly ``mode``.
+
+        An exclusive create first, then an open (retried if another process removes it
+        in between), so that a semaphore this call makes gets exactly ``mode`` whatever
+        the umask, and is recorded as aioipc's.
+        """
+        return open_or_create(
+            lambda: cls.create(name, value, mode=mode),
+            lambda: cls.open(name),
+            IPCExistsError(errno.EEXIST, f"POSIX semaphore {name}: keeps appearing and vanishing"),
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Handles pickle by name (multiprocessing children reopen it).

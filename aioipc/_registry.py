@@ -44,6 +44,7 @@ __all__ = [
     "directory",
     "entries",
     "forget",
+    "ipc_namespace",
     "knows",
     "process_start",
     "record",
@@ -67,8 +68,9 @@ class Entry:
     socket path. ``key``: a SysV key. ``dev``/``ino``: the object's inode when it has
     one, so an entry never vouches for another object later made under the same name.
     ``pid``, ``start`` and ``pidns``: the creator, its start time (clock ticks after
-    boot) and its pid namespace (inode of ``/proc/self/ns/pid``). ``path``: the entry's
-    own file.
+    boot) and its pid namespace (inode of ``/proc/self/ns/pid``). ``ipcns``: the IPC
+    namespace the object was made in (SysV ids and POSIX queues are per namespace).
+    ``path``: the entry's own file.
     """
 
     kind: str
@@ -82,6 +84,7 @@ class Entry:
     key: int | None = None
     dev: int | None = None
     ino: int | None = None
+    ipcns: int | None = None
 
 
 # -- where ------------------------------------------------------------------------------
@@ -144,6 +147,17 @@ def _open_trusted(path: str, uid: int) -> int | None:
     return fd
 
 
+KINDS = (
+    "sysv-shm",
+    "sysv-msg",
+    "sysv-sem",
+    "posix-shm",
+    "posix-sem",
+    "posix-mq",
+    "shm-ring",
+    "fifo",
+    "unix-socket",
+)
 _PATH_KINDS = ("fifo", "unix-socket")
 
 
@@ -152,7 +166,8 @@ def _ident(kind: str, ident: str) -> str:
 
 
 def _entry_name(kind: str, ident: str) -> str:
-    return f"{kind}.{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json"
+    # fsencode: a path that is not UTF-8 reaches us as a str with surrogates.
+    return f"{kind}.{hashlib.sha256(os.fsencode(ident)).hexdigest()[:32]}.json"
 
 
 # -- the creator ------------------------------------------------------------------------
@@ -176,28 +191,34 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def _pid_namespace() -> int | None:
+def _namespace(kind: str) -> int | None:
     try:
-        return os.stat("/proc/self/ns/pid").st_ino
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
     except OSError:
         return None
 
 
-_me: tuple[int, int | None, int | None] | None = None
+def ipc_namespace() -> int | None:
+    """This process's IPC namespace (the inode of ``/proc/self/ns/ipc``)."""
+    return _namespace("ipc")
 
 
-def _creator() -> tuple[int, int | None, int | None]:
+_me: tuple[int, int | None, int | None, int | None] | None = None
+
+
+def _creator() -> tuple[int, int | None, int | None, int | None]:
+    """(pid, start time, pid namespace, IPC namespace) of this process."""
     global _me
     pid = os.getpid()
-    if _me is None or _me[0] != pid:  # a forked child is a new creator
-        _me = (pid, process_start(pid), _pid_namespace())
+    if _me is None or _me[0] != pid:  # a forked child is a new creator (maybe unshared)
+        _me = (pid, process_start(pid), _namespace("pid"), ipc_namespace())
     return _me
 
 
 def creator_alive(entry: Entry) -> bool | None:
     """Whether the entry's creator still runs; None when this process cannot tell (it
     runs in another pid namespace, or the start time was not recorded)."""
-    if entry.pidns is None or entry.start is None or entry.pidns != _pid_namespace():
+    if entry.pidns is None or entry.start is None or entry.pidns != _namespace("pid"):
         return None
     return process_start(entry.pid) == entry.start
 
@@ -213,11 +234,18 @@ def record(
     st: os.stat_result | None = None,
 ) -> None:
     """Note that this process just created ``ident`` of ``kind``. Never raises."""
+    try:
+        _record(kind, ident, key, st)
+    except Exception as exc:  # never the creator's problem; see the module docstring
+        log.debug("%s %r not recorded: %r", kind, ident, exc)
+
+
+def _record(kind: str, ident: str, key: int | None, st: os.stat_result | None) -> None:
     ident = _ident(kind, ident)
     path = directory()
     if path is None:
         return
-    pid, start, pidns = _creator()
+    pid, start, pidns, ipcns = _creator()
     body = {
         "version": _VERSION,
         "kind": kind,
@@ -230,6 +258,7 @@ def record(
         "key": key,
         "dev": st.st_dev if st is not None else None,
         "ino": st.st_ino if st is not None else None,
+        "ipcns": ipcns,
     }
     data = json.dumps(body).encode()
     name = _entry_name(kind, ident)
@@ -252,6 +281,8 @@ def _write(path: str, name: str, data: bytes) -> None:
         os.mkdir(path, 0o700)
     dfd = _open_trusted(path, os.geteuid())
     if dfd is None:
+        if not os.path.lexists(path):  # removed by a forget() since our mkdir: again
+            raise FileNotFoundError(path)
         raise PermissionError(f"registry directory {path} is not trusted")
     try:
         tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}"
@@ -272,10 +303,12 @@ def _write(path: str, name: str, data: bytes) -> None:
 
 def forget(kind: str, ident: str) -> None:
     """Drop this user's entry for ``ident`` of ``kind``, if any. Never raises."""
-    path = directory()
-    if path is None:
-        return
-    _unlink_entry(path, os.geteuid(), _entry_name(kind, _ident(kind, ident)))
+    try:
+        path = directory()
+        if path is not None:
+            _unlink_entry(path, os.geteuid(), _entry_name(kind, _ident(kind, ident)))
+    except Exception as exc:
+        log.debug("%s %r not forgotten: %r", kind, ident, exc)
 
 
 def remove_entry(entry: Entry) -> None:
@@ -340,6 +373,8 @@ def _read_entry(dfd: int, path: str, name: str, uid: int) -> Entry | None:
         if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size > 4096:
             return None
         body = json.loads(os.read(fd, 4096))
+        if body.get("kind") not in KINDS or "\0" in str(body["ident"]):
+            return None
         entry = Entry(
             kind=str(body["kind"]),
             ident=str(body["ident"]),
@@ -352,8 +387,9 @@ def _read_entry(dfd: int, path: str, name: str, uid: int) -> Entry | None:
             key=_opt_int(body.get("key")),
             dev=_opt_int(body.get("dev")),
             ino=_opt_int(body.get("ino")),
+            ipcns=_opt_int(body.get("ipcns")),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # anyone's bytes: bad JSON, wrong types, absurd nesting
         return None
     finally:
         os.close(fd)

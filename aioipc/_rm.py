@@ -13,9 +13,10 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import _libc, _registry
-from ._inventory import SYSV_FILES, IPCObject, Scan
+from ._inventory import SYSV_FILES, IPCObject, Scan, object_path
 
 __all__ = ["RemoveError", "find", "remove", "remove_stale"]
 
@@ -102,13 +103,62 @@ def _rmid(kind: str, ipc_id: int) -> None:
         _libc.semctl(ipc_id, 0, _libc.IPC_RMID)
 
 
-def _unlink_path(row: IPCObject) -> None:
-    """Remove a FIFO or socket file, only if it is still the inode that was listed."""
-    assert row.name is not None
-    st = os.lstat(row.name)
+class _Changed(Exception):
+    """The object is no longer the one that was listed."""
+
+
+def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
+    """Raise _Changed unless ``row`` still names the object that was listed (and, for a
+    stale one, a SysV segment is still detached): the last check before removing it.
+    """
+    if row.id is not None:
+        try:
+            if row.kind == "sysv-shm":
+                ds: Any = _libc.shmctl_stat(row.id)
+            elif row.kind == "sysv-msg":
+                ds = _libc.msgctl_stat(row.id)
+            else:
+                ds = _libc.SemidDs()
+                _libc.semctl(row.id, 0, _libc.IPC_STAT, ds)
+        except OSError:
+            raise _Changed("does not exist") from None
+        if row.key is None or int(ds.perm.key) & 0xFFFFFFFF != int(row.key, 16):
+            raise _Changed("its id now belongs to another object")
+        if stale and row.kind == "sysv-shm" and int(ds.nattch):
+            raise _Changed("a process attached since it was listed")
+        return
+    path = object_path(row, mqueue)
+    if path is None:
+        return  # a queue with no mqueue mount to look in: the name is all there is
+    try:
+        st = os.lstat(path)
+    except OSError:
+        raise _Changed("does not exist") from None
     if (st.st_dev, st.st_ino) != (row.dev, row.ino):
-        raise FileNotFoundError(errno.ENOENT, "replaced by another file since it was listed")
-    os.unlink(row.name)
+        raise _Changed("another object was made under its name since it was listed")
+
+
+def _unlink_at(row: IPCObject) -> None:
+    """Remove a FIFO or socket file by walking its path one directory at a time without
+    following any symlink, then unlinking the name in the last directory if it is still
+    the listed inode: a directory swapped for a link mid-way cannot redirect it.
+    """
+    assert row.name is not None
+    parts = [p for p in os.path.dirname(row.name).split("/") if p]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dfd = os.open("/", flags)
+    try:
+        for part in parts:
+            next_fd = os.open(part, flags, dir_fd=dfd)
+            os.close(dfd)
+            dfd = next_fd
+        leaf = os.path.basename(row.name)
+        st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != (row.dev, row.ino):
+            raise _Changed("another file was put at its path since it was listed")
+        os.unlink(leaf, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def _delete(row: IPCObject) -> None:
@@ -123,15 +173,16 @@ def _delete(row: IPCObject) -> None:
         "posix-sem": posix.unlink_semaphore,
         "posix-mq": posix.unlink_message_queue,
         "shm-ring": shm.unlink,
-        "fifo": lambda _: _unlink_path(row),
-        "unix-socket": lambda _: _unlink_path(row),
+        "fifo": lambda _: _unlink_at(row),
+        "unix-socket": lambda _: _unlink_at(row),
     }
     assert row.name is not None
     unlinkers[row.kind](row.name)
 
 
-def remove(row: IPCObject, *, force: bool = False) -> None:
-    """Remove the object ``row`` describes. Raises RemoveError."""
+def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) -> None:
+    """Remove the object ``row`` describes, if it is still that object (``mqueue``:
+    where the queues were read). Raises RemoveError."""
     from .errors import IPCError
 
     what = row.describe()
@@ -143,7 +194,11 @@ def remove(row: IPCObject, *, force: bool = False) -> None:
         )
         raise RemoveError(f"{what}: {reason}; --force removes it anyway")
     try:
+        # Checked again just before: names and ids are reused, and time has passed.
+        _same_object(row, mqueue, stale=not force)
         _delete(row)
+    except _Changed as exc:
+        raise RemoveError(f"{what}: {exc}; left alone") from None
     except IPCError as exc:  # before ValueError: some IPC errors are both
         raise RemoveError(_one_line(exc, what)) from None
     except ValueError as exc:
@@ -173,7 +228,9 @@ def _one_line(exc: BaseException, what: str) -> str:
     return text if name in text else f"{what}: {text}"
 
 
-def remove_stale(found: Scan, *, dry_run: bool = False) -> tuple[list[str], list[str]]:
+def remove_stale(
+    found: Scan, *, dry_run: bool = False, mqueue: str | None = None
+) -> tuple[list[str], list[str]]:
     """Remove every stale row of ``found`` and forget its orphaned registry entries.
 
     Returns (lines saying what was removed, lines saying what failed).
@@ -186,7 +243,7 @@ def remove_stale(found: Scan, *, dry_run: bool = False) -> tuple[list[str], list
             continue
         try:
             if not dry_run:
-                remove(row)
+                remove(row, mqueue=mqueue)
         except RemoveError as exc:
             failed.append(str(exc))
             continue

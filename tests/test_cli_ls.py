@@ -50,6 +50,9 @@ KINDS = (
     "unix-socket",
 )
 NOBODY = 65534
+# What rm --stale can only call unused after looking into every process: a FIFO's
+# holders, and a thread blocked in msgrcv on a queue (the kernel counts neither).
+UNSEEN_KINDS = ("sysv-msg", "fifo")
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to setuid a child")
 
 
@@ -213,6 +216,15 @@ def _exists(peer: Peer, kind: str) -> bool:
     return any(os.path.lexists(p) for p in _paths(kind, peer.info[kind]))
 
 
+def hidden_here() -> bool:
+    """Whether a process here cannot be looked into even by us (root without
+    CAP_SYS_PTRACE, as in some containers, cannot read a non-dumpable process's fds).
+    Then a FIFO or a queue is never called unused, and the tests expect exactly that."""
+    from aioipc._holders import scan_holders
+
+    return bool(scan_holders().hidden(os.geteuid(), 0o600))
+
+
 # --------------------------------------------------------------------------- ls
 
 
@@ -343,31 +355,40 @@ def test_rm_stale_removes_what_a_killed_creator_left_and_leaves_a_live_one(
     dead = creator(peers, workdir)
     live = creator(peers, workdir)
     dead.kill()
-    rows = ls_json("--stale")
+    unseen = UNSEEN_KINDS if hidden_here() else ()
+    stale = [k for k in KINDS if k not in unseen]
+    rows = ls_json()
     for kind in KINDS:
         row = dead.row(rows, kind)
         assert row is not None, kind
-        assert (row["pid"], row["alive"], row["stale"]) == (dead.pid, False, True), kind
-        assert row["why"] == f"its creator, pid {dead.pid}, is dead and nobody is attached"
-        assert live.row(rows, kind) is None, kind
+        assert (row["pid"], row["alive"]) == (dead.pid, False), kind
+        if kind in unseen:
+            assert row["stale"] is False, kind
+            assert "cannot be inspected" in row["why"], row["why"]
+        else:
+            assert row["stale"] is True, (kind, row["why"])
+            assert row["why"] == f"its creator, pid {dead.pid}, is dead and nobody is attached"
+        assert live.row(ls_json("--stale"), kind) is None, kind
 
     preview = aioipc("rm", "--stale", "--dry-run")
     assert preview.returncode == 0, preview.stderr
-    assert preview.stdout.count("would remove") == len(KINDS), preview.stdout
+    assert preview.stdout.count("would remove") == len(stale), preview.stdout
     assert all(_exists(dead, k) for k in KINDS)
 
     done = aioipc("rm", "--stale")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == len(KINDS), lines
-    for kind in KINDS:
+    assert len(lines) == len(stale), lines
+    for kind in stale:
         assert not _exists(dead, kind), kind
-        assert _exists(live, kind), kind
         said = [line for line in lines if line.startswith(f"removed {kind} ")]
         assert len(said) == 1, (kind, lines)
         assert dead.target(kind) in said[0], (kind, lines)
+    assert all(_exists(live, k) for k in KINDS)
     again = aioipc("rm", "--stale")
     assert (again.returncode, again.stdout) == (0, "nothing stale\n"), again.stderr
+    for kind in unseen:  # what only --force removes here
+        assert aioipc("rm", kind, dead.target(kind), "--force").returncode == 0
 
     live.finish()
     assert not any(_exists(live, k) for k in KINDS)
@@ -404,9 +425,12 @@ def test_rm_stale_keeps_what_a_live_process_still_holds(peers: list[Peer], workd
 
     for peer in holders.values():
         peer.finish()
+    unseen = UNSEEN_KINDS if hidden_here() else ()
     done = aioipc("rm", "--stale")
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == len(held), done.stdout
+    assert len(done.stdout.splitlines()) == len(held) - len(unseen), done.stdout
+    for kind in unseen:
+        assert aioipc("rm", kind, made.target(kind), "--force").returncode == 0
     assert not any(_exists(made, k) for k in KINDS)
 
 
@@ -420,10 +444,12 @@ def test_rm_stale_forgets_entries_of_objects_removed_behind_aioipcs_back(
     os.unlink(peer.info["fifo"])
     done = aioipc("rm", "--stale", "--kind", "sysv-msg", "--kind", "fifo")
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.splitlines()) == [
+    # (Other tests' entries may be forgotten too: the suite shares one registry.)
+    assert {
         f"forgot fifo {peer.info['fifo']}: already gone",
         f"forgot sysv-msg {peer.target('sysv-msg')}: already gone",
-    ]
+    } <= set(done.stdout.splitlines()), done.stdout
+    assert "removed" not in done.stdout
     # --kind narrowed it: the rest is still there, and still stale.
     assert all(_exists(peer, k) for k in KINDS if k not in ("sysv-msg", "fifo"))
     assert len(ls_json("--stale")) == len(KINDS) - 2
