@@ -230,17 +230,26 @@ def _read_head(path: str, size: int) -> bytes | None:
         os.close(fd)
 
 
-def _posix_sem_value(name: str) -> int | None:
+def _peek(kind: str, name: str) -> int | None:
+    """A POSIX semaphore's value or a queue's message count, None if it cannot be read.
+    Opening a queue read-only, or a semaphore, changes nothing about it."""
     import posix_ipc
 
     try:
-        sem = posix_ipc.Semaphore(name)
+        if kind == "posix-sem":
+            handle: Any = posix_ipc.Semaphore(name)
+        else:
+            handle = posix_ipc.MessageQueue(name, read=True, write=False)
     except (posix_ipc.Error, OSError, ValueError):
         return None
     try:
-        return int(sem.value)
+        return int(handle.value if kind == "posix-sem" else handle.current_messages)
     finally:
-        sem.close()
+        handle.close()
+
+
+def _posix_sem_value(name: str) -> int | None:
+    return _peek("posix-sem", name)
 
 
 def scan_dev_shm(
@@ -357,19 +366,6 @@ def parse_mqueue(text: str) -> int | None:
     return None
 
 
-def _mq_messages(name: str) -> int | None:
-    import posix_ipc
-
-    try:
-        mq = posix_ipc.MessageQueue(name, read=True, write=False)
-    except (posix_ipc.Error, OSError, ValueError):
-        return None
-    try:
-        return int(mq.current_messages)
-    finally:
-        mq.close()
-
-
 def scan_mqueue(
     directory: str | None, *, owner: Callable[[int], str] = user_name
 ) -> list[IPCObject]:
@@ -398,7 +394,7 @@ def scan_mqueue(
                 owner=owner(st.st_uid),
                 mode=_mode(st.st_mode),
                 size=used,
-                count=_mq_messages("/" + entry),
+                count=_peek("posix-mq", "/" + entry),
                 pid=None,
                 alive=None,
                 aioipc="?",

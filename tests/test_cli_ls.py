@@ -33,22 +33,11 @@ import pytest
 import sysv_ipc
 
 from aioipc import _registry, posix
-from aioipc._inventory import parse_mqueue, parse_sysv
+from aioipc._inventory import KINDS, parse_mqueue, parse_sysv
 
 CLI = [sys.executable, "-m", "aioipc"]
 PEER = Path(__file__).parent / "peers" / "inventory_peer.py"
 LIMIT = 30
-KINDS = (
-    "sysv-shm",
-    "sysv-msg",
-    "sysv-sem",
-    "posix-shm",
-    "posix-sem",
-    "posix-mq",
-    "shm-ring",
-    "fifo",
-    "unix-socket",
-)
 NOBODY = 65534
 # What rm --stale can only call unused after looking into every process: a FIFO's
 # holders, and a thread blocked in msgrcv on a queue (the kernel counts neither).
