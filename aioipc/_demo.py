@@ -183,32 +183,33 @@ async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> R
         async with _parent_side(mechanism, tmp, size) as (chan, args, fds):
             cmd = [sys.executable, "-m", "aioipc._demo", "child", mechanism, *args]
             proc = await anyio.open_process(cmd, pass_fds=fds, stdin=None, stdout=None, stderr=None)
+            exited = anyio.Event()
+            rtts: list[float] = []
+            elapsed = 0.0
             try:
-                with anyio.fail_after(30):
-                    if hasattr(chan, "ready"):
-                        await chan.ready()
-                    rtts = []
-                    for _ in range(round_trips):
-                        t0 = time.perf_counter()
-                        await chan.send(b"ping" + bytes(60))
-                        reply = await chan.receive()
-                        rtts.append(time.perf_counter() - t0)
-                        assert reply[:4] == b"pong", reply[:4]
-                    await chan.send(b"burst" + _index.pack(count) + _index.pack(size))
-                    t0 = time.perf_counter()
-                    for expected in range(count):
-                        msg = await chan.receive()
-                        (got,) = _index.unpack_from(msg)
-                        if got != expected or len(msg) != size:
-                            raise AssertionError(
-                                f"{mechanism}: expected message {expected} of {size} bytes, "
-                                f"got {got} of {len(msg)}"
-                            )
-                    elapsed = time.perf_counter() - t0
-                    await chan.send(b"bye")
-                    if not mechanism.endswith("-mq"):
-                        await chan.aclose()  # queues stay open until the child has read "bye"
-                    await proc.wait()
+                async with anyio.create_task_group() as tg:
+
+                    async def watch() -> None:
+                        # A child that dies mid-way would leave us waiting on a channel
+                        # (or a semaphore) that nobody will ever serve.
+                        await proc.wait()
+                        exited.set()
+                        if not rtts:
+                            tg.cancel_scope.cancel()
+
+                    tg.start_soon(watch)
+                    with anyio.fail_after(30):
+                        rtts, elapsed = await _exchange(chan, mechanism, count, size, round_trips)
+                        if not mechanism.endswith("-mq"):
+                            await chan.aclose()  # queues stay open until "bye" is read
+                        await exited.wait()
+                if proc.returncode != 0 or not rtts:
+                    raise AssertionError(
+                        f"{mechanism}: the child process exited with {proc.returncode} "
+                        "before the exchange was over"
+                    )
+            except TimeoutError:
+                raise AssertionError(f"{mechanism}: no progress for 30 s") from None
             finally:
                 if proc.returncode is None:
                     proc.kill()
@@ -223,6 +224,46 @@ async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> R
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _exchange(
+    chan: Any, mechanism: str, count: int, size: int, round_trips: int
+) -> tuple[list[float], float]:
+    """Ping-pong, then the numbered burst; the round trips and the burst's duration."""
+    if hasattr(chan, "ready"):
+        await chan.ready()
+    rtts = []
+    for _ in range(round_trips):
+        t0 = time.perf_counter()
+        await chan.send(b"ping" + bytes(60))
+        reply = await chan.receive()
+        rtts.append(time.perf_counter() - t0)
+        assert reply[:4] == b"pong", reply[:4]
+    await chan.send(b"burst" + _index.pack(count) + _index.pack(size))
+    t0 = time.perf_counter()
+    for expected in range(count):
+        msg = await chan.receive()
+        (got,) = _index.unpack_from(msg)
+        if got != expected or len(msg) != size:
+            raise AssertionError(
+                f"{mechanism}: expected message {expected} of {size} bytes, got {got} of {len(msg)}"
+            )
+    elapsed = time.perf_counter() - t0
+    await chan.send(b"bye")
+    return rtts, elapsed
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this child when its parent dies: a child blocked on a
+    semaphore would otherwise wait for ever, keeping the demo's objects attached."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the prctl
+        os._exit(1)
 
 
 async def _child(mechanism: str, args: list[str]) -> None:
@@ -286,4 +327,5 @@ def run_demo(
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    _die_with_parent()
     anyio.run(_child, sys.argv[2], sys.argv[3:])

@@ -381,9 +381,12 @@ def scan_mqueue(
         path = os.path.join(directory, entry)
         try:
             st = os.stat(path)
-            used = parse_mqueue(Path(path).read_text())
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
+        try:
+            used = parse_mqueue(Path(path).read_text())
+        except OSError:  # another user's queue we may not read: listed all the same
+            used = None
         rows.append(
             IPCObject(
                 kind="posix-mq",
@@ -457,7 +460,9 @@ def _entry_of(row: IPCObject, index: dict[tuple[str, str], Entry]) -> Entry | No
     """
     if row.id is not None:
         entry = index.get((row.kind, str(row.id)))
-        if entry is None or row.key is None or entry.key != int(row.key, 16):
+        if entry is None or row.key is None or entry.key is None:
+            return None
+        if entry.key & 0xFFFFFFFF != int(row.key, 16):
             return None
         if entry.ipcns is None or entry.ipcns != _registry.ipc_namespace():
             return None

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._inventory import KINDS, IPCObject, scan
 from ._mqueue_view import mqueue_directory
-from ._rm import RemoveError, find, remove, remove_stale
+from ._rm import RemoveError, find, remove, remove_stale, remove_unlisted_queue
 
 __all__ = ["add_inventory_parsers", "run_ls", "run_rm"]
 
@@ -71,9 +71,12 @@ def _print_table(rows: Sequence[IPCObject], title: str) -> None:
         for line in [_COLUMNS, *cells]:
             print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
         return
+    from rich.markup import escape
+
     table = Table(*_COLUMNS, title=title)
     for line in cells:
-        table.add_row(*line)
+        # Names are anyone's bytes: "[red]" in one must show as written, not as a style.
+        table.add_row(*(escape(cell) for cell in line))
     Console().print(table)
 
 
@@ -137,13 +140,19 @@ def run_rm(
         _error("rm needs KIND and ID|KEY|NAME, or --stale")
         return 2
     try:
-        with mqueue_directory() as (mqueue, _):
-            row = find(kind, target, scan([kind], mqueue=mqueue).rows)
-            remove(row, force=force, mqueue=mqueue)
+        with mqueue_directory() as (mqueue, note):
+            if kind == "posix-mq" and mqueue is None:
+                # Unlisted, so unjudged: only --force may remove it, by name.
+                _note(note)
+                what = remove_unlisted_queue(target, force=force)
+            else:
+                row = find(kind, target, scan([kind], mqueue=mqueue).rows)
+                remove(row, force=force, mqueue=mqueue)
+                what = row.describe()
     except RemoveError as exc:
         _error(str(exc))
         return exc.code
-    print(f"removed {row.describe()}")
+    print(f"removed {what}")
     return 0
 
 

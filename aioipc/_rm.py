@@ -18,7 +18,7 @@ from typing import Any
 from . import _libc, _registry
 from ._inventory import SYSV_FILES, IPCObject, Scan, object_path
 
-__all__ = ["RemoveError", "find", "remove", "remove_stale"]
+__all__ = ["RemoveError", "find", "remove", "remove_stale", "remove_unlisted_queue"]
 
 
 class RemoveError(Exception):
@@ -209,13 +209,36 @@ def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) ->
         if exc.errno == errno.EPERM:
             raise RemoveError(f"{what}: permission denied (not its owner or creator)") from None
         raise RemoveError(_one_line(exc, what)) from None
-    _forget(row)
+    _forget(row.kind, str(row.id) if row.id is not None else row.name)
 
 
-def _forget(row: IPCObject) -> None:
-    ident = str(row.id) if row.id is not None else row.name
+def remove_unlisted_queue(target: str, *, force: bool) -> str:
+    """Remove the POSIX queue ``target`` by name, when no mqueue mount lets it be listed
+    (and so judged): only with ``force``. Returns what was removed, in words."""
+    from . import posix
+    from .errors import IPCError
+
+    name = posix_name(target)
+    what = f"posix-mq {name}"
+    if not force:
+        raise RemoveError(
+            f"{what}: cannot tell whether it is stale, since queues cannot be listed here; "
+            "--force removes it by name"
+        )
+    try:
+        posix.unlink_message_queue(name)
+    except IPCError as exc:
+        raise RemoveError(_one_line(exc, what)) from None
+    except ValueError as exc:
+        raise RemoveError(_one_line(exc, what), 2) from None
+    _forget("posix-mq", name)
+    return what
+
+
+def _forget(kind: str, ident: str | None) -> None:
+    """Drop the entries (any user's we may write) of an object just removed."""
     for entry in _registry.entries():
-        if entry.kind == row.kind and entry.ident == ident:
+        if entry.kind == kind and entry.ident == ident:
             _registry.remove_entry(entry)
 
 

@@ -244,7 +244,8 @@ class SysVObject:
 
     def _record_created(self) -> None:
         """Note in aioipc's registry that this process created the object."""
-        _registry.record(f"sysv-{self._kind}", str(self._id), key=self._key)
+        # Unsigned, as /proc/sysvipc and ipcs show it (key_t is signed in C).
+        _registry.record(f"sysv-{self._kind}", str(self._id), key=self._key & 0xFFFFFFFF)
 
     def remove(self) -> None:
         """Remove the object from the system (``IPC_RMID``) now.

@@ -560,13 +560,16 @@ class _Unlinker:
     def __init__(self, path: str | None) -> None:
         self._path = path
         self._ident: tuple[int, int] | None = None
+        # Only the process that bound it removes it: a forked worker closing the
+        # listener it inherited (gunicorn --preload) must not unlink the parent's path.
+        self._pid = os.getpid()
         if path is not None:
             st = os.lstat(path)
             self._ident = (st.st_dev, st.st_ino)
 
     def __call__(self) -> None:
         path, self._path = self._path, None
-        if path is None:
+        if path is None or os.getpid() != self._pid:
             return
         try:
             st = os.lstat(path)
