@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,10 +266,13 @@ def _record(kind: str, ident: str, key: int | None, st: os.stat_result | None) -
     # last entry) between our check that it exists and our write.
     for _ in range(2):
         try:
-            _write(_own_directory(path), name, data)
+            dfd = _own_directory(path)
+            try:
+                _write(dfd, name, data)
+            finally:
+                os.close(dfd)
             return
         except FileNotFoundError:
-            _drop_cached_directory()
             continue
         except OSError as exc:
             log.debug("%s %s not recorded in %s: %s", kind, ident, path, exc)
@@ -278,63 +280,18 @@ def _record(kind: str, ident: str, key: int | None, st: os.stat_result | None) -
     log.debug("%s %s not recorded: %s keeps disappearing", kind, ident, path)
 
 
-# This user's registry directory stays open once used, so that recording costs a file
-# written and renamed, not a mkdir and an open too. It is checked on every use: the fd
-# must still be that directory (a program may close every fd it does not know) and the
-# directory must still exist (a forget() elsewhere removes it when it empties).
-_cache_lock = threading.Lock()
-_cached: tuple[str, int, int, int] | None = None  # path, st_dev, st_ino, fd
-
-
 def _own_directory(path: str) -> int:
-    """A trusted fd of this user's registry directory ``path``, made if missing."""
-    global _cached
-    with _cache_lock:
-        fd = _valid_cached(path)
-        if fd is not None:
-            return fd
-        _close_cached()
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-        opened = _open_trusted(path, os.geteuid())
-        if opened is None:
-            if not os.path.lexists(path):  # removed by a forget() since our mkdir
-                raise FileNotFoundError(path)
-            raise PermissionError(f"registry directory {path} is not trusted")
-        st = os.fstat(opened)
-        _cached = (path, st.st_dev, st.st_ino, opened)
-        return opened
-
-
-def _valid_cached(path: str) -> int | None:
-    """The cached fd, if it is still the live directory ``path`` (hold _cache_lock)."""
-    if _cached is None or _cached[0] != path:
-        return None
-    _, dev, ino, fd = _cached
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino) and st.st_nlink:
-        return fd
-    return None
-
-
-def _close_cached() -> None:
-    global _cached
-    if _cached is not None:
-        fd = _cached[3]
-        _cached = None
-        with contextlib.suppress(OSError):
-            # Only if it is still ours: after a close-every-fd, the number may be reused.
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                os.close(fd)
-
-
-def _drop_cached_directory() -> None:
-    with _cache_lock:
-        _close_cached()
+    """A trusted fd of this user's registry directory ``path``, made if missing. (Not
+    kept open between records: a library must not hold an fd its program does not know
+    of; it would cost about 10 µs a create to reopen anyway.)"""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    fd = _open_trusted(path, os.geteuid())
+    if fd is None:
+        if not os.path.lexists(path):  # removed by a forget() since our mkdir
+            raise FileNotFoundError(path)
+        raise PermissionError(f"registry directory {path} is not trusted")
+    return fd
 
 
 def _write(dfd: int, name: str, data: bytes) -> None:
@@ -358,16 +315,7 @@ def forget(kind: str, ident: str) -> None:
         path = directory()
         if path is None:
             return
-        name = _entry_name(kind, _ident(kind, ident))
-        with _cache_lock:
-            cached = _valid_cached(path)
-            if cached is not None:  # held under the lock: nobody closes it meanwhile
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=cached)
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)  # see _unlink_entry
-                return
-        _unlink_entry(path, os.geteuid(), name)
+        _unlink_entry(path, os.geteuid(), _entry_name(kind, _ident(kind, ident)))
     except Exception as exc:
         log.debug("%s %r not forgotten: %r", kind, ident, exc)
 
