@@ -25,8 +25,15 @@ HERE = Path(__file__).parent
 # The suite keeps its own registry of what aioipc creates (subprocesses inherit this), so
 # that it never reads or prunes the registry of the machine's user, and `aioipc rm
 # --stale` in a test can only ever see the suite's own objects.
-SUITE_REGISTRY = tempfile.mkdtemp(prefix="aioipc-suite-registry-")
-os.environ[_registry.ENV] = SUITE_REGISTRY
+# Made once, by the pytest process: the processes it starts inherit the variable, and
+# those that import this module (multiprocessing children) keep it rather than making
+# directories of their own that nobody would remove.
+_SUITE_PREFIX = os.path.join(tempfile.gettempdir(), "aioipc-suite-registry-")
+if os.environ.get(_registry.ENV, "").startswith(_SUITE_PREFIX):
+    SUITE_REGISTRY = os.environ[_registry.ENV]
+else:
+    SUITE_REGISTRY = tempfile.mkdtemp(prefix="aioipc-suite-registry-")
+    os.environ[_registry.ENV] = SUITE_REGISTRY
 
 
 def _mount_mqueue() -> None:
