@@ -256,12 +256,11 @@ async def _exchange(
 def _die_with_parent() -> None:
     """Have the kernel kill this child when its parent dies: a child blocked on a
     semaphore would otherwise wait for ever, keeping the demo's objects attached."""
-    import ctypes
-    import ctypes.util
     import signal
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    from . import _libc
+
+    _libc.call("prctl", 1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the parent died before the prctl
         os._exit(1)
 

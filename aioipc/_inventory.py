@@ -506,12 +506,17 @@ def object_path(row: IPCObject, mqueue: str | None) -> str | None:
     return None
 
 
+def _pids_text(pids: list[int]) -> str:
+    """``"12, 34, 56, ..."``: the first three pids of a list."""
+    return ", ".join(map(str, pids[:3])) + (", ..." if len(pids) > 3 else "")
+
+
 def _unseen(row: IPCObject, holders: Holders) -> str | None:
     """Why processes we cannot look into could be using ``row``, if they could."""
     hidden = holders.hidden(row.uid, int(row.mode, 8))
     if not hidden:
         return None
-    shown = ", ".join(map(str, hidden[:3])) + (", ..." if len(hidden) > 3 else "")
+    shown = _pids_text(hidden)
     if os.geteuid() == 0:
         return f"pid {shown} could be using it and cannot be inspected, even by root here"
     return f"pid {shown} could be using it and cannot be inspected (run as root)"
@@ -550,8 +555,7 @@ def _nobody_attached(
         unseen = _unseen(row, holders) if row.kind == "sysv-msg" else None
         return (None, unseen) if unseen else (True, "")
     pids = sorted(holders.pids(row.dev, row.ino))
-    shown = ", ".join(map(str, pids[:3])) + (", ..." if len(pids) > 3 else "")
-    busy = f"open in pid {shown}" if pids else "another process has it open or mapped"
+    busy = f"open in pid {_pids_text(pids)}" if pids else "another process has it open or mapped"
     path = object_path(row, mqueue)
     if row.kind != "fifo" and path is not None:
         free = unused_by_others(path)  # the kernel's own answer, when it gives one

@@ -38,11 +38,13 @@ __all__ = [
     "MsqidDs",
     "SemidDs",
     "ShmidDs",
+    "call",
     "msgctl",
     "msgget",
     "msgrcv",
     "msgsnd",
     "semctl",
+    "semctl_stat",
     "semget",
     "semop",
     "shmat",
@@ -196,6 +198,15 @@ def _error() -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def call(name: str, *args: Any) -> int:
+    """Call the C library's ``name`` (for the few calls the standard library lacks,
+    such as ``unshare``, ``mount`` or ``prctl``); raises OSError when it returns < 0."""
+    result: int = getattr(_libc, name)(*args)
+    if result < 0:
+        raise _error()
+    return result
+
+
 _LONG = ctypes.sizeof(ctypes.c_long)
 
 
@@ -243,6 +254,12 @@ def msgctl_stat(qid: int) -> MsqidDs:
 def msgctl(qid: int, cmd: int, ds: MsqidDs | None = None) -> None:
     if _msgctl(qid, cmd, None if ds is None else ctypes.byref(ds)) < 0:
         raise _error()
+
+
+def semctl_stat(sid: int) -> SemidDs:
+    ds = SemidDs()
+    semctl(sid, 0, IPC_STAT, ds)
+    return ds
 
 
 def semget(key: int, nsems: int, flags: int) -> int:

@@ -14,12 +14,12 @@ filesystem, which a library must never do behind its caller's back.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+from . import _libc
 
 __all__ = ["MQUEUE_DIR", "MQUEUE_HINT", "mqueue_directory"]
 
@@ -52,26 +52,25 @@ def mqueue_directory(directory: str = MQUEUE_DIR) -> Iterator[tuple[str | None, 
         _drop_view(view)
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def _private_view() -> str | None:
-    libc = _libc()
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        return None
-    # Private first: without it, a mount made here could propagate back to the host
-    # on systems whose root mount is shared (systemd makes it so).
-    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+    try:
+        _libc.call("unshare", _CLONE_NEWNS)
+        # Private first: without it, a mount made here could propagate back to the host
+        # on systems whose root mount is shared (systemd makes it so).
+        _libc.call("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
+    except OSError:
         return None
     view = tempfile.mkdtemp(prefix="aioipc-mqueue-")
-    if libc.mount(b"none", view.encode(), b"mqueue", 0, None) != 0:
+    try:
+        _libc.call("mount", b"none", view.encode(), b"mqueue", 0, None)
+    except OSError:
         shutil.rmtree(view, ignore_errors=True)
         return None
     return view
 
 
 def _drop_view(view: str) -> None:
-    _libc().umount2(view.encode(), _MNT_DETACH)
+    with contextlib.suppress(OSError):
+        _libc.call("umount2", view.encode(), _MNT_DETACH)
     with contextlib.suppress(OSError):
         os.rmdir(view)

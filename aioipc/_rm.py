@@ -94,13 +94,12 @@ def _find_sysv(kind: str, target: str, rows: Sequence[IPCObject]) -> IPCObject:
 # -- removing ---------------------------------------------------------------------------
 
 
-def _rmid(kind: str, ipc_id: int) -> None:
-    if kind == "sysv-shm":
-        _libc.shmctl(ipc_id, _libc.IPC_RMID)
-    elif kind == "sysv-msg":
-        _libc.msgctl(ipc_id, _libc.IPC_RMID)
-    else:
-        _libc.semctl(ipc_id, 0, _libc.IPC_RMID)
+# Per SysV kind: IPC_STAT and IPC_RMID by id (each raises OSError).
+_SYSV_CALLS: dict[str, tuple[Callable[[int], Any], Callable[[int], object]]] = {
+    "sysv-shm": (_libc.shmctl_stat, lambda i: _libc.shmctl(i, _libc.IPC_RMID)),
+    "sysv-msg": (_libc.msgctl_stat, lambda i: _libc.msgctl(i, _libc.IPC_RMID)),
+    "sysv-sem": (_libc.semctl_stat, lambda i: _libc.semctl(i, 0, _libc.IPC_RMID)),
+}
 
 
 class _Changed(Exception):
@@ -113,13 +112,7 @@ def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
     """
     if row.id is not None:
         try:
-            if row.kind == "sysv-shm":
-                ds: Any = _libc.shmctl_stat(row.id)
-            elif row.kind == "sysv-msg":
-                ds = _libc.msgctl_stat(row.id)
-            else:
-                ds = _libc.SemidDs()
-                _libc.semctl(row.id, 0, _libc.IPC_STAT, ds)
+            ds = _SYSV_CALLS[row.kind][0](row.id)
         except OSError:
             raise _Changed("does not exist") from None
         if row.key is None or int(ds.perm.key) & 0xFFFFFFFF != int(row.key, 16):
@@ -166,7 +159,7 @@ def _delete(row: IPCObject) -> None:
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
-        _rmid(row.kind, row.id)
+        _SYSV_CALLS[row.kind][1](row.id)
         return
     unlinkers: dict[str, Callable[[str], None]] = {
         "posix-shm": posix.unlink_shared_memory,

@@ -199,9 +199,7 @@ class SemaphoreSet(SysVObject):
     # -- attributes -------------------------------------------------------------------
 
     def _stat(self) -> _libc.SemidDs:
-        ds = _libc.SemidDs()
-        _libc.semctl(self._id, 0, _libc.IPC_STAT, ds)
-        return ds
+        return _libc.semctl_stat(self._id)
 
     def _ipc_set(self, ds: _libc.SemidDs) -> None:
         _libc.semctl(self._id, 0, _libc.IPC_SET, ds)
