@@ -29,6 +29,7 @@ import sys
 from typing import Any, TypeVar
 
 from . import _libc, _registry
+from ._check import check_mode, check_size
 from ._posix_base import check_name
 from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
 from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
@@ -50,27 +51,13 @@ _STILL_EXPORTED = (
 )
 
 
-def _check_size(size: int, what: str) -> int:
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"{what}: size must be an int, not {type(size).__name__}")
-    if size <= 0:
-        raise ValueError(f"{what}: size must be a positive number of bytes, not {size}")
-    return size
-
-
-def _check_mode(mode: int, what: str) -> int:
-    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
-        raise ValueError(f"{what}: mode is permission bits 0..0o777, not {mode!r}")
-    return mode
-
-
 def _open_size(requested: int | None, actual: int, what: str) -> int:
     """The size to map when opening an object of ``actual`` bytes."""
     if actual == 0:
         raise ValueError(f"{what}: the object has size 0 (its creator has not sized it yet?)")
     if requested is None:
         return actual
-    _check_size(requested, what)
+    check_size(requested, what)
     if requested > actual:
         raise ValueError(f"{what}: asked to map {requested} bytes but the object has only {actual}")
     return requested
@@ -205,8 +192,8 @@ class PosixSharedMemory(_MmapRegion):
         """
         path = cls._path(name)
         what = f"POSIX shared memory {name}"
-        _check_size(size, what)
-        _check_mode(mode, what)
+        check_size(size, what)
+        check_mode(mode, what)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
@@ -344,10 +331,10 @@ class MappedFile(_MmapRegion):
         p = os.fspath(path)
         what = f"mapped file {p}"
         if size is not None:
-            _check_size(size, what)
+            check_size(size, what)
         if create and read_only:
             raise ValueError(f"{what}: create=True needs a writable mapping")
-        _check_mode(mode, what)
+        check_mode(mode, what)
         if create and size is None and not os.path.lexists(p):
             raise ValueError(f"{what}: does not exist; create=True needs a size")
         base = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -427,7 +414,7 @@ class AnonymousMemory(_MmapRegion):
     def __init__(self, size: int, *, _fd: int | None = None) -> None:
         what = "anonymous shared memory"
         if _fd is None:
-            _check_size(size, what)
+            check_size(size, what)
             fd = os.memfd_create("aioipc", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
@@ -525,8 +512,8 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
             ValueError: ``size`` <= 0.
         """
         check_key(key)
-        _check_size(size, f"{cls._kind_name} key={key_repr(key)}")
-        _check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
+        check_size(size, f"{cls._kind_name} key={key_repr(key)}")
+        check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
         try:
             shmid = _libc.shmget(key, size, _libc.IPC_CREAT | _libc.IPC_EXCL | (mode & 0o777))
         except OSError as exc:

@@ -420,7 +420,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         Cancellation: a cancelled send did not enqueue the message, unless the kernel had
         taken it already when the cancellation arrived; then the cancellation exception
-        carries a note saying the message was sent (Python 3.11+).
+        carries a note saying the message was sent.
         """
         fast = self._fast
         if fast is not None and type is None and item.__class__ is bytes and not self._closed:

@@ -368,7 +368,7 @@ class SemaphoreSet(SysVObject):
         except OSError as exc:
             raise self._op_error(exc) from exc
         except BaseException as exc:
-            if stuck and hasattr(exc, "add_note"):
+            if stuck:
                 exc.add_note(f"aioipc: the semaphore operation on {self._what} stayed applied")
             raise
 

@@ -342,7 +342,7 @@ async def run_in_worker(
     Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
     :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
     if it completed anyway, its result goes to ``on_late_result`` and ``late_note`` is
-    added to the cancellation exception (Python 3.11+) before it propagates.
+    added to the cancellation exception before it propagates.
     """
     if not _handler_installed or signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
         # Checked every time: with the default action restored, our interrupt would
@@ -381,7 +381,7 @@ async def run_in_worker(
                 if job.error is None:
                     if on_late_result is not None:
                         on_late_result(job.result)  # type: ignore[arg-type]
-                    if late_note is not None and hasattr(exc, "add_note"):
+                    if late_note is not None:
                         exc.add_note(late_note)
                 raise
         finally:

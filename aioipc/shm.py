@@ -47,6 +47,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.lowlevel import checkpoint
 
 from . import _registry, _ring
+from ._check import LONG_MAX, check_mode
 from ._posix_base import check_name
 from ._ring import (
     HEADER_SIZE,
@@ -355,11 +356,10 @@ class _RingEnd:
         flags: int,
         made: list[str],
     ) -> None:
-        if not isinstance(capacity, int) or isinstance(capacity, bool):
-            raise TypeError(f"capacity is an int, not {type(capacity).__name__}")
-        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
-            raise ValueError(f"{self._what}: mode is permission bits 0..0o777, not {mode!r}")
-        if capacity < _ring.MIN_CAPACITY or capacity % 8:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"{self._what}: capacity must be an int, not {capacity!r}")
+        check_mode(mode, self._what)
+        if not _ring.MIN_CAPACITY <= capacity <= LONG_MAX or capacity % 8:
             raise ValueError(
                 f"{self._what}: capacity must be a multiple of 8 and at least "
                 f"{_ring.MIN_CAPACITY} bytes, not {capacity}"
@@ -1258,7 +1258,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         Raises: as :meth:`send`; a message too large is refused before any is sent.
 
         Cancellation: the messages before the one that was waiting for room were sent;
-        the cancellation exception carries a note saying how many (Python 3.11+).
+        the cancellation exception carries a note saying how many.
         """
         batch = [i if isinstance(i, bytes) else message_bytes(i) for i in items]
         limit = self.max_message_size
@@ -1284,7 +1284,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                             room = self._has_room_for(len(batch[sent]))
                             await self._sleep(I_PWAITING, room)
         except BaseException as exc:
-            if sent and hasattr(exc, "add_note"):
+            if sent:
                 exc.add_note(f"send_many: {sent} of {len(batch)} messages were sent")
             raise
 
