@@ -36,10 +36,13 @@ from .abc import IPCAttribute
 from .errors import ProtocolError, translate_os_error
 from .framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    GOODBYE_FRAME,
     ChunkDecoder,
     FrameDecoder,
+    UncleanEndError,
     check_size,
     encode_chunks,
+    encode_goodbye_chunk,
 )
 
 __all__ = [
@@ -105,11 +108,11 @@ class _RawDecoder:
         return None
 
 
-def _make_decoder(framing: Framing, max_size: int) -> _Decoder:
+def _make_decoder(framing: Framing, max_size: int, max_partial: int | None) -> _Decoder:
     if framing == "frames":
         return FrameDecoder(max_size)
     if framing == "chunks":
-        return ChunkDecoder(max_size)
+        return ChunkDecoder(max_size, max_partial)
     return _RawDecoder()
 
 
@@ -208,6 +211,7 @@ class _Receiver:
         "_held",
         "_max_size",
         "_pacer",
+        "_peer",
         "_read",
         "_res",
         "_trust_eof",
@@ -222,11 +226,15 @@ class _Receiver:
         read: Callable[[int], bytes] | None = None,
         *,
         trust_first_eof: bool = True,
+        max_partial: int | None = None,
+        peer: str = "the peer",
     ) -> None:
         self._res = res
         self.framing = framing
         self._max_size = max_size
-        self._decoder = _make_decoder(framing, max_size)
+        self._decoder = _make_decoder(framing, max_size, max_partial)
+        # Who sends to us, for the end-of-stream messages ("the peer (pid 4242)").
+        self._peer = peer
         self._read = read or functools.partial(os.read, res.fd)
         self._pacer = Pacer()
         self._busy = False
@@ -279,9 +287,14 @@ class _Receiver:
         self._eof = True
         try:
             self._decoder.check_eof()
+        except UncleanEndError as exc:
+            raise BrokenResourceError(
+                f"{res.what}: {self._peer} went away without closing the channel: killed, "
+                f"crashed, or its end was closed without aclose() ({exc})"
+            ) from exc
         except ProtocolError as exc:
             raise BrokenResourceError(
-                f"{res.what}: the peer closed or died in the middle of a message ({exc})"
+                f"{res.what}: {self._peer} closed or died in the middle of a message ({exc})"
             ) from exc
         raise EndOfStream
 
@@ -408,8 +421,10 @@ class _Sender:
         "_pending",
         "_pending_size",
         "_res",
+        "_spoke",
         "_writer_generation",
         "_writer_id",
+        "farewell",
         "framing",
     )
 
@@ -429,21 +444,43 @@ class _Sender:
         self._error: Exception | None = None
         self._writer_id = _new_writer_id()
         self._writer_generation = _fork_generation
+        # A goodbye is owed only by a handle that tried to send: a parent that merely hands
+        # its copy of the write end to a child must not write into the child's stream.
+        self._spoke = False
+        #: False once the goodbye was written, or when this handle must never write one
+        #: (it was handed to another process, which speaks for that end now).
+        self.farewell = framing != "raw"
 
     @property
     def has_pending(self) -> bool:
         return bool(self._pending)
 
+    def _writer(self) -> int:
+        if self._writer_generation != _fork_generation:
+            # A forked child shares this object with its parent: it needs its own id,
+            # or the receiver would splice the two processes' chunks together.
+            self._writer_id = _new_writer_id()
+            self._writer_generation = _fork_generation
+        return self._writer_id
+
+    def queue_goodbye(self) -> bool:
+        """Commit the goodbye (after everything committed so far) if one is owed.
+
+        Never while a task is in the middle of a send: the goodbye would land inside its
+        frame. Returns whether one was queued."""
+        if not (self.farewell and self._spoke) or self._busy or self._res.closed:
+            return False
+        self.farewell = False
+        bye = GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self._writer())
+        self._pending.append(bye)
+        self._pending_size += len(bye)
+        return True
+
     def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
             return [_pack_header(len(item)), memoryview(item)] if item else [_pack_header(0)]
         if self.framing == "chunks":
-            if self._writer_generation != _fork_generation:
-                # A forked child shares this object with its parent: it needs its own id,
-                # or the receiver would splice the two processes' chunks together.
-                self._writer_id = _new_writer_id()
-                self._writer_generation = _fork_generation
-            return list(encode_chunks(item, self._writer_id))
+            return list(encode_chunks(item, self._writer()))
         return [memoryview(item)] if item else []
 
     def _check(self, item: bytes) -> bytes:
@@ -453,6 +490,7 @@ class _Sender:
         if self._error is not None:
             # A fresh exception each time: re-raising one object would grow its traceback.
             raise BrokenResourceError(str(self._error)) from self._error
+        self._spoke = True
         if type(item) is not bytes:
             if not isinstance(item, (bytearray, memoryview)):
                 raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
@@ -645,7 +683,8 @@ class _Sender:
         """For aclose: best effort, for at most ``grace`` seconds, never raising. While a
         task is in the middle of a send, only what the kernel takes at once is written
         (synchronously, so it cannot interleave with that task's write); closing then
-        wakes that task with ClosedResourceError."""
+        wakes that task with ClosedResourceError. The goodbye goes last, if owed."""
+        self.queue_goodbye()
         if not self._pending or self._res.closed:
             return
         if self._busy:
@@ -663,7 +702,7 @@ class _Sender:
 
 
 def _close_sync(res: FdResource, tx: _Sender) -> None:
-    if not res.closed and tx.has_pending:
+    if not res.closed and (tx.queue_goodbye() or tx.has_pending):
         with contextlib.suppress(Exception):
             tx.flush_nowait()
     res.close()
@@ -727,8 +766,11 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
     bytes that arrived).
 
     Raises:
-        anyio.EndOfStream: every writer closed cleanly.
-        anyio.BrokenResourceError: a writer closed or died in the middle of a message.
+        anyio.EndOfStream: every writer closed cleanly (framed: each writer that sent
+            messages said goodbye after its last one; raw: plain end of file).
+        anyio.BrokenResourceError: a writer died or closed in the middle of a message, or
+            (framed) a writer that sent messages went away without saying goodbye: it
+            was killed, crashed, or its end was closed without ``aclose()``/``close()``.
         anyio.ClosedResourceError: this handle was closed.
         anyio.BusyResourceError: another task is already receiving on this handle.
         aioipc.framing.FrameTooLargeError: a header announced more than
@@ -748,10 +790,19 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
         path: str | None = None,
         trust_first_eof: bool = True,
         extra_fds: tuple[FdResource, ...] = (),
+        max_partial_bytes: int | None = None,
     ) -> None:
         self._init_handle(res, mechanism, framing, max_message_size, path)
-        self._rx = _Receiver(res, framing, max_message_size, trust_first_eof=trust_first_eof)
+        self._rx = _Receiver(
+            res,
+            framing,
+            max_message_size,
+            trust_first_eof=trust_first_eof,
+            max_partial=max_partial_bytes,
+            peer="a writer" if framing == "chunks" else "the writer",
+        )
         self._extra_fds = extra_fds
+        self._kwargs["max_partial_bytes"] = max_partial_bytes
 
     def __reduce__(self) -> tuple[Any, ...]:
         kwargs = {**self._kwargs, "trust_first_eof": self._rx.trusts_eof}
@@ -815,7 +866,11 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
+        reduced = _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
+        # The process it goes to speaks for this end now: closing this copy must not
+        # write a goodbye into that process's stream.
+        self._tx.farewell = False
+        return reduced
 
     async def send(self, item: bytes) -> None:
         """Send one message, waiting while the kernel buffer is full. See the class docstring."""
@@ -834,12 +889,15 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         return self._tx.flush_nowait()
 
     async def aclose(self) -> None:
-        """Close this handle after writing out (for at most 1 s) what was committed."""
+        """Close this handle after writing out (for at most 1 s) what was committed and,
+        if this handle sent anything (framed), the goodbye that tells the receiver it
+        finished rather than died. Never blocks for longer than that second."""
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop. What the kernel cannot take
-        at once is lost: call :meth:`flush_nowait` until it returns True first."""
+        """Close synchronously, for code with no event loop, writing the goodbye as
+        :meth:`aclose` does. What the kernel cannot take at once is lost: call
+        :meth:`flush_nowait` until it returns True first."""
         _close_sync(self._res, self._tx)
 
 
@@ -854,9 +912,10 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         framing: Framing = "frames",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         read: Callable[[int], bytes] | None = None,
+        peer: str = "the peer",
     ) -> None:
         self._init_handle(res, mechanism, framing, max_message_size, None)
-        self._rx = _Receiver(res, framing, max_message_size, read)
+        self._rx = _Receiver(res, framing, max_message_size, read, peer=peer)
         self._tx = _Sender(res, framing, max_message_size)
 
     async def receive(self) -> bytes:
@@ -864,7 +923,9 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
 
         Raises:
             anyio.EndOfStream: the peer closed (or called ``send_eof``) cleanly.
-            anyio.BrokenResourceError: the peer closed or died in the middle of a message.
+            anyio.BrokenResourceError: the peer closed or died in the middle of a message,
+                or (framed) it sent messages and went away without a goodbye: killed,
+                crashed, or closed without ``aclose()``. The message has its pid.
             anyio.ClosedResourceError: this handle was closed.
             anyio.BusyResourceError: another task is already receiving on this handle.
 
@@ -896,15 +957,16 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         self._tx.send_nowait(item)
 
     async def send_eof(self) -> None:
-        """Write out what was committed, then shut down the sending direction; the peer's
-        ``receive`` then raises EndOfStream.
+        """Write out what was committed (and the goodbye), then shut down the sending
+        direction; the peer's ``receive`` then raises EndOfStream.
 
         Raises the errors of :meth:`send`. Cancellation: if cancelled while committed
         bytes are still being written, the direction is not shut down.
         """
-        await self._tx.drain()
         if self._res.sock is None:
             raise NotImplementedError("send_eof needs a socket")
+        self._tx.queue_goodbye()
+        await self._tx.drain()
         try:
             self._res.sock.shutdown(1)  # SHUT_WR
         except OSError as exc:
@@ -912,10 +974,11 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         await checkpoint()
 
     async def aclose(self) -> None:
-        """Close this handle after writing out (for at most 1 s) what was committed."""
+        """Close this handle after writing out (for at most 1 s) what was committed and,
+        if this handle sent anything (framed), the goodbye."""
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop. What the kernel cannot take
-        at once is lost."""
+        """Close synchronously, for code with no event loop (with the goodbye, as
+        :meth:`aclose`). What the kernel cannot take at once is lost."""
         _close_sync(self._res, self._tx)

@@ -16,6 +16,7 @@ existing one or a permission problem also inherit the matching built-in, so
 from __future__ import annotations
 
 import errno
+import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -33,6 +34,7 @@ __all__ = [
     "ProtocolError",
     "map_errors",
     "open_or_create",
+    "fd_limit_reason",
     "translate_os_error",
 ]
 
@@ -86,6 +88,24 @@ _BROKEN_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
+def fd_limit_reason(code: int | None) -> str | None:
+    """For EMFILE/ENFILE: which limit was hit, with its value; None for other errors."""
+    if code == errno.EMFILE:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+        return (
+            f"this process has no file descriptor left (RLIMIT_NOFILE = {shown}, ulimit -n; EMFILE)"
+        )
+    if code == errno.ENFILE:
+        try:
+            with open("/proc/sys/fs/file-max") as f:
+                limit = f.read().strip()
+        except OSError:
+            limit = "?"
+        return f"the system's file table is full (fs.file-max = {limit}; ENFILE)"
+    return None
+
+
 def translate_os_error(exc: OSError, what: str) -> Exception:
     """Return the aioipc or anyio exception that stands for ``exc``.
 
@@ -109,6 +129,9 @@ def translate_os_error(exc: OSError, what: str) -> Exception:
         return BrokenResourceError(f"{what}: the peer is gone ({reason})")
     if code == errno.EBADF:
         return ClosedResourceError(f"{what}: the file descriptor is closed")
+    limit = fd_limit_reason(code)
+    if limit is not None:
+        reason = limit
     return IPCSystemError(code, f"{what}: {reason}", filename)
 
 

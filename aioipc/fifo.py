@@ -40,9 +40,10 @@ import stat
 import anyio
 
 from . import _registry
+from ._check import check_int, check_mode
 from ._stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
 
 __all__ = ["NotAFifoError", "create", "open_receiver", "open_sender", "unlink"]
 
@@ -66,8 +67,10 @@ def create(path: str | os.PathLike[str], mode: int = 0o600, *, exist_ok: bool = 
         aioipc.fifo.NotAFifoError: ``exist_ok`` is set but ``path`` is not a FIFO.
         aioipc.IPCNotFoundError: the directory does not exist.
         aioipc.IPCPermissionError: the directory is not writable.
+        ValueError, TypeError: ``mode`` is not permission bits 0..0o777.
     """
     p = os.fspath(path)
+    check_mode(mode, _what(p))
     try:
         os.mkfifo(p, mode)
     except FileExistsError:
@@ -138,6 +141,7 @@ async def open_receiver(
     framing: bool = True,
     persistent: bool = False,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_partial_bytes: int | None = None,
 ) -> FdReceiveChannel:
     """Open the FIFO at ``path`` for receiving. Never waits.
 
@@ -147,16 +151,32 @@ async def open_receiver(
             ``False`` for raw bytes (``echo``, ``cat``, C programs).
         persistent: keep receiving across writers: end of stream is never reported.
         max_message_size: the largest message accepted.
+        max_partial_bytes: framed only: the most bytes held for all writers'
+            unfinished messages together (default four times ``max_message_size``).
+            Beyond it, the unfinished message of the writer that has been silent the
+            longest is dropped, with a warning logged (logger ``aioipc.framing``).
 
     Raises:
         aioipc.IPCNotFoundError: no FIFO at ``path`` (and ``create`` is false).
         aioipc.fifo.NotAFifoError: ``path`` is a regular file, a symlink or other non-FIFO.
         aioipc.IPCPermissionError: the FIFO's mode does not allow reading.
+        ValueError, TypeError: a bad ``mode``, ``max_message_size`` or
+            ``max_partial_bytes``; nothing was created.
 
     Cancellation: this call does not wait, so there is nothing to cancel but the
     checkpoint; a cancelled call has opened nothing.
     """
     p = os.fspath(path)
+    check_mode(mode, _what(p))
+    check_max_message_size(max_message_size, _what(p))
+    if max_partial_bytes is not None:
+        check_int(
+            max_partial_bytes,
+            "max_partial_bytes",
+            minimum=max_message_size,
+            maximum=2**63 - 1,
+            what=f"{_what(p)} (at least max_message_size)",
+        )
     await anyio.lowlevel.checkpoint()
     if create:
         _mkfifo(p, mode, exist_ok=True)
@@ -178,6 +198,7 @@ async def open_receiver(
         path=p,
         trust_first_eof=False,
         extra_fds=extra,
+        max_partial_bytes=max_partial_bytes,
     )
 
 
@@ -193,11 +214,13 @@ async def open_sender(
         aioipc.IPCNotFoundError: no FIFO at ``path``.
         aioipc.fifo.NotAFifoError: ``path`` is a regular file, a symlink or other non-FIFO.
         aioipc.IPCPermissionError: the FIFO's mode does not allow writing.
+        ValueError, TypeError: a bad ``max_message_size``.
 
     Cancellation: waiting for a receiver can be cancelled (use ``anyio.fail_after`` for a
     deadline); a cancelled call has opened nothing.
     """
     p = os.fspath(path)
+    check_max_message_size(max_message_size, _what(p))
     await anyio.lowlevel.checkpoint()
     delay = 0.001
     while True:

@@ -6,35 +6,51 @@ Two wire formats:
 Each message is a 4-byte big-endian header followed by the payload. The low 31 bits of
 the header are the payload length; the top bit is a flag that aioipc's unix sockets set
 on a frame that carries file descriptors. A peer that writes ``struct.pack("!I", len)``
-before each message speaks this format unchanged.
+before each message speaks this format. The all-ones header ``ff ff ff ff`` is the
+**goodbye**: a sender that closes properly writes it after its last message, so that the
+receiver can tell a peer that finished from one that was killed (see "End of stream").
 
 **Chunked** (FIFOs with several writers). The kernel writes at most ``PIPE_BUF`` (4096)
 bytes atomically, so a longer message from one writer can be cut by another writer's
 bytes. Here every message is split into chunks that each fit in one atomic write::
 
-    writer id (8 bytes, big-endian) | word (4 bytes): bit 31 = last chunk, low bits = length
-    payload (at most PIPE_BUF - 12 bytes)
+    writer id (8 bytes, big-endian) | word (4 bytes) | payload (at most PIPE_BUF - 12 bytes)
+    word: bit 31 = last chunk, bit 30 = first chunk, bit 29 = goodbye, bits 0-11 = length
 
 and the decoder puts each writer's chunks back together, so messages of any size from
-any number of writers arrive whole and never interleave.
+any number of writers arrive whole and never interleave. A goodbye chunk has no payload.
 
-A decoder enforces ``max_size`` from the header, before it allocates anything for the
-payload. An incoming header that announces more than ``max_size`` raises
+**Bounded memory.** A decoder enforces ``max_size`` from the header, before it allocates
+anything for the payload. An incoming header that announces more than ``max_size`` raises
 :exc:`FrameTooLargeError`, which is both a :exc:`MessageTooLargeError` and a
-:exc:`ProtocolError`: a receiver cannot tell an oversized frame from a corrupt header,
-so the stream cannot be resynchronised after it.
+:exc:`ProtocolError`: a receiver cannot tell an oversized frame from a corrupt header, so
+a length-prefixed stream cannot be resynchronised after it. The chunk decoder also bounds
+what all writers' unfinished messages hold together (``max_partial_bytes``, and
+:data:`MAX_PARTIAL_WRITERS` writers): beyond it, the least recently active writer's
+unfinished message is dropped with a logged warning, so one hostile writer cannot make
+the receiver hold ``writers x max_size`` bytes.
+
+**End of stream.** When the transport ends, :meth:`FrameDecoder.check_eof` and
+:meth:`ChunkDecoder.check_eof` raise :exc:`ProtocolError` if a message was cut short, and
+:exc:`UncleanEndError` if a sender that sent messages did not say goodbye after its last
+one: it was killed, crashed, or closed its end without closing the channel. A sender that
+sent nothing leaves no trace, and needs no goodbye.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 
+from ._check import check_int
 from .errors import MessageTooLargeError, ProtocolError
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "FLAG_ANCILLARY",
+    "GOODBYE_FRAME",
     "HEADER_SIZE",
     "MAX_CHUNK_PAYLOAD",
     "MAX_FRAME_LENGTH",
@@ -43,25 +59,41 @@ __all__ = [
     "ChunkDecoder",
     "FrameDecoder",
     "FrameTooLargeError",
+    "UncleanEndError",
+    "check_max_message_size",
     "check_size",
     "encode_chunks",
+    "encode_goodbye_chunk",
     "encode_header",
 ]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 HEADER_SIZE = 4
 FLAG_ANCILLARY = 1 << 31
 _LENGTH_MASK = FLAG_ANCILLARY - 1
-#: Largest length the 31-bit length field can carry.
-MAX_FRAME_LENGTH = _LENGTH_MASK
+_GOODBYE = 0xFFFFFFFF
+#: The header a sender writes after its last message when it closes properly.
+GOODBYE_FRAME = _GOODBYE.to_bytes(4, "big")
+#: Largest length the 31-bit length field can carry (all ones is the goodbye).
+MAX_FRAME_LENGTH = _LENGTH_MASK - 1
 
 PIPE_BUF = 4096
 CHUNK_HEADER_SIZE = 12
 MAX_CHUNK_PAYLOAD = PIPE_BUF - CHUNK_HEADER_SIZE
 _LAST_CHUNK = 1 << 31
-#: Most writers that may have a message in progress at once on one FIFO; beyond it the
-#: stream is treated as corrupt, so a hostile writer cannot make memory grow unbounded.
+_FIRST_CHUNK = 1 << 30
+_BYE_CHUNK = 1 << 29
+_CHUNK_LENGTH = 0xFFF
+#: Most writers that may have a message in progress at once on one FIFO; beyond it (or
+#: beyond ``max_partial_bytes``) the least recently active one's message is dropped.
 MAX_PARTIAL_WRITERS = 1024
+# A hostile writer can make drops as fast as it writes: log them at most this often.
+_DROP_LOG_INTERVAL = 10.0
+# Writers remembered as "sent messages, no goodbye yet", for the end-of-stream verdict.
+# Beyond it the least recently active is forgotten: its death would then look clean.
+_MAX_OPEN_WRITERS = 4096
 
 _header = struct.Struct("!I")
 _chunk_header = struct.Struct("!QI")
@@ -73,6 +105,21 @@ _BIG_FRAME = 64 * 1024
 
 class FrameTooLargeError(MessageTooLargeError, ProtocolError):
     """An incoming header announced a frame larger than the receiver's ``max_size``."""
+
+
+class UncleanEndError(ProtocolError):
+    """The stream ended after messages with no goodbye: the sender was killed, crashed, or
+    closed its end without closing the channel."""
+
+
+def check_max_message_size(value: object, what: str | None = None) -> int:
+    """Validate a ``max_message_size`` argument: an int in 0..:data:`MAX_FRAME_LENGTH`.
+
+    Raises:
+        TypeError: not an int.
+        ValueError: negative or beyond what a frame header can carry.
+    """
+    return check_int(value, "max_message_size", minimum=0, maximum=MAX_FRAME_LENGTH, what=what)
 
 
 def check_size(size: int, limit: int, source: str = "max_message_size") -> None:
@@ -97,7 +144,17 @@ class FrameDecoder:
     :meth:`next_frame` until it returns ``None``. It never reads or waits.
     """
 
-    __slots__ = ("_buf", "_flags", "_max_size", "_missing", "_parts", "_pos", "last_flags")
+    __slots__ = (
+        "_buf",
+        "_flags",
+        "_goodbye",
+        "_max_size",
+        "_missing",
+        "_parts",
+        "_pos",
+        "_seen",
+        "last_flags",
+    )
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if not 0 <= max_size <= MAX_FRAME_LENGTH:
@@ -109,6 +166,10 @@ class FrameDecoder:
         self._parts: list[bytes] | None = None
         self._missing = 0
         self._flags = 0
+        # Whether any frame came, and whether a goodbye followed the last one. Frames after
+        # a goodbye are legal: another process may hold a copy of the same write end.
+        self._seen = False
+        self._goodbye = False
         #: The flag bits of the frame most recently returned by :meth:`next_frame`.
         self.last_flags = 0
 
@@ -161,12 +222,19 @@ class FrameDecoder:
                 return None
             self._parts = None
             self.last_flags = self._flags
+            self._seen, self._goodbye = True, False
             return parts[0] if len(parts) == 1 else b"".join(parts)
         buf = self._buf
         pos = self._pos
         if len(buf) - pos < HEADER_SIZE:
             return None
         (word,) = _header.unpack_from(buf, pos)
+        while word == _GOODBYE:
+            self._goodbye = True
+            pos = self._pos = pos + HEADER_SIZE
+            if len(buf) - pos < HEADER_SIZE:
+                return None
+            (word,) = _header.unpack_from(buf, pos)
         length = word & _LENGTH_MASK
         if length > self._max_size:
             raise FrameTooLargeError(length, self._max_size, "the receiver's max_message_size")
@@ -175,6 +243,7 @@ class FrameDecoder:
         if end <= len(buf):
             self._pos = end
             self.last_flags = word & FLAG_ANCILLARY
+            self._seen, self._goodbye = True, False
             return buf[start:end]
         if length >= _BIG_FRAME:
             self._parts = [buf[start:]]
@@ -184,17 +253,25 @@ class FrameDecoder:
             self._pos = 0
         return None
 
+    @property
+    def said_goodbye(self) -> bool:
+        """Whether the last thing decoded was a goodbye (nothing came after it)."""
+        return self._goodbye
+
     def check_eof(self) -> None:
         """Call when the transport reached end of stream.
 
         Raises:
             ProtocolError: a frame was cut short (the peer closed or died mid-frame).
+            UncleanEndError: frames came, and no goodbye after the last one.
         """
         held = self.buffered
         if held:
             raise ProtocolError(
                 f"truncated frame: the stream ended with {held} bytes of an unfinished message"
             )
+        if self._seen and not self._goodbye:
+            raise UncleanEndError("the stream ended after its last message with no goodbye")
 
 
 def encode_chunks(data: bytes | memoryview, writer_id: int) -> list[bytes]:
@@ -202,13 +279,23 @@ def encode_chunks(data: bytes | memoryview, writer_id: int) -> list[bytes]:
     view = memoryview(data)
     total = len(view)
     if total <= MAX_CHUNK_PAYLOAD:
-        return [_chunk_header.pack(writer_id, total | _LAST_CHUNK) + bytes(view)]
+        word = total | _FIRST_CHUNK | _LAST_CHUNK
+        return [_chunk_header.pack(writer_id, word) + bytes(view)]
     chunks = []
     for offset in range(0, total, MAX_CHUNK_PAYLOAD):
         piece = view[offset : offset + MAX_CHUNK_PAYLOAD]
-        last = _LAST_CHUNK if offset + MAX_CHUNK_PAYLOAD >= total else 0
-        chunks.append(_chunk_header.pack(writer_id, len(piece) | last) + bytes(piece))
+        word = len(piece)
+        if offset == 0:
+            word |= _FIRST_CHUNK
+        if offset + MAX_CHUNK_PAYLOAD >= total:
+            word |= _LAST_CHUNK
+        chunks.append(_chunk_header.pack(writer_id, word) + bytes(piece))
     return chunks
+
+
+def encode_goodbye_chunk(writer_id: int) -> bytes:
+    """The chunk a FIFO writer sends after its last message when it closes properly."""
+    return _chunk_header.pack(writer_id, _BYE_CHUNK)
 
 
 class ChunkDecoder:
@@ -216,29 +303,59 @@ class ChunkDecoder:
 
     Unlike the length-prefix decoder, this one recovers from an oversized message: it
     raises :exc:`FrameTooLargeError` once, drops the rest of that writer's message, and
-    goes on with the next one.
+    goes on with the next one. A chunk that continues a message this decoder does not
+    hold (dropped as too large or for the memory bound) is skipped, so a dropped message
+    never comes out torn.
+
+    ``max_partial_bytes`` bounds the bytes held for all writers' unfinished messages
+    together (default: four times ``max_size``), and at most :data:`MAX_PARTIAL_WRITERS`
+    writers may have one. Beyond either, the unfinished message of the writer that sent
+    nothing for the longest is dropped and a warning is logged (logger
+    ``aioipc.framing``, at most one line per 10 s, with the count); :attr:`dropped`
+    counts them.
     """
 
     __slots__ = (
         "_buf",
-        "_discarding",
+        "_logged_at",
+        "_max_partial",
         "_max_size",
+        "_open",
         "_partial",
+        "_partial_bytes",
         "_pos",
+        "_unlogged",
+        "dropped",
         "last_flags",
         "last_writer",
     )
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_partial_bytes: int | None = None
+    ) -> None:
         if max_size < 0:
             raise ValueError(f"max_size must not be negative, not {max_size}")
+        if max_partial_bytes is None:
+            max_partial_bytes = 4 * max_size
+        elif max_partial_bytes < max_size:
+            raise ValueError(
+                f"max_partial_bytes ({max_partial_bytes}) must be at least max_size "
+                f"({max_size}): one writer's largest message must fit"
+            )
         self._max_size = max_size
+        self._max_partial = max_partial_bytes
         self._buf = b""
         self._pos = 0
-        # writer id -> (pieces so far, their total size)
+        # writer id -> (pieces so far, their total size), least recently active first.
         self._partial: dict[int, tuple[list[bytes], int]] = {}
-        # Writers whose current message was refused as too large: skip to its last chunk.
-        self._discarding: set[int] = set()
+        self._partial_bytes = 0
+        # Writers that sent messages and no goodbye since, least recently active first.
+        self._open: dict[int, None] = {}
+        #: Unfinished messages dropped to stay within ``max_partial_bytes`` or
+        #: :data:`MAX_PARTIAL_WRITERS`.
+        self.dropped = 0
+        self._logged_at = -_DROP_LOG_INTERVAL
+        self._unlogged = 0
         #: The writer id of the message most recently returned by :meth:`next_frame`.
         self.last_writer = 0
         #: Always 0: the chunked format has no flags (kept for the same interface as
@@ -250,8 +367,12 @@ class ChunkDecoder:
         return self._max_size
 
     @property
+    def max_partial_bytes(self) -> int:
+        return self._max_partial
+
+    @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos + sum(size for _, size in self._partial.values())
+        return len(self._buf) - self._pos + self._partial_bytes
 
     def wanted(self) -> int:
         return 0
@@ -263,61 +384,121 @@ class ChunkDecoder:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
 
+    def _drop_partial(self, writer: int) -> None:
+        _, size = self._partial.pop(writer)
+        self._partial_bytes -= size
+
+    def _spoke(self, writer: int) -> None:
+        opened = self._open
+        opened.pop(writer, None)
+        opened[writer] = None
+        if len(opened) > _MAX_OPEN_WRITERS:
+            del opened[next(iter(opened))]
+
+    def _bound_partials(self) -> None:
+        """Drop the least recently active unfinished messages until both bounds hold."""
+        partial = self._partial
+        while len(partial) > MAX_PARTIAL_WRITERS or self._partial_bytes > self._max_partial:
+            writer = next(iter(partial))
+            size = partial[writer][1]
+            self._drop_partial(writer)
+            self.dropped += 1
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._logged_at < _DROP_LOG_INTERVAL:
+                continue
+            _log.warning(
+                "FIFO receiver: dropped writer %016x's unfinished message (%d bytes), %d "
+                "dropped since the last warning: unfinished messages of all writers are "
+                "held up to max_partial_bytes=%d and MAX_PARTIAL_WRITERS=%d",
+                writer,
+                size,
+                self._unlogged,
+                self._max_partial,
+                MAX_PARTIAL_WRITERS,
+            )
+            self._logged_at = now
+            self._unlogged = 0
+
     def next_frame(self) -> bytes | None:
         """Return the next whole message from any writer, or ``None`` if none is complete.
 
         Raises:
-            ProtocolError: a chunk header is impossible (length beyond PIPE_BUF).
-            FrameTooLargeError: a writer's message grew beyond ``max_size``.
+            ProtocolError: a chunk header is impossible (unknown bits, a length beyond
+                the chunk limit, a goodbye with a payload).
+            FrameTooLargeError: a writer's message grew beyond ``max_size`` (raised once;
+                the rest of that message is skipped).
         """
         buf = self._buf
+        partial = self._partial
         while len(buf) - self._pos >= CHUNK_HEADER_SIZE:
             writer, word = _chunk_header.unpack_from(buf, self._pos)
-            length = word & ~_LAST_CHUNK
-            if length > MAX_CHUNK_PAYLOAD:
+            length = word & _CHUNK_LENGTH
+            if word & ~(_LAST_CHUNK | _FIRST_CHUNK | _BYE_CHUNK | _CHUNK_LENGTH) or (
+                length > MAX_CHUNK_PAYLOAD
+            ):
                 raise ProtocolError(
-                    f"corrupt chunk header: length {length} exceeds the chunk limit "
-                    f"{MAX_CHUNK_PAYLOAD} (PIPE_BUF {PIPE_BUF} - header {CHUNK_HEADER_SIZE})"
+                    f"corrupt chunk header: word {word:#010x} (length {length}, chunk limit "
+                    f"{MAX_CHUNK_PAYLOAD} = PIPE_BUF {PIPE_BUF} - header {CHUNK_HEADER_SIZE})"
                 )
+            if word & _BYE_CHUNK:
+                if word != _BYE_CHUNK:
+                    raise ProtocolError(f"corrupt chunk header: goodbye word {word:#010x}")
+                self._pos += CHUNK_HEADER_SIZE
+                self._open.pop(writer, None)
+                continue
             start = self._pos + CHUNK_HEADER_SIZE
             end = start + length
             if end > len(buf):
                 return None
             self._pos = end
-            last = word & _LAST_CHUNK
-            if writer in self._discarding:
-                if last:
-                    self._discarding.discard(writer)
-                continue
-            piece = buf[start:end]
-            pieces, size = self._partial.pop(writer, ([], 0))
+            self._spoke(writer)
+            held = partial.get(writer)
+            if word & _FIRST_CHUNK:
+                if held is not None:
+                    # The writer began anew without finishing: what it left is no message.
+                    self._drop_partial(writer)
+                pieces: list[bytes] = []
+                size = 0
+            elif held is None:
+                continue  # the rest of a message that was dropped
+            else:
+                pieces, size = partial.pop(writer)
+                self._partial_bytes -= size
             size += length
             if size > self._max_size:
-                if not last:
-                    self._discarding.add(writer)
+                last = word & _LAST_CHUNK
                 raise FrameTooLargeError(
                     size, self._max_size, "the receiver's max_message_size", at_least=not last
                 )
-            if last:
+            piece = buf[start:end]
+            if word & _LAST_CHUNK:
                 self.last_writer = writer
                 if not pieces:
                     return piece
                 pieces.append(piece)
                 return b"".join(pieces)
             pieces.append(piece)
-            self._partial[writer] = (pieces, size)
-            if len(self._partial) > MAX_PARTIAL_WRITERS:
-                raise ProtocolError(
-                    f"more than {MAX_PARTIAL_WRITERS} writers (MAX_PARTIAL_WRITERS) have "
-                    "unfinished messages at once: corrupt or hostile chunk stream"
-                )
+            partial[writer] = (pieces, size)
+            self._partial_bytes += size
+            self._bound_partials()
         return None
 
     def check_eof(self) -> None:
-        """Raise :exc:`ProtocolError` if a writer left a message unfinished."""
+        """Call when every writer has closed the FIFO.
+
+        Raises:
+            ProtocolError: a writer left a message unfinished.
+            UncleanEndError: a writer that sent messages did not say goodbye after its
+                last one.
+        """
         held = self.buffered
         if held:
             raise ProtocolError(
                 f"truncated message: the FIFO's writers closed with {held} bytes of unfinished "
                 f"messages from {max(len(self._partial), 1)} writer(s)"
+            )
+        if self._open:
+            raise UncleanEndError(
+                f"{len(self._open)} writer(s) sent messages and went away without a goodbye"
             )

@@ -25,9 +25,10 @@ import fcntl
 import os
 from typing import Literal, overload
 
+from ._check import check_fd, check_int
 from ._stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
 from .errors import map_errors
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
 
 __all__ = ["DEFAULT_PIPE_SIZE", "from_fd", "pipe", "set_pipe_size"]
 
@@ -77,8 +78,13 @@ def pipe(
         pipe_size: grow the pipe buffer to this many bytes (``None`` keeps 64 KiB).
 
     Raises:
-        aioipc.IPCSystemError: the process is out of file descriptors (EMFILE/ENFILE).
+        aioipc.IPCSystemError: the process is out of file descriptors (EMFILE, naming
+            RLIMIT_NOFILE; or ENFILE).
+        ValueError, TypeError: a bad ``max_message_size`` or ``pipe_size``.
     """
+    check_max_message_size(max_message_size, "pipe")
+    if pipe_size is not None:
+        check_int(pipe_size, "pipe_size", minimum=1, maximum=2**31 - 1, what="pipe")
     with map_errors("pipe"):
         read_fd, write_fd = os.pipe()
     if pipe_size is not None:
@@ -132,13 +138,13 @@ def from_fd(
     non-blocking, which also affects other processes sharing the same open pipe end.
 
     Raises:
-        ValueError: ``mode`` is neither ``"r"`` nor ``"w"``.
-        anyio.ClosedResourceError: ``fd`` is not an open file descriptor.
+        ValueError: ``mode`` is neither ``"r"`` nor ``"w"``, ``fd`` is not an open file
+            descriptor, or ``max_message_size`` is out of range.
     """
     if mode not in ("r", "w"):
         raise ValueError(f'mode must be "r" (receiver) or "w" (sender), not {mode!r}')
-    with map_errors(f"fd {fd}"):
-        os.fstat(fd)
+    check_fd(fd, "pipes.from_fd")
+    check_max_message_size(max_message_size, f"pipe fd {fd}")
     what = f"pipe ({'read' if mode == 'r' else 'write'} end, fd {fd})"
     if mode == "r":
         return FdReceiveChannel(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import logging
 import mmap
 import os
 import socket
@@ -52,16 +53,24 @@ from anyio import (
 from anyio.abc import ObjectStream
 
 from . import _registry
+from ._check import check_int, check_mode
 from ._stream import FdChannel, FdResource
 from ._wait import Pacer
 from .abc import IPCAttribute
 from .errors import (
     IPCExistsError,
+    IPCSystemError,
     MessageTooLargeError,
     map_errors,
     translate_os_error,
 )
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FLAG_ANCILLARY, check_size, encode_header
+from .framing import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    FLAG_ANCILLARY,
+    check_max_message_size,
+    check_size,
+    encode_header,
+)
 
 __all__ = [
     "Kind",
@@ -84,22 +93,48 @@ MAX_FDS = 253
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 _CRED_SIZE = socket.CMSG_SPACE(struct.calcsize("3i"))
 _ucred = struct.Struct("3i")
-# fd groups waiting for their message. Each read carries at most one group, and a read
-# happens only when no whole message is buffered (or, on asyncio, once per wakeup), so a
-# correct peer leaves very few queued; more than this means fds nobody flagged.
-_MAX_FD_GROUPS = 8
-# MSG_TRUNC: learn a datagram's real size; CLOEXEC: received fds are not inherited.
-_RECV_FLAGS = socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC
+# Received fds not yet handed out with their message. The kernel ends a read after the
+# data that carried an fd group, and a read happens only when no whole message is
+# buffered (or, on asyncio, once per wakeup), so a correct peer leaves at most a group or
+# two waiting. More means fds nobody flagged: they are closed as they arrive, whatever
+# state the framing is in, so a peer cannot fill this process's fd table.
+_MAX_HELD_FDS = 2 * MAX_FDS
+# An accept that fails for want of fds or memory leaves the client in the backlog, and the
+# socket stays readable: serve() sleeps this long instead of spinning (as trio does).
+_ACCEPT_RETRY_SECONDS = 0.1
+_ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_log = logging.getLogger(__name__)
 
 
 def _address(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """Return (the kernel address, the display name) for a path or ``@abstract`` name."""
+    """Return (the kernel address, the display name) for a path or ``@abstract`` name.
+
+    Raises:
+        TypeError: not a str or path.
+        ValueError: empty, or with a NUL byte (the kernel would stop a path at it, and
+            connect to another socket than the one named).
+    """
     p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError(f"a unix socket path is a str, not {p!r}")
+    if "\0" in p:
+        raise ValueError(f"a unix socket path must not contain a NUL byte: {p!r}")
     if p.startswith("@"):
         return "\0" + p[1:], p
     if not p:
         raise ValueError("a unix socket path must not be empty")
     return p, p
+
+
+def _socket(kind: Kind, name: str) -> socket.socket:
+    with map_errors(_what(kind, name)):
+        return socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+
+
+def _check_kind(kind: object) -> Kind:
+    if kind not in _SOCK_TYPES:
+        raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
+    return kind  # type: ignore[return-value]
 
 
 def _what(kind: str, name: str) -> str:
@@ -176,6 +211,7 @@ class UnixChannel(FdChannel):
         self._sock = sock
         # fd groups in arrival order; each belongs to the next frame flagged as carrying fds.
         self._fd_queue: deque[list[int]] = deque()
+        creds = _peercred(sock)
         res = FdResource(sock.fileno(), _what("stream", name), sock)
         super().__init__(
             res,
@@ -183,8 +219,9 @@ class UnixChannel(FdChannel):
             framing="frames" if framing else "raw",
             max_message_size=max_message_size,
             read=self._recv,
+            peer=f"the peer (pid {creds[0]})" if creds[0] > 0 else "the peer",
         )
-        _creds_attrs(self._attrs, _peercred(sock), name)
+        _creds_attrs(self._attrs, creds, name)
 
     def _recv(self, size: int) -> bytes:
         # recvmsg, not read: read() would make the kernel drop fds sent with the data.
@@ -192,7 +229,11 @@ class UnixChannel(FdChannel):
         if ancdata:
             fds = _collect_fds(ancdata)
             if fds:
-                self._fd_queue.append(fds)
+                held = sum(map(len, self._fd_queue))
+                if held + len(fds) > _MAX_HELD_FDS:
+                    _close_fds(fds)  # no message can claim them (see _MAX_HELD_FDS)
+                else:
+                    self._fd_queue.append(fds)
         return data
 
     def _fds_for_last_frame(self) -> list[int]:
@@ -213,8 +254,6 @@ class UnixChannel(FdChannel):
         fds = queue.popleft() if self._rx.last_flags & FLAG_ANCILLARY else []
         if queue and self._rx.buffered == 0:
             _close_fds([fd for group in _drain(queue) for fd in group])
-        while len(queue) > _MAX_FD_GROUPS:
-            _close_fds(queue.popleft())
         return fds
 
     async def receive(self) -> bytes:
@@ -304,9 +343,11 @@ class UnixMessageChannel(ObjectStream[bytes]):
     ) -> None:
         self._sock = sock
         self._kind = kind
+        check_max_message_size(max_message_size, _what(kind, name))
         # The pages of this buffer are only touched as far as messages reach. Made before
         # the handle, so that a failure here leaves no half-built open handle behind.
-        self._buf = mmap.mmap(-1, max_message_size + 1)
+        with map_errors(f"{_what(kind, name)}: a receive buffer of {max_message_size + 1} bytes"):
+            self._buf = mmap.mmap(-1, max_message_size + 1)
         self._res = FdResource(sock.fileno(), _what(kind, name), sock)
         self._max_size = max_message_size
         self._allowed = None if allowed_uids is None else frozenset(allowed_uids)
@@ -690,6 +731,9 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         Raises:
             anyio.ClosedResourceError: the listener was closed.
             anyio.BusyResourceError: another task is already accepting.
+            aioipc.IPCSystemError: the process or system is out of file descriptors
+                (EMFILE naming RLIMIT_NOFILE, ENFILE) or memory; the client stays in the
+                backlog.
 
         Cancellation: a cancelled ``accept`` accepted nothing; a waiting client stays in
         the backlog for the next ``accept``.
@@ -726,17 +770,41 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         self,
         handler: Callable[[Any], Awaitable[None]],
         task_group: anyio.abc.TaskGroup | None = None,
+        *,
+        propagate: bool = False,
     ) -> None:
         """Accept connections for ever, running ``handler(channel)`` for each in its own task.
 
-        The channel is closed when the handler returns. Runs until cancelled or until the
-        listener is closed (then returns). An exception from a handler propagates
-        through the task group, as anyio task groups do.
+        The channel is closed when the handler returns. One misbehaving client does not
+        end the server: an exception from a handler is logged with its traceback (logger
+        ``aioipc.unix``) and ends that connection only. With ``propagate=True`` it
+        propagates through the task group instead, as in a plain anyio task group, and
+        cancels the server and every other connection.
+
+        Running out of file descriptors or memory in ``accept`` (EMFILE, ENFILE, ENOBUFS,
+        ENOMEM) does not end it either: it is logged, and accepting goes on after
+        0.1 s, once other connections may have closed; the client waits in the backlog.
+
+        Returns when the listener is closed. Raises what ``accept`` raises for any other
+        reason. Cancellation: cancelling ``serve`` cancels every connection's handler
+        (unless they run in a ``task_group`` of the caller's) and accepts nothing more.
         """
 
         async def run(chan: UnixChannel | UnixMessageChannel) -> None:
             async with chan:
-                await handler(chan)
+                if propagate:
+                    await handler(chan)
+                    return
+                try:
+                    await handler(chan)
+                except Exception:
+                    pid = chan.extra(IPCAttribute.peer_pid, None)
+                    _log.exception(
+                        "%s: the handler raised; closing this connection (peer pid %s), "
+                        "the server goes on",
+                        self._res.what,
+                        pid if pid is not None else "unknown",
+                    )
 
         async with anyio.create_task_group() as own:
             tg = task_group or own
@@ -745,6 +813,12 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
                     chan = await self.accept()
                 except ClosedResourceError:
                     return
+                except IPCSystemError as exc:
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                        raise
+                    _log.warning("%s; retrying in %g s", exc.strerror or exc, _ACCEPT_RETRY_SECONDS)
+                    await anyio.sleep(_ACCEPT_RETRY_SECONDS)
+                    continue
                 tg.start_soon(run, chan)
 
     async def aclose(self) -> None:
@@ -754,9 +828,16 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         await anyio.lowlevel.checkpoint()
 
 
-def _allowed(address: str, allowed_uids: Collection[int] | None) -> frozenset[int] | None:
+def _allowed(
+    address: str, allowed_uids: Collection[int] | None, what: str
+) -> frozenset[int] | None:
     if allowed_uids is not None:
-        return frozenset(allowed_uids)
+        if isinstance(allowed_uids, (str, bytes)):
+            raise TypeError(f"{what}: allowed_uids is a collection of ints, not {allowed_uids!r}")
+        return frozenset(
+            check_int(uid, "allowed_uids", minimum=0, maximum=2**32 - 2, what=what)
+            for uid in allowed_uids
+        )
     # A socket file is guarded by its mode; an abstract name by nothing but this check.
     return frozenset({os.getuid()}) if address.startswith("\0") else None
 
@@ -787,20 +868,26 @@ async def listen(
             is not a socket.
         aioipc.IPCNotFoundError: the directory does not exist.
         aioipc.IPCPermissionError: the directory is not writable.
+        aioipc.IPCSystemError: out of file descriptors (naming RLIMIT_NOFILE).
+        ValueError, TypeError: a bad kind, path (empty, a NUL byte), mode (not
+            0..0o777), backlog, max_message_size or uid; nothing was created.
 
     Cancellation: ``listen`` does not wait; its one checkpoint comes before anything is
     created, so a cancelled call leaves no socket and no file.
     """
-    if kind not in _SOCK_TYPES:
-        raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
-    await anyio.lowlevel.checkpoint()
+    kind = _check_kind(kind)
     address, name = _address(path)
-    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+    what = _what(kind, name)
+    check_mode(mode, what)
+    check_int(backlog, "backlog", minimum=0, maximum=2**31 - 1, what=what)
+    check_max_message_size(max_message_size, what)
+    allowed = _allowed(address, allowed_uids, what)
+    await anyio.lowlevel.checkpoint()
+    sock = _socket(kind, name)
     unlink_path: str | None = None
     try:
         unlink_path = _bind(sock, address, name, kind, mode)
         sock.setblocking(False)
-        allowed = _allowed(address, allowed_uids)
         if kind == "dgram":
             if allowed is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -844,13 +931,15 @@ async def connect(
         aioipc.IPCNotFoundError: no socket at ``path``.
         aioipc.IPCConnectionRefusedError: the path exists but nobody listens on it.
         aioipc.IPCPermissionError: the socket file's mode does not let this user in.
+        aioipc.IPCSystemError: out of file descriptors (naming RLIMIT_NOFILE).
+        ValueError, TypeError: a bad kind, path (empty, a NUL byte) or max_message_size.
 
     Cancellation: a cancelled ``connect`` leaves no socket open.
     """
-    if kind not in _SOCK_TYPES:
-        raise ValueError(f'kind must be "stream", "dgram" or "seqpacket", not {kind!r}')
+    kind = _check_kind(kind)
     address, name = _address(path)
-    sock = socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+    check_max_message_size(max_message_size, _what(kind, name))
+    sock = _socket(kind, name)
     try:
         sock.setblocking(False)
         if kind == "dgram":

@@ -16,21 +16,25 @@ from aioipc.framing import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     FLAG_ANCILLARY,
+    GOODBYE_FRAME,
     HEADER_SIZE,
     MAX_CHUNK_PAYLOAD,
     PIPE_BUF,
     ChunkDecoder,
     FrameDecoder,
     FrameTooLargeError,
+    UncleanEndError,
     encode_chunks,
+    encode_goodbye_chunk,
     encode_header,
 )
 
 #: The size above which the decoder collects a frame as a list of pieces (the "big frame"
 #: path in ``FrameDecoder.next_frame``). Mirrors ``aioipc.framing._BIG_FRAME``.
 BIG = 64 * 1024
-MAX_LENGTH = 2**31 - 1
+MAX_LENGTH = 2**31 - 2  # all ones is the goodbye
 LAST_CHUNK = 1 << 31
+FIRST_CHUNK = 1 << 30
 
 FAST = settings(max_examples=40, deadline=None)
 SLOW = settings(max_examples=10, deadline=None)
@@ -53,7 +57,8 @@ def frame(payload: bytes, flags: int = 0) -> bytes:
 
 
 def encode_stream(msgs: list[Message]) -> bytes:
-    return b"".join(frame(payload, flags) for payload, flags in msgs)
+    """The frames, then the goodbye a sender that closes properly writes."""
+    return b"".join(frame(payload, flags) for payload, flags in msgs) + GOODBYE_FRAME
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -85,9 +90,13 @@ def decode_pieces(
 
 
 def assert_clean(dec: FrameDecoder) -> None:
+    """Nothing left over, and the stream ends cleanly once the goodbye is there."""
     assert dec.next_frame() is None
     assert dec.buffered == 0
     assert dec.wanted() == 0
+    if not dec.said_goodbye:
+        dec.feed(GOODBYE_FRAME)
+        assert dec.next_frame() is None
     dec.check_eof()
 
 
@@ -255,12 +264,14 @@ def test_encode_header_values() -> None:
     assert encode_header(0) == b"\x00\x00\x00\x00"
     assert encode_header(5) == b"\x00\x00\x00\x05"
     assert encode_header(5, FLAG_ANCILLARY) == b"\x80\x00\x00\x05"
-    assert encode_header(MAX_LENGTH) == b"\x7f\xff\xff\xff"
-    assert encode_header(MAX_LENGTH, FLAG_ANCILLARY) == b"\xff\xff\xff\xff"
+    assert encode_header(MAX_LENGTH) == b"\x7f\xff\xff\xfe"
+    assert encode_header(MAX_LENGTH, FLAG_ANCILLARY) == b"\xff\xff\xff\xfe"
+    # All ones (with or without the flag) is not a length: the goodbye is ff ff ff ff.
+    assert GOODBYE_FRAME == b"\xff\xff\xff\xff"
     assert len(encode_header(12345)) == HEADER_SIZE
 
 
-@pytest.mark.parametrize("length", [-1, -(2**40), 2**31, 2**32, 2**40])
+@pytest.mark.parametrize("length", [-1, -(2**40), 2**31 - 1, 2**31, 2**32, 2**40])
 def test_encode_header_rejects_bad_lengths(length: int) -> None:
     with pytest.raises(MessageTooLargeError) as info:
         encode_header(length)
@@ -327,7 +338,7 @@ def test_frame_decoder_max_size_beyond_length_field_is_a_value_error() -> None:
 # --------------------------------------------------------------------------- corrupt prefix
 
 GARBAGE = [
-    b"\xff\xff\xff\xff",
+    b"\xff\xff\xff\xfe",
     b"\x7f\xff\xff\xff",
     b"hello world",
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -356,7 +367,7 @@ def test_huge_announced_frame_under_max_size_is_not_preallocated() -> None:
     tracemalloc.start()
     try:
         dec = FrameDecoder(max_size=MAX_LENGTH)
-        dec.feed(b"\x7f\xff\xff\xff" + b"abc")
+        dec.feed(b"\x7f\xff\xff\xfe" + b"abc")
         assert dec.next_frame() is None
         dec.feed(b"more")
         assert dec.next_frame() is None
@@ -377,10 +388,44 @@ def test_empty_decoder_check_eof_passes() -> None:
     ChunkDecoder().check_eof()
 
 
-def test_check_eof_after_complete_frames_passes() -> None:
+def test_check_eof_after_complete_frames_and_goodbye_passes() -> None:
     dec = FrameDecoder()
-    dec.feed(frame(b"a") + frame(b""))
+    dec.feed(frame(b"a") + frame(b"") + GOODBYE_FRAME)
     assert drain(dec) == [(b"a", 0), (b"", 0)]
+    assert dec.said_goodbye
+    dec.check_eof()
+
+
+def test_frames_without_goodbye_end_uncleanly() -> None:
+    """A peer killed between messages leaves whole frames and no goodbye."""
+    dec = FrameDecoder()
+    dec.feed(frame(b"a"))
+    assert drain(dec) == [(b"a", 0)]
+    with pytest.raises(UncleanEndError, match="no goodbye"):
+        dec.check_eof()
+
+
+def test_a_goodbye_alone_is_a_clean_end() -> None:
+    dec = FrameDecoder()
+    dec.feed(GOODBYE_FRAME)
+    assert dec.next_frame() is None
+    dec.check_eof()
+
+
+def test_frames_after_a_goodbye_need_another_goodbye() -> None:
+    """Another process may hold a copy of the write end: its frames may follow a goodbye,
+    and then the end of stream is clean only if it said goodbye too."""
+    dec = FrameDecoder()
+    dec.feed(frame(b"parent") + GOODBYE_FRAME + frame(b"child"))
+    assert drain(dec) == [(b"parent", 0), (b"child", 0)]
+    with pytest.raises(UncleanEndError):
+        dec.check_eof()
+    dec.feed(GOODBYE_FRAME[:1])
+    assert dec.next_frame() is None
+    with pytest.raises(ProtocolError, match="truncated"):
+        dec.check_eof()  # a goodbye cut short is a truncated frame
+    dec.feed(GOODBYE_FRAME[1:] + GOODBYE_FRAME)
+    assert dec.next_frame() is None
     dec.check_eof()
 
 
@@ -476,7 +521,8 @@ def test_encode_chunks_shape(size: int, writer: int) -> None:
         wid, word = struct.unpack_from("!QI", chunk)
         assert wid == writer
         assert bool(word & LAST_CHUNK) == (i == len(chunks) - 1)
-        assert word & ~LAST_CHUNK == len(chunk) - CHUNK_HEADER_SIZE
+        assert bool(word & FIRST_CHUNK) == (i == 0)
+        assert word & ~(LAST_CHUNK | FIRST_CHUNK) == len(chunk) - CHUNK_HEADER_SIZE
         payload += chunk[CHUNK_HEADER_SIZE:]
     assert payload == data
     assert encode_chunks(memoryview(data), writer) == chunks
@@ -501,7 +547,8 @@ def test_chunks_interleaved_writers_round_trip(
         for w, (wid, ns) in enumerate(zip(ids, sizes, strict=True))
     }
     queues = {
-        wid: [c for m in msgs for c in encode_chunks(m, wid)] for wid, msgs in expected.items()
+        wid: [*(c for m in msgs for c in encode_chunks(m, wid)), encode_goodbye_chunk(wid)]
+        for wid, msgs in expected.items()
     }
     for chunks in queues.values():
         assert all(len(c) <= PIPE_BUF for c in chunks)
@@ -605,12 +652,16 @@ def test_chunk_check_eof_names_byte_count() -> None:
         dec.check_eof()
     dec.feed(chunks[1])
     assert dec.next_frame() == _pattern(2 * MAX_CHUNK_PAYLOAD, 0)
+    with pytest.raises(UncleanEndError, match="1 writer"):
+        dec.check_eof()
+    dec.feed(encode_goodbye_chunk(5))
+    assert dec.next_frame() is None
     dec.check_eof()
 
 
 def test_chunk_empty_message() -> None:
     dec = ChunkDecoder()
-    dec.feed(b"".join(encode_chunks(b"", 42)))
+    dec.feed(b"".join(encode_chunks(b"", 42)) + encode_goodbye_chunk(42))
     assert dec.next_frame() == b""
     assert dec.last_writer == 42
     assert dec.next_frame() is None
@@ -646,3 +697,100 @@ def test_truncated_big_frame_check_eof_counts_like_a_small_one(fed: int) -> None
     assert dec.next_frame() is None
     with pytest.raises(ProtocolError, match=rf"\b{fed} bytes"):
         dec.check_eof()
+
+
+# ------------------------------------------------- chunked format: bounded unfinished messages
+#
+# Issue 10, item 4: a raw writer sending the first chunk of a message under each of 1,000
+# fake writer ids held 1,024 x max_size bytes (64 GiB) of unfinished messages.
+
+
+def _first_chunks(writers: range, size: int) -> bytes:
+    """The first chunk of a ``size``-byte message from each writer, and nothing more."""
+    return b"".join(encode_chunks(_pattern(size, w % 256), w)[0] for w in writers)
+
+
+def test_unfinished_messages_are_bounded_by_max_partial_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit = 10 * MAX_CHUNK_PAYLOAD
+    dec = ChunkDecoder(max_size=limit, max_partial_bytes=2 * limit)
+    assert dec.max_partial_bytes == 2 * limit
+    dec.feed(_first_chunks(range(1000), 3 * MAX_CHUNK_PAYLOAD))
+    with caplog.at_level("WARNING", logger="aioipc.framing"):
+        assert dec.next_frame() is None
+    assert dec.buffered <= 2 * limit
+    assert dec.dropped == 1000 - 2 * limit // MAX_CHUNK_PAYLOAD
+    assert "max_partial_bytes" in caplog.text
+    # The writers kept are the most recently active ones, and they still finish whole.
+    survivor = 999
+    rest = encode_chunks(_pattern(3 * MAX_CHUNK_PAYLOAD, survivor % 256), survivor)[1:]
+    dec.feed(b"".join(rest))
+    assert dec.next_frame() == _pattern(3 * MAX_CHUNK_PAYLOAD, survivor % 256)
+    # A dropped writer's later chunks are skipped, never delivered as a torn message...
+    dropped = 0
+    dec.feed(b"".join(encode_chunks(_pattern(3 * MAX_CHUNK_PAYLOAD, 0), dropped)[1:]))
+    assert dec.next_frame() is None
+    # ...and its next message arrives whole.
+    dec.feed(b"".join(encode_chunks(b"next", dropped)))
+    assert dec.next_frame() == b"next"
+
+
+def test_unfinished_messages_are_bounded_by_writer_count() -> None:
+    dec = ChunkDecoder()
+    dec.feed(_first_chunks(range(3000), MAX_CHUNK_PAYLOAD + 1))
+    assert dec.next_frame() is None
+    assert dec.dropped == 3000 - 1024
+    assert dec.buffered == 1024 * MAX_CHUNK_PAYLOAD
+
+
+def test_default_max_partial_bytes_is_four_messages() -> None:
+    assert ChunkDecoder(max_size=1000).max_partial_bytes == 4000
+    with pytest.raises(ValueError, match="max_partial_bytes"):
+        ChunkDecoder(max_size=1000, max_partial_bytes=999)
+
+
+def test_a_new_first_chunk_drops_the_writers_unfinished_message() -> None:
+    dec = ChunkDecoder()
+    first = encode_chunks(_pattern(2 * MAX_CHUNK_PAYLOAD, 1), 5)
+    dec.feed(first[0] + b"".join(encode_chunks(b"fresh", 5)))
+    assert dec.next_frame() == b"fresh"
+    assert dec.buffered == 0
+    dec.feed(first[1])  # the abandoned message's last chunk: skipped
+    assert dec.next_frame() is None
+
+
+def test_rest_of_an_oversized_message_is_skipped() -> None:
+    dec = ChunkDecoder(max_size=MAX_CHUNK_PAYLOAD)
+    dec.feed(b"".join(encode_chunks(_pattern(3 * MAX_CHUNK_PAYLOAD, 1), 5)))
+    with pytest.raises(FrameTooLargeError):
+        dec.next_frame()
+    assert dec.next_frame() is None  # its third chunk is skipped, not a new message
+    dec.feed(b"".join(encode_chunks(b"ok", 5)))
+    assert dec.next_frame() == b"ok"
+
+
+@pytest.mark.parametrize(
+    "word", [1 << 12, 1 << 28, (1 << 29) | 1, (1 << 29) | FIRST_CHUNK, (1 << 29) | LAST_CHUNK]
+)
+def test_impossible_chunk_words_are_corrupt(word: int) -> None:
+    dec = ChunkDecoder()
+    dec.feed(struct.pack("!QI", 7, word) + bytes(16))
+    with pytest.raises(ProtocolError, match="corrupt chunk header"):
+        dec.next_frame()
+
+
+def test_each_writer_that_spoke_must_say_goodbye() -> None:
+    dec = ChunkDecoder()
+    dec.feed(
+        b"".join(encode_chunks(b"a", 1))
+        + b"".join(encode_chunks(b"b", 2))
+        + encode_goodbye_chunk(1)
+        + encode_goodbye_chunk(3)  # a writer that never spoke may say goodbye too
+    )
+    assert [dec.next_frame(), dec.next_frame(), dec.next_frame()] == [b"a", b"b", None]
+    with pytest.raises(UncleanEndError, match="1 writer"):
+        dec.check_eof()
+    dec.feed(encode_goodbye_chunk(2))
+    assert dec.next_frame() is None
+    dec.check_eof()

@@ -158,8 +158,12 @@ def test_from_fd_rejects_bad_mode_and_closed_fd() -> None:
     r, w = os.pipe()
     os.close(r)
     os.close(w)
-    with pytest.raises(ClosedResourceError):
+    with pytest.raises(ValueError, match=rf"fd {r} is not an open file descriptor"):
         from_fd(r, "r")
+    with pytest.raises(ValueError, match="fd -1 is not a file descriptor"):
+        from_fd(-1, "w")
+    with pytest.raises(TypeError, match="file descriptor is an int"):
+        from_fd("3", "w")  # type: ignore[call-overload]
 
 
 @pytest.mark.asyncio

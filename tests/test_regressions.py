@@ -10,6 +10,7 @@ time and depends on no timing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import resource
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import aioipc
 from aioipc import IPCAttribute, fifo, unix
 from aioipc._stream import _new_writer_id
 from aioipc._wait import YIELD_EVERY
+from aioipc.framing import MAX_FRAME_LENGTH
 from tests._assert import same
 from tests._peer import spawn
 
@@ -407,7 +409,7 @@ async def test_failed_keep_alive_open_leaves_no_fd_on_the_fifo(short_tmp: Path) 
         except OSError:
             pass
         os.close(fillers.pop())  # exactly one free slot: the read end fits, no more
-        with pytest.raises(OSError, match="Too many open files"):
+        with pytest.raises(OSError, match=r"RLIMIT_NOFILE = \d+"):
             await fifo.open_receiver(path, persistent=True)
         # The slot is free again: the read end was closed.
         os.close(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
@@ -548,7 +550,22 @@ async def test_listener_extra_returns_the_default_for_a_missing_attribute(
 
 
 #: A receive buffer this large cannot be mapped, so a seqpacket or dgram channel cannot be built.
-UNMAPPABLE = 1 << 60
+# The largest valid max_message_size (2 GiB): its receive buffer cannot be mapped under
+# address_space_limit(), which makes the mmap fail the way memory exhaustion would.
+UNMAPPABLE = MAX_FRAME_LENGTH
+
+
+@contextlib.contextmanager
+def address_space_limit() -> Iterator[None]:
+    """Lower RLIMIT_AS to what the process maps now plus 512 MiB, for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    status = Path("/proc/self/status").read_text()
+    (vm_kib,) = (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm_kib * 1024 + 512 * 1024 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.mark.asyncio
@@ -564,7 +581,10 @@ async def test_accept_closes_the_connection_when_building_its_channel_fails(
         with warnings.catch_warnings():
             # The leftover handle's warning is the separate bug tested below.
             warnings.simplefilter("ignore", ResourceWarning)
-            with pytest.raises(OSError, match="Cannot allocate memory") as failure:
+            with (
+                address_space_limit(),
+                pytest.raises(OSError, match="Cannot allocate memory") as failure,
+            ):
                 await listener.accept()
             # The accepted end is closed at once, not when its last reference goes (the
             # traceback, still held here, references accept's frame).
@@ -592,14 +612,14 @@ async def test_failed_message_channel_setup_leaves_no_unclosed_handle(
                 await unix.listen(path, "seqpacket", max_message_size=UNMAPPABLE) as listener,
                 await unix.connect(path, "seqpacket"),
             ):
-                with pytest.raises(OSError, match="Cannot allocate memory"):
+                with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
                     await listener.accept()
         elif opening == "connect":
             async with await unix.listen(path, "seqpacket"):
-                with pytest.raises(OSError, match="Cannot allocate memory"):
+                with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
                     await unix.connect(path, "seqpacket", max_message_size=UNMAPPABLE)
         else:
-            with pytest.raises(OSError, match="Cannot allocate memory"):
+            with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
                 await unix.listen(path, "dgram", max_message_size=UNMAPPABLE)
         gc.collect()
     leftovers = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
@@ -625,7 +645,8 @@ def test_failed_accept_never_closes_an_unrelated_fd_later_on_trio(short_tmp: Pat
                 warnings.simplefilter("ignore", ResourceWarning)
                 kept: list[BaseException] = []
                 try:
-                    await listener.accept()
+                    with address_space_limit():
+                        await listener.accept()
                 except OSError as exc:
                     kept.append(exc)  # error reporting may hold the traceback a while
                 assert len(kept) == 1

@@ -991,7 +991,7 @@ async def test_peer_killed_mid_frame_is_broken_not_a_hang(short_tmp: Path) -> No
                 await peer.kill()
 
 
-@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"hello world"])
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xfe", b"hello world"])
 @pytest.mark.asyncio
 async def test_corrupt_length_prefix_is_protocol_error(short_tmp: Path, garbage: bytes) -> None:
     path = str(short_tmp / "s.sock")

@@ -69,7 +69,7 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 
 def _partial(path: str, writer: int, total: int, k: int) -> None:
-    from aioipc.framing import encode_chunks
+    from aioipc.framing import encode_chunks, encode_goodbye_chunk
 
     wid = (os.getpid() << 32) | writer
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -83,6 +83,7 @@ def _partial(path: str, writer: int, total: int, k: int) -> None:
             raise SystemExit(3)
         _write_all(fd, chunks[k:])
         _write_all(fd, encode_chunks(payload(writer, 2, 10), wid))
+        _write_all(fd, [encode_goodbye_chunk(wid)])  # a writer that finished says so
     finally:
         os.close(fd)
 
