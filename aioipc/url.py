@@ -104,7 +104,15 @@ def _integer(value: str, name: str, what: str, minimum: int, maximum: int) -> in
             f"{what}: option {name}={value!r} is not an integer{hint}: write it in decimal "
             "or as 0x hex"
         )
-    return check_int(int(value, 0), name, minimum=minimum, maximum=maximum, what=what)
+    return check_int(_int(value, name, what, 0), name, minimum=minimum, maximum=maximum, what=what)
+
+
+def _int(digits: str, name: str, what: str, base: int) -> int:
+    try:
+        return int(digits, base)
+    except ValueError:
+        # Only Python's cap on decimal digits (4300) is left to fail here.
+        raise ValueError(f"{what}: option {name}: {digits[:20]}... is far out of range") from None
 
 
 def _size(maximum: int) -> Callable[[str, str, str], int]:
@@ -155,7 +163,8 @@ def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
     for item in items:
         if not item.isascii() or not item.isdigit():
             raise ValueError(f"{what}: option {name}: {item!r} is not a uid (0..{_UID_MAX})")
-        uids.append(check_int(int(item), name, minimum=0, maximum=_UID_MAX, what=what))
+        uid = _int(item, name, what, 10)
+        uids.append(check_int(uid, name, minimum=0, maximum=_UID_MAX, what=what))
     return tuple(uids)
 
 

@@ -271,6 +271,8 @@ BAD_URL_OPTIONS: list[tuple[str, str, str]] = [
     ("mq:///x?max_messages=%205", "max_messages", "integer"),
     ("mq:///x?max_messages=010", "max_messages", "leading zero"),
     ("mq:///x?max_messages=", "max_messages", "integer"),
+    ("mq:///x?max_messages=" + "9" * 5000, "max_messages", "out of range"),
+    ("unix:///x?allowed_uids=" + "9" * 5000, "allowed_uids", "out of range"),
     ("unix:///x?max_size=0", "max_size", "not 0"),
     ("fifo:///x?max_size=-5", "max_size", "not -5"),
     ("unix:///x?max_size=2147483648", "max_size", "2147483647"),
@@ -322,7 +324,9 @@ BAD_URL_OPTIONS: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("url", "option", "text"), BAD_URL_OPTIONS)
+@pytest.mark.parametrize(
+    ("url", "option", "text"), BAD_URL_OPTIONS, ids=[url[:60] for url, _, _ in BAD_URL_OPTIONS]
+)
 def test_bad_url_options_name_the_option_and_the_url(url: str, option: str, text: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(url))) as info:
         parse_url(url)
