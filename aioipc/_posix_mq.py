@@ -19,7 +19,8 @@ from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _registry
-from ._posix_base import check_name, map_posix_errors
+from ._check import LONG_MAX, check_int, check_mode, check_size
+from ._posix_base import check_name, map_posix_errors, posix_os_error
 from ._wait import YIELD_EVERY, FdWaiter, Pacer
 from .abc import IPCAttribute, message_bytes
 from .errors import (
@@ -27,13 +28,14 @@ from .errors import (
     IPCPermissionError,
     MessageTooLargeError,
     open_or_create,
-    translate_os_error,
 )
 
 __all__ = ["MessageQueue"]
 
 #: The highest priority a message can have (Linux: 32767).
 PRIORITY_MAX: int = posix_ipc.QUEUE_PRIORITY_MAX
+#: The largest uid or gid (uid_t is 32 bits, and its all-ones value means "no id").
+_ID_MAX = 2**32 - 2
 
 
 class MessageQueue(ObjectStream[bytes]):
@@ -84,22 +86,22 @@ class MessageQueue(ObjectStream[bytes]):
         write: bool = True,
     ) -> MessageQueue:
         check_name(name, "message queue")
-        if not (read or write):
-            raise ValueError("a queue handle must be open for read, write or both")
-        creating = bool(flags & posix_ipc.O_CREAT)
         what = f"POSIX message queue {name}"
-        if creating and (max_messages < 1 or max_message_size < 1):
-            raise ValueError(
-                f"{what}: max_messages and max_message_size must be >= 1, "
-                f"got {max_messages} and {max_message_size}"
-            )
-        kw: dict[str, Any] = {"read": read, "write": write}
+        creating = bool(flags & posix_ipc.O_CREAT)
+        # Checked before the kernel sees them: posix_ipc would mask nothing but let the
+        # kernel (or a C long) cut a bad value down to another, or raise OverflowError.
         if creating:
-            kw["mode"] = mode & 0o777
-            kw["max_messages"] = max_messages
-            kw["max_message_size"] = max_message_size
-        shape = (kw.get("max_messages", 0), kw.get("max_message_size", 0))
-        with map_posix_errors(what, creating=creating, shape=shape):
+            check_mode(mode, what)
+            check_int(max_messages, "max_messages", minimum=1, maximum=LONG_MAX, what=what)
+            check_size(max_message_size, what, "max_message_size")
+        if not (read or write):
+            raise ValueError(f"{what}: a queue handle must be open for read, write or both")
+        kw: dict[str, Any] = {"read": read, "write": write}
+        shape = None
+        if creating:
+            kw.update(mode=mode, max_messages=max_messages, max_message_size=max_message_size)
+            shape = (max_messages, max_message_size)
+        with map_posix_errors("mq", name, shape=shape):
             try:
                 mq = posix_ipc.MessageQueue(name, flags, **kw)
             except posix_ipc.ExistentialError:
@@ -111,7 +113,7 @@ class MessageQueue(ObjectStream[bytes]):
         try:
             if creating:
                 # mq_open applies the umask; the caller asked for exactly ``mode``.
-                os.fchmod(mq.mqd, mode & 0o777)
+                os.fchmod(mq.mqd, mode)
             handle = cls(mq, name, read=read, write=write)
             if flags & posix_ipc.O_EXCL:
                 _registry.record("posix-mq", name, st=os.fstat(mq.mqd))
@@ -121,7 +123,7 @@ class MessageQueue(ObjectStream[bytes]):
                 mq.unlink()  # we made it: leave no half-made queue behind
             mq.close()
             if isinstance(exc, OSError):
-                raise translate_os_error(exc, what) from exc
+                raise posix_os_error(exc, what, kind="mq") from exc
             raise
 
     @classmethod
@@ -143,8 +145,13 @@ class MessageQueue(ObjectStream[bytes]):
 
         Raises:
             aioipc.IPCExistsError: a queue with this name exists.
-            ValueError: a bad name, or a shape beyond msg_max / msgsize_max (named).
-            aioipc.IPCSystemError: over RLIMIT_MSGQUEUE (named, with the bytes needed).
+            TypeError: ``mode``, ``max_messages`` or ``max_message_size`` is not an int.
+            ValueError: a bad name; ``mode`` outside 0..0o777; a shape below 1 or beyond
+                msg_max / msgsize_max (each named). Checked before anything is created.
+            aioipc.IPCSystemError: errno EMFILE: this process has RLIMIT_NOFILE
+                descriptors open, or the queue would go over RLIMIT_MSGQUEUE (whichever
+                it is is named, with its value; for the latter the bytes needed); ENFILE:
+                the system's file-max; ENOSPC: queues_max.
             aioipc.IPCPermissionError: not allowed.
         """
         return cls._open(
@@ -164,6 +171,8 @@ class MessageQueue(ObjectStream[bytes]):
         Raises:
             aioipc.IPCNotFoundError: no queue has this name.
             aioipc.IPCPermissionError: its mode does not allow the asked access.
+            aioipc.IPCSystemError: EMFILE (RLIMIT_NOFILE, named with its value) or
+                ENFILE (the system's file-max).
             ValueError: a bad name.
         """
         return cls._open(name, 0, read=read, write=write)
@@ -179,9 +188,13 @@ class MessageQueue(ObjectStream[bytes]):
         read: bool = True,
         write: bool = True,
     ) -> MessageQueue:
-        """Open the queue, creating it as :meth:`create` does if there is none.
+        """Open the queue, creating it as :meth:`create` does if there is none; never waits.
 
-        The shape and mode apply only if this call creates it.
+        The shape and mode apply only if this call creates it, but are checked either way.
+
+        Raises:
+            as :meth:`create` and :meth:`open`, except IPCExistsError and IPCNotFoundError
+            (unless the name keeps being created and removed by others: IPCNotFoundError).
         """
         return open_or_create(
             lambda: cls.create(
@@ -230,14 +243,16 @@ class MessageQueue(ObjectStream[bytes]):
 
     @property
     def mode(self) -> int:
-        """Permission bits (settable by the owner)."""
+        """Permission bits (settable by the owner, to exactly 0..0o777: anything else is a
+        TypeError or ValueError, never masked; IPCPermissionError if not the owner)."""
         return self._fstat().st_mode & 0o777
 
     @mode.setter
     def mode(self, value: int) -> None:
+        check_mode(value, self._what)
         self._check_open()
         try:
-            os.fchmod(self._fd, value & 0o777)
+            os.fchmod(self._fd, value)
         except OSError as exc:
             raise IPCPermissionError(exc.errno, f"{self._what}: cannot change mode") from None
 
@@ -260,6 +275,9 @@ class MessageQueue(ObjectStream[bytes]):
         self._chown(-1, value)
 
     def _chown(self, uid: int, gid: int) -> None:
+        # -1 leaves that id as it is; (uid_t)-1 itself is no one's id.
+        check_int(uid, "uid", minimum=-1, maximum=_ID_MAX, what=self._what)
+        check_int(gid, "gid", minimum=-1, maximum=_ID_MAX, what=self._what)
         self._check_open()
         try:
             os.fchown(self._fd, uid, gid)
@@ -483,6 +501,6 @@ def unlink(name: str) -> None:
         ValueError: a bad name.
     """
     check_name(name, "message queue")
-    with map_posix_errors(f"POSIX message queue {name}", creating=False):
+    with map_posix_errors("mq", name):
         posix_ipc.unlink_message_queue(name)
     _registry.forget("posix-mq", name)

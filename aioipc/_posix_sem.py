@@ -13,9 +13,10 @@ import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
 from . import _registry
-from ._posix_base import check_name, map_posix_errors
+from ._check import check_int, check_mode
+from ._posix_base import check_name, map_posix_errors, posix_os_error
 from ._threads import Interrupted, Job, run_in_worker, stop_jobs
-from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
+from .errors import IPCExistsError, IPCNotFoundError, open_or_create
 
 __all__ = ["Semaphore", "unlink_semaphore"]
 
@@ -47,15 +48,14 @@ class Semaphore:
     @classmethod
     def _open(cls, name: str, flags: int, mode: int = 0o600, value: int = 0) -> Semaphore:
         check_name(name, "semaphore", _PREFIX)
-        creating = bool(flags & posix_ipc.O_CREAT)
-        if creating and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"a semaphore value is an int, not {value!r}")
-        if creating and not 0 <= value <= VALUE_MAX:
-            raise ValueError(f"a POSIX semaphore value must be in 0..{VALUE_MAX}, got {value}")
         what = f"POSIX semaphore {name}"
-        with map_posix_errors(what, creating=creating):
+        creating = bool(flags & posix_ipc.O_CREAT)
+        if creating:
+            check_mode(mode, what)
+            check_int(value, "value", minimum=0, maximum=VALUE_MAX, what=what)
+        with map_posix_errors("sem", name):
             try:
-                sem = posix_ipc.Semaphore(name, flags, mode & 0o777, value)
+                sem = posix_ipc.Semaphore(name, flags, mode, value)
             except posix_ipc.ExistentialError:
                 if not creating and os.path.exists(f"/dev/mqueue{name}"):
                     raise IPCNotFoundError(
@@ -65,11 +65,11 @@ class Semaphore:
                 raise
         if flags & posix_ipc.O_EXCL:
             try:
-                _chmod_created(name, mode & 0o777)
+                _chmod_created(name, mode)
             except OSError as exc:
                 sem.unlink()
                 sem.close()
-                raise translate_os_error(exc, what) from exc
+                raise posix_os_error(exc, what, kind="sem") from exc
             _registry.record("posix-sem", name, st=_stat_or_none(f"/dev/shm/sem.{name[1:]}"))
         return cls(sem, name)
 
@@ -79,7 +79,12 @@ class Semaphore:
 
         Raises:
             aioipc.IPCExistsError: the name exists.
-            ValueError: a bad name or value.
+            TypeError: ``value`` or ``mode`` is not an int.
+            ValueError: a bad name, ``value`` outside 0..VALUE_MAX or ``mode`` outside
+                0..0o777 (named; checked before anything is created).
+            aioipc.IPCSystemError: errno EMFILE (RLIMIT_NOFILE, named with its value),
+                ENFILE (the system's file-max) or ENOSPC (/dev/shm is full).
+            aioipc.IPCPermissionError: not allowed.
         """
         return cls._open(name, posix_ipc.O_CREX, mode, value)
 
@@ -90,6 +95,8 @@ class Semaphore:
         Raises:
             aioipc.IPCNotFoundError: no such semaphore.
             aioipc.IPCPermissionError: its mode does not let us in.
+            aioipc.IPCSystemError: EMFILE (RLIMIT_NOFILE, named with its value) or
+                ENFILE (the system's file-max).
             ValueError: a bad name.
         """
         return cls._open(name, 0)
@@ -100,7 +107,12 @@ class Semaphore:
 
         An exclusive create first, then an open (retried if another process removes it
         in between), so that a semaphore this call makes gets exactly ``mode`` whatever
-        the umask, and is recorded as aioipc's.
+        the umask, and is recorded as aioipc's. Never waits. ``value`` and ``mode`` are
+        checked even if the semaphore exists.
+
+        Raises:
+            as :meth:`create` and :meth:`open`, except IPCExistsError and IPCNotFoundError
+            (unless the name keeps being created and removed by others: IPCExistsError).
         """
         return open_or_create(
             lambda: cls.create(name, value, mode=mode),
@@ -132,7 +144,7 @@ class Semaphore:
             return True
         except posix_ipc.BusyError:
             return False
-        except posix_ipc.Error as exc:
+        except (posix_ipc.Error, OSError) as exc:
             raise BrokenResourceError(f"{self._what}: {exc}") from exc
 
     def acquire_nowait(self) -> None:
@@ -191,23 +203,30 @@ class Semaphore:
                 )
             except Interrupted:
                 raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-            except posix_ipc.Error as exc:
+            except (posix_ipc.Error, OSError) as exc:
                 raise BrokenResourceError(f"{self._what}: {exc}") from exc
 
     def release(self) -> None:
         """Give a permit.
 
         Raises:
-            ValueError: the value would exceed SEM_VALUE_MAX.
+            ValueError: the value would exceed SEM_VALUE_MAX (the kernel's EOVERFLOW).
             anyio.ClosedResourceError: this handle is closed.
+            anyio.BrokenResourceError: the kernel refused for another reason (named).
         """
         self._check_open()
-        if self._sem.value >= VALUE_MAX:
-            raise ValueError(f"{self._what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})")
+        # No look at the value first: another process may release in between. The
+        # kernel's answer (EOVERFLOW, an OSError from posix_ipc) is the one to trust.
         try:
             self._sem.release()
+        except OSError as exc:
+            if exc.errno == errno.EOVERFLOW:
+                raise ValueError(
+                    f"{self._what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})"
+                ) from None
+            raise posix_os_error(exc, self._what, kind="sem") from exc
         except posix_ipc.Error as exc:
-            raise ValueError(f"{self._what}: release refused: {exc}") from exc
+            raise BrokenResourceError(f"{self._what}: release refused: {exc}") from exc
 
     def unlink(self) -> None:
         """Remove the name; handles already open keep working.
@@ -270,7 +289,7 @@ def unlink_semaphore(name: str) -> None:
         ValueError: a bad name.
     """
     check_name(name, "semaphore", _PREFIX)
-    with map_posix_errors(f"POSIX semaphore {name}", creating=False):
+    with map_posix_errors("sem", name):
         posix_ipc.unlink_semaphore(name)
     _registry.forget("posix-sem", name)
 

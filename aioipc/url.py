@@ -14,10 +14,10 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``shm://name``            create the ring, receive                 send into the ring
 ========================  ======================================  ===========================
 
-Query options: ``framing=none`` (raw bytes; stream and FIFO), ``mode=0600`` (octal, for
-what ``listen`` creates), ``max_size=N`` (bytes), ``persistent=1`` (FIFO receiver),
-``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec`` argument)
-wraps the channel in a codec: ``bytes``, ``json``, ``pickle``, ``msgspec``.
+Query options: ``framing=none`` (raw bytes; unix stream and FIFO), ``mode=0600`` (octal,
+for what the call creates), ``max_size=N`` (bytes; unix and FIFO), ``persistent=1`` (FIFO
+receiver), ``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec``
+argument) wraps the channel in a codec: ``bytes``, ``json``, ``pickle``, ``msgspec``.
 
 Queues: ``create=1`` (``connect`` creates a missing queue too; ``create=0`` makes
 ``listen`` only open), ``max_messages=N`` and ``max_message_size=N`` (POSIX, on
@@ -29,20 +29,27 @@ Shared-memory rings (``shm://name`` or ``shm:///name``): ``capacity=N`` (data by
 creation), ``multi_producer=1`` (on creation), ``spin=SECONDS`` (low-latency mode),
 ``create=0`` (``listen`` attaches to an existing ring), ``create=1`` (``connect`` creates
 the ring and removes it when the sender closes).
+
+:func:`parse_url` checks every option before anything is opened (see docs/urls.md for
+the forms accepted): a value that does not parse or is out of range, an option given
+twice, an option of another scheme, a NUL (``%00``) or ``#`` in the path are all a
+``ValueError`` naming the option and the URL, never a silent default.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 
 from . import fifo, posix, shm, sysv, unix
-from .codecs import Codec, get_codec, wrap
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from ._check import LONG_MAX, check_int, check_mode, check_seconds
+from .codecs import _CODECS, Codec, get_codec, wrap
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
 
 __all__ = ["Address", "connect", "listen", "parse_url"]
 
@@ -54,16 +61,16 @@ _UNIX_KINDS: dict[str, unix.Kind] = {
 }
 _QUEUES = ("mq", "sysvmq")
 _SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES, "shm")
-_INT_OPTIONS = (
-    "max_size",
-    "max_messages",
-    "max_message_size",
-    "max_bytes",
-    "send_type",
-    "receive_type",
-    "proj",
-    "capacity",
-)
+
+#: The largest uid a unix listener can be told to accept (uid_t is 32 bits, and its
+#: all-ones value means "no uid").
+_UID_MAX = 2**32 - 2
+#: What a SysV queue's capacity (msg_qbytes, an unsigned long) can hold.
+_MSG_QBYTES_MAX = 2**64 - 1
+#: Decimal without leading zeros (a C reader would take 010 for octal), or 0x hex.
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*|0[xX][0-9a-fA-F]+)")
+#: Octal permission bits: 0600, 600 or 0o600.
+_OCTAL = re.compile(r"(0[oO])?[0-7]+")
 
 
 @dataclass(frozen=True)
@@ -90,17 +97,116 @@ class Address:
     spin: float = 0.0
 
 
-def _flag(value: str, name: str) -> bool:
+def _integer(value: str, name: str, what: str, minimum: int, maximum: int) -> int:
+    if not _INTEGER.fullmatch(value):
+        hint = " (no leading zeros)" if re.fullmatch(r"-?0[0-9]+", value) else ""
+        raise ValueError(
+            f"{what}: option {name}={value!r} is not an integer{hint}: write it in decimal "
+            "or as 0x hex"
+        )
+    return check_int(_int(value, name, what, 0), name, minimum=minimum, maximum=maximum, what=what)
+
+
+def _int(digits: str, name: str, what: str, base: int) -> int:
+    try:
+        return int(digits, base)
+    except ValueError:
+        # Only Python's cap on decimal digits (4300) is left to fail here.
+        raise ValueError(f"{what}: option {name}: {digits[:20]}... is far out of range") from None
+
+
+def _size(maximum: int) -> Callable[[str, str, str], int]:
+    return lambda value, name, what: _integer(value, name, what, 1, maximum)
+
+
+def _ranged(minimum: int, maximum: int) -> Callable[[str, str, str], int]:
+    return lambda value, name, what: _integer(value, name, what, minimum, maximum)
+
+
+def _flag(value: str, name: str, what: str) -> bool:
     v = value.lower()
     if v in ("1", "true", "yes", "on"):
         return True
     if v in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"URL option {name}={value!r}: expected 1/0, true/false, yes/no")
+    raise ValueError(f"{what}: option {name}={value!r}: expected 1/0, true/false, yes/no, on/off")
+
+
+def _mode(value: str, name: str, what: str) -> int:
+    if not _OCTAL.fullmatch(value):
+        raise ValueError(
+            f"{what}: option {name}={value!r} is not octal permission bits (like 0600)"
+        )
+    return check_mode(int(value.lower().removeprefix("0o"), 8), what, name)
+
+
+def _framing(value: str, name: str, what: str) -> bool:
+    if value not in ("none", "raw", "frames", "framed"):
+        raise ValueError(f"{what}: option {name}={value!r}: expected 'none' or 'frames'")
+    return value in ("frames", "framed")
+
+
+def _spin(value: str, name: str, what: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{what}: option {name}={value!r} is not seconds (like 5e-5)") from None
+    return check_seconds(seconds, name, what=what)
+
+
+def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
+    items = value.split(",")
+    if "" in items:
+        # An empty list would shut every client out, which no one means to write.
+        raise ValueError(f"{what}: option {name}={value!r} has an empty item")
+    uids = []
+    for item in items:
+        if not item.isascii() or not item.isdigit():
+            raise ValueError(f"{what}: option {name}: {item!r} is not a uid (0..{_UID_MAX})")
+        uid = _int(item, name, what, 10)
+        uids.append(check_int(uid, name, minimum=0, maximum=_UID_MAX, what=what))
+    return tuple(uids)
+
+
+def _codec_name(value: str, name: str, what: str) -> str:
+    if value not in _CODECS:
+        raise ValueError(
+            f"{what}: option {name}={value!r}: unknown codec; choose one of {sorted(_CODECS)}"
+        )
+    return value
+
+
+_UNIX = tuple(_UNIX_KINDS)
+# Each option: its parser (value, name, what -> the Address field), and the schemes it
+# applies to. An option of another scheme would be ignored, so it is an error instead.
+_OPTIONS: dict[str, tuple[Callable[[str, str, str], Any], tuple[str, ...]]] = {
+    "codec": (_codec_name, _SCHEMES),
+    "mode": (_mode, _SCHEMES),
+    "framing": (_framing, ("unix", "unix+stream", "fifo")),
+    "max_size": (_size(MAX_FRAME_LENGTH), (*_UNIX, "fifo")),
+    "persistent": (_flag, ("fifo",)),
+    "allowed_uids": (_uids, _UNIX),
+    "create": (_flag, ("mq", "sysvmq", "shm")),
+    "max_messages": (_size(LONG_MAX), ("mq",)),
+    "max_message_size": (_size(LONG_MAX), ("mq",)),
+    "max_bytes": (_size(_MSG_QBYTES_MAX), ("sysvmq",)),
+    "send_type": (_size(LONG_MAX), ("sysvmq",)),
+    "receive_type": (_ranged(-LONG_MAX, LONG_MAX), ("sysvmq",)),
+    "proj": (_ranged(0, 255), ("sysvmq",)),
+    "capacity": (_size(LONG_MAX), ("shm",)),
+    "multi_producer": (_flag, ("shm",)),
+    "spin": (_spin, ("shm",)),
+}
 
 
 def parse_url(url: str) -> Address:
-    """Parse an aioipc URL. Raises ValueError naming what is wrong with it."""
+    """Parse an aioipc URL and check every option, before anything is opened.
+
+    Raises:
+        ValueError: naming the URL and what is wrong with it: an unknown scheme or
+            option, an option given twice or for another scheme, a value that does not
+            parse or is out of range, a path with a NUL byte or a ``#``.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
@@ -108,9 +214,15 @@ def parse_url(url: str) -> Address:
             f"unsupported URL scheme {parts.scheme!r} in {url!r}; "
             f"aioipc knows: {', '.join(s + '://' for s in _SCHEMES)}"
         )
+    what = f"URL {url!r}"
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"{what}: a '#' ends the path there; write it as %23 in a name")
     path = unquote(parts.netloc + parts.path)
     if not path:
         raise ValueError(f"{url!r} names no path (write {scheme}:///path or {scheme}://@name)")
+    if "\0" in path:
+        # The kernel would stop at the NUL and use a shorter path than the one written.
+        raise ValueError(f"{what}: the path has a NUL byte (%00) in it")
     if scheme in ("mq", "shm") and not path.startswith("/"):
         path = "/" + path
     if scheme == "sysvmq" and not path.startswith(("/", "@")):
@@ -125,41 +237,23 @@ def parse_url(url: str) -> Address:
         raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
     kw: dict[str, Any] = {}
     unknown = []
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        value = values[-1]
-        if key == "framing":
-            if value not in ("none", "raw", "frames", "framed"):
-                raise ValueError(f"URL option framing={value!r}: expected 'none' or 'frames'")
-            kw["framing"] = value in ("frames", "framed")
-        elif key == "mode":
-            try:
-                kw["mode"] = int(value, 8)
-            except ValueError:
-                raise ValueError(f"URL option mode={value!r}: expected octal, like 0600") from None
-        elif key in _INT_OPTIONS:
-            try:
-                kw[key] = int(value, 0)
-            except ValueError:
-                raise ValueError(f"URL option {key}={value!r}: expected an integer") from None
-        elif key == "create":
-            kw["create"] = _flag(value, key)
-        elif key == "multi_producer":
-            kw[key] = _flag(value, key)
-        elif key == "spin":
-            try:
-                kw[key] = float(value)
-            except ValueError:
-                raise ValueError(f"URL option spin={value!r}: expected seconds") from None
-        elif key == "persistent":
-            kw["persistent"] = _flag(value, key)
-        elif key == "allowed_uids":
-            kw["allowed_uids"] = tuple(int(u) for u in value.split(",") if u)
-        elif key == "codec":
-            kw["codec"] = value
-        else:
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _OPTIONS:
             unknown.append(key)
+            continue
+        parse, schemes = _OPTIONS[key]
+        if scheme not in schemes:
+            raise ValueError(
+                f"{what}: option {key}= does not apply to {scheme}:// "
+                f"(it is for {', '.join(s + '://' for s in schemes)})"
+            )
+        if key in kw:
+            raise ValueError(f"{what}: option {key}= is given twice")
+        kw[key] = parse(value, key, what)
     if unknown:
         raise ValueError(f"unknown URL option(s) {', '.join(unknown)} in {url!r}")
+    if "proj" in kw and not path.startswith("/"):
+        raise ValueError(f"{what}: option proj= applies to a path key (sysvmq:///path?proj=N)")
     return Address(scheme, path, **kw)
 
 
@@ -209,8 +303,8 @@ def _open_queue(addr: Address, create: bool) -> Any:
             return posix.MessageQueue.open(addr.path)
         return posix.MessageQueue.open_or_create(
             addr.path,
-            max_messages=addr.max_messages or 10,
-            max_message_size=addr.max_message_size or 8192,
+            max_messages=10 if addr.max_messages is None else addr.max_messages,
+            max_message_size=8192 if addr.max_message_size is None else addr.max_message_size,
             mode=addr.mode,
         )
     key = _sysv_key(addr)

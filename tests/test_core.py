@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from aioipc import (
 )
 from aioipc.codecs import get_codec, wrap
 from aioipc.errors import IPCSystemError, map_errors, translate_os_error
+from aioipc.posix import MessageQueue, unlink_message_queue
 from aioipc.url import parse_url
 
 from .conftest import thread_count
@@ -255,6 +258,151 @@ async def test_queue_urls_open_both_ends(tmp_path: Path) -> None:
 def test_bad_urls_name_the_problem(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_url(url)
+
+
+# (url, the option the error must name, a piece of its text)
+BAD_URL_OPTIONS: list[tuple[str, str, str]] = [
+    # sizes and counts: integers in range, never a silent fallback to the defaults
+    ("mq:///x?max_messages=0", "max_messages", "not 0"),
+    ("mq:///x?max_message_size=0", "max_message_size", "not 0"),
+    ("mq:///x?max_messages=-3", "max_messages", "not -3"),
+    ("mq:///x?max_messages=1_000", "max_messages", "integer"),
+    ("mq:///x?max_messages=%2B5", "max_messages", "integer"),
+    ("mq:///x?max_messages=%205", "max_messages", "integer"),
+    ("mq:///x?max_messages=010", "max_messages", "leading zero"),
+    ("mq:///x?max_messages=", "max_messages", "integer"),
+    ("mq:///x?max_messages=" + "9" * 5000, "max_messages", "out of range"),
+    ("unix:///x?allowed_uids=" + "9" * 5000, "allowed_uids", "out of range"),
+    ("unix:///x?max_size=0", "max_size", "not 0"),
+    ("fifo:///x?max_size=-5", "max_size", "not -5"),
+    ("unix:///x?max_size=2147483648", "max_size", "2147483647"),
+    ("sysvmq://1?max_bytes=1180591620717411303424", "max_bytes", "18446744073709551615"),
+    ("sysvmq://1?max_bytes=0", "max_bytes", "not 0"),
+    ("sysvmq://1?send_type=0", "send_type", "not 0"),
+    ("sysvmq://1?receive_type=-9223372036854775808", "receive_type", "-9223372036854775807"),
+    ("sysvmq:///tmp/k?proj=256", "proj", "0..255"),
+    ("sysvmq:///tmp/k?proj=-1", "proj", "0..255"),
+    ("sysvmq://1?proj=2", "proj", "path"),
+    ("shm://r?capacity=0", "capacity", "not 0"),
+    ("shm://r?capacity=2.5", "capacity", "integer"),
+    # seconds
+    ("shm://r?spin=nan", "spin", "NaN"),
+    ("shm://r?spin=inf", "spin", "finite"),
+    ("shm://r?spin=-0.1", "spin", ">= 0"),
+    ("shm://r?spin=soon", "spin", "seconds"),
+    # permission bits: octal, 0..0o777
+    ("unix:///x?mode=-1", "mode", "octal"),
+    ("unix:///x?mode=7777", "mode", "0o7777"),
+    ("fifo:///x?mode=1777", "mode", "0o1777"),
+    ("mq:///x?mode=0x1ff", "mode", "octal"),
+    ("mq:///x?mode=", "mode", "octal"),
+    ("shm://r?mode=0o1000", "mode", "0o1000"),
+    # uid lists
+    ("unix:///x?allowed_uids=abc", "allowed_uids", "'abc'"),
+    ("unix:///x?allowed_uids=-1", "allowed_uids", "'-1'"),
+    ("unix:///x?allowed_uids=", "allowed_uids", "empty"),
+    ("unix:///x?allowed_uids=1000,,1001", "allowed_uids", "empty"),
+    ("unix:///x?allowed_uids=1000,", "allowed_uids", "empty"),
+    ("unix:///x?allowed_uids=4294967295", "allowed_uids", "4294967294"),
+    # flags, codecs
+    ("mq:///x?create=maybe", "create", "1/0"),
+    ("fifo:///x?persistent=", "persistent", "1/0"),
+    ("shm://r?multi_producer=2", "multi_producer", "1/0"),
+    ("unix:///x?codec=yaml", "codec", "unknown codec"),
+    # an option given twice: which one would win is a guess
+    ("mq:///x?mode=0600&mode=0644", "mode", "twice"),
+    ("mq:///x?max_messages=5&max_messages=5", "max_messages", "twice"),
+    # an option of another scheme is not quietly ignored
+    ("unix:///x?capacity=64", "capacity", "does not apply to unix://"),
+    ("mq:///x?max_size=10", "max_size", "does not apply to mq://"),
+    ("unix+dgram:///x?framing=none", "framing", "does not apply to unix+dgram://"),
+    ("unix+seqpacket:///x?framing=none", "framing", "does not apply"),
+    ("fifo:///x?allowed_uids=0", "allowed_uids", "does not apply to fifo://"),
+    ("shm://r?max_messages=2", "max_messages", "does not apply to shm://"),
+    ("sysvmq://1?capacity=64", "capacity", "does not apply to sysvmq://"),
+    ("unix:///x?create=1", "create", "does not apply to unix://"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "option", "text"), BAD_URL_OPTIONS, ids=[url[:60] for url, _, _ in BAD_URL_OPTIONS]
+)
+def test_bad_url_options_name_the_option_and_the_url(url: str, option: str, text: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(url))) as info:
+        parse_url(url)
+    message = str(info.value)
+    assert option in message
+    assert text in message
+
+
+@pytest.mark.parametrize(
+    ("url", "text"),
+    [
+        ("unix:///tmp/x%00junk", "NUL"),
+        ("unix://@bus%00junk", "NUL"),
+        ("fifo:///tmp/f%00", "NUL"),
+        ("mq:///jobs%00x", "NUL"),
+        ("unix:///tmp/a#b", "%23"),
+    ],
+)
+def test_url_paths_that_would_be_cut_short_are_refused(url: str, text: str) -> None:
+    with pytest.raises(ValueError, match=text) as info:
+        parse_url(url)
+    assert repr(url) in str(info.value)
+
+
+def test_url_option_forms_that_are_accepted() -> None:
+    for form in ("0640", "640", "0o640", "0O640"):
+        assert parse_url(f"unix:///x?mode={form}").mode == 0o640
+    assert parse_url("fifo:///x?mode=0").mode == 0
+    assert parse_url("mq:///x?mode=777").mode == 0o777
+    q = parse_url("mq:///x?max_messages=0x10&max_message_size=8192")
+    assert (q.max_messages, q.max_message_size) == (16, 8192)
+    assert parse_url("unix:///x?allowed_uids=4294967294").allowed_uids == (4294967294,)
+    s = parse_url("sysvmq://1?send_type=0x7fffffffffffffff&receive_type=-9223372036854775807")
+    assert (s.send_type, s.receive_type) == (2**63 - 1, -(2**63) + 1)
+    assert parse_url("sysvmq://1?max_bytes=18446744073709551615").max_bytes == 2**64 - 1
+    assert parse_url("sysvmq:///tmp/k?proj=0").proj == 0
+    assert parse_url("sysvmq:///tmp/k?proj=255").proj == 255
+    assert parse_url("shm://r?spin=5e-5").spin == 5e-5
+    assert parse_url("shm://r?spin=0").spin == 0.0
+    for word, value in (("1", True), ("YES", True), ("on", True), ("false", False)):
+        assert parse_url(f"mq:///x?create={word}").create is value
+    assert parse_url("unix:///x?max_size=2147483647").max_size == 2**31 - 1
+    assert parse_url("unix+seqpacket:///x?allowed_uids=0&max_size=100").max_size == 100
+
+
+@pytest.mark.asyncio
+async def test_bad_url_options_create_nothing(short_tmp: Path) -> None:
+    """Checked before any object is made: a bad option leaves no queue, FIFO or socket."""
+    name = f"/aioipc-test-url-{os.getpid()}"
+    try:
+        for url, option in (
+            (f"mq://{name}?max_messages=0", "max_messages"),
+            (f"mq://{name}?max_message_size=0", "max_message_size"),
+            (f"mq://{name}?mode=-1", "mode"),
+        ):
+            with pytest.raises(ValueError, match=option):
+                await aioipc.listen(url)
+            with pytest.raises(ValueError, match=option):
+                await aioipc.connect(url + "&create=1")
+            with pytest.raises(IPCNotFoundError):
+                MessageQueue.open(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            unlink_message_queue(name)
+    fifo_path = short_tmp / "f"
+    with pytest.raises(ValueError, match="max_size"):
+        await aioipc.listen(f"fifo://{fifo_path}?max_size=-5")
+    with pytest.raises(ValueError, match="mode"):
+        await aioipc.listen(f"fifo://{fifo_path}?mode=7777")
+    assert not fifo_path.exists()
+    sock_path = short_tmp / "s"
+    with pytest.raises(ValueError, match="mode"):
+        await aioipc.listen(f"unix://{sock_path}?mode=-1")
+    with pytest.raises(ValueError, match="allowed_uids"):
+        await aioipc.listen(f"unix://{sock_path}?allowed_uids=abc")
+    assert not sock_path.exists()
 
 
 def test_demo_exchanges_messages_over_every_mechanism() -> None:

@@ -38,6 +38,22 @@ Modes:
     the aioipc ``MessageQueue`` (KIND ``mq``, read-only) or ``Semaphore`` (KIND ``sem``)
     NAME and print one line: ``opened <what it got>`` (the queue's first message, or the
     semaphore's value), or ``<exception class>|<is a PermissionError>|<message>``.
+    KIND ``mq-unlink`` / ``sem-unlink`` unlinks NAME instead (``unlinked`` on success),
+    and the error line then carries the errno too:
+    ``<class>|<is a PermissionError>|<errno>|<message>``.
+
+``emfile MQ SEM NEW_MQ NEW_SEM``
+    Lower the soft RLIMIT_NOFILE to a few above the descriptors open, open ``/dev/null``
+    until the kernel says EMFILE, then make every aioipc call that needs a descriptor:
+    create / open / open_or_create of queues and semaphores (MQ and SEM exist, NEW_MQ and
+    NEW_SEM do not). Print ``limit N`` (the soft limit), then once every descriptor is
+    closed again one line per call: ``<call>|<exception class>|<errno>|<message>`` (or
+    ``<call>|opened``; such a handle is closed and a new name unlinked).
+
+``sem-shm-full NAME``
+    In a mount namespace of its own, mount a one-page tmpfs on /dev/shm, fill it, and
+    create the aioipc ``Semaphore`` NAME there. Print ``<class>|<errno>|<message>``, or
+    ``skip <why>`` if this process may not make the namespace.
 
 The test module imports :func:`payload` and :func:`token` from this file, so both sides
 agree on content.
@@ -45,6 +61,7 @@ agree on content.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -190,6 +207,9 @@ def _as_nobody(targets: list[str]) -> None:
     os.setuid(65534)
     for target in targets:
         kind, name = target.split(":", 1)
+        if kind.endswith("-unlink"):
+            _as_nobody_unlink(kind, name)
+            continue
         handle: MessageQueue | Semaphore
         try:
             if kind == "mq":
@@ -209,6 +229,114 @@ def _as_nobody(targets: list[str]) -> None:
         _say(f"opened {got}")
 
 
+def _as_nobody_unlink(kind: str, name: str) -> None:
+    from aioipc.posix import unlink_message_queue, unlink_semaphore
+
+    try:
+        (unlink_message_queue if kind == "mq-unlink" else unlink_semaphore)(name)
+    except Exception as exc:
+        errno_ = getattr(exc, "errno", None)
+        _say(f"{type(exc).__name__}|{isinstance(exc, PermissionError)}|{errno_}|{exc}")
+    else:
+        _say("unlinked")
+
+
+def _emfile(mq_name: str, sem_name: str, new_mq: str, new_sem: str) -> None:
+    import errno
+    import os
+    import resource
+
+    # Everything is imported first: at the limit an import could not open its files.
+    import anyio
+    import anyio._backends._asyncio
+
+    from aioipc.posix import MessageQueue, Semaphore, unlink_message_queue, unlink_semaphore
+
+    shape = {"max_messages": 2, "max_message_size": 64}
+    calls = {
+        "mq.create": lambda: MessageQueue.create(new_mq, **shape),
+        "mq.open": lambda: MessageQueue.open(mq_name),
+        "mq.open_or_create new": lambda: MessageQueue.open_or_create(new_mq, **shape),
+        "mq.open_or_create existing": lambda: MessageQueue.open_or_create(mq_name, **shape),
+        "sem.create": lambda: Semaphore.create(new_sem, 1),
+        "sem.open": lambda: Semaphore.open(sem_name),
+        "sem.open_or_create new": lambda: Semaphore.open_or_create(new_sem, 1),
+        "sem.open_or_create existing": lambda: Semaphore.open_or_create(sem_name, 1),
+    }
+    in_use = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = in_use + 8
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    fillers: list[int] = []
+    lines: list[str] = []
+    opened: list[MessageQueue | Semaphore] = []
+    try:
+        try:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+        for label, call in calls.items():
+            try:
+                opened.append(call())
+            except Exception as exc:
+                code = getattr(exc, "errno", None)
+                lines.append(f"{label}|{type(exc).__name__}|{code}|{exc}")
+            else:
+                lines.append(f"{label}|opened")
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for handle in opened:
+        anyio.run(handle.aclose)
+    for unlink, name in ((unlink_message_queue, new_mq), (unlink_semaphore, new_sem)):
+        with contextlib.suppress(FileNotFoundError):
+            unlink(name)
+    _say(f"limit {limit}")
+    for line in lines:
+        _say(line)
+
+
+def _sem_shm_full(name: str) -> None:
+    import ctypes
+    import os
+
+    import anyio
+
+    from aioipc.posix import Semaphore
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_rec, ms_private, clone_newns = 0x4000, 1 << 18, 0x20000
+    if libc.unshare(clone_newns) != 0:
+        _say(f"skip unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
+        return
+    # Private first, so that nothing mounted here propagates back to the host.
+    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        _say(f"skip making / private: {os.strerror(ctypes.get_errno())}")
+        return
+    if libc.mount(b"none", b"/dev/shm", b"tmpfs", 0, b"size=4k") != 0:
+        _say(f"skip mounting a tmpfs: {os.strerror(ctypes.get_errno())}")
+        return
+    filler = os.open("/dev/shm/filler", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            os.write(filler, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(filler)
+    try:
+        sem = Semaphore.create(name, 1)
+    except Exception as exc:
+        _say(f"{type(exc).__name__}|{getattr(exc, 'errno', None)}|{exc}")
+    else:
+        _say("created")
+        sem.unlink()
+        anyio.run(sem.aclose)
+
+
 def main(argv: list[str]) -> None:
     mode, *rest = argv
     if mode == "mq-send":
@@ -225,6 +353,10 @@ def main(argv: list[str]) -> None:
         _sem_release(rest[0], int(rest[1]))
     elif mode == "as-nobody":
         _as_nobody(rest)
+    elif mode == "emfile":
+        _emfile(*rest)
+    elif mode == "sem-shm-full":
+        _sem_shm_full(rest[0])
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
