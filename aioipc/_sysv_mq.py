@@ -14,8 +14,9 @@ from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _libc
-from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR
-from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
+from ._check import check_mode, check_size
+from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR, MSG_QBYTES_MAX
+from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
 from ._wait import YIELD_EVERY, Pacer
 from .abc import IPCAttribute, message_bytes
@@ -46,6 +47,19 @@ def _check_selector(t: int, except_type: bool) -> int:
     if except_type and t <= 0:
         raise ValueError(f"except_type=True needs a type > 0 to exclude, got {t}")
     return t
+
+
+def _check_max_bytes(value: object, what: str) -> int:
+    # msg_qbytes is an unsigned long: ctypes would silently keep only its low bits.
+    return check_size(value, what, "max_bytes", maximum=MSG_QBYTES_MAX)
+
+
+def _check_creation(key: int, mode: object, max_bytes: object) -> None:
+    """What only creation uses, checked before anything is created."""
+    what = f"{MessageQueue._kind_name} key={key_repr(key)}"
+    check_mode(mode, what)
+    if max_bytes is not None:
+        _check_max_bytes(max_bytes, what)
 
 
 def _matches(mtype: int, selector: int, except_type: bool) -> bool:
@@ -133,13 +147,15 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             aioipc.IPCExistsError: a queue with this key exists.
             aioipc.IPCPermissionError: ``max_bytes`` is above msgmnb and the caller is not
                 privileged.
-            ValueError: the key is out of range.
+            ValueError: the key is out of range, ``mode`` is not in 0..0o777, or
+                ``max_bytes`` is not in 1..2**64-1 (what ``msg_qbytes`` holds).
+            TypeError: one of them is not an int.
         """
         key = check_key(key)
-        _check_send_type(send_type)  # before anything is created: a bad option leaks nothing
+        # Before anything is created: a bad option leaks nothing.
+        _check_creation(key, mode, max_bytes)
+        _check_send_type(send_type)
         _check_selector(receive_type, False)
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
         fast = None
         if key == IPC_PRIVATE:
             # sysv_ipc's object is the fast path, and a private queue can only be
@@ -150,14 +166,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 fast = sysv_ipc.MessageQueue(
                     sysv_ipc.IPC_PRIVATE,
                     sysv_ipc.IPC_CREX,
-                    mode & 0o777,
+                    mode,
                     read_sysctl(_MSGMAX, 8192),
                 )
-        qid = (
-            fast.id
-            if fast is not None
-            else cls._get(key, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
-        )
+        qid = fast.id if fast is not None else cls._get(key, IPC_CREAT | IPC_EXCL | mode, True)
         if remove_on_close is None:
             remove_on_close = key == IPC_PRIVATE
         q = cls(
@@ -205,12 +217,13 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     ) -> MessageQueue:
         """Open the queue under ``key``, creating it (as :meth:`create`) if there is none.
 
-        ``mode`` and ``max_bytes`` apply only if this call creates the queue. Raises as
-        :meth:`create` and :meth:`open`.
+        ``mode`` and ``max_bytes`` apply only if this call creates the queue, but are
+        checked whether it does or not. Raises as :meth:`create` and :meth:`open`.
         """
         key = check_key(key)
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new queue; use create()")
+        _check_creation(key, mode, max_bytes)
         return open_or_create(
             lambda: cls.create(
                 key,
@@ -233,7 +246,11 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         Raises:
             aioipc.IPCNotFoundError: no queue has this id.
+            TypeError, ValueError: ``qid`` is not an int in 0..2**31-1 (a kernel id), or
+                ``key`` is not a key.
         """
+        qid = cls._check_id(qid)
+        key = check_key(key)
         try:
             _libc.msgctl_stat(qid)
         except OSError as exc:
@@ -289,9 +306,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     @max_bytes.setter
     def max_bytes(self, value: int) -> None:
-        if value <= 0:
-            raise ValueError(f"max_bytes must be > 0, got {value}")
-        self._set(qbytes=value)
+        self._set(qbytes=_check_max_bytes(value, self._what))
 
     @property
     def max_message_size(self) -> int:
