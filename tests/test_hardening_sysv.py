@@ -390,10 +390,12 @@ async def test_cancelled_lock_waiters_hold_nothing_and_exclusion_holds(tmp_path:
                 with anyio.move_on_after(task_rng.choice([0, 1e-4, 5e-4, 2e-3, 1])) as scope:
                     async with lock:
                         inside += 1
-                        assert inside == 1, f"seed {seed}: two tasks inside the lock"
-                        entered += 1
-                        await anyio.lowlevel.checkpoint()
-                        inside -= 1
+                        try:
+                            assert inside == 1, f"seed {seed}: two tasks inside the lock"
+                            entered += 1
+                            await anyio.lowlevel.checkpoint()
+                        finally:
+                            inside -= 1
                 timed_out += scope.cancelled_caught
 
         # And the holder-is-here case of item 6 under cancellation: three waiters behind
