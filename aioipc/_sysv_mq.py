@@ -624,15 +624,22 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         if lock is None:
             lock = self._locks[(selector, flags)] = anyio.Lock()
         qid = self._id
-        msgmax = self._msgmax
+        # Never MSG_NOERROR here: it would take the message, cut to nothing.
+        wait_flags = flags & MSG_EXCEPT
 
-        def blocking(job: Job[Message]) -> Message:
-            rbuf = _libc.ReceiveBuffer(msgmax)
+        def blocking(job: Job[Message | None]) -> Message | None:
+            # A zero-size buffer: the kernel says E2BIG when a matching message is there
+            # and leaves it in the queue, so the worker waits without taking anything. A
+            # cancelled receive then took nothing, even if this process dies right after.
+            rbuf = _libc.ReceiveBuffer(0)
             while True:
                 job.check()
                 try:
-                    return _libc.msgrcv(qid, rbuf, size, selector, flags)
+                    # Only a zero-length message fits: that one is taken.
+                    return _libc.msgrcv(qid, rbuf, 0, selector, wait_flags)
                 except OSError as exc:
+                    if exc.errno == errno.E2BIG:
+                        return None
                     if exc.errno != errno.EINTR:
                         raise
 
@@ -640,26 +647,49 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             async with lock:
                 self._check_open()  # closed while this task queued for the lock
                 self._pacer.waited()
-                # Someone may have been served while we queued for the lock.
-                msg = self._try_receive(selector, flags, size)
-                if msg is not None:
-                    return msg
-                try:
-                    return await run_in_worker(
-                        blocking,
-                        on_late_result=self._stash.append,
-                        jobs=self._jobs,
-                        before_start=self._check_open,
-                        poll=lambda: self._try_receive(selector, flags, size),
-                    )
-                except Interrupted:
-                    raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-                except OSError as exc:
-                    raise self._receive_error(exc, size) from exc
+                while True:
+                    # Taken here, on the event loop's side, and returned with no await in
+                    # between: nothing can cancel the task while it holds the message.
+                    # (Someone may have been served while we queued for the lock; after
+                    # a wake-up another process may have taken it first: wait again.)
+                    msg = self._try_receive(selector, flags, size)
+                    if msg is not None:
+                        return msg
+                    try:
+                        msg = await run_in_worker(
+                            blocking,
+                            on_late_result=self._put_back,
+                            jobs=self._jobs,
+                            before_start=self._check_open,
+                            poll=lambda: self._try_receive(selector, flags, size),
+                        )
+                    except Interrupted:
+                        raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+                    except OSError as exc:
+                        raise self._receive_error(exc, size) from exc
+                    if msg is not None:
+                        return msg  # a zero-length message the wait took, or a polled one
         finally:
             # One lock per selector in use, not per selector ever used.
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop((selector, flags), None)
+
+    def _put_back(self, msg: Message | None) -> None:
+        """A cancelled receive's worker finished anyway; ``msg`` is what it took.
+
+        Only a zero-length message is ever taken by the wait. It goes back into the
+        kernel at once (behind what was queued after it), so that it survives this
+        process; only if the queue is full right now does the handle keep it for its
+        next matching receive (and try again on close).
+        """
+        if msg is None:
+            return  # the worker saw a message and left it where it was
+        try:
+            _libc.msgsnd(self._id, msg[0], msg[1], IPC_NOWAIT)
+        except OSError as exc:
+            if exc.errno in (errno.EIDRM, errno.EINVAL) and self._gone():
+                return  # the queue was removed, with every message in it
+            self._stash.append(msg)
 
     async def receive(
         self,
@@ -725,13 +755,20 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._return_stash()
 
     def _return_stash(self) -> None:
+        # Only zero-length messages get here (see _put_back): a queue is full for them
+        # when it holds as many messages as max_bytes allows (msg_qnum < msg_qbytes).
         for mtype, data in self._stash:
             try:
                 _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
             except OSError as exc:
+                why = (
+                    "the queue holds as many messages as its max_bytes allows"
+                    if exc.errno == errno.EAGAIN
+                    else exc.strerror
+                )
                 warnings.warn(
-                    f"{self._what}: a message a cancelled receive had taken could not be put "
-                    f"back ({exc.strerror}); {len(data)} bytes of type {mtype} are lost",
+                    f"{self._what}: a zero-length message of type {mtype} that a cancelled "
+                    f"receive had taken could not be put back ({why}); it is lost",
                     RuntimeWarning,
                     stacklevel=3,
                 )

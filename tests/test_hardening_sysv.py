@@ -637,19 +637,20 @@ async def test_a_zero_length_message_that_finds_the_queue_full_is_kept_for_the_n
             assert other._stash == [(2, b"")]  # white box
             assert await other.receive_message(2) == (2, b"")
 
+            assert q.receive_nowait() == b"x"
             got = await cancel_in_the_window(
-                other, lambda: other.receive_message(2), lambda: q.send_nowait(b"", type=2)
+                other, lambda: other.receive_message(2), deliver_then_fill
             )
             assert got == []
-            assert other._stash == [(2, b"")]  # the queue is still full
+            assert other._stash == [(2, b"")]  # and the queue is still full at close
         finally:
             with warnings.catch_warnings(record=True) as warned:
                 warnings.simplefilter("always")
                 await other.aclose()
         assert [str(w.message) for w in warned if w.category is RuntimeWarning] == [
-            f"SysV message queue key=IPC_PRIVATE id={q.id}: a zero-length message a "
-            "cancelled receive had taken could not be put back (Resource temporarily "
-            "unavailable); the queue holds as many messages as max_bytes allows"
+            f"SysV message queue key=IPC_PRIVATE id={q.id}: a zero-length message of type "
+            "2 that a cancelled receive had taken could not be put back (the queue holds "
+            "as many messages as its max_bytes allows); it is lost"
         ]
         assert q.receive_nowait() == b"x"
 
