@@ -83,7 +83,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     Waiting: a call first tries the no-wait form (``IPC_NOWAIT``); only when that would
     block does it wait on one of aioipc's worker threads (see :mod:`aioipc._threads`).
-    Tasks of one handle that wait with the same selector share one thread.
+    A receive's worker waits with a zero-size buffer, which the kernel answers with
+    E2BIG once a matching message is there, leaving it queued; the task then takes it
+    with the no-wait call. Tasks of one handle that wait with the same selector share
+    one thread.
 
     Construct with :meth:`create`, :meth:`open` or :meth:`open_or_create`. Closing a
     handle does not remove the queue (it outlives every process): call :meth:`remove`,
@@ -607,9 +610,14 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             aioipc.MessageTooLargeError: the message is larger than ``max_size``.
             aioipc.IPCPermissionError: the queue's mode does not let us read.
 
-        Cancellation: a cancelled receive took nothing from the queue; if a worker had
-        already taken a message when the cancellation arrived, the next receive on this
-        handle that matches gets it (and closing the handle puts it back in the queue).
+        Cancellation: a cancelled receive took nothing from the queue, even if the
+        message arrived just as the cancellation did: the worker thread only waits until
+        a matching message is there (leaving it queued) and the task takes it itself, so
+        the message stays in the kernel for any receiver, whatever happens to this
+        process. The one exception is a zero-length message, which the wait itself takes:
+        if the receive was cancelled meanwhile it is put back into the queue at once
+        (behind the messages queued after it), or, only if the queue is full at that
+        instant, kept for this handle's next matching receive (and put back on close).
         """
         selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
         await self._pacer.checkpoint()

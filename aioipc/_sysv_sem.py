@@ -437,7 +437,8 @@ class Semaphore(SemaphoreSet):
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
-            ValueError: key or value out of range.
+            ValueError: key or value out of range, or ``mode`` not in 0..0o777.
+            TypeError: ``mode`` is not an int.
         """
         s = super().create(
             key, 1, values=value, mode=mode, undo=undo, remove_on_close=remove_on_close
@@ -449,7 +450,10 @@ class Semaphore(SemaphoreSet):
     def open_or_create(  # type: ignore[override]
         cls, key: int, value: int = 1, *, mode: int = 0o600, undo: bool = True
     ) -> Semaphore:
-        """Open the semaphore under ``key``, or create it with ``value`` permits."""
+        """Open the semaphore under ``key``, or create it with ``value`` permits.
+
+        ``mode`` applies only if this call creates it, but is checked either way.
+        """
         s = super().open_or_create(key, 1, values=value, mode=mode, undo=undo)
         assert isinstance(s, Semaphore)
         return s
