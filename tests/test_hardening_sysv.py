@@ -410,7 +410,7 @@ async def test_cancelled_lock_waiters_hold_nothing_and_exclusion_holds(tmp_path:
                         await lock.acquire()
 
                 tg.start_soon(wait_in)
-            await wait_until(lambda: observer.waiting_count() == 1, 2)
+            await wait_until(lambda: observer.waiting_count() == 1)
             for scope in scopes:
                 scope.cancel()
         assert lock.locked()

@@ -72,12 +72,14 @@ def describe(exc: BaseException) -> str:
 
 
 #: msgrcv's system call number, by machine.
-MSGRCV = {"x86_64": 70, "aarch64": 188}[platform.machine()]
+MSGRCV = {"x86_64": 70, "aarch64": 188}.get(platform.machine())
 
 
 def threads_in_msgrcv(qid: int) -> int:
     """Threads of this process blocked in msgrcv on queue ``qid``
     (/proc/self/task/*/syscall: the number, then the arguments in hex)."""
+    if MSGRCV is None:
+        raise RuntimeError(f"msgrcv's system call number on {platform.machine()} is not known")
     n = 0
     for tid in os.listdir("/proc/self/task"):
         try:
