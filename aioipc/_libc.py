@@ -31,6 +31,7 @@ __all__ = [
     "IPC_STAT",
     "MSG_EXCEPT",
     "MSG_NOERROR",
+    "MSG_QBYTES_MAX",
     "SEM_UNDO",
     "SETALL",
     "SETVAL",
@@ -151,6 +152,10 @@ class ShmidDs(ctypes.Structure):
 class Sembuf(ctypes.Structure):
     _fields_ = (("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short))
 
+
+#: The largest capacity ``msg_qbytes`` can hold (an unsigned long): a larger value would
+#: be cut to its low bits by ctypes, 2**70 to a queue of capacity 0.
+MSG_QBYTES_MAX: int = 2 ** (8 * MsqidDs.qbytes.size) - 1
 
 assert ctypes.sizeof(MsqidDs) == 120
 assert ctypes.sizeof(SemidDs) == (104 if platform.machine() == "x86_64" else 88)

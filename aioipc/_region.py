@@ -563,6 +563,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
     def _attach_id(
         cls, shmid: int, key: int | None, size: int | None, read_only: bool
     ) -> SysVSharedMemory:
+        shmid = cls._check_id(shmid)
         try:
             ds = _libc.shmctl_stat(shmid)
         except OSError as exc:

@@ -18,6 +18,7 @@ import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
 from . import _libc, _registry
+from ._check import check_id, check_mode
 from ._threads import interrupt_all, stop_jobs
 from .errors import IPCNotFoundError, translate_os_error
 
@@ -108,7 +109,9 @@ class SysVObject:
 
     def __init__(self, key: int, ipc_id: int) -> None:
         self._key = key
-        self._id = ipc_id
+        # Every id reaches the C calls through here (or through from_id, which checks it
+        # before its first call): a C int would truncate id + 2**32 to another object.
+        self._id = self._check_id(ipc_id)
         # Closed until the subclass has finished building: __del__ of a half-built
         # handle must do nothing. Subclasses set it False last.
         self._closed = True
@@ -116,6 +119,11 @@ class SysVObject:
         # may remove an owned object or interrupt its workers (gunicorn --preload).
         self._pid = os.getpid()
         self._what = f"{self._kind_name} key={key_repr(key)} id={ipc_id}"
+
+    @classmethod
+    def _check_id(cls, ipc_id: object) -> int:
+        """``ipc_id`` if it can be a kernel id (0..INT_MAX); TypeError/ValueError if not."""
+        return check_id(ipc_id, cls._kind_name)
 
     @classmethod
     def _lookup_error(cls, exc: OSError, key: int, creating: bool) -> Exception:
@@ -192,7 +200,7 @@ class SysVObject:
 
     @mode.setter
     def mode(self, value: int) -> None:
-        self._set(mode=value & 0o777)
+        self._set(mode=check_mode(value, self._what))
 
     @property
     def uid(self) -> int:

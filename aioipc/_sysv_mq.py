@@ -14,8 +14,9 @@ from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _libc
-from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR
-from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
+from ._check import check_mode, check_size
+from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR, MSG_QBYTES_MAX
+from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
 from ._wait import YIELD_EVERY, Pacer
 from .abc import IPCAttribute, message_bytes
@@ -48,6 +49,19 @@ def _check_selector(t: int, except_type: bool) -> int:
     return t
 
 
+def _check_max_bytes(value: object, what: str) -> int:
+    # msg_qbytes is an unsigned long: ctypes would silently keep only its low bits.
+    return check_size(value, what, "max_bytes", maximum=MSG_QBYTES_MAX)
+
+
+def _check_creation(key: int, mode: object, max_bytes: object) -> None:
+    """What only creation uses, checked before anything is created."""
+    what = f"{MessageQueue._kind_name} key={key_repr(key)}"
+    check_mode(mode, what)
+    if max_bytes is not None:
+        _check_max_bytes(max_bytes, what)
+
+
 def _matches(mtype: int, selector: int, except_type: bool) -> bool:
     if selector == 0:
         return True
@@ -69,7 +83,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     Waiting: a call first tries the no-wait form (``IPC_NOWAIT``); only when that would
     block does it wait on one of aioipc's worker threads (see :mod:`aioipc._threads`).
-    Tasks of one handle that wait with the same selector share one thread.
+    A receive's worker waits with a zero-size buffer, which the kernel answers with
+    E2BIG once a matching message is there, leaving it queued; the task then takes it
+    with the no-wait call. Tasks of one handle that wait with the same selector share
+    one thread.
 
     Construct with :meth:`create`, :meth:`open` or :meth:`open_or_create`. Closing a
     handle does not remove the queue (it outlives every process): call :meth:`remove`,
@@ -133,13 +150,15 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             aioipc.IPCExistsError: a queue with this key exists.
             aioipc.IPCPermissionError: ``max_bytes`` is above msgmnb and the caller is not
                 privileged.
-            ValueError: the key is out of range.
+            ValueError: the key is out of range, ``mode`` is not in 0..0o777, or
+                ``max_bytes`` is not in 1..2**64-1 (what ``msg_qbytes`` holds).
+            TypeError: one of them is not an int.
         """
         key = check_key(key)
-        _check_send_type(send_type)  # before anything is created: a bad option leaks nothing
+        # Before anything is created: a bad option leaks nothing.
+        _check_creation(key, mode, max_bytes)
+        _check_send_type(send_type)
         _check_selector(receive_type, False)
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
         fast = None
         if key == IPC_PRIVATE:
             # sysv_ipc's object is the fast path, and a private queue can only be
@@ -150,14 +169,10 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 fast = sysv_ipc.MessageQueue(
                     sysv_ipc.IPC_PRIVATE,
                     sysv_ipc.IPC_CREX,
-                    mode & 0o777,
+                    mode,
                     read_sysctl(_MSGMAX, 8192),
                 )
-        qid = (
-            fast.id
-            if fast is not None
-            else cls._get(key, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
-        )
+        qid = fast.id if fast is not None else cls._get(key, IPC_CREAT | IPC_EXCL | mode, True)
         if remove_on_close is None:
             remove_on_close = key == IPC_PRIVATE
         q = cls(
@@ -205,12 +220,13 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     ) -> MessageQueue:
         """Open the queue under ``key``, creating it (as :meth:`create`) if there is none.
 
-        ``mode`` and ``max_bytes`` apply only if this call creates the queue. Raises as
-        :meth:`create` and :meth:`open`.
+        ``mode`` and ``max_bytes`` apply only if this call creates the queue, but are
+        checked whether it does or not. Raises as :meth:`create` and :meth:`open`.
         """
         key = check_key(key)
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new queue; use create()")
+        _check_creation(key, mode, max_bytes)
         return open_or_create(
             lambda: cls.create(
                 key,
@@ -233,7 +249,11 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         Raises:
             aioipc.IPCNotFoundError: no queue has this id.
+            TypeError, ValueError: ``qid`` is not an int in 0..2**31-1 (a kernel id), or
+                ``key`` is not a key.
         """
+        qid = cls._check_id(qid)
+        key = check_key(key)
         try:
             _libc.msgctl_stat(qid)
         except OSError as exc:
@@ -289,9 +309,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
     @max_bytes.setter
     def max_bytes(self, value: int) -> None:
-        if value <= 0:
-            raise ValueError(f"max_bytes must be > 0, got {value}")
-        self._set(qbytes=value)
+        self._set(qbytes=_check_max_bytes(value, self._what))
 
     @property
     def max_message_size(self) -> int:
@@ -592,9 +610,14 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             aioipc.MessageTooLargeError: the message is larger than ``max_size``.
             aioipc.IPCPermissionError: the queue's mode does not let us read.
 
-        Cancellation: a cancelled receive took nothing from the queue; if a worker had
-        already taken a message when the cancellation arrived, the next receive on this
-        handle that matches gets it (and closing the handle puts it back in the queue).
+        Cancellation: a cancelled receive took nothing from the queue, even if the
+        message arrived just as the cancellation did: the worker thread only waits until
+        a matching message is there (leaving it queued) and the task takes it itself, so
+        the message stays in the kernel for any receiver, whatever happens to this
+        process. The one exception is a zero-length message, which the wait itself takes:
+        if the receive was cancelled meanwhile it is put back into the queue at once
+        (behind the messages queued after it), or, only if the queue is full at that
+        instant, kept for this handle's next matching receive (and put back on close).
         """
         selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
         await self._pacer.checkpoint()
@@ -609,15 +632,22 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         if lock is None:
             lock = self._locks[(selector, flags)] = anyio.Lock()
         qid = self._id
-        msgmax = self._msgmax
+        # Never MSG_NOERROR here: it would take the message, cut to nothing.
+        wait_flags = flags & MSG_EXCEPT
 
-        def blocking(job: Job[Message]) -> Message:
-            rbuf = _libc.ReceiveBuffer(msgmax)
+        def blocking(job: Job[Message | None]) -> Message | None:
+            # A zero-size buffer: the kernel says E2BIG when a matching message is there
+            # and leaves it in the queue, so the worker waits without taking anything. A
+            # cancelled receive then took nothing, even if this process dies right after.
+            rbuf = _libc.ReceiveBuffer(0)
             while True:
                 job.check()
                 try:
-                    return _libc.msgrcv(qid, rbuf, size, selector, flags)
+                    # Only a zero-length message fits: that one is taken.
+                    return _libc.msgrcv(qid, rbuf, 0, selector, wait_flags)
                 except OSError as exc:
+                    if exc.errno == errno.E2BIG:
+                        return None
                     if exc.errno != errno.EINTR:
                         raise
 
@@ -625,26 +655,49 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             async with lock:
                 self._check_open()  # closed while this task queued for the lock
                 self._pacer.waited()
-                # Someone may have been served while we queued for the lock.
-                msg = self._try_receive(selector, flags, size)
-                if msg is not None:
-                    return msg
-                try:
-                    return await run_in_worker(
-                        blocking,
-                        on_late_result=self._stash.append,
-                        jobs=self._jobs,
-                        before_start=self._check_open,
-                        poll=lambda: self._try_receive(selector, flags, size),
-                    )
-                except Interrupted:
-                    raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-                except OSError as exc:
-                    raise self._receive_error(exc, size) from exc
+                while True:
+                    # Taken here, on the event loop's side, and returned with no await in
+                    # between: nothing can cancel the task while it holds the message.
+                    # (Someone may have been served while we queued for the lock; after
+                    # a wake-up another process may have taken it first: wait again.)
+                    msg = self._try_receive(selector, flags, size)
+                    if msg is not None:
+                        return msg
+                    try:
+                        msg = await run_in_worker(
+                            blocking,
+                            on_late_result=self._put_back,
+                            jobs=self._jobs,
+                            before_start=self._check_open,
+                            poll=lambda: self._try_receive(selector, flags, size),
+                        )
+                    except Interrupted:
+                        raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+                    except OSError as exc:
+                        raise self._receive_error(exc, size) from exc
+                    if msg is not None:
+                        return msg  # a zero-length message the wait took, or a polled one
         finally:
             # One lock per selector in use, not per selector ever used.
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop((selector, flags), None)
+
+    def _put_back(self, msg: Message | None) -> None:
+        """A cancelled receive's worker finished anyway; ``msg`` is what it took.
+
+        Only a zero-length message is ever taken by the wait. It goes back into the
+        kernel at once (behind what was queued after it), so that it survives this
+        process; only if the queue is full right now does the handle keep it for its
+        next matching receive (and try again on close).
+        """
+        if msg is None:
+            return  # the worker saw a message and left it where it was
+        try:
+            _libc.msgsnd(self._id, msg[0], msg[1], IPC_NOWAIT)
+        except OSError as exc:
+            if exc.errno in (errno.EIDRM, errno.EINVAL) and self._gone():
+                return  # the queue was removed, with every message in it
+            self._stash.append(msg)
 
     async def receive(
         self,
@@ -710,13 +763,20 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._return_stash()
 
     def _return_stash(self) -> None:
+        # Only zero-length messages get here (see _put_back): a queue is full for them
+        # when it holds as many messages as max_bytes allows (msg_qnum < msg_qbytes).
         for mtype, data in self._stash:
             try:
                 _libc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
             except OSError as exc:
+                why = (
+                    "the queue holds as many messages as its max_bytes allows"
+                    if exc.errno == errno.EAGAIN
+                    else exc.strerror
+                )
                 warnings.warn(
-                    f"{self._what}: a message a cancelled receive had taken could not be put "
-                    f"back ({exc.strerror}); {len(data)} bytes of type {mtype} are lost",
+                    f"{self._what}: a zero-length message of type {mtype} that a cancelled "
+                    f"receive had taken could not be put back ({why}); it is lost",
                     RuntimeWarning,
                     stacklevel=3,
                 )

@@ -13,8 +13,9 @@ import anyio
 from anyio import ClosedResourceError, WouldBlock
 
 from . import _libc
+from ._check import check_mode
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
-from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, read_sysctl
+from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
 from .errors import IPCSystemError, open_or_create
 
@@ -109,9 +110,11 @@ class SemaphoreSet(SysVObject):
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
-            ValueError: a key, size or value out of range.
+            ValueError: a key, size or value out of range, or ``mode`` not in 0..0o777.
+            TypeError: ``mode`` is not an int.
         """
         key = check_key(key)
+        check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"a semaphore set needs size >= 1, got {size!r}")
         vals = [values] * size if isinstance(values, int) else list(values)
@@ -119,7 +122,7 @@ class SemaphoreSet(SysVObject):
             raise ValueError(f"{len(vals)} values given for a set of {size} semaphores")
         for v in vals:
             _check_value(v)
-        sid = cls._get(key, size, IPC_CREAT | IPC_EXCL | (mode & 0o777), True)
+        sid = cls._get(key, size, IPC_CREAT | IPC_EXCL | mode, True)
         if remove_on_close is None:
             remove_on_close = key == IPC_PRIVATE
         s = cls._new(key, sid, undo=undo, remove_on_close=remove_on_close)
@@ -167,10 +170,14 @@ class SemaphoreSet(SysVObject):
         mode: int = 0o600,
         undo: bool = True,
     ) -> SemaphoreSet:
-        """Open the set under ``key``, or create it as :meth:`create` does if there is none."""
+        """Open the set under ``key``, or create it as :meth:`create` does if there is none.
+
+        ``mode`` applies only if this call creates the set, but is checked either way.
+        """
         key = check_key(key)
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new set; use create()")
+        check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
         # The base create: Semaphore.create takes ``value``, not ``size, values``.
         base_create = SemaphoreSet.create.__func__  # type: ignore[attr-defined]
         created: SemaphoreSet = open_or_create(
@@ -184,7 +191,15 @@ class SemaphoreSet(SysVObject):
 
     @classmethod
     def from_id(cls: type[_S], sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> _S:
-        """A handle on the set with kernel id ``sid`` (handles pickle to this)."""
+        """A handle on the set with kernel id ``sid`` (handles pickle to this).
+
+        Raises:
+            aioipc.IPCNotFoundError: no semaphore set has this id.
+            TypeError, ValueError: ``sid`` is not an int in 0..2**31-1 (a kernel id), or
+                ``key`` is not a key.
+        """
+        sid = cls._check_id(sid)
+        key = check_key(key)
         try:
             s = cls(key, sid, undo=undo)
         except OSError as exc:
@@ -422,7 +437,8 @@ class Semaphore(SemaphoreSet):
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
-            ValueError: key or value out of range.
+            ValueError: key or value out of range, or ``mode`` not in 0..0o777.
+            TypeError: ``mode`` is not an int.
         """
         s = super().create(
             key, 1, values=value, mode=mode, undo=undo, remove_on_close=remove_on_close
@@ -434,7 +450,10 @@ class Semaphore(SemaphoreSet):
     def open_or_create(  # type: ignore[override]
         cls, key: int, value: int = 1, *, mode: int = 0o600, undo: bool = True
     ) -> Semaphore:
-        """Open the semaphore under ``key``, or create it with ``value`` permits."""
+        """Open the semaphore under ``key``, or create it with ``value`` permits.
+
+        ``mode`` applies only if this call creates it, but is checked either way.
+        """
         s = super().open_or_create(key, 1, values=value, mode=mode, undo=undo)
         assert isinstance(s, Semaphore)
         return s

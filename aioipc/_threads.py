@@ -17,8 +17,9 @@ when it would really block. This module is the only place aioipc starts threads.
   millisecond until the job has finished.
 * **Nothing lost.** A cancelled task waits (shielded, about a millisecond) until its job
   has finished, then hands whatever the job took from the kernel in that window to the
-  caller's ``on_late_result``, which keeps it for the next receive (or gives the permit
-  back). So cancellation never drops a message or leaks a permit.
+  caller's ``on_late_result``, which gives it back (puts the message back in the queue,
+  or the permit back in the semaphore). So cancellation never drops a message or leaks
+  a permit.
 """
 
 from __future__ import annotations

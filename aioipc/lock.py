@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-import anyio
 from anyio import TaskInfo, get_current_task
 
 from ._sysv_base import IPC_PRIVATE
@@ -20,8 +19,9 @@ class Lock:
     It is a System V semaphore of value 1 taken with ``SEM_UNDO``: if the holding
     process dies -- even by SIGKILL -- the kernel gives the lock back at once, so the
     next ``acquire`` anywhere succeeds. (A POSIX semaphore or a lock file offers no such
-    guarantee.) Within one process, tasks queue on an :class:`anyio.Lock` first, so at
-    most one of them waits on the kernel.
+    guarantee.) Within one process, the waiting tasks queue on the semaphore handle:
+    one of them waits in the kernel (holding one worker thread), the others behind it,
+    so that removing the lock or closing the handle wakes them all, whoever holds it.
 
     Like anyio's, the lock is not reentrant and only the task that acquired it may
     release it.
@@ -29,7 +29,6 @@ class Lock:
 
     def __init__(self, sem: Semaphore) -> None:
         self._sem = sem
-        self._local = anyio.Lock()
         self._owner: TaskInfo | None = None
 
     @classmethod
@@ -38,7 +37,8 @@ class Lock:
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
-            ValueError: the key is out of range.
+            ValueError: the key is out of range, or ``mode`` is not in 0..0o777.
+            TypeError: ``mode`` is not an int.
         """
         return cls(Semaphore.create(key, 1, mode=mode))
 
@@ -53,7 +53,10 @@ class Lock:
 
     @classmethod
     def open_or_create(cls, key: int, *, mode: int = 0o600) -> Lock:
-        """Open the lock under ``key``, creating it unlocked if there is none."""
+        """Open the lock under ``key``, creating it unlocked if there is none.
+
+        Raises as :meth:`create` and :meth:`open`.
+        """
         return cls(Semaphore.open_or_create(key, 1, mode=mode))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -89,12 +92,10 @@ class Lock:
         Cancellation: a cancelled acquire does not hold the lock.
         """
         task = self._check_reentry()
-        await self._local.acquire()
-        try:
-            await self._sem.acquire()
-        except BaseException:
-            self._local.release()
-            raise
+        # No lock of our own around this: a task waiting on one would be out of reach
+        # of removal (EIDRM) and aclose, which wake only what waits on the semaphore.
+        # Semaphore.acquire already queues this handle's waiters behind one worker.
+        await self._sem.acquire()
         self._owner = task
 
     def acquire_nowait(self) -> None:
@@ -103,14 +104,11 @@ class Lock:
         Raises:
             anyio.WouldBlock: another task or process holds it.
             RuntimeError: this task holds it already.
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the semaphore was removed.
         """
         task = self._check_reentry()
-        self._local.acquire_nowait()
-        try:
-            self._sem.acquire_nowait()
-        except BaseException:
-            self._local.release()
-            raise
+        self._sem.acquire_nowait()
         self._owner = task
 
     def release(self) -> None:
@@ -118,23 +116,32 @@ class Lock:
 
         Raises:
             RuntimeError: the current task does not hold it.
+            anyio.ClosedResourceError: the handle was closed (which gave the lock back).
+            anyio.BrokenResourceError: the semaphore was removed.
         """
         task = get_current_task()
         if self._owner is None or self._owner.id != task.id:
             raise RuntimeError("the current task does not hold this lock")
         self._owner = None
-        try:
-            self._sem.release()
-        finally:
-            self._local.release()
+        self._sem.release()
 
     def remove(self) -> None:
-        """Remove the semaphore under the lock from the system (waiters get
-        BrokenResourceError)."""
+        """Remove the semaphore under the lock from the system: every task waiting for
+        it, in any process (this one included, whoever holds it), wakes with
+        BrokenResourceError.
+
+        Raises:
+            aioipc.IPCPermissionError: only the owner, the creator or root may remove it.
+            anyio.BrokenResourceError: it was removed already.
+        """
         self._sem.remove()
 
     async def aclose(self) -> None:
-        """Close this handle (the lock stays, unless it was created private)."""
+        """Close this handle (the lock stays, unless it was created private).
+
+        The tasks waiting through this handle wake with ClosedResourceError; if a task
+        of this handle holds the lock, closing gives it back. Never blocks for long.
+        """
         await self._sem.aclose()
 
     async def __aenter__(self) -> Lock:

@@ -31,13 +31,27 @@ Commands (``QID`` is a kernel id, ``KEY`` a key; numbered messages are ``b"%d" %
     Get a handle by id, ``receive_nowait`` one message and print ``received <data>``
     (or ``error <what>``), then send one and print ``sent`` or ``error <what>``.
 
+``window QID ROUNDS``
+    With aioipc, hitting the window of a cancelled receive on purpose, ROUNDS times: start
+    a receive, wait until its worker thread is blocked in ``msgrcv``, then, with the event
+    loop held so that the receiving task cannot run, send message ``i`` (from this
+    process), wait until the worker has left ``msgrcv`` (it has seen the message) and
+    cancel the receive. A receive that returns prints ``got <data>`` (and a new one is
+    started); a cancelled one prints ``cancelled``. Then ``done``; block on stdin.
+``random-cancel QID SEED STOP``
+    With aioipc: receive with random tiny timeouts, printing ``got <data>`` for every
+    message; after STOP cancelled receives print ``stop`` and block on stdin.
+
 ``<what>`` is ``ClassName is_permission_error message``.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import random
 import sys
+import time
 
 # Everything is imported up front: after --as-user drops root, the interpreter's own
 # library (under /root) can no longer be read, so a late import would fail.
@@ -55,6 +69,48 @@ def say(text: str) -> None:
 
 def describe(exc: BaseException) -> str:
     return f"error {type(exc).__name__} {isinstance(exc, PermissionError)} {exc}"
+
+
+#: msgrcv's system call number, by machine.
+MSGRCV = {"x86_64": 70, "aarch64": 188}.get(platform.machine())
+
+
+def threads_in_msgrcv(qid: int) -> int:
+    """Threads of this process blocked in msgrcv on queue ``qid``
+    (/proc/self/task/*/syscall: the number, then the arguments in hex)."""
+    if MSGRCV is None:
+        raise RuntimeError(f"msgrcv's system call number on {platform.machine()} is not known")
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if len(fields) >= 2 and fields[0] == str(MSGRCV) and int(fields[1], 16) == qid:
+            n += 1
+    return n
+
+
+async def parked_or_done(qid: int, done: anyio.Event, seconds: float = 10) -> bool:
+    """Wait until a worker is blocked in msgrcv on ``qid`` (True) or ``done`` is set
+    (False). Kernel state with no event to wait on: polled, under a deadline."""
+    with anyio.fail_after(seconds):
+        while not done.is_set():
+            if threads_in_msgrcv(qid):
+                return True
+            await anyio.sleep(0.0005)
+    return False
+
+
+def hold_loop_until_left_msgrcv(qid: int, seconds: float = 10) -> None:
+    """Block the event loop (on purpose: the receiving task must not run) until no
+    thread of this process is in msgrcv on ``qid`` any more."""
+    deadline = time.monotonic() + seconds
+    while threads_in_msgrcv(qid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"a worker stayed in msgrcv on queue {qid}")
+        time.sleep(0.0001)
 
 
 def drop_privileges(uid: int) -> None:
@@ -142,6 +198,60 @@ async def recv_then_send(qid: int) -> None:
             say("sent")
 
 
+async def window_round(q: MessageQueue, qid: int, message: bytes) -> tuple[list[bytes], bool]:
+    """One receive, cancelled in the window if it has to wait: (what it returned, whether
+    ``message`` was sent)."""
+    scope = anyio.CancelScope()
+    got: list[bytes] = []
+    done = anyio.Event()
+    sent = False
+
+    async def receive() -> None:
+        try:
+            with scope:
+                got.append(await q.receive())
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        if await parked_or_done(qid, done):
+            # From here to scope.cancel() nothing awaits: the worker sees the message
+            # while its task cannot run, and the cancellation is there before the task
+            # learns what the worker did.
+            q.send_nowait(message)
+            sent = True
+            hold_loop_until_left_msgrcv(qid)
+            scope.cancel()
+    return got, sent
+
+
+async def window(qid: int, rounds: int) -> None:
+    async with MessageQueue.from_id(qid) as q:
+        sent = 0
+        while sent < rounds:
+            got, was_sent = await window_round(q, qid, b"%d" % sent)
+            sent += was_sent
+            say(f"got {got[0].decode()}" if got else "cancelled")
+        say("done")
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+
+
+async def random_cancel(qid: int, seed: int, stop: int) -> None:
+    rng = random.Random(seed)
+    timeouts = [0, 1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3]
+    cancelled = 0
+    async with MessageQueue.from_id(qid) as q:
+        while cancelled < stop:
+            with anyio.move_on_after(rng.choice(timeouts)):
+                data = await q.receive()
+                say(f"got {data.decode()}")
+                continue
+            cancelled += 1
+        say("stop")
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "--as-user":
         drop_privileges(int(argv[1]))
@@ -165,6 +275,10 @@ def main(argv: list[str]) -> None:
         anyio.run(try_send, "id", nums[0])
     elif command == "recv-then-send":
         anyio.run(recv_then_send, nums[0])
+    elif command == "window":
+        anyio.run(window, nums[0], nums[1])
+    elif command == "random-cancel":
+        anyio.run(random_cancel, nums[0], nums[1], nums[2])
     else:
         raise SystemExit(f"unknown command {command!r}")
 
