@@ -15,8 +15,9 @@ scheme                    ``listen(url)``                         ``connect(url)
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; unix stream and FIFO), ``mode=0600`` (octal,
-for what the call creates), ``max_size=N`` (bytes; unix and FIFO), ``persistent=1`` (FIFO
-receiver), ``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec``
+for what the call creates), ``max_size=N`` (bytes; unix and FIFO), ``persistent=1`` and
+``max_partial=N`` (FIFO receiver: never end; the bytes held for unfinished messages),
+``allowed_uids=1000,1001`` (unix listeners). ``codec=`` (or the ``codec``
 argument) wraps the channel in a codec: ``bytes``, ``json``, ``pickle``, ``msgspec``.
 
 Queues: ``create=1`` (``connect`` creates a missing queue too; ``create=0`` makes
@@ -48,6 +49,7 @@ import anyio
 
 from . import fifo, posix, shm, sysv, unix
 from ._check import LONG_MAX, check_int, check_mode, check_seconds
+from ._libc import MSG_QBYTES_MAX
 from .codecs import _CODECS, Codec, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
 
@@ -65,8 +67,6 @@ _SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES, "shm")
 #: The largest uid a unix listener can be told to accept (uid_t is 32 bits, and its
 #: all-ones value means "no uid").
 _UID_MAX = 2**32 - 2
-#: What a SysV queue's capacity (msg_qbytes, an unsigned long) can hold.
-_MSG_QBYTES_MAX = 2**64 - 1
 #: Decimal without leading zeros (a C reader would take 010 for octal), or 0x hex.
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*|0[xX][0-9a-fA-F]+)")
 #: Octal permission bits: 0600, 600 or 0o600.
@@ -83,6 +83,7 @@ class Address:
     mode: int = 0o600
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE
     persistent: bool = False
+    max_partial: int | None = None
     allowed_uids: tuple[int, ...] | None = None
     codec: str | None = None
     create: bool | None = None
@@ -185,11 +186,12 @@ _OPTIONS: dict[str, tuple[Callable[[str, str, str], Any], tuple[str, ...]]] = {
     "framing": (_framing, ("unix", "unix+stream", "fifo")),
     "max_size": (_size(MAX_FRAME_LENGTH), (*_UNIX, "fifo")),
     "persistent": (_flag, ("fifo",)),
+    "max_partial": (_size(LONG_MAX), ("fifo",)),
     "allowed_uids": (_uids, _UNIX),
     "create": (_flag, ("mq", "sysvmq", "shm")),
     "max_messages": (_size(LONG_MAX), ("mq",)),
     "max_message_size": (_size(LONG_MAX), ("mq",)),
-    "max_bytes": (_size(_MSG_QBYTES_MAX), ("sysvmq",)),
+    "max_bytes": (_size(MSG_QBYTES_MAX), ("sysvmq",)),
     "send_type": (_size(LONG_MAX), ("sysvmq",)),
     "receive_type": (_ranged(-LONG_MAX, LONG_MAX), ("sysvmq",)),
     "proj": (_ranged(0, 255), ("sysvmq",)),
@@ -399,6 +401,7 @@ async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
             framing=addr.framing,
             persistent=addr.persistent,
             max_message_size=addr.max_size,
+            max_partial_bytes=addr.max_partial,
         )
         return rx if c is None else wrap(rx, c)
     kind = _UNIX_KINDS[addr.scheme]

@@ -275,7 +275,7 @@ BAD_URL_OPTIONS: list[tuple[str, str, str]] = [
     ("unix:///x?allowed_uids=" + "9" * 5000, "allowed_uids", "out of range"),
     ("unix:///x?max_size=0", "max_size", "not 0"),
     ("fifo:///x?max_size=-5", "max_size", "not -5"),
-    ("unix:///x?max_size=2147483648", "max_size", "2147483647"),
+    ("unix:///x?max_size=2147483647", "max_size", "2147483646"),
     ("sysvmq://1?max_bytes=1180591620717411303424", "max_bytes", "18446744073709551615"),
     ("sysvmq://1?max_bytes=0", "max_bytes", "not 0"),
     ("sysvmq://1?send_type=0", "send_type", "not 0"),
@@ -368,7 +368,7 @@ def test_url_option_forms_that_are_accepted() -> None:
     assert parse_url("shm://r?spin=0").spin == 0.0
     for word, value in (("1", True), ("YES", True), ("on", True), ("false", False)):
         assert parse_url(f"mq:///x?create={word}").create is value
-    assert parse_url("unix:///x?max_size=2147483647").max_size == 2**31 - 1
+    assert parse_url("unix:///x?max_size=2147483646").max_size == 2**31 - 2  # ff ff ff ff: goodbye
     assert parse_url("unix+seqpacket:///x?allowed_uids=0&max_size=100").max_size == 100
 
 

@@ -611,9 +611,11 @@ async def test_cancelled_acquires_never_leak_a_permit() -> None:
         assert owner.get_value(1) == 0
         left = owner.get_value(0)
         assert got + left == k, f"seed {seed}: {got} acquired + {left} left != {k}"
-        # Not guaranteed by construction, but a slow trickle of permits leaves the
-        # sniped op blocked in semop most of the time.
-        assert blocked_snipes >= 20, f"seed {seed}: {blocked_snipes}/{snipes} snipes blocked"
+        # A coverage check, not the property under test: phase 2 must have cancelled some
+        # ops while they were blocked in semop. How many depends on how the scheduler
+        # interleaves the child's releases with the snipes: 20 on an idle machine, as few
+        # as 8 seen on a loaded one. (Phase 1 covers blocked cancels deterministically.)
+        assert blocked_snipes >= 3, f"seed {seed}: {blocked_snipes}/{snipes} snipes blocked"
         print(f"seed {seed}: got {got}, left {left}, snipes {blocked_snipes}/{snipes} blocked")
 
 
