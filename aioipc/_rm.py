@@ -131,13 +131,12 @@ def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
         raise _Changed("another object was made under its name since it was listed")
 
 
-def _unlink_at(row: IPCObject) -> None:
-    """Remove a FIFO or socket file by walking its path one directory at a time without
+def _unlink_at(path: str, row: IPCObject) -> None:
+    """Remove the file ``path`` of ``row`` by walking it one directory at a time without
     following any symlink, then unlinking the name in the last directory if it is still
     the listed inode: a directory swapped for a link mid-way cannot redirect it.
     """
-    assert row.name is not None
-    parts = [p for p in os.path.dirname(row.name).split("/") if p]
+    parts = [p for p in os.path.dirname(path).split("/") if p]
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     dfd = os.open("/", flags)
     try:
@@ -145,7 +144,7 @@ def _unlink_at(row: IPCObject) -> None:
             next_fd = os.open(part, flags, dir_fd=dfd)
             os.close(dfd)
             dfd = next_fd
-        leaf = os.path.basename(row.name)
+        leaf = os.path.basename(path)
         st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
         if (st.st_dev, st.st_ino) != (row.dev, row.ino):
             raise _Changed("another file was put at its path since it was listed")
@@ -154,22 +153,37 @@ def _unlink_at(row: IPCObject) -> None:
         os.close(dfd)
 
 
-def _delete(row: IPCObject) -> None:
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _delete(row: IPCObject, mqueue: str | None) -> None:
     from . import posix, shm
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
         _SYSV_CALLS[row.kind][1](row.id)
         return
+    assert row.name is not None
+    path = object_path(row, mqueue)
+    if row.kind.startswith("posix-") and path is not None and not _utf8(row.name):
+        # A name that is not UTF-8 (anyone may make one): no POSIX call of aioipc or
+        # posix_ipc takes it, but shm_unlink, sem_unlink and mq_unlink unlink exactly
+        # this file. (aioipc never makes such a name, so no registry entry names it.)
+        _unlink_at(path, row)
+        return
     unlinkers: dict[str, Callable[[str], None]] = {
         "posix-shm": posix.unlink_shared_memory,
         "posix-sem": posix.unlink_semaphore,
         "posix-mq": posix.unlink_message_queue,
         "shm-ring": shm.unlink,
-        "fifo": lambda _: _unlink_at(row),
-        "unix-socket": lambda _: _unlink_at(row),
+        "fifo": lambda name: _unlink_at(name, row),
+        "unix-socket": lambda name: _unlink_at(name, row),
     }
-    assert row.name is not None
     unlinkers[row.kind](row.name)
 
 
@@ -189,7 +203,7 @@ def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) ->
     try:
         # Checked again just before: names and ids are reused, and time has passed.
         _same_object(row, mqueue, stale=not force)
-        _delete(row)
+        _delete(row, mqueue)
     except _Changed as exc:
         raise RemoveError(f"{what}: {exc}; left alone") from None
     except IPCError as exc:  # before ValueError: some IPC errors are both

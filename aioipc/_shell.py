@@ -30,6 +30,7 @@ from anyio import (
 from anyio.lowlevel import current_token
 
 from . import fifo, unix
+from ._terminal import error as _error
 from .abc import IPCAttribute
 from .errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
 from .url import Address, connect, listen, parse_url
@@ -76,10 +77,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BusyResourceError):
         return "the channel is in use"
     return type(exc).__name__
-
-
-def _error(message: str) -> None:
-    print(f"aioipc: error: {message}", file=sys.stderr, flush=True)
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> int:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import IPCError
 from ._bench_cli import add_bench_parser
 from ._demo import MECHANISMS, Result, run_demo
 from ._inventory_cli import add_inventory_parsers
 from ._shell import run_recv, run_send
+from ._terminal import error, shown
 
 __all__ = ["main"]
 
@@ -56,8 +58,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error lines escaped: they quote what the user typed (a name
+    pasted from somewhere), and subcommands' parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(shown(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aioipc", description=__doc__)
+    parser = _Parser(prog="aioipc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exchange messages between real processes, every mechanism")
     demo.add_argument("--count", type=int, default=5000, help="messages in the burst")
@@ -159,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (IPCError, OSError, AssertionError) as exc:
-        print(f"aioipc: error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
