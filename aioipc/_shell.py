@@ -216,9 +216,6 @@ def run_send(url: str, data: str | None, whole: bool, raw: bool, wait: float) ->
     elif data is None and sys.stdin.isatty():
         _error("nothing to send: give DATA, pipe data into stdin, or '-' to type lines")
         return 2
-    if wait < 0:
-        _error(f"--wait is seconds >= 0, not {wait}")
-        return 2
     modes: dict[tuple[bool, bool], StdinMode] = {
         (False, False): "lines",
         (False, True): "chunks",

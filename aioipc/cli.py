@@ -8,16 +8,17 @@ channel by URL (docs/cli.md). Errors are one readable line and a non-zero exit c
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import IPCError
 from ._bench_cli import add_bench_parser
+from ._check import INT_MAX, LONG_MAX, check_int, check_seconds
 from ._demo import MECHANISMS, Result, run_demo
 from ._inventory_cli import add_inventory_parsers
 from ._shell import run_recv, run_send
 from ._terminal import error, shown
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["main"]
 
@@ -70,9 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aioipc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exchange messages between real processes, every mechanism")
-    demo.add_argument("--count", type=int, default=5000, help="messages in the burst")
-    demo.add_argument("--size", type=int, default=1024, help="bytes per burst message (>= 4)")
-    demo.add_argument("--round-trips", type=int, default=500, help="ping-pongs to time")
+    demo.add_argument(
+        "--count", type=_whole(1, INT_MAX), default=5000, help="messages in the burst"
+    )
+    demo.add_argument(
+        "--size",
+        type=_whole(4, DEFAULT_MAX_MESSAGE_SIZE, "bytes"),
+        default=1024,
+        help="bytes per burst message (4, the message number, to 64 MiB)",
+    )
+    demo.add_argument(
+        "--round-trips", type=_whole(1, INT_MAX), default=500, help="ping-pongs to time"
+    )
     demo.add_argument(
         "--mechanism", action="append", choices=MECHANISMS, help="only this one (repeatable)"
     )
@@ -100,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     send.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="retry this long while the object does not exist yet or nobody listens",
@@ -115,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         "message on its own line. Stops at end of stream, or after --count messages.",
     )
     recv.add_argument("url", metavar="URL", help="where to receive (see docs/urls.md)")
-    recv.add_argument("--count", type=_positive, metavar="N", help="stop after N messages")
+    recv.add_argument(
+        "--count", type=_whole(1, LONG_MAX), metavar="N", help="stop after N messages"
+    )
     recv.add_argument(
         "--follow",
         action="store_true",
@@ -136,14 +148,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
+# Every number an option takes is parsed by one of these two argparse types, checked by
+# aioipc._check: NaN and infinities are refused (a NaN deadline never expires), and so is
+# what is out of range. argparse names the option: "argument --wait: the value is ...".
+
+
+def _seconds(text: str) -> float:
+    """SECONDS: a finite number >= 0."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), not {text!r}") from None
+    try:
+        return check_seconds(value, "the value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _whole(minimum: int, maximum: int, unit: str = "") -> Callable[[str], int]:
+    """A count or size: a whole number in ``minimum..maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        try:
+            return check_int(value, "the value", minimum=minimum, maximum=maximum, unit=unit)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,9 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data = rest[0]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "size", 4) < 4:
-        print("aioipc: error: --size must be at least 4 (the message number)", file=sys.stderr)
-        return 2
     try:
         code: int = args.func(args)
     except (IPCError, OSError, AssertionError) as exc:
