@@ -14,7 +14,16 @@ from typing import Any
 
 from ._inventory import KINDS, IPCObject, scan
 from ._mqueue_view import mqueue_directory
-from ._rm import RemoveError, find, remove, remove_stale, remove_unlisted_queue
+from ._rm import (
+    NotFound,
+    RemoveError,
+    find,
+    forget_gone,
+    narrow,
+    remove,
+    remove_stale,
+    remove_unlisted_queue,
+)
 from ._terminal import error, say, shown
 
 __all__ = ["add_inventory_parsers", "run_ls", "run_rm"]
@@ -114,8 +123,18 @@ def run_rm(
     dry_run: bool,
 ) -> int:
     if stale:
-        if kind is not None or target is not None:
-            error("rm --stale takes no KIND or name (narrow it with --kind)")
+        prefix = kind  # the one positional, if any
+        if target is not None:
+            error("rm --stale takes at most a PREFIX, not KIND and a name (narrow it with --kind)")
+            return 2
+        if prefix in KINDS:
+            error(
+                f"rm --stale takes a name or path PREFIX, not a KIND: narrow it by kind "
+                f"with --kind {prefix}"
+            )
+            return 2
+        if prefix == "":
+            error("rm --stale: an empty PREFIX would match everything; leave it out")
             return 2
         if force:
             error("rm --stale removes only stale objects; --force is for one named object")
@@ -125,6 +144,8 @@ def run_rm(
             if "posix-mq" in wanted:
                 _note(note)
             found = scan(wanted, mqueue=mqueue)
+            if prefix is not None:
+                found = narrow(found, prefix)
             done, failed = remove_stale(found, dry_run=dry_run, mqueue=mqueue)
         for line in done:
             say(line)
@@ -139,6 +160,9 @@ def run_rm(
     if kind is None or target is None:
         error("rm needs KIND and ID|KEY|NAME, or --stale")
         return 2
+    if kind not in KINDS:
+        error(f"invalid choice: {kind!r} is not a KIND (choose from {', '.join(KINDS)})")
+        return 2
     try:
         with mqueue_directory() as (mqueue, note):
             if kind == "posix-mq" and mqueue is None:
@@ -146,7 +170,16 @@ def run_rm(
                 _note(note)
                 what = remove_unlisted_queue(target, force=force)
             else:
-                row = find(kind, target, scan([kind], mqueue=mqueue).rows)
+                found = scan([kind], mqueue=mqueue)
+                try:
+                    row = find(kind, target, found.rows)
+                except NotFound:
+                    # Gone already (removed by hand, ipcrm): its entry need not outlive it.
+                    said = forget_gone(kind, target, found.orphans)
+                    if said is None:
+                        raise
+                    say(said)
+                    return 0
                 remove(row, force=force, mqueue=mqueue)
                 what = row.describe()
     except RemoveError as exc:
@@ -183,15 +216,26 @@ def add_inventory_parsers(sub: Any) -> None:
         help="remove one IPC object, or every stale one aioipc made",
         description="Remove one object (sysv-* by id, or by key written 0x...; posix-* "
         "and shm-ring by name; fifo and unix-socket by path), or with --stale every "
-        "object aioipc made whose creator is dead and that nobody is attached to. "
-        "Anything but such a stale object is removed only with --force.",
+        "object aioipc made whose creator is dead and that nobody is attached to "
+        "(with a PREFIX: only those whose name or path, or SysV key written 0x..., starts "
+        "with it). Anything but such a stale object is removed only with --force. "
+        "An object that is already gone has its registry entry forgotten.",
     )
-    rm.add_argument("kind", metavar="KIND", nargs="?", choices=KINDS, help=", ".join(KINDS))
+    rm.add_argument(
+        "kind",
+        metavar="KIND|PREFIX",
+        nargs="?",
+        help=f"{', '.join(KINDS)}; with --stale: a name, path or 0x key PREFIX",
+    )
     rm.add_argument("target", metavar="ID|KEY|NAME", nargs="?", help="which object")
     rm.add_argument(
         "--force", action="store_true", help="remove it even if it is in use or not aioipc's"
     )
-    rm.add_argument("--stale", action="store_true", help="remove every stale object aioipc made")
+    rm.add_argument(
+        "--stale",
+        action="store_true",
+        help="remove every stale object aioipc made (whose name starts with PREFIX, if given)",
+    )
     rm.add_argument(
         "--kind",
         dest="kinds",
