@@ -122,7 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         help="print the messages arriving at URL, one a line",
         description="Receive from URL (aioipc.listen: creates a FIFO, queue or ring if "
         "needed; on unix:// listens and takes one client after another) and print each "
-        "message on its own line. Stops at end of stream, or after --count messages.",
+        "message on its own line. Stops at end of stream, after --count messages, or "
+        "when --timeout runs out (exit 124). On a queue, recv takes each message it "
+        "prints: it competes with the queue's other consumers (each message goes to one "
+        "of them), and a POSIX queue unlinked meanwhile is never noticed (use "
+        "--timeout). --peek (sysvmq:// only) shows the queued messages and leaves them.",
     )
     recv.add_argument("url", metavar="URL", help="where to receive (see docs/urls.md)")
     recv.add_argument(
@@ -142,7 +146,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove the queue, FIFO or ring when done (a unix socket file always is)",
     )
-    recv.set_defaults(func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink))
+    recv.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="end after SECONDS in all; exit 124 if they run out before recv ends by "
+        "itself (what arrived is printed)",
+    )
+    recv.add_argument(
+        "--peek",
+        action="store_true",
+        help="sysvmq:// only: print the messages queued now, oldest first, and leave "
+        "them queued (msgrcv MSG_COPY); other schemes cannot look without taking",
+    )
+    recv.set_defaults(
+        func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink, a.timeout, a.peek)
+    )
     add_bench_parser(sub)
     add_inventory_parsers(sub)
     return parser
