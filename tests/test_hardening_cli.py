@@ -663,3 +663,56 @@ def test_recv_help_says_it_competes_with_other_consumers() -> None:
     assert "competes with the queue's other consumers" in text, text
     assert "--peek" in text
     assert "--timeout" in text
+
+
+# msgrcv with MSG_COPY answered with ENOSYS, as by a kernel built without
+# CONFIG_CHECKPOINT_RESTORE: a seccomp filter installed before aioipc runs.
+_WITHOUT_MSG_COPY = r"""
+import ctypes, platform, runpy, struct, sys
+arch, msgrcv = {"x86_64": (0xC000003E, 70), "aarch64": (0xC00000B7, 188)}[platform.machine()]
+def op(code, k, jt=0, jf=0):
+    return struct.pack("HBBI", code, jt, jf, k)
+LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
+prog = b"".join([
+    op(LD, 4), op(JEQ, arch, 0, 4),  # seccomp_data.arch; another: allow
+    op(LD, 0), op(JEQ, msgrcv, 0, 2),  # .nr; another call: allow
+    op(LD, 48), op(JSET, 0o40000, 1, 0),  # low word of .args[4], msgflg: MSG_COPY?
+    op(RET, 0x7FFF0000),  # SECCOMP_RET_ALLOW
+    op(RET, 0x00050000 | 38),  # SECCOMP_RET_ERRNO | ENOSYS
+])
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+fprog = Prog(len(prog) // 8, prog)
+assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP
+sys.argv = ["aioipc", *sys.argv[1:]]
+runpy.run_module("aioipc", run_name="__main__")
+"""
+
+
+def test_recv_peek_says_when_the_kernel_cannot_copy_a_message() -> None:
+    import platform
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the seccomp filter knows msgrcv's number on x86_64 and aarch64 only")
+    key = _free_key("7")()
+    q = sysv.MessageQueue.create(key)
+    try:
+        anyio.run(q.send, b"kept")
+        done = subprocess.run(
+            [sys.executable, "-c", _WITHOUT_MSG_COPY, "recv", f"sysvmq://{key:#x}", "--peek"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=LIMIT,
+        )
+        assert done.returncode == 1, done.stderr
+        line = assert_clean(done.stderr)
+        assert line.startswith("aioipc: error: SysV message queue key="), line
+        assert "cannot copy a message without taking it" in line, line
+        assert "CONFIG_CHECKPOINT_RESTORE" in line, line
+        assert done.stdout == b""
+        assert q.receive_nowait() == b"kept"
+    finally:
+        q.remove()
+        anyio.run(q.aclose)
