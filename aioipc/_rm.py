@@ -160,10 +160,18 @@ def forget_gone(kind: str, target: str, orphans: Sequence[_registry.Entry]) -> s
 
     The entries go even if their creator runs: the object they describe is gone (removed
     by hand, or with ``ipcrm``), and a creator that makes it again writes a new entry,
-    which :func:`aioipc._registry.remove_entry` leaves alone.
+    which :func:`aioipc._registry.remove_entry` leaves alone. But not an entry of a SysV
+    object or POSIX queue made in another IPC namespace: that object is not to be seen
+    from here, and may well exist.
     """
     wanted = parse_target(kind, target)
-    entries = [e for e in orphans if wanted.names(e)]
+    here = _registry.ipc_namespace()
+    entries = [
+        e
+        for e in orphans
+        if wanted.names(e)
+        and (e.kind not in (*SYSV_FILES, "posix-mq") or (here is not None and e.ipcns == here))
+    ]
     for entry in entries:
         _registry.remove_entry(entry)
     if not entries:

@@ -423,6 +423,37 @@ def test_rm_forgets_the_entry_of_a_queue_removed_with_ipcrm() -> None:
             anyio.run(q.aclose)
 
 
+@root_only
+def test_rm_keeps_the_entry_of_a_queue_in_another_ipc_namespace() -> None:
+    """Its id means nothing here: the queue may well exist in its own namespace."""
+    script = textwrap.dedent(
+        """
+        import ctypes, sys
+        from aioipc import sysv
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.unshare(0x08000000) == 0  # CLONE_NEWIPC
+        q = sysv.MessageQueue.create(0x5EC0ED)
+        print(q.id, flush=True)
+        sys.stdin.read()
+        q.remove()
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        qid = int(_line(holder))
+        assert len(_entries("sysv-msg", str(qid))) == 1
+        for target in (str(qid), "0x5ec0ed"):
+            done = run("rm", "sysv-msg", target)
+            assert done.returncode == 1, done.stdout
+            assert "does not exist" in done.stderr.decode()
+            assert len(_entries("sysv-msg", str(qid))) == 1
+    finally:
+        holder.communicate(timeout=LIMIT)
+    assert _entries("sysv-msg", str(qid)) == []  # its creator forgot it
+
+
 def _make_and_die(script: str, *args: str) -> None:
     """Run ``script`` in a process that exits without cleaning up (a crash)."""
     done = subprocess.run(
