@@ -165,19 +165,23 @@ def forget_gone(kind: str, target: str, orphans: Sequence[_registry.Entry]) -> s
     from here, and may well exist.
     """
     wanted = parse_target(kind, target)
-    here = _registry.ipc_namespace()
-    entries = [
-        e
-        for e in orphans
-        if wanted.names(e)
-        and (e.kind not in (*SYSV_FILES, "posix-mq") or (here is not None and e.ipcns == here))
-    ]
+    entries = [e for e in orphans if wanted.names(e) and _seen_from_here(e)]
     for entry in entries:
         _registry.remove_entry(entry)
     if not entries:
         return None
     plural = "entries" if len(entries) > 1 else "entry"
     return f"{_entry_text(entries[0])}: does not exist; forgot its registry {plural}"
+
+
+def _seen_from_here(entry: _registry.Entry) -> bool:
+    """Whether this process would see the entry's object if it existed. SysV objects and
+    POSIX queues live in an IPC namespace: one made in another namespace (a container,
+    ``unshare --ipc``) is invisible here, so its entry is no orphan of ours to forget."""
+    if entry.kind in SYSV_FILES or entry.kind == "posix-mq":
+        here = _registry.ipc_namespace()
+        return here is not None and entry.ipcns == here
+    return True
 
 
 def _entry_text(entry: _registry.Entry) -> str:
@@ -411,6 +415,8 @@ def remove_stale(
             continue
         done.append(f"{verb} {row.describe()}: {row.why}")
     for entry in found.orphans:
+        if not _seen_from_here(entry):
+            continue  # its object may well exist, in the namespace it was made in
         creator = _registry.creator_alive(entry)
         if creator:
             continue  # its creator may still remove it, and forget the entry itself
