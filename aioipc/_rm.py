@@ -177,11 +177,33 @@ def forget_gone(kind: str, target: str, orphans: Sequence[_registry.Entry]) -> s
 def _seen_from_here(entry: _registry.Entry) -> bool:
     """Whether this process would see the entry's object if it existed. SysV objects and
     POSIX queues live in an IPC namespace: one made in another namespace (a container,
-    ``unshare --ipc``) is invisible here, so its entry is no orphan of ours to forget."""
-    if entry.kind in SYSV_FILES or entry.kind == "posix-mq":
-        here = _registry.ipc_namespace()
-        return here is not None and entry.ipcns == here
-    return True
+    ``unshare --ipc``) is invisible here and may well exist, unless that namespace is
+    gone (no process is in it any more), and its objects with it."""
+    if entry.kind not in SYSV_FILES and entry.kind != "posix-mq":
+        return True
+    here = _registry.ipc_namespace()
+    if here is not None and entry.ipcns == here:
+        return True
+    return entry.ipcns is not None and _ipc_namespace_in_use(entry.ipcns) is False
+
+
+def _ipc_namespace_in_use(ino: int) -> bool | None:
+    """Whether a process is in the IPC namespace with inode ``ino``; None when some
+    process cannot be looked into (another user's, unless we are root). (A namespace
+    kept by a bind mount alone is not seen: its objects' entries can then be forgotten,
+    which only makes them never stale.)"""
+    unseen = False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/ipc").st_ino == ino:
+                return True
+        except FileNotFoundError:
+            continue  # exited meanwhile
+        except OSError:
+            unseen = True
+    return None if unseen else False
 
 
 def _entry_text(entry: _registry.Entry) -> str:

@@ -423,6 +423,18 @@ def test_rm_forgets_the_entry_of_a_queue_removed_with_ipcrm() -> None:
             anyio.run(q.aclose)
 
 
+def _some_process_hidden() -> bool:
+    """Whether some process's IPC namespace is out of our reach."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            os.stat(f"/proc/{pid}/ns/ipc")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
 @root_only
 def test_rm_keeps_the_entry_of_a_queue_in_another_ipc_namespace() -> None:
     """Its id means nothing here: the queue may well exist in its own namespace (here
@@ -454,8 +466,59 @@ def test_rm_keeps_the_entry_of_a_queue_in_another_ipc_namespace() -> None:
         assert len(_entries("sysv-msg", str(qid))) == 1
     finally:
         holder.communicate(timeout=LIMIT)  # the namespace goes, and its queue with it
+    try:
+        # Now no process is in that namespace: the queue is gone, and its entry is
+        # forgotten, if every process could be looked into to tell (here, pid 1 may be
+        # out of even root's reach: then the entry is kept, as nothing is known).
+        done = run("rm", "--stale", "0x005ec0ed")
+        assert done.returncode == 0, done.stderr
+        if _some_process_hidden():
+            assert done.stdout == b"nothing stale\n"
+        else:
+            assert done.stdout == f"forgot sysv-msg {qid}: already gone\n".encode()
+            assert _entries("sysv-msg", str(qid)) == []
+    finally:
         for entry in _entries("sysv-msg", str(qid)):
             _registry.remove_entry(entry)
+
+
+@root_only
+def test_rm_stale_forgets_the_entry_of_a_queue_whose_ipc_namespace_is_gone() -> None:
+    """In a pid namespace of its own (with its /proc), where every process can be looked
+    into, so that "no process is in that IPC namespace any more" can be told."""
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs unshare(1) and nsenter(1)")
+    script = textwrap.dedent(
+        """
+        import json, subprocess, sys
+        holder = subprocess.Popen(["unshare", "--ipc", "sh", "-c", "echo ready && exec cat"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert holder.stdout.readline() == b"ready\\n"
+        made = subprocess.run(
+            ["nsenter", "-t", str(holder.pid), "-i", "--", sys.executable, "-c",
+             "from aioipc import sysv; print(sysv.MessageQueue.create(0x5EC0EE).id)"],
+            capture_output=True, check=True)
+        qid = made.stdout.decode().strip()
+        rm = [sys.executable, "-m", "aioipc", "rm", "--stale", "0x005ec0ee"]
+        alive = subprocess.run(rm, capture_output=True, text=True)
+        holder.communicate()
+        gone = subprocess.run(rm, capture_output=True, text=True)
+        print(json.dumps([qid, alive.stdout, gone.stdout, alive.stderr + gone.stderr]))
+        """
+    )
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    qid, alive, gone, errors = json.loads(done.stdout)
+    assert errors == ""
+    assert alive == "nothing stale\n"  # the namespace lives: the entry is kept
+    assert gone == f"forgot sysv-msg {qid}: already gone\n"
+    assert _entries("sysv-msg", qid) == []
 
 
 def _make_and_die(script: str, *args: str) -> None:
