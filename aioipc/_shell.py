@@ -317,24 +317,22 @@ def _check_peek(addr: Address, follow: bool, unlink: bool) -> None:
             )
 
 
-async def _peek(url: str, addr: Address, out: _Output, count: int | None) -> None:
+async def _peek(queue: Any, selector: int, out: _Output, count: int | None) -> None:
     """``--peek``: print the messages of a SysV queue, oldest first, leaving them queued
-    (only those its ``receive_type`` selects, as ``recv`` would take)."""
+    (only those ``selector``, the URL's ``receive_type``, selects: what recv would take)."""
     from ._sysv_mq import _matches
 
-    queue = await connect(url)  # opens it; creates it only if the URL says create=1
-    async with queue:
-        index = printed = 0
-        while count is None or printed < count:
-            await anyio.lowlevel.checkpoint()  # a long queue still ends at --timeout
-            try:
-                mtype, data = queue.peek_message_nowait(index)
-            except WouldBlock:  # no message at that position: the end of the queue
-                return
-            index += 1
-            if _matches(mtype, addr.receive_type, False):
-                out.write(data)
-                printed += 1
+    index = printed = 0
+    while count is None or printed < count:
+        await anyio.lowlevel.checkpoint()  # a long queue still ends at --timeout
+        try:
+            mtype, data = queue.peek_message_nowait(index)
+        except WouldBlock:  # no message at that position: the end of the queue
+            return
+        index += 1
+        if _matches(mtype, selector, False):
+            out.write(data)
+            printed += 1
 
 
 async def _serve(listener: Any, out: _Output, count: int | None, follow: bool) -> None:
@@ -371,29 +369,28 @@ async def recv(
     # nothing from a queue (a SysV worker's late message goes back at close).
     deadline = math.inf if time_limit is None else anyio.current_time() + time_limit
     out = _Output(raw)
-    with anyio.CancelScope(deadline=deadline) as scope:
-        if peek:
-            await _peek(url, addr, out, count)
-    if scope.cancelled_caught:
-        raise _TimedOut
     if peek:
-        return
-    if follow and addr.scheme == "fifo" and not addr.persistent:
-        url = _with_option(url, "persistent", "1")
-    obj = await listen(url)
-    if isinstance(obj, unix.UnixListener):
-        async with obj:
+        queue = await connect(url)  # opens it; creates it only if the URL says create=1
+        async with queue:
             with anyio.CancelScope(deadline=deadline) as scope:
-                await _serve(obj, out, count, follow)
+                await _peek(queue, addr.receive_type, out, count)
     else:
-        async with obj:
-            try:
+        if follow and addr.scheme == "fifo" and not addr.persistent:
+            url = _with_option(url, "persistent", "1")
+        obj = await listen(url)
+        if isinstance(obj, unix.UnixListener):
+            async with obj:
                 with anyio.CancelScope(deadline=deadline) as scope:
-                    ring_follow = follow and addr.scheme == "shm"
-                    await _pump(obj, out, count, ring_follow=ring_follow)
-            finally:
-                if unlink:
-                    _remove(addr, obj)
+                    await _serve(obj, out, count, follow)
+        else:
+            async with obj:
+                try:
+                    with anyio.CancelScope(deadline=deadline) as scope:
+                        ring_follow = follow and addr.scheme == "shm"
+                        await _pump(obj, out, count, ring_follow=ring_follow)
+                finally:
+                    if unlink:
+                        _remove(addr, obj)
     if scope.cancelled_caught:
         raise _TimedOut
 
