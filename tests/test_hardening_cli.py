@@ -814,3 +814,30 @@ def test_recv_peek_says_when_the_kernel_cannot_copy_a_message() -> None:
     finally:
         q.remove()
         anyio.run(q.aclose)
+
+
+def test_peek_message_nowait_contract() -> None:
+    from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+
+    async def main() -> None:
+        q = sysv.MessageQueue.create()  # private: removed when closed
+        async with q:
+            await q.send(b"a", type=3)
+            await q.send(b"b", type=1)
+            expected = [(1, b"b"), (3, b"a"), (1, b"b")]  # by position, any order, again
+            assert [q.peek_message_nowait(i) for i in (1, 0, 1)] == expected
+            with pytest.raises(WouldBlock):
+                q.peek_message_nowait(2)
+            for bad in (-1, 2**63):
+                with pytest.raises(ValueError, match="index"):
+                    q.peek_message_nowait(bad)
+            assert (q.current_messages, q.last_receive_pid) == (2, 0)
+            other = sysv.MessageQueue.from_id(q.id)
+            q.remove()
+            with pytest.raises(BrokenResourceError):
+                other.peek_message_nowait()
+            await other.aclose()
+            with pytest.raises(ClosedResourceError):
+                other.peek_message_nowait()
+
+    anyio.run(main)
