@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._terminal import error
+
 __all__ = ["add_bench_parser", "run_bench"]
 
 _SCRIPTS = ("bench", "bench_queues", "bench_shm")
@@ -393,7 +395,7 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         return _bench(args)
     except BenchError as exc:
-        print(f"aioipc: error: {exc}", file=sys.stderr)
+        error(str(exc))
         return exc.code
     except BrokenPipeError:  # `aioipc bench --list | head -3`: quietly, like recv
         with contextlib.suppress(OSError):

@@ -14,7 +14,17 @@ from typing import Any
 
 from ._inventory import KINDS, IPCObject, scan
 from ._mqueue_view import mqueue_directory
-from ._rm import RemoveError, find, remove, remove_stale, remove_unlisted_queue
+from ._rm import (
+    NotFound,
+    RemoveError,
+    find,
+    forget_gone,
+    narrow,
+    remove,
+    remove_stale,
+    remove_unlisted_queue,
+)
+from ._terminal import error, say, shown
 
 __all__ = ["add_inventory_parsers", "run_ls", "run_rm"]
 
@@ -60,29 +70,30 @@ def _cells(row: IPCObject) -> tuple[str, ...]:
 
 
 def _print_table(rows: Sequence[IPCObject], title: str) -> None:
-    cells = [_cells(r) for r in rows]
+    # Names are anyone's bytes: escaped before anything measures or draws them.
+    cells = [tuple(map(shown, _cells(r))) for r in rows]
     try:
         if not sys.stdout.isatty():  # piped: plain columns, never wrapped
             raise ImportError
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
     except ImportError:
         widths = [max(len(c[i]) for c in [_COLUMNS, *cells]) for i in range(len(_COLUMNS))]
         for line in [_COLUMNS, *cells]:
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            say("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
         return
-    from rich.markup import escape
-
     table = Table(*_COLUMNS, title=title)
     for line in cells:
-        # Names are anyone's bytes: "[red]" in one must show as written, not as a style.
-        table.add_row(*(escape(cell) for cell in line))
+        # Text, not str: "[red]" or ":smile:" in a name shows as written, never as a
+        # style or an emoji, and nothing in it is highlighted.
+        table.add_row(*(Text(cell) for cell in line))
     Console().print(table)
 
 
 def _note(text: str) -> None:
     if text:
-        print(text, file=sys.stderr, flush=True)
+        say(text, sys.stderr)
 
 
 def run_ls(kinds: Sequence[str] | None, mine: bool, stale: bool, as_json: bool) -> int:
@@ -94,14 +105,12 @@ def run_ls(kinds: Sequence[str] | None, mine: bool, stale: bool, as_json: bool) 
     if stale:
         rows = [r for r in rows if r.stale]
     if as_json:
-        print(json.dumps([r.as_json() for r in rows], indent=2))
+        # Exact names; ensure_ascii writes every control (and non-ASCII) character as a
+        # \uXXXX escape, so the output is printable ASCII (see aioipc._terminal).
+        print(json.dumps([r.as_json() for r in rows], indent=2, ensure_ascii=True))
         return 0
     _print_table(rows, f"IPC objects: {len(rows)}")
     return 0
-
-
-def _error(message: str) -> None:
-    print(f"aioipc: error: {message}", file=sys.stderr, flush=True)
 
 
 def run_rm(
@@ -114,30 +123,45 @@ def run_rm(
     dry_run: bool,
 ) -> int:
     if stale:
-        if kind is not None or target is not None:
-            _error("rm --stale takes no KIND or name (narrow it with --kind)")
+        prefix = kind  # the one positional, if any
+        if target is not None:
+            error("rm --stale takes at most a PREFIX, not KIND and a name (narrow it with --kind)")
+            return 2
+        if prefix in KINDS:
+            error(
+                f"rm --stale takes a name or path PREFIX, not a KIND: narrow it by kind "
+                f"with --kind {prefix}"
+            )
+            return 2
+        if prefix == "":
+            error("rm --stale: an empty PREFIX would match everything; leave it out")
             return 2
         if force:
-            _error("rm --stale removes only stale objects; --force is for one named object")
+            error("rm --stale removes only stale objects; --force is for one named object")
             return 2
         wanted = tuple(kinds) if kinds else KINDS
         with mqueue_directory() as (mqueue, note):
             if "posix-mq" in wanted:
                 _note(note)
             found = scan(wanted, mqueue=mqueue)
+            if prefix is not None:
+                found = narrow(found, prefix)
             done, failed = remove_stale(found, dry_run=dry_run, mqueue=mqueue)
         for line in done:
-            print(line, flush=True)
+            say(line)
         if not done and not failed:
-            print("nothing stale")
+            say("nothing stale")
         for line in failed:
-            _error(line)
+            error(line)
         return 1 if failed else 0
     if kinds or dry_run:
-        _error("--kind and --dry-run go with --stale; name one object as KIND ID|KEY|NAME")
+        error("--kind and --dry-run go with --stale; name one object as KIND ID|KEY|NAME")
         return 2
     if kind is None or target is None:
-        _error("rm needs KIND and ID|KEY|NAME, or --stale")
+        error("rm needs KIND and ID|KEY|NAME, or --stale")
+        return 2
+    if kind not in KINDS:
+        error(f"invalid choice: {kind!r} is not a KIND (choose from {', '.join(KINDS)})")
         return 2
     try:
         with mqueue_directory() as (mqueue, note):
@@ -146,13 +170,22 @@ def run_rm(
                 _note(note)
                 what = remove_unlisted_queue(target, force=force)
             else:
-                row = find(kind, target, scan([kind], mqueue=mqueue).rows)
+                found = scan([kind], mqueue=mqueue)
+                try:
+                    row = find(kind, target, found.rows)
+                except NotFound:
+                    # Gone already (removed by hand, ipcrm): its entry need not outlive it.
+                    said = forget_gone(kind, target, found.orphans)
+                    if said is None:
+                        raise
+                    say(said)
+                    return 0
                 remove(row, force=force, mqueue=mqueue)
                 what = row.describe()
     except RemoveError as exc:
-        _error(str(exc))
+        error(str(exc))
         return exc.code
-    print(f"removed {what}")
+    say(f"removed {what}")
     return 0
 
 
@@ -183,15 +216,26 @@ def add_inventory_parsers(sub: Any) -> None:
         help="remove one IPC object, or every stale one aioipc made",
         description="Remove one object (sysv-* by id, or by key written 0x...; posix-* "
         "and shm-ring by name; fifo and unix-socket by path), or with --stale every "
-        "object aioipc made whose creator is dead and that nobody is attached to. "
-        "Anything but such a stale object is removed only with --force.",
+        "object aioipc made whose creator is dead and that nobody is attached to "
+        "(with a PREFIX: only those whose name or path, or SysV key written 0x..., starts "
+        "with it). Anything but such a stale object is removed only with --force. "
+        "An object that is already gone has its registry entry forgotten.",
     )
-    rm.add_argument("kind", metavar="KIND", nargs="?", choices=KINDS, help=", ".join(KINDS))
+    rm.add_argument(
+        "kind",
+        metavar="KIND|PREFIX",
+        nargs="?",
+        help=f"{', '.join(KINDS)}; with --stale: a name, path or 0x key PREFIX",
+    )
     rm.add_argument("target", metavar="ID|KEY|NAME", nargs="?", help="which object")
     rm.add_argument(
         "--force", action="store_true", help="remove it even if it is in use or not aioipc's"
     )
-    rm.add_argument("--stale", action="store_true", help="remove every stale object aioipc made")
+    rm.add_argument(
+        "--stale",
+        action="store_true",
+        help="remove every stale object aioipc made (whose name starts with PREFIX, if given)",
+    )
     rm.add_argument(
         "--kind",
         dest="kinds",

@@ -13,12 +13,25 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import _libc, _registry
+from ._check import check_id
 from ._inventory import SYSV_FILES, IPCObject, Scan, object_path
 
-__all__ = ["RemoveError", "find", "remove", "remove_stale", "remove_unlisted_queue"]
+__all__ = [
+    "NotFound",
+    "RemoveError",
+    "Target",
+    "find",
+    "forget_gone",
+    "narrow",
+    "parse_target",
+    "remove",
+    "remove_stale",
+    "remove_unlisted_queue",
+]
 
 
 class RemoveError(Exception):
@@ -33,62 +46,207 @@ def posix_name(text: str) -> str:
     return text if text.startswith("/") else "/" + text
 
 
-def find(kind: str, target: str, rows: Sequence[IPCObject]) -> IPCObject:
+class NotFound(RemoveError):
+    """Nothing of the kind goes by the name given (in the listing ``find`` was given)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What ``rm KIND TARGET`` names: a SysV id or key, or a name or path."""
+
+    kind: str
+    name: str | None = None  # POSIX objects and rings: "/name"; FIFOs, sockets: the path
+    id: int | None = None
+    key: int | None = None
+
+    def matches(self, row: IPCObject) -> bool:
+        if row.kind != self.kind:
+            return False
+        if self.key is not None:
+            return row.key == f"{self.key:#010x}"
+        if self.id is not None:
+            return row.id == self.id
+        return row.name == self.name
+
+    def names(self, entry: _registry.Entry) -> bool:
+        """Whether the registry ``entry`` is of the object this target names."""
+        if entry.kind != self.kind:
+            return False
+        if self.key is not None:
+            return entry.key is not None and entry.key & 0xFFFFFFFF == self.key
+        if self.id is not None:
+            return entry.ident == str(self.id)
+        return entry.ident == self.name
+
+    def __str__(self) -> str:
+        if self.key is not None:
+            return f"{self.kind} with key {self.key:#010x}"
+        if self.id is not None:
+            return f"{self.kind} with id {self.id}"
+        return f"{self.kind} {self.name}"
+
+
+def parse_target(kind: str, target: str) -> Target:
     """The object of ``kind`` named by ``target``: a SysV id, or a key with 0x; a POSIX
-    or ring name (the leading slash optional); a FIFO or socket path."""
+    or ring name (the leading slash optional); a FIFO or socket path. Raises
+    RemoveError (code 2) for a malformed one."""
     if kind in SYSV_FILES:
-        return _find_sysv(kind, target, rows)
+        if target.lower().startswith("0x"):
+            try:
+                key = int(target, 16)
+            except ValueError:
+                raise RemoveError(
+                    f"{kind}: {target!r} is not a key (0x and hex digits)", 2
+                ) from None
+            if not 0 <= key <= 0xFFFFFFFF:
+                raise RemoveError(f"{kind}: key {target} does not fit in 32 bits", 2)
+            if key == 0:
+                raise RemoveError(
+                    f"{kind}: key 0x00000000 is IPC_PRIVATE, not unique: give the id", 2
+                )
+            return Target(kind, key=key)
+        try:
+            ipc_id = int(target, 10)
+        except ValueError:
+            raise RemoveError(
+                f"{kind}: {target!r} is neither an id (decimal) nor a key (0x...)", 2
+            ) from None
+        try:
+            return Target(kind, id=check_id(ipc_id, kind))
+        except ValueError as exc:
+            raise RemoveError(str(exc), 2) from None
     if kind in ("fifo", "unix-socket"):
-        path = os.path.abspath(target)
-        hits = [r for r in rows if r.kind == kind and r.name == path]
-        if not hits:
-            raise RemoveError(_not_registered(kind, path, target))
-        return hits[0]
+        return Target(kind, name=os.path.abspath(target))
     name = posix_name(target)
     if "/" in name[1:] or name == "/":
         raise RemoveError(f"{kind} {target!r}: a name is one slash and a word, like /jobs", 2)
-    hits = [r for r in rows if r.kind == kind and r.name == name]
-    if not hits:
-        raise RemoveError(f"{kind} {name}: does not exist")
-    return hits[0]
+    return Target(kind, name=name)
 
 
-def _not_registered(kind: str, path: str, target: str) -> str:
+def find(kind: str, target: str, rows: Sequence[IPCObject]) -> IPCObject:
+    """The row of ``rows`` that ``target`` names (see :func:`parse_target`).
+
+    Raises RemoveError: malformed (code 2), or no such object (code 1; a subclass when
+    nothing of the kind goes by that name at all).
+    """
+    wanted = parse_target(kind, target)
+    hits = [r for r in rows if wanted.matches(r)]
+    if hits:
+        return hits[0]
+    if kind in ("fifo", "unix-socket"):
+        assert wanted.name is not None
+        _not_registered(kind, wanted.name, target)
+    raise NotFound(f"{wanted}: does not exist")
+
+
+def _not_registered(kind: str, path: str, target: str) -> None:
+    """Raise why the unlisted ``path`` is not a FIFO or socket file of aioipc's."""
     try:
         st = os.lstat(path)
     except OSError:
-        return f"{kind} {path}: does not exist"
+        raise NotFound(f"{kind} {path}: does not exist") from None
     is_kind = stat.S_ISFIFO if kind == "fifo" else stat.S_ISSOCK
     if not is_kind(st.st_mode):
-        return f"{kind} {path}: is not a {'FIFO' if kind == 'fifo' else 'socket'}"
+        raise RemoveError(f"{kind} {path}: is not a {'FIFO' if kind == 'fifo' else 'socket'}")
     # aioipc lists only the FIFOs and sockets it made; this one it did not.
-    return f"{kind} {path}: not made by aioipc; remove it with: rm -- {target}"
+    raise RemoveError(f"{kind} {path}: not made by aioipc; remove it with: rm -- {target}")
 
 
-def _find_sysv(kind: str, target: str, rows: Sequence[IPCObject]) -> IPCObject:
-    if target.lower().startswith("0x"):
+def forget_gone(kind: str, target: str, orphans: Sequence[_registry.Entry]) -> str | None:
+    """For ``rm KIND TARGET`` of an object that is gone (:func:`find` raised NotFound):
+    drop the registry entries among ``orphans`` (the scan's entries whose object is gone:
+    this user's, every user's for root) that still name it, and return what to say;
+    None if there were none.
+
+    The entries go even if their creator runs: the object they describe is gone (removed
+    by hand, or with ``ipcrm``), and a creator that makes it again writes a new entry,
+    which :func:`aioipc._registry.remove_entry` leaves alone. But not an entry of a SysV
+    object or POSIX queue made in another IPC namespace: that object is not to be seen
+    from here, and may well exist.
+    """
+    wanted = parse_target(kind, target)
+    entries = [e for e in orphans if wanted.names(e) and _seen_from_here(e)]
+    for entry in entries:
+        _registry.remove_entry(entry)
+    if not entries:
+        return None
+    plural = "entries" if len(entries) > 1 else "entry"
+    return f"{_entry_text(entries[0])}: does not exist; forgot its registry {plural}"
+
+
+def _seen_from_here(entry: _registry.Entry) -> bool:
+    """Whether this process would see the entry's object if it existed. SysV objects and
+    POSIX queues live in an IPC namespace: one made in another namespace (a container,
+    ``unshare --ipc``) is invisible here and may well exist, unless that namespace is
+    gone (no process is in it any more), and its objects with it."""
+    if entry.kind not in SYSV_FILES and entry.kind != "posix-mq":
+        return True
+    here = _registry.ipc_namespace()
+    if here is not None and entry.ipcns == here:
+        return True
+    return entry.ipcns is not None and _ipc_namespace_in_use(entry.ipcns) is False
+
+
+def _ipc_namespace_in_use(ino: int) -> bool | None:
+    """Whether a process is in the IPC namespace with inode ``ino``; None when some
+    process cannot be looked into (another user's, unless we are root). (A namespace
+    kept by a bind mount alone is not seen: its objects' entries can then be forgotten,
+    which only makes them never stale.)"""
+    unseen = False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
         try:
-            key = int(target, 16)
-        except ValueError:
-            raise RemoveError(f"{kind}: {target!r} is not a key (0x and hex digits)", 2) from None
-        if not 0 <= key <= 0xFFFFFFFF:
-            raise RemoveError(f"{kind}: key {target} does not fit in 32 bits", 2)
-        if key == 0:
-            raise RemoveError(f"{kind}: key 0x00000000 is IPC_PRIVATE, not unique: give the id", 2)
-        hits = [r for r in rows if r.kind == kind and r.key == f"{key:#010x}"]
-        if not hits:
-            raise RemoveError(f"{kind} with key {key:#010x}: does not exist")
-        return hits[0]
-    try:
-        ipc_id = int(target, 10)
-    except ValueError:
-        raise RemoveError(
-            f"{kind}: {target!r} is neither an id (decimal) nor a key (0x...)", 2
-        ) from None
-    hits = [r for r in rows if r.kind == kind and r.id == ipc_id]
-    if not hits:
-        raise RemoveError(f"{kind} with id {ipc_id}: does not exist")
-    return hits[0]
+            if os.stat(f"/proc/{pid}/ns/ipc").st_ino == ino:
+                return True
+        except FileNotFoundError:
+            continue  # exited meanwhile
+        except OSError:
+            unseen = True
+    return None if unseen else False
+
+
+def _entry_text(entry: _registry.Entry) -> str:
+    """The object of a registry entry in words, as :meth:`IPCObject.describe` says it."""
+    if entry.kind in SYSV_FILES:
+        key = "?" if entry.key is None else f"{entry.key & 0xFFFFFFFF:#010x}"
+        return f"{entry.kind} id {entry.ident} (key {key})"
+    return f"{entry.kind} {entry.ident}"
+
+
+def narrow(found: Scan, prefix: str) -> Scan:
+    """The rows and orphan entries of ``found`` that ``rm --stale PREFIX`` may touch.
+
+    ``0x...``: SysV objects whose key, written ``0x%08x``, starts with it (any case; with
+    ftok keys, ``0x07`` is every key of project id 7). Anything else: POSIX objects and
+    rings whose name starts with it (a leading ``/`` added if missing, as ``rm`` does for
+    names), FIFOs and socket files whose path starts with it made absolute (a final
+    ``/`` kept); SysV objects, having no name, never match. A plain string prefix:
+    ``/run/app`` also matches ``/run/apple``; end it with ``/`` for a directory.
+    """
+    if prefix.lower().startswith("0x"):
+        low = prefix.lower()
+
+        def keyed(kind: str, key: int | None) -> bool:
+            return kind in SYSV_FILES and key is not None and f"{key:#010x}".startswith(low)
+
+        rows = [r for r in found.rows if keyed(r.kind, None if r.key is None else int(r.key, 16))]
+        orphans = [
+            e for e in found.orphans if keyed(e.kind, None if e.key is None else e.key & 0xFFFFFFFF)
+        ]
+        return Scan(rows, orphans)
+    name = posix_name(prefix)
+    path = os.path.abspath(prefix) + ("/" if prefix.endswith("/") and prefix != "/" else "")
+
+    def named(kind: str, ident: str | None) -> bool:
+        if kind in SYSV_FILES or ident is None:
+            return False
+        return ident.startswith(path if kind in ("fifo", "unix-socket") else name)
+
+    return Scan(
+        [r for r in found.rows if named(r.kind, r.name)],
+        [e for e in found.orphans if named(e.kind, e.ident)],
+    )
 
 
 # -- removing ---------------------------------------------------------------------------
@@ -131,13 +289,12 @@ def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
         raise _Changed("another object was made under its name since it was listed")
 
 
-def _unlink_at(row: IPCObject) -> None:
-    """Remove a FIFO or socket file by walking its path one directory at a time without
+def _unlink_at(path: str, row: IPCObject) -> None:
+    """Remove the file ``path`` of ``row`` by walking it one directory at a time without
     following any symlink, then unlinking the name in the last directory if it is still
     the listed inode: a directory swapped for a link mid-way cannot redirect it.
     """
-    assert row.name is not None
-    parts = [p for p in os.path.dirname(row.name).split("/") if p]
+    parts = [p for p in os.path.dirname(path).split("/") if p]
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     dfd = os.open("/", flags)
     try:
@@ -145,7 +302,7 @@ def _unlink_at(row: IPCObject) -> None:
             next_fd = os.open(part, flags, dir_fd=dfd)
             os.close(dfd)
             dfd = next_fd
-        leaf = os.path.basename(row.name)
+        leaf = os.path.basename(path)
         st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
         if (st.st_dev, st.st_ino) != (row.dev, row.ino):
             raise _Changed("another file was put at its path since it was listed")
@@ -154,22 +311,37 @@ def _unlink_at(row: IPCObject) -> None:
         os.close(dfd)
 
 
-def _delete(row: IPCObject) -> None:
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _delete(row: IPCObject, mqueue: str | None) -> None:
     from . import posix, shm
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
         _SYSV_CALLS[row.kind][1](row.id)
         return
+    assert row.name is not None
+    path = object_path(row, mqueue)
+    if row.kind.startswith("posix-") and path is not None and not _utf8(row.name):
+        # A name that is not UTF-8 (anyone may make one): no POSIX call of aioipc or
+        # posix_ipc takes it, but shm_unlink, sem_unlink and mq_unlink unlink exactly
+        # this file. (aioipc never makes such a name, so no registry entry names it.)
+        _unlink_at(path, row)
+        return
     unlinkers: dict[str, Callable[[str], None]] = {
         "posix-shm": posix.unlink_shared_memory,
         "posix-sem": posix.unlink_semaphore,
         "posix-mq": posix.unlink_message_queue,
         "shm-ring": shm.unlink,
-        "fifo": lambda _: _unlink_at(row),
-        "unix-socket": lambda _: _unlink_at(row),
+        "fifo": lambda name: _unlink_at(name, row),
+        "unix-socket": lambda name: _unlink_at(name, row),
     }
-    assert row.name is not None
     unlinkers[row.kind](row.name)
 
 
@@ -189,7 +361,7 @@ def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) ->
     try:
         # Checked again just before: names and ids are reused, and time has passed.
         _same_object(row, mqueue, stale=not force)
-        _delete(row)
+        _delete(row, mqueue)
     except _Changed as exc:
         raise RemoveError(f"{what}: {exc}; left alone") from None
     except IPCError as exc:  # before ValueError: some IPC errors are both
@@ -265,6 +437,8 @@ def remove_stale(
             continue
         done.append(f"{verb} {row.describe()}: {row.why}")
     for entry in found.orphans:
+        if not _seen_from_here(entry):
+            continue  # its object may well exist, in the namespace it was made in
         creator = _registry.creator_alive(entry)
         if creator:
             continue  # its creator may still remove it, and forget the entry itself

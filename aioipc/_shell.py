@@ -8,11 +8,13 @@ writes the bytes as they are.
 Errors are one line on stderr (``aioipc: error: ...``) and an exit code: 2 for bad usage
 or a bad URL, 1 for a runtime error (missing object, permission, the peer gone), 130 for
 Ctrl-C (quietly) and 141 when our stdout is closed (``aioipc recv ... | head -1``).
+``recv --timeout`` that runs out exits 124, as timeout(1) does, quietly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -26,10 +28,12 @@ from anyio import (
     BusyResourceError,
     ClosedResourceError,
     EndOfStream,
+    WouldBlock,
 )
 from anyio.lowlevel import current_token
 
 from . import fifo, unix
+from ._terminal import error as _error
 from .abc import IPCAttribute
 from .errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
 from .url import Address, connect, listen, parse_url
@@ -46,6 +50,7 @@ RAW_CHUNK = 64 * 1024
 #: has no event for "a sender attached").
 _RING_FOLLOW_POLL = 0.05
 _STDOUT_CLOSED_EXIT = 141  # 128 + SIGPIPE, what a shell shows for `yes | head -1`
+_TIMED_OUT_EXIT = 124  # what timeout(1) exits with when the time ran out
 
 
 class UsageError(Exception):
@@ -54,6 +59,10 @@ class UsageError(Exception):
 
 class _StdoutClosed(Exception):
     """Whoever reads our stdout went away."""
+
+
+class _TimedOut(Exception):
+    """``recv --timeout`` ran out before recv ended by itself."""
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -78,16 +87,14 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _error(message: str) -> None:
-    print(f"aioipc: error: {message}", file=sys.stderr, flush=True)
-
-
 def _run(main: Callable[[], Awaitable[None]]) -> int:
     """Run ``main`` under anyio; every expected failure becomes a line and an exit code."""
     try:
         anyio.run(main)
     except KeyboardInterrupt:
         return 130
+    except _TimedOut:
+        return _TIMED_OUT_EXIT
     except _StdoutClosed:
         # Point stdout at /dev/null so the interpreter's last flush does not complain.
         with contextlib.suppress(OSError):
@@ -219,9 +226,6 @@ def run_send(url: str, data: str | None, whole: bool, raw: bool, wait: float) ->
     elif data is None and sys.stdin.isatty():
         _error("nothing to send: give DATA, pipe data into stdin, or '-' to type lines")
         return 2
-    if wait < 0:
-        _error(f"--wait is seconds >= 0, not {wait}")
-        return 2
     modes: dict[tuple[bool, bool], StdinMode] = {
         (False, False): "lines",
         (False, True): "chunks",
@@ -288,36 +292,117 @@ def _remove(addr: Address, obj: Any) -> None:
             fifo.unlink(addr.path)
 
 
-async def recv(url: str, count: int | None, follow: bool, raw: bool, unlink: bool) -> None:
-    """Print what arrives at ``url`` (see the module docstring)."""
-    addr = _check_url(url)
-    if follow and addr.scheme == "fifo" and not addr.persistent:
-        url = _with_option(url, "persistent", "1")
-    out = _Output(raw)
-    obj = await listen(url)
-    if isinstance(obj, unix.UnixListener):
-        # One client after another; without --follow only the first.
-        async with obj:
-            left = count
-            while left is None or left > 0:
-                chan = await obj.accept()
-                async with chan:
-                    try:
-                        left = await _pump(chan, out, left)
-                    except (BrokenResourceError, ProtocolError):  # the client died
-                        if not follow:
-                            raise
-                if not follow:
-                    return
-        return
-    async with obj:
+#: Why ``recv --peek`` cannot be honest on each scheme but sysvmq.
+_NO_PEEK = {
+    "mq": "a POSIX queue cannot show a message without taking it (mq_receive always "
+    "removes it); only sysvmq:// queues can be peeked at",
+    "fifo": "reading a FIFO takes the bytes out of it; nothing can look without taking",
+    "unix": "recv on unix:// is a listener: messages wait in each client's connection, "
+    "not at the address, so there is nothing queued to look at",
+    "unix+dgram": "recv binds a new socket at the address, and nothing is queued on a "
+    "socket before it exists",
+    "shm": "a ring's messages can be read only by its one receiver, which frees each as "
+    "it reads it",
+}
+_NO_PEEK["unix+stream"] = _NO_PEEK["unix+seqpacket"] = _NO_PEEK["unix"]
+
+
+def _check_peek(addr: Address, follow: bool, unlink: bool) -> None:
+    if addr.scheme in _NO_PEEK:
+        raise UsageError(f"--peek: {_NO_PEEK[addr.scheme]}")
+    for option, given in (("--follow", follow), ("--unlink", unlink)):
+        if given:
+            raise UsageError(
+                f"--peek shows what is queued now and leaves it there; {option} does not go with it"
+            )
+
+
+async def _peek(queue: Any, selector: int, out: _Output, count: int | None) -> None:
+    """``--peek``: print the messages of a SysV queue, oldest first, leaving them queued
+    (only those ``selector``, the URL's ``receive_type``, selects: what recv would take)."""
+    from ._sysv_mq import _matches
+
+    index = printed = 0
+    while count is None or printed < count:
+        await anyio.lowlevel.checkpoint()  # a long queue still ends at --timeout
         try:
-            await _pump(obj, out, count, ring_follow=follow and addr.scheme == "shm")
-        finally:
-            if unlink:
-                _remove(addr, obj)
+            mtype, data = queue.peek_message_nowait(index)
+        except WouldBlock:  # no message at that position: the end of the queue
+            return
+        index += 1
+        if _matches(mtype, selector, False):
+            out.write(data)
+            printed += 1
 
 
-def run_recv(url: str, count: int | None, follow: bool, raw: bool, unlink: bool) -> int:
+async def _serve(listener: Any, out: _Output, count: int | None, follow: bool) -> None:
+    """One client after another (without ``follow``, only the first)."""
+    left = count
+    while left is None or left > 0:
+        chan = await listener.accept()
+        async with chan:
+            try:
+                left = await _pump(chan, out, left)
+            except (BrokenResourceError, ProtocolError):  # the client died
+                if not follow:
+                    raise
+        if not follow:
+            return
+
+
+async def recv(
+    url: str,
+    count: int | None,
+    follow: bool,
+    raw: bool,
+    unlink: bool,
+    time_limit: float | None = None,
+    peek: bool = False,
+) -> None:
+    """Print what arrives at ``url`` (see the module docstring); ``time_limit``: the most
+    seconds it all may take (``--timeout``; raises _TimedOut when they run out first)."""
+    addr = _check_url(url)
+    if peek:
+        _check_peek(addr, follow, unlink)
+    # The objects are opened (which never waits) and closed outside the deadline's scope,
+    # so that running out of time cannot interrupt a close; a cancelled receive takes
+    # nothing from a queue (a SysV worker's late message goes back at close).
+    deadline = math.inf if time_limit is None else anyio.current_time() + time_limit
+    out = _Output(raw)
+    if peek:
+        queue = await connect(url)  # opens it; creates it only if the URL says create=1
+        async with queue:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                await _peek(queue, addr.receive_type, out, count)
+    else:
+        if follow and addr.scheme == "fifo" and not addr.persistent:
+            url = _with_option(url, "persistent", "1")
+        obj = await listen(url)
+        if isinstance(obj, unix.UnixListener):
+            async with obj:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    await _serve(obj, out, count, follow)
+        else:
+            async with obj:
+                try:
+                    with anyio.CancelScope(deadline=deadline) as scope:
+                        ring_follow = follow and addr.scheme == "shm"
+                        await _pump(obj, out, count, ring_follow=ring_follow)
+                finally:
+                    if unlink:
+                        _remove(addr, obj)
+    if scope.cancelled_caught:
+        raise _TimedOut
+
+
+def run_recv(
+    url: str,
+    count: int | None,
+    follow: bool,
+    raw: bool,
+    unlink: bool,
+    timeout: float | None = None,
+    peek: bool = False,
+) -> int:
     """``aioipc recv``: returns the exit code."""
-    return _run(lambda: recv(url, count, follow, raw, unlink))
+    return _run(lambda: recv(url, count, follow, raw, unlink, timeout, peek))

@@ -782,6 +782,57 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 )
         self._stash.clear()
 
+    # -- peeking (added for `aioipc recv --peek`; self-contained on purpose) ----------
+
+    def peek_message_nowait(self, index: int = 0) -> Message:
+        """Copy the message at position ``index`` of the queue (0: the oldest) without
+        taking it; return ``(type, data)``. Never waits.
+
+        This is ``msgrcv`` with ``MSG_COPY``: the queue, its message count and its last
+        receiver (``lrpid``) stay as they are. Positions count every message, whatever
+        its type. Other processes may take or add messages between two calls, so
+        reading positions 0, 1, 2... one after another can skip or repeat a message
+        that others take meanwhile. A message this handle holds back for its next
+        receive (see :meth:`receive_message`) is not in the queue and not seen.
+
+        Raises:
+            anyio.WouldBlock: the queue holds no message at ``index`` (it has fewer).
+            anyio.ClosedResourceError: the handle is closed.
+            anyio.BrokenResourceError: the queue was removed.
+            aioipc.IPCPermissionError: the queue's mode does not let us read.
+            aioipc.IPCSystemError: the kernel cannot copy a message (ENOSYS: ``MSG_COPY``
+                needs a kernel built with CONFIG_CHECKPOINT_RESTORE).
+            ValueError: ``index`` is negative or beyond a C long.
+        """
+        from ._check import LONG_MAX, check_int
+        from .errors import IPCSystemError
+
+        msg_copy = 0o40000  # MSG_COPY, <linux/msg.h>: msgtyp is then a position
+        check_int(index, "index", minimum=0, maximum=LONG_MAX, what=self._what)
+        self._check_open()
+        try:
+            return _libc.msgrcv(
+                self._id,
+                _libc.ReceiveBuffer(self._msgmax),
+                self._msgmax,
+                index,
+                msg_copy | IPC_NOWAIT,
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOMSG:
+                raise WouldBlock from None
+            if exc.errno == errno.ENOSYS:
+                raise IPCSystemError(
+                    errno.ENOSYS,
+                    f"{self._what}: this kernel cannot copy a message without taking it "
+                    "(msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE)",
+                ) from exc
+            if exc.errno == errno.EACCES:
+                raise IPCPermissionError(
+                    errno.EACCES, f"{self._what}: permission denied (mode {oct(self.mode)})"
+                ) from exc
+            raise self._error(exc) from exc
+
 
 def _fast_handle(key: int, qid: int, msgmax: int) -> Any:
     """sysv_ipc's object for the queue, if it can be had (keyed queues), else None."""

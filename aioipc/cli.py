@@ -8,14 +8,17 @@ channel by URL (docs/cli.md). Errors are one readable line and a non-zero exit c
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from . import IPCError
 from ._bench_cli import add_bench_parser
+from ._check import INT_MAX, LONG_MAX, check_int, check_seconds
 from ._demo import MECHANISMS, Result, run_demo
 from ._inventory_cli import add_inventory_parsers
 from ._shell import run_recv, run_send
+from ._terminal import error, shown
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["main"]
 
@@ -56,13 +59,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error lines escaped: they quote what the user typed (a name
+    pasted from somewhere), and subcommands' parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(shown(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aioipc", description=__doc__)
+    parser = _Parser(prog="aioipc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exchange messages between real processes, every mechanism")
-    demo.add_argument("--count", type=int, default=5000, help="messages in the burst")
-    demo.add_argument("--size", type=int, default=1024, help="bytes per burst message (>= 4)")
-    demo.add_argument("--round-trips", type=int, default=500, help="ping-pongs to time")
+    demo.add_argument(
+        "--count", type=_whole(1, INT_MAX), default=5000, help="messages in the burst"
+    )
+    demo.add_argument(
+        "--size",
+        type=_whole(4, DEFAULT_MAX_MESSAGE_SIZE, "bytes"),
+        default=1024,
+        help="bytes per burst message (4, the message number, to 64 MiB)",
+    )
+    demo.add_argument(
+        "--round-trips", type=_whole(1, INT_MAX), default=500, help="ping-pongs to time"
+    )
     demo.add_argument(
         "--mechanism", action="append", choices=MECHANISMS, help="only this one (repeatable)"
     )
@@ -90,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     send.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="retry this long while the object does not exist yet or nobody listens",
@@ -102,10 +122,16 @@ def _parser() -> argparse.ArgumentParser:
         help="print the messages arriving at URL, one a line",
         description="Receive from URL (aioipc.listen: creates a FIFO, queue or ring if "
         "needed; on unix:// listens and takes one client after another) and print each "
-        "message on its own line. Stops at end of stream, or after --count messages.",
+        "message on its own line. Stops at end of stream, after --count messages, or "
+        "when --timeout runs out (exit 124). On a queue, recv takes each message it "
+        "prints: it competes with the queue's other consumers (each message goes to one "
+        "of them), and a POSIX queue unlinked meanwhile is never noticed (use "
+        "--timeout). --peek (sysvmq:// only) shows the queued messages and leaves them.",
     )
     recv.add_argument("url", metavar="URL", help="where to receive (see docs/urls.md)")
-    recv.add_argument("--count", type=_positive, metavar="N", help="stop after N messages")
+    recv.add_argument(
+        "--count", type=_whole(1, LONG_MAX), metavar="N", help="stop after N messages"
+    )
     recv.add_argument(
         "--follow",
         action="store_true",
@@ -120,20 +146,58 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove the queue, FIFO or ring when done (a unix socket file always is)",
     )
-    recv.set_defaults(func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink))
+    recv.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="end after SECONDS in all; exit 124 if they run out before recv ends by "
+        "itself (what arrived is printed)",
+    )
+    recv.add_argument(
+        "--peek",
+        action="store_true",
+        help="sysvmq:// only: print the messages queued now, oldest first, and leave "
+        "them queued (msgrcv MSG_COPY); other schemes cannot look without taking",
+    )
+    recv.set_defaults(
+        func=lambda a: run_recv(a.url, a.count, a.follow, a.raw, a.unlink, a.timeout, a.peek)
+    )
     add_bench_parser(sub)
     add_inventory_parsers(sub)
     return parser
 
 
-def _positive(text: str) -> int:
+# Every number an option takes is parsed by one of these two argparse types, checked by
+# aioipc._check: NaN and infinities are refused (a NaN deadline never expires), and so is
+# what is out of range. argparse names the option: "argument --wait: the value is ...".
+
+
+def _seconds(text: str) -> float:
+    """SECONDS: a finite number >= 0."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), not {text!r}") from None
+    try:
+        return check_seconds(value, "the value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _whole(minimum: int, maximum: int, unit: str = "") -> Callable[[str], int]:
+    """A count or size: a whole number in ``minimum..maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        try:
+            return check_int(value, "the value", minimum=minimum, maximum=maximum, unit=unit)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,13 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data = rest[0]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "size", 4) < 4:
-        print("aioipc: error: --size must be at least 4 (the message number)", file=sys.stderr)
-        return 2
     try:
         code: int = args.func(args)
     except (IPCError, OSError, AssertionError) as exc:
-        print(f"aioipc: error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,14 @@ line when it is ready, then waits for stdin to close, then cleans up and prints
     this process as its last user), open and map POSIX shared memory or a semaphore,
     open a POSIX queue or a FIFO, attach a ring as its sender. Prints ``{"pid": ...}``.
 
+``hostile TAG EVIL RAW``
+    Names a hostile user would pick (run it ``--as-user``): POSIX shared memory
+    ``/TAG EVIL`` made with aioipc, one named by the bytes ``/TAG RAW`` (not UTF-8, made
+    as shm_open makes it: a file in /dev/shm), and a FIFO ``TAG EVIL.fifo`` made with
+    aioipc in a new directory of /dev/shm, recorded in this user's default registry (in
+    /dev/shm too) so that root's ``aioipc ls`` lists it. Prints ``{"pid": ..., "shm":
+    name, "raw": name, "fifo": path}``; at end of input removes whatever is still there.
+
 ``--as-user UID`` drops to that uid and gid after every import (the venv's interpreter
 lives under /root, which another uid cannot read), and sets no registry: the objects
 belong to another user, whose registry root does not read.
@@ -25,16 +33,19 @@ belong to another user, whose registry root does not read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import sys
+import tempfile
 
 import anyio
 import anyio._backends._asyncio  # anyio.run would import its backend lazily
 import anyio.to_thread
 
 from aioipc import fifo, posix, shm, sysv, unix
+from aioipc.errors import IPCNotFoundError
 
 _keep = anyio._backends._asyncio
 
@@ -126,6 +137,30 @@ async def hold(kind: str, target: str) -> None:
     print(json.dumps("closed"), flush=True)
 
 
+async def hostile(tag: str, evil: str, raw: bytes) -> None:
+    # The default registry (in /dev/shm, as for any user), not the suite's: root reads
+    # every user's registry there, and finds the FIFO through it.
+    os.environ.pop("AIOIPC_REGISTRY", None)
+    region = posix.SharedMemory.create(f"/{tag}{evil}", 64)
+    region.close()
+    raw_name = b"/" + tag.encode() + raw
+    os.close(os.open(b"/dev/shm" + raw_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    directory = tempfile.mkdtemp(prefix="aioipc-hostile-", dir="/dev/shm")
+    fifo_path = os.path.join(directory, f"{tag}{evil}.fifo")
+    fifo.create(fifo_path)
+    info = {"pid": os.getpid(), "shm": region.name, "raw": os.fsdecode(raw_name), "fifo": fifo_path}
+    print(json.dumps(info), flush=True)
+    await anyio.to_thread.run_sync(sys.stdin.read)
+    with contextlib.suppress(IPCNotFoundError):
+        posix.unlink_shared_memory(region.name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(b"/dev/shm" + raw_name)
+    with contextlib.suppress(IPCNotFoundError, FileNotFoundError):
+        fifo.unlink(fifo_path)
+    os.rmdir(directory)
+    print(json.dumps("closed"), flush=True)
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "--as-user":
         uid = int(argv[1])
@@ -136,6 +171,8 @@ def main(argv: list[str]) -> None:
         argv = argv[2:]
     if argv[0] == "create":
         anyio.run(create, argv[1], argv[2], int(argv[3], 8))
+    elif argv[0] == "hostile":
+        anyio.run(hostile, argv[1], argv[2], os.fsencode(argv[3]))
     elif argv[0] == "hold":
         anyio.run(hold, argv[1], argv[2])
     else:
