@@ -255,9 +255,11 @@ class _Output:
 
 
 def _with_option(url: str, key: str, value: str) -> str:
+    """``url`` with option ``key`` set to ``value`` (replacing it if it is there: a URL
+    may name an option once)."""
     parts = urlsplit(url)
-    query = f"{parts.query}&{key}={value}" if parts.query else f"{key}={value}"
-    return urlunsplit(parts._replace(query=query))
+    kept = [item for item in parts.query.split("&") if item and item.split("=")[0] != key]
+    return urlunsplit(parts._replace(query="&".join([*kept, f"{key}={value}"])))
 
 
 async def _pump(

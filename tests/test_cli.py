@@ -161,8 +161,9 @@ def test_fifo_round_trip_ends_when_the_sender_closes(fifo_path: Path) -> None:
     assert not fifo_path.exists()
 
 
-def test_fifo_follow_takes_one_writer_after_another(fifo_path: Path) -> None:
-    url = f"fifo://{fifo_path}"
+@pytest.mark.parametrize("option", ["", "?persistent=0", "?persistent=1"])
+def test_fifo_follow_takes_one_writer_after_another(fifo_path: Path, option: str) -> None:
+    url = f"fifo://{fifo_path}{option}"  # --follow sets persistent=1, whatever the URL said
     with background("recv", url, "--follow", "--count", "3", "--unlink") as rx:
         ok(aioipc("send", *WAIT, url, "first"))
         ok(aioipc("send", url, "-", stdin=b"second\nthird\n"))
