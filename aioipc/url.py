@@ -207,8 +207,12 @@ def parse_url(url: str) -> Address:
     Raises:
         ValueError: naming the URL and what is wrong with it: an unknown scheme or
             option, an option given twice or for another scheme, a value that does not
-            parse or is out of range, a path with a NUL byte or a ``#``.
+            parse or is out of range, a path with a NUL byte or a ``#``, a control
+            character anywhere (write it %-encoded).
     """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        # urlsplit silently drops tabs and newlines: "mq:///a\nb" would open /ab.
+        raise ValueError(f"URL {url!r}: has a control character; %-encode it (%0A) in a name")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:

@@ -343,6 +343,9 @@ def test_bad_url_options_name_the_option_and_the_url(url: str, option: str, text
         ("fifo:///tmp/f%00", "NUL"),
         ("mq:///jobs%00x", "NUL"),
         ("unix:///tmp/a#b", "%23"),
+        ("mq:///a\nb", "control character"),  # urlsplit would drop it: /ab
+        ("fifo:///tmp/a\tb", "control character"),
+        ("unix:///tmp/x?mode=0600\r", "control character"),
     ],
 )
 def test_url_paths_that_would_be_cut_short_are_refused(url: str, text: str) -> None:
