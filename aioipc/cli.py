@@ -60,11 +60,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its error lines escaped: they quote what the user typed (a name
-    pasted from somewhere), and subcommands' parsers are made of this class too."""
+    """argparse, with its errors as one escaped line (they quote what the user typed, a
+    name pasted from somewhere) and a pointer to ``--help`` instead of the usage block.
+    Subcommands' parsers are made of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        super().error(shown(message))
+        self.exit(2, f"{self.prog}: error: {shown(message)} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -451,4 +451,5 @@ def test_cli_errors_are_one_line() -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
-    assert "--size must be at least 4" in out.stderr
+    assert "--size: the value must be in 4..67108864 bytes, not 2" in out.stderr
+    assert "aioipc demo --help" in out.stderr
