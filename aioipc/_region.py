@@ -29,7 +29,7 @@ import sys
 from typing import Any, TypeVar
 
 from . import _libc, _registry
-from ._check import check_mode, check_size
+from ._check import check_fd, check_mode, check_size
 from ._posix_base import check_name
 from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
 from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
@@ -415,7 +415,10 @@ class AnonymousMemory(_MmapRegion):
         what = "anonymous shared memory"
         if _fd is None:
             check_size(size, what)
-            fd = os.memfd_create("aioipc", os.MFD_CLOEXEC)
+            try:
+                fd = os.memfd_create("aioipc", os.MFD_CLOEXEC)
+            except OSError as exc:
+                raise translate_os_error(exc, what) from exc
             try:
                 os.ftruncate(fd, size)
             except OSError as exc:
@@ -436,20 +439,36 @@ class AnonymousMemory(_MmapRegion):
 
     @classmethod
     def create(cls, size: int) -> AnonymousMemory:
-        """A new region of ``size`` zero bytes. Raises ValueError for a size <= 0."""
+        """A new region of ``size`` zero bytes.
+
+        Raises:
+            ValueError: a size <= 0.
+            aioipc.IPCSystemError: out of file descriptors (EMFILE, naming RLIMIT_NOFILE)
+                or memory.
+        """
         return cls(size)
 
     @classmethod
     def from_fd(cls, fd: int) -> AnonymousMemory:
-        """Map the memfd ``fd`` (received from another process); the region owns ``fd``.
+        """Map the memfd ``fd`` (received from another process); the region owns ``fd``
+        once it is mapped (a refused ``fd`` stays the caller's).
 
         Raises:
-            ValueError: ``fd`` is not a regular (memfd) file or is empty.
+            TypeError: ``fd`` is not an int.
+            ValueError: ``fd`` is not an open file descriptor, not a regular (memfd)
+                file, or is empty.
+            aioipc.IPCSystemError: mapping it failed (out of file descriptors: EMFILE,
+                naming RLIMIT_NOFILE; out of memory).
         """
-        st = os.fstat(fd)
+        what = "anonymous shared memory"
+        check_fd(fd, what)
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, f"{what} (fd {fd})") from exc
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"fd {fd} is not a memfd or regular file")
-        return cls(_open_size(None, st.st_size, f"anonymous shared memory (fd {fd})"), _fd=fd)
+            raise ValueError(f"{what}: fd {fd} is not a memfd or regular file")
+        return cls(_open_size(None, st.st_size, f"{what} (fd {fd})"), _fd=fd)
 
     @property
     def fd(self) -> int:

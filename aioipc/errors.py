@@ -16,6 +16,7 @@ existing one or a permission problem also inherit the matching built-in, so
 from __future__ import annotations
 
 import errno
+import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -109,6 +110,15 @@ def translate_os_error(exc: OSError, what: str) -> Exception:
         return BrokenResourceError(f"{what}: the peer is gone ({reason})")
     if code == errno.EBADF:
         return ClosedResourceError(f"{what}: the file descriptor is closed")
+    if code == errno.EMFILE:
+        # The limit is the useful part: the user raises it or looks for an fd leak.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+        return IPCSystemError(
+            code,
+            f"{what}: {reason}: every fd below RLIMIT_NOFILE = {limit} (ulimit -n) is in use",
+            filename,
+        )
     return IPCSystemError(code, f"{what}: {reason}", filename)
 
 

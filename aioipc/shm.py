@@ -253,17 +253,22 @@ class _RingEnd:
         self._bells: list[int] = []
         self._mm: mmap.mmap | None = None
         made: list[str] = []
+        ep: select.epoll | None = None
         try:
             if create:
                 self._make(region, bell_data, bell_space, capacity, mode, flags, made)
             else:
                 self._attach(region, bell_data, bell_space)
+            # Before the claim, which tells the peer we are here: after it, nothing fails.
+            ep = self._ep = select.epoll()
+            ep.register(self._bells[self._wait_bell_index], select.EPOLLIN)
             self._claim()
-            self._ep = select.epoll()
             if create:
                 # Last, once nothing can fail: only now may others attach.
                 self._hq[Q_MAGIC] = _ring.MAGIC
         except BaseException as exc:
+            if ep is not None:
+                ep.close()
             self._teardown()
             for path in made:
                 with contextlib.suppress(OSError):
@@ -276,7 +281,6 @@ class _RingEnd:
         self._unlink_on_close = create if unlink_on_close is None else unlink_on_close
         self._spin = float(spin)
         self._pid = os.getpid()
-        self._ep.register(self._wait_bell, select.EPOLLIN)
         self._waiter = FdWaiter(self._ep.fileno())
         self._pidfd = -1
         self._watched_pid = 0
