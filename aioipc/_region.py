@@ -32,7 +32,13 @@ from . import _libc, _registry
 from ._check import check_fd, check_mode, check_size
 from ._posix_base import check_name
 from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
-from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
+from .errors import (
+    IPCExistsError,
+    IPCNotFoundError,
+    IPCSystemError,
+    open_or_create,
+    translate_os_error,
+)
 
 __all__ = [
     "AnonymousMemory",
@@ -49,6 +55,42 @@ _STILL_EXPORTED = (
     "{what}: memoryviews of this region are still alive; release them (view.release(), "
     "or let them go out of scope) before closing it"
 )
+
+
+def _mount_point(path: str) -> str:
+    """The mount point of the file system that holds ``path`` (for error messages)."""
+    here = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(here):
+        here = os.path.dirname(here)
+    return here
+
+
+def reserve(fd: int, size: int, what: str, path: str, *, start: int = 0) -> None:
+    """Make the file ``fd`` (at ``path``) ``size`` bytes long, with its blocks from
+    ``start`` on allocated now.
+
+    ``ftruncate`` alone makes a sparse file: the blocks are allocated when a page is
+    first written through a mapping, and on a full file system (a small tmpfs
+    ``/dev/shm``) that write gets SIGBUS, which kills the process (Python cannot catch
+    it; ``MAP_POPULATE`` fails silently). Reserving them here turns that into an error
+    at create time. On failure the file is cut back to ``start`` bytes.
+
+    Raises:
+        aioipc.IPCSystemError: ENOSPC, naming ``what``, the bytes asked for and the
+            file system; or another error of the file system.
+    """
+    try:
+        os.posix_fallocate(fd, start, size - start)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        if exc.errno == errno.ENOSPC:
+            raise IPCSystemError(
+                errno.ENOSPC,
+                f"{what}: {_mount_point(path)} has no room for {size - start} bytes (ENOSPC)",
+                path,
+            ) from exc
+        raise translate_os_error(exc, what) from exc
 
 
 def _open_size(requested: int | None, actual: int, what: str) -> int:
@@ -202,7 +244,7 @@ class PosixSharedMemory(_MmapRegion):
         handed = False
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
-            os.ftruncate(fd, size)
+            reserve(fd, size, what, path)
             st = os.fstat(fd)
             handed = True
             region = cls(name, fd, size, False)  # closes fd, mapped or not
@@ -360,7 +402,7 @@ class MappedFile(_MmapRegion):
             if created:
                 os.fchmod(fd, mode)
             if create and size is not None and st.st_size < size:
-                os.ftruncate(fd, size)
+                reserve(fd, size, what, p, start=st.st_size)
                 actual = size
             else:
                 actual = st.st_size

@@ -49,6 +49,7 @@ from anyio.lowlevel import checkpoint
 from . import _registry, _ring
 from ._check import LONG_MAX, check_mode
 from ._posix_base import check_name
+from ._region import reserve
 from ._ring import (
     HEADER_SIZE,
     I_CPID,
@@ -376,7 +377,7 @@ class _RingEnd:
             # Claimed at once, so that is_stale() never calls a ring being built stale.
             self._claim_byte(flags)
             os.fchmod(self._fd, mode)  # exactly mode, whatever the umask
-            os.ftruncate(self._fd, HEADER_SIZE + capacity)
+            reserve(self._fd, HEADER_SIZE + capacity, self._what, region)
             for path in (bell_data, bell_space):
                 os.mkfifo(path, 0o600)
                 made.append(path)

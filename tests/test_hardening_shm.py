@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -222,3 +223,131 @@ def test_anonymous_memory_from_a_pipe_is_refused_and_keeps_the_fd() -> None:
         os.close(r)
         os.close(w)
 
+
+# ================================================= item 2: a full /dev/shm or file system
+
+#: Run in a private mount namespace (as root): a 1 MiB tmpfs over /dev/shm and another at
+#: argv[1], both filled to the last byte; then each create in a forked child of its own
+#: (a SIGBUS kills only that one), reported as one JSON line each.
+FULL_FS = """
+    import json, os, signal, subprocess, sys
+    small = sys.argv[1]
+    for where in ("/dev/shm", small):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", where], check=True)
+    with open(os.path.join(small, "existing"), "wb") as f:
+        f.write(b"E" * 4096)  # MappedFile extends this one
+    for where in ("/dev/shm", small):
+        fd = os.open(os.path.join(where, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, bytes(65536))
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC: full
+        finally:
+            os.close(fd)
+
+    from aioipc import MappedFile, posix
+    from aioipc.shm import ShmReceiver, ShmSender
+
+    size = 8192
+    cases = {
+        "ring-receiver": lambda: ShmReceiver.create("/ring", 4096),  # + a 4 KiB header
+        "ring-sender": lambda: ShmSender.create("/ring", 4096),
+        "posix-create": lambda: posix.SharedMemory.create("/region", size),
+        "posix-open-or-create": lambda: posix.SharedMemory.open_or_create("/region", size),
+        "file-create": lambda: MappedFile.open(os.path.join(small, "new"), size, create=True),
+        "file-extend": (
+            lambda: MappedFile.open(os.path.join(small, "existing"), 65536, create=True)),
+    }
+
+    def attempt(make):
+        try:
+            made = make()
+        except Exception as exc:
+            return {"type": type(exc).__name__, "errno": getattr(exc, "errno", None),
+                    "message": str(exc)}
+        # It claims to have the memory: use it, as a program would.
+        buf = getattr(made, "buf", None)
+        if buf is not None:
+            buf[:] = b"x" * len(buf)
+        return {"type": None, "made": repr(made)}
+
+    for case, make in cases.items():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.write(w, json.dumps(attempt(make)).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as got:
+            report = got.read()
+        _, status = os.waitpid(pid, 0)
+        out = {"case": case, "exit": os.waitstatus_to_exitcode(status)}
+        if report:
+            out.update(json.loads(report))
+        out["dev_shm"] = sorted(os.listdir("/dev/shm"))
+        out["small"] = sorted(os.listdir(small))
+        out["existing_size"] = os.stat(os.path.join(small, "existing")).st_size
+        registry = os.environ["AIOIPC_REGISTRY"]
+        out["registry"] = sorted(os.listdir(registry)) if os.path.isdir(registry) else []
+        print(json.dumps(out), flush=True)
+"""
+
+needs_root_and_unshare = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and util-linux unshare to mount a small tmpfs in a private namespace",
+)
+
+
+@needs_root_and_unshare
+def test_every_create_on_a_full_file_system_raises_enospc_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """On a full 1 MiB tmpfs, ring, POSIX shared-memory and mapped-file creates raise
+    IPCSystemError(ENOSPC) naming the object, the size and the file system, and leave no
+    file and no registry entry; an existing file keeps its size. (Before: a ring create
+    died of SIGBUS, posix.SharedMemory.create and MappedFile succeeded and the first
+    write into them died of SIGBUS.)"""
+    small = tmp_path / "small"
+    small.mkdir()
+    env = child_env()
+    env["AIOIPC_REGISTRY"] = str(tmp_path / "registry")
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            PYTHON,
+            "-c",
+            textwrap.dedent(FULL_FS),
+            str(small),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    records = {str(r["case"]): r for r in json_lines(done)}
+    assert len(records) == 6, records
+    sizes = {
+        "ring-receiver": (4096 + 4096, "/dev/shm", "shared-memory ring /ring"),
+        "ring-sender": (4096 + 4096, "/dev/shm", "shared-memory ring /ring"),
+        "posix-create": (8192, "/dev/shm", "POSIX shared memory /region"),
+        "posix-open-or-create": (8192, "/dev/shm", "POSIX shared memory /region"),
+        "file-create": (8192, str(small), f"mapped file {small}/new"),
+        "file-extend": (65536 - 4096, str(small), f"mapped file {small}/existing"),
+    }
+    for case, (size, fs, what) in sizes.items():
+        r = records[case]
+        assert r["exit"] == 0, f"{case}: the process died ({r['exit']})"
+        assert r["type"] == "IPCSystemError", r
+        assert r["errno"] == errno.ENOSPC, r
+        message = str(r["message"])
+        assert what in message, r
+        assert f"{fs} has no room for {size} bytes (ENOSPC)" in message, r
+        assert r["dev_shm"] == ["filler"], r
+        assert r["small"] == ["existing", "filler"], r
+        assert r["existing_size"] == 4096, r
+        assert r["registry"] == [], r
