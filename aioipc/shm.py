@@ -16,7 +16,10 @@ stream ends when a sender calls :meth:`ShmSender.send_eof`, not when one closes.
 
 A peer that dies (even by SIGKILL) is noticed through a pidfd that wakes the sleeper;
 its pending and later calls raise BrokenResourceError. Messages it published before
-dying are still delivered first.
+dying are still delivered first. Who is alive is the kernel's answer only: the OFD
+locks say who is attached, and a classic POSIX record lock each end also holds tells
+the peer which process to watch; the pids and states in the shared header, which any
+co-writer can forge, decide nothing (docs/shared-memory.md, "Who is alive").
 """
 
 from __future__ import annotations
@@ -160,13 +163,17 @@ def _take_pid_lock(fd: int, start: int) -> int:
     return 0
 
 
+_FLOCK = struct.Struct("hh4xqqi4x")
+# Every sleep asks who holds the peer's pid byte: the question, built once.
+_WHO_HOLDS = {b: _lock_struct(fcntl.F_WRLCK, b) for b in (_PID_CONSUMER, _PID_PRODUCER)}
+
+
 def _pid_lock_holder(fd: int, start: int) -> int:
     """The pid of the process holding a classic lock on byte ``start``, as the kernel
     reports it in our pid namespace; 0 if none, if an OFD lock holds it, or if the
     holder is not visible from here. F_OFD_GETLK (not F_GETLK): it also reports this
     process's own classic locks, so a peer in this very process is found too."""
-    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _lock_struct(fcntl.F_WRLCK, start))
-    kind, _, _, _, pid = struct.unpack("hh4xqqi4x", got)
+    kind, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _WHO_HOLDS[start]))
     return pid if kind != fcntl.F_UNLCK and pid > 0 else 0
 
 

@@ -767,3 +767,30 @@ def test_a_process_holding_an_ends_pid_lock_byte_keeps_it_from_attaching(
         with contextlib.closing(ShmSender.open(name)) as tx:  # the squatter is gone
             tx.send_nowait(b"fine")
             assert rx.receive_nowait() == b"fine"
+
+
+READ_ONLY_LOCKER = """
+    import fcntl, os, struct, sys
+    fd = os.open("/dev/shm" + sys.argv[1], os.O_RDONLY)
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # another uid, which the ring's mode 0644 lets read
+    # The receiver's attach byte (an OFD read lock: an fd open for reading is enough).
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hh4xqqi4x", fcntl.F_RDLCK, 0, 0, 1, 0))
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to setuid a child to nobody")
+def test_a_reader_of_a_0644_ring_can_keep_a_receiver_out(new_ring: Callable[[], str]) -> None:
+    """What security.md says of read access: a process that can only read the ring's
+    file can still take the lock bytes, here the receiver's, and no receiver attaches."""
+    name = new_ring()
+    with contextlib.closing(ShmSender.create(name, 4096, mode=0o644)):
+        with child(READ_ONLY_LOCKER, name) as locker:
+            assert read_line(locker) == "holding"
+            with pytest.raises(anyio.BusyResourceError, match="another receiver"):
+                ShmReceiver.open(name)
+        with contextlib.closing(ShmReceiver.open(name)):  # the locker is gone
+            pass
