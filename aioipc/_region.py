@@ -230,6 +230,9 @@ class PosixSharedMemory(_MmapRegion):
         Raises:
             aioipc.IPCExistsError: it exists already.
             aioipc.IPCPermissionError: /dev/shm refuses us.
+            aioipc.IPCSystemError: /dev/shm has no room for ``size`` bytes (errno
+                ENOSPC: the memory is reserved now, not at the first write); nothing
+                is left behind.
             ValueError: a bad name or a size <= 0.
         """
         path = cls._path(name)
@@ -291,7 +294,10 @@ class PosixSharedMemory(_MmapRegion):
 
     @classmethod
     def open_or_create(cls, name: str, size: int, *, mode: int = 0o600) -> PosixSharedMemory:
-        """Open ``name``, creating it (``size`` bytes, ``mode``) if it does not exist."""
+        """Open ``name``, creating it (``size`` bytes, ``mode``) if it does not exist.
+
+        Raises: as :meth:`create` and :meth:`open` (ENOSPC when it creates).
+        """
         return open_or_create(
             lambda: cls.create(name, size, mode=mode),
             lambda: cls.open(name, size=size),
@@ -367,6 +373,10 @@ class MappedFile(_MmapRegion):
         Raises:
             aioipc.IPCNotFoundError: no file (and ``create`` is false).
             aioipc.IPCPermissionError: the file's mode does not let us in.
+            aioipc.IPCSystemError: with ``create``, the file system has no room to
+                create or extend the file to ``size`` bytes (errno ENOSPC: the blocks
+                are reserved now, not at the first write); a file created is removed,
+                one extended is cut back.
             ValueError: ``size`` <= 0, larger than the file without ``create``, or an
                 empty file without ``size``; ``path`` is not a regular file.
         """

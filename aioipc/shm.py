@@ -380,6 +380,9 @@ class _RingEnd:
 
         Raises:
             aioipc.IPCExistsError: a ring (or any /dev/shm entry) by that name exists.
+            aioipc.IPCSystemError: /dev/shm has no room for the ring (errno ENOSPC; the
+                message names the bytes), or no fd is free (EMFILE, naming
+                RLIMIT_NOFILE). Nothing is left behind.
             ValueError: a bad name, capacity (a multiple of 8, >= 64), mode or spin.
         """
         flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
@@ -401,7 +404,8 @@ class _RingEnd:
         Raises:
             aioipc.IPCNotFoundError: no such ring (or it is still being created).
             anyio.BusyResourceError: the ring already has a receiver (or, unless it was
-                created with ``multi_producer=True``, a sender).
+                created with ``multi_producer=True``, a sender), or a process that is
+                not an aioipc end holds this end's lock byte.
             aioipc.ProtocolError: the region is not a valid aioipc ring.
             aioipc.IPCPermissionError: its mode does not let us in, or a doorbell is
                 not a FIFO owned by the ring's owner.
