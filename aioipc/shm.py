@@ -320,6 +320,9 @@ class _RingEnd:
             ep = self._ep = select.epoll()
             ep.register(self._bells[self._wait_bell_index], select.EPOLLIN)
             self._claim()
+            # Once the peer was seen attached (its lock held), a free lock means it is
+            # gone, whatever its state field says (a forged NONE must not hide a death).
+            self._peer_seen = _is_locked(self._fd, self._peer_lock)
             if create:
                 # Last, once nothing can fail: only now may others attach.
                 self._hq[Q_MAGIC] = _ring.MAGIC
@@ -345,9 +348,6 @@ class _RingEnd:
         # epoll set: a sleep then needs no other liveness syscall, since the peer's
         # death would wake it at once.
         self._peer_ok = False
-        # Once the peer was seen attached (its lock held), a free lock means it is gone,
-        # whatever its state field says (a forged NONE must not hide a death).
-        self._peer_seen = False
         self._poll_peer = False
         self._waiting = False
         self._pacer = Pacer()
@@ -526,6 +526,7 @@ class _RingEnd:
     _my_waiting = 0
     _peer_state = 0
     _peer_pid_index = 0  # the peer's pid in the header: for messages only
+    _peer_position = 0  # the u64 the peer moves (head or tail): nonzero once it worked
     _peer_lock = 0
     _pid_byte = -1  # this end's classic pid lock (-1: none)
     _peer_pid_byte = -1  # the peer's (-1: the peer is not watched)
@@ -632,10 +633,11 @@ class _RingEnd:
             self._poll_peer = self._pidfd < 0
             return None
         # Unlocked. Any state but NONE says it attached (an unknown value too: counted as
-        # attached, so that forging one cannot hide a death); NONE after we saw it
-        # attached is forged or stale. Otherwise it has not come yet: its attach rings
-        # our doorbell.
-        if state == STATE_NONE and not self._peer_seen:
+        # attached, so that forging one cannot hide a death); a state never goes back
+        # to NONE, so NONE after we saw the peer attached, or after it moved its
+        # position, is forged. Otherwise it has not come yet: its attach rings our
+        # doorbell.
+        if state == STATE_NONE and not self._peer_seen and not self._hq[self._peer_position]:
             return None
         return f"the {self._peer_role} ({self._peer_pid_text()}) died without closing"
 
@@ -824,6 +826,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     _my_waiting = I_CWAITING
     _peer_state = I_PSTATE
     _peer_pid_index = I_PPID
+    _peer_position = Q_HEAD
     _peer_lock = _LOCK_PRODUCER
     _pid_byte = _PID_CONSUMER
     _peer_pid_byte = _PID_PRODUCER
@@ -1156,6 +1159,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     _my_waiting = I_PWAITING
     _peer_state = I_CSTATE
     _peer_pid_index = I_CPID
+    _peer_position = Q_TAIL
     _peer_lock = _LOCK_CONSUMER
     _pid_byte = _PID_PRODUCER
     _peer_pid_byte = _PID_CONSUMER

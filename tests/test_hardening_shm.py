@@ -457,8 +457,9 @@ async def test_forged_sender_pid_or_state_never_hides_a_killed_sender(
     naming the real pid within seconds. (Before: a raw OverflowError from pidfd_open for
     pids >= 2**31; a receive that waited for ever for the others.) One more ring, with
     nothing forged, whose sender lost its POSIX lock (it opened and closed the region
-    file itself) before it was killed: noticed too, by the periodic lock check."""
-    names = [new_ring() for _ in range(len(FORGERIES) + 1)]
+    file itself) before it was killed: noticed too, by the periodic lock check. And
+    one whose receiver first looks after the kill, its sender's state forged to 0."""
+    names = [new_ring() for _ in range(len(FORGERIES) + 2)]
     async with contextlib.AsyncExitStack() as stack:
         rxs = [await stack.enter_async_context(ShmReceiver.create(name, 4096)) for name in names]
         peer = await stack.enter_async_context(
@@ -467,16 +468,20 @@ async def test_forged_sender_pid_or_state_never_hides_a_killed_sender(
         await peer.expect("ready")
         for rx in rxs:
             assert rx.receive_nowait() == b"hello"
-        await peer.tell(f"stale {names[-1]}")
+        await peer.tell(f"stale {names[-2]}")
         await peer.expect("stale False")
-        forge(
-            [
-                (name, OFF_PPID if field == "pid" else OFF_PSTATE, value)
-                for name, (field, value) in zip(names, FORGERIES, strict=False)
-            ]
-        )
-        outcomes = await kill_and_collect(peer, [rx.receive for rx in rxs], bound=5)
+        writes = [
+            (name, OFF_PPID if field == "pid" else OFF_PSTATE, value)
+            for name, (field, value) in zip(names, FORGERIES, strict=False)
+        ]
+        forge([*writes, (names[-1], OFF_PSTATE, 0)])
+        waiting = [rx.receive for rx in rxs[:-1]]
+        outcomes = await kill_and_collect(peer, waiting, bound=5)
         check_broken(outcomes, [*FORGERIES, "POSIX lock lost"], peer.pid)
+        # The last receiver looks only now: the sender is dead and its state says
+        # "none yet", but a state never goes back to that once the sender sent.
+        with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError, match="died"):
+            await rxs[-1].receive()
 
 
 @pytest.mark.asyncio
