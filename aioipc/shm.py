@@ -589,7 +589,10 @@ class _RingEnd:
         the header, which anyone who can write the ring can forge)."""
         if self._peer_pid_byte < 0:
             return
-        pid = _pid_lock_holder(self._fd, self._peer_pid_byte)
+        try:
+            pid = _pid_lock_holder(self._fd, self._peer_pid_byte)
+        except OSError:
+            pid = 0  # (out of kernel memory) as if no pid: the lock check decides
         if pid and pid == self._watched_pid and self._pidfd >= 0:
             self._peer_ok = True
             return
@@ -628,7 +631,12 @@ class _RingEnd:
             return "closed"
         if cached and self._peer_ok:
             return None
-        if _is_locked(self._fd, self._peer_lock):
+        try:
+            locked = _is_locked(self._fd, self._peer_lock)
+        except OSError as exc:
+            what = f"{self._what}: looking at the {self._peer_role}'s lock"
+            raise translate_os_error(exc, what) from exc
+        if locked:
             self._peer_seen = True
             self._poll_peer = self._pidfd < 0
             return None
@@ -684,7 +692,9 @@ class _RingEnd:
         may have dropped it: take it again (a no-op if we still hold it)."""
         self._pid_lock_closes = _closes
         if self._pid_byte >= 0:
-            _take_pid_lock(self._fd, self._pid_byte)
+            # Best effort: without it, the peer looks at our OFD lock 4x a second.
+            with contextlib.suppress(OSError):
+                _take_pid_lock(self._fd, self._pid_byte)
 
     def _forget_fired_pidfd(self) -> None:
         """A woken sleeper found nothing to do: if it was the peer's pidfd that fired
@@ -920,7 +930,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         Raises:
             anyio.EndOfStream: the sender closed and every message was received.
             anyio.BrokenResourceError: the sender died (SIGKILL too) and every message
-                it published was received; noticed within milliseconds.
+                it published was received; noticed within milliseconds (within 0.25 s
+                when its pid cannot be learned: docs/shared-memory.md, "Who is alive").
             anyio.ClosedResourceError: this receiver was closed, also while waiting.
             anyio.BusyResourceError: a ``receive_view`` block is open on this receiver.
             aioipc.ProtocolError: the ring is corrupt.
