@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -115,10 +116,6 @@ def tell(proc: subprocess.Popen[str], line: str) -> None:
     proc.stdin.flush()
 
 
-def dev_shm_entries(prefix: str) -> list[str]:
-    return sorted(p for p in os.listdir("/dev/shm") if p.startswith(prefix))
-
-
 # ============================================== item 9: regions out of file descriptors
 
 EMFILE_REGIONS = """
@@ -182,8 +179,12 @@ def test_regions_out_of_fds_raise_aioipc_errors_naming_the_limit(tmp_path: Path)
     fails), every region constructor raises an aioipc error with errno EMFILE that names
     the object and RLIMIT_NOFILE with its value; no fd and no file is left behind.
     (memfd_create raised a raw OSError; the others named no limit.)"""
-    name = f"/aioipc-test-emfile-{os.getpid()}-{id(tmp_path) & 0xFFFF:x}"
-    records = json_lines(run_child(EMFILE_REGIONS, name, str(tmp_path)))
+    name = f"/aioipc-test-emfile-{uuid.uuid4().hex[:12]}"
+    try:
+        records = json_lines(run_child(EMFILE_REGIONS, name, str(tmp_path)))
+    finally:  # the child removes what it made; this is in case it could not
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("/dev/shm" + name)
     assert len(records) == 8
     for r in records:
         assert r["leaked"] == 0, r
