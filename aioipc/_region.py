@@ -29,10 +29,16 @@ import sys
 from typing import Any, TypeVar
 
 from . import _libc, _registry
-from ._check import check_mode, check_size
+from ._check import check_fd, check_mode, check_size
 from ._posix_base import check_name
 from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
-from .errors import IPCExistsError, IPCNotFoundError, open_or_create, translate_os_error
+from .errors import (
+    IPCExistsError,
+    IPCNotFoundError,
+    IPCSystemError,
+    open_or_create,
+    translate_os_error,
+)
 
 __all__ = [
     "AnonymousMemory",
@@ -49,6 +55,42 @@ _STILL_EXPORTED = (
     "{what}: memoryviews of this region are still alive; release them (view.release(), "
     "or let them go out of scope) before closing it"
 )
+
+
+def _mount_point(path: str) -> str:
+    """The mount point of the file system that holds ``path`` (for error messages)."""
+    here = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(here):
+        here = os.path.dirname(here)
+    return here
+
+
+def reserve(fd: int, size: int, what: str, path: str, *, start: int = 0) -> None:
+    """Make the file ``fd`` (at ``path``) ``size`` bytes long, with its blocks from
+    ``start`` on allocated now.
+
+    ``ftruncate`` alone makes a sparse file: the blocks are allocated when a page is
+    first written through a mapping, and on a full file system (a small tmpfs
+    ``/dev/shm``) that write gets SIGBUS, which kills the process (Python cannot catch
+    it; ``MAP_POPULATE`` fails silently). Reserving them here turns that into an error
+    at create time. On failure the file is cut back to ``start`` bytes.
+
+    Raises:
+        aioipc.IPCSystemError: ENOSPC, naming ``what``, the bytes asked for and the
+            file system; or another error of the file system.
+    """
+    try:
+        os.posix_fallocate(fd, start, size - start)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        if exc.errno == errno.ENOSPC:
+            raise IPCSystemError(
+                errno.ENOSPC,
+                f"{what}: {_mount_point(path)} has no room for {size - start} bytes (ENOSPC)",
+                path,
+            ) from exc
+        raise translate_os_error(exc, what) from exc
 
 
 def _open_size(requested: int | None, actual: int, what: str) -> int:
@@ -188,6 +230,9 @@ class PosixSharedMemory(_MmapRegion):
         Raises:
             aioipc.IPCExistsError: it exists already.
             aioipc.IPCPermissionError: /dev/shm refuses us.
+            aioipc.IPCSystemError: /dev/shm has no room for ``size`` bytes (errno
+                ENOSPC: the memory is reserved now, not at the first write); nothing
+                is left behind.
             ValueError: a bad name or a size <= 0.
         """
         path = cls._path(name)
@@ -202,7 +247,7 @@ class PosixSharedMemory(_MmapRegion):
         handed = False
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
-            os.ftruncate(fd, size)
+            reserve(fd, size, what, path)
             st = os.fstat(fd)
             handed = True
             region = cls(name, fd, size, False)  # closes fd, mapped or not
@@ -249,7 +294,10 @@ class PosixSharedMemory(_MmapRegion):
 
     @classmethod
     def open_or_create(cls, name: str, size: int, *, mode: int = 0o600) -> PosixSharedMemory:
-        """Open ``name``, creating it (``size`` bytes, ``mode``) if it does not exist."""
+        """Open ``name``, creating it (``size`` bytes, ``mode``) if it does not exist.
+
+        Raises: as :meth:`create` and :meth:`open` (ENOSPC when it creates).
+        """
         return open_or_create(
             lambda: cls.create(name, size, mode=mode),
             lambda: cls.open(name, size=size),
@@ -325,6 +373,10 @@ class MappedFile(_MmapRegion):
         Raises:
             aioipc.IPCNotFoundError: no file (and ``create`` is false).
             aioipc.IPCPermissionError: the file's mode does not let us in.
+            aioipc.IPCSystemError: with ``create``, the file system has no room to
+                create or extend the file to ``size`` bytes (errno ENOSPC: the blocks
+                are reserved now, not at the first write); a file created is removed,
+                one extended is cut back.
             ValueError: ``size`` <= 0, larger than the file without ``create``, or an
                 empty file without ``size``; ``path`` is not a regular file.
         """
@@ -360,7 +412,7 @@ class MappedFile(_MmapRegion):
             if created:
                 os.fchmod(fd, mode)
             if create and size is not None and st.st_size < size:
-                os.ftruncate(fd, size)
+                reserve(fd, size, what, p, start=st.st_size)
                 actual = size
             else:
                 actual = st.st_size
@@ -415,7 +467,10 @@ class AnonymousMemory(_MmapRegion):
         what = "anonymous shared memory"
         if _fd is None:
             check_size(size, what)
-            fd = os.memfd_create("aioipc", os.MFD_CLOEXEC)
+            try:
+                fd = os.memfd_create("aioipc", os.MFD_CLOEXEC)
+            except OSError as exc:
+                raise translate_os_error(exc, what) from exc
             try:
                 os.ftruncate(fd, size)
             except OSError as exc:
@@ -436,20 +491,36 @@ class AnonymousMemory(_MmapRegion):
 
     @classmethod
     def create(cls, size: int) -> AnonymousMemory:
-        """A new region of ``size`` zero bytes. Raises ValueError for a size <= 0."""
+        """A new region of ``size`` zero bytes.
+
+        Raises:
+            ValueError: a size <= 0.
+            aioipc.IPCSystemError: out of file descriptors (EMFILE, naming RLIMIT_NOFILE)
+                or memory.
+        """
         return cls(size)
 
     @classmethod
     def from_fd(cls, fd: int) -> AnonymousMemory:
-        """Map the memfd ``fd`` (received from another process); the region owns ``fd``.
+        """Map the memfd ``fd`` (received from another process); the region owns ``fd``
+        once it is mapped (a refused ``fd`` stays the caller's).
 
         Raises:
-            ValueError: ``fd`` is not a regular (memfd) file or is empty.
+            TypeError: ``fd`` is not an int.
+            ValueError: ``fd`` is not an open file descriptor, not a regular (memfd)
+                file, or is empty.
+            aioipc.IPCSystemError: mapping it failed (out of file descriptors: EMFILE,
+                naming RLIMIT_NOFILE; out of memory).
         """
-        st = os.fstat(fd)
+        what = "anonymous shared memory"
+        check_fd(fd, what)
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, f"{what} (fd {fd})") from exc
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"fd {fd} is not a memfd or regular file")
-        return cls(_open_size(None, st.st_size, f"anonymous shared memory (fd {fd})"), _fd=fd)
+            raise ValueError(f"{what}: fd {fd} is not a memfd or regular file")
+        return cls(_open_size(None, st.st_size, f"{what} (fd {fd})"), _fd=fd)
 
     @property
     def fd(self) -> int:

@@ -13,11 +13,11 @@ Header (byte offsets)::
     24   data_off  u64      4096
     -- producer's cache line (written by the producer only) --
     64   head      u64      bytes ever published (monotonic)
-    72   ppid      u32      producer pid (single-producer rings)
+    72   ppid      u32      producer pid (single-producer rings; for messages only)
     76   pstate    u32      0 none yet, 1 attached, 2 closed: the stream has ended
     -- consumer's cache line (written by the consumer only) --
     128  tail      u64      bytes ever consumed (monotonic)
-    136  cpid      u32      consumer pid
+    136  cpid      u32      consumer pid (for messages only)
     140  cstate    u32      0 none yet, 1 attached, 2 closed
     -- one line each, written only around a sleep --
     192  pwaiting  u32      1 = the producer may be asleep on the space doorbell
@@ -35,7 +35,8 @@ contiguous (the receiver can read it in place). Hence the largest message is
 from the start hold it.
 
 Every value read from the header is checked before it is used: a corrupt or hostile
-header raises :exc:`aioipc.ProtocolError`, never an out-of-range access.
+header raises :exc:`aioipc.ProtocolError`, never an out-of-range access. The pids and
+states are not liveness: aioipc.shm asks the kernel (the ends' locks on the file).
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ stream ends when a sender calls :meth:`ShmSender.send_eof`, not when one closes.
 
 A peer that dies (even by SIGKILL) is noticed through a pidfd that wakes the sleeper;
 its pending and later calls raise BrokenResourceError. Messages it published before
-dying are still delivered first.
+dying are still delivered first. Who is alive is the kernel's answer only: the OFD
+locks say who is attached, and a classic POSIX record lock each end also holds tells
+the peer which process to watch; the pids and states in the shared header, which any
+co-writer can forge, decide nothing (docs/shared-memory.md, "Who is alive").
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from anyio.lowlevel import checkpoint
 from . import _registry, _ring
 from ._check import LONG_MAX, check_mode
 from ._posix_base import check_name
+from ._region import reserve
 from ._ring import (
     HEADER_SIZE,
     I_CPID,
@@ -64,6 +68,7 @@ from ._ring import (
     Q_TAIL,
     RECORD_HEADER,
     STATE_CLOSED,
+    STATE_NONE,
     STATE_OPEN,
     RingReader,
     RingWriter,
@@ -87,8 +92,12 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 SHM_DIR = "/dev/shm"
 _BELL_DATA = ".bell-data"
 _BELL_SPACE = ".bell-space"
-# OFD lock bytes in the region file: who is attached.
+# OFD lock bytes in the region file: who is attached (the kernel drops a dead holder's).
 _LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS, _LOCK_SEND = 0, 1, 2, 3
+# Classic (process-associated) POSIX record lock bytes: which process an end is in. An
+# OFD lock does not say who holds it (F_OFD_GETLK reports pid -1); a classic lock does,
+# so the peer learns the pid to watch from the kernel, never from the shared header.
+_PID_CONSUMER, _PID_PRODUCER = 8, 9
 # How often a sender that never has to wait checks that its receiver is still alive.
 _PEER_CHECK_INTERVAL = 0.25
 
@@ -128,6 +137,44 @@ def _is_locked(fd: int, start: int) -> bool:
     got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _lock_struct(fcntl.F_WRLCK, start))
     kind: int = struct.unpack("hh4xqqi4x", got)[0]
     return kind != fcntl.F_UNLCK
+
+
+# A process loses all its classic POSIX locks on a file when it closes *any* descriptor
+# of that file. Every close of a region descriptor in this module counts here, and an
+# end whose count is behind takes its pid lock again before it next sleeps.
+_closes = 0
+
+
+def _close_region(fd: int) -> None:
+    global _closes
+    os.close(fd)
+    _closes += 1
+
+
+def _take_pid_lock(fd: int, start: int) -> int:
+    """Take the classic POSIX lock on byte ``start``: 0, or the pid holding it (-1 if
+    that is not known: an OFD lock, or a process outside our pid namespace)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, _lock_struct(fcntl.F_WRLCK, start))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return _pid_lock_holder(fd, start) or -1
+        raise
+    return 0
+
+
+_FLOCK = struct.Struct("hh4xqqi4x")
+# Every sleep asks who holds the peer's pid byte: the question, built once.
+_WHO_HOLDS = {b: _lock_struct(fcntl.F_WRLCK, b) for b in (_PID_CONSUMER, _PID_PRODUCER)}
+
+
+def _pid_lock_holder(fd: int, start: int) -> int:
+    """The pid of the process holding a classic lock on byte ``start``, as the kernel
+    reports it in our pid namespace; 0 if none, if an OFD lock holds it, or if the
+    holder is not visible from here. F_OFD_GETLK (not F_GETLK): it also reports this
+    process's own classic locks, so a peer in this very process is found too."""
+    kind, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _WHO_HOLDS[start]))
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else 0
 
 
 def _paths(name: str) -> tuple[str, str, str]:
@@ -179,7 +226,17 @@ def is_stale(name: str) -> bool:
             raise ProtocolError(f"shared-memory ring {name}: {region} is not a ring")
         return not any(_is_locked(fd, b) for b in (_LOCK_CONSUMER, _LOCK_PRODUCER, _LOCK_PRODUCERS))
     finally:
-        os.close(fd)
+        _close_region(fd)
+
+
+def _holder_text(fd: int, pid_byte: int, header_pid: int) -> str:
+    """Who holds an end's locks, for a message: the pid the kernel reports, else the
+    one the header says."""
+    with contextlib.suppress(OSError):
+        pid = _pid_lock_holder(fd, pid_byte)
+        if pid:
+            return f"pid {pid}"
+    return f"pid {header_pid} by the ring's header"
 
 
 def _busy(message: str) -> BusyResourceError:
@@ -253,17 +310,25 @@ class _RingEnd:
         self._bells: list[int] = []
         self._mm: mmap.mmap | None = None
         made: list[str] = []
+        ep: select.epoll | None = None
         try:
             if create:
                 self._make(region, bell_data, bell_space, capacity, mode, flags, made)
             else:
                 self._attach(region, bell_data, bell_space)
+            # Before the claim, which tells the peer we are here: after it, nothing fails.
+            ep = self._ep = select.epoll()
+            ep.register(self._bells[self._wait_bell_index], select.EPOLLIN)
             self._claim()
-            self._ep = select.epoll()
+            # Once the peer was seen attached (its lock held), a free lock means it is
+            # gone, whatever its state field says (a forged NONE must not hide a death).
+            self._peer_seen = _is_locked(self._fd, self._peer_lock)
             if create:
                 # Last, once nothing can fail: only now may others attach.
                 self._hq[Q_MAGIC] = _ring.MAGIC
         except BaseException as exc:
+            if ep is not None:
+                ep.close()
             self._teardown()
             for path in made:
                 with contextlib.suppress(OSError):
@@ -276,13 +341,14 @@ class _RingEnd:
         self._unlink_on_close = create if unlink_on_close is None else unlink_on_close
         self._spin = float(spin)
         self._pid = os.getpid()
-        self._ep.register(self._wait_bell, select.EPOLLIN)
         self._waiter = FdWaiter(self._ep.fileno())
         self._pidfd = -1
         self._watched_pid = 0
-        # True while the peer's pidfd is in our epoll set and has not fired: a sleep then
-        # needs no liveness syscall, since the peer's death would wake it at once.
+        # True when the last look found the peer's pid lock held and its pidfd in our
+        # epoll set: a sleep then needs no other liveness syscall, since the peer's
+        # death would wake it at once.
         self._peer_ok = False
+        self._poll_peer = False
         self._waiting = False
         self._pacer = Pacer()
         self._next_peer_check = 0.0
@@ -314,6 +380,9 @@ class _RingEnd:
 
         Raises:
             aioipc.IPCExistsError: a ring (or any /dev/shm entry) by that name exists.
+            aioipc.IPCSystemError: /dev/shm has no room for the ring (errno ENOSPC; the
+                message names the bytes), or no fd is free (EMFILE, naming
+                RLIMIT_NOFILE). Nothing is left behind.
             ValueError: a bad name, capacity (a multiple of 8, >= 64), mode or spin.
         """
         flags = _ring.FLAG_MULTI_PRODUCER if multi_producer else 0
@@ -335,7 +404,8 @@ class _RingEnd:
         Raises:
             aioipc.IPCNotFoundError: no such ring (or it is still being created).
             anyio.BusyResourceError: the ring already has a receiver (or, unless it was
-                created with ``multi_producer=True``, a sender).
+                created with ``multi_producer=True``, a sender), or a process that is
+                not an aioipc end holds this end's lock byte.
             aioipc.ProtocolError: the region is not a valid aioipc ring.
             aioipc.IPCPermissionError: its mode does not let us in, or a doorbell is
                 not a FIFO owned by the ring's owner.
@@ -372,7 +442,7 @@ class _RingEnd:
             # Claimed at once, so that is_stale() never calls a ring being built stale.
             self._claim_byte(flags)
             os.fchmod(self._fd, mode)  # exactly mode, whatever the umask
-            os.ftruncate(self._fd, HEADER_SIZE + capacity)
+            reserve(self._fd, HEADER_SIZE + capacity, self._what, region)
             for path in (bell_data, bell_space):
                 os.mkfifo(path, 0o600)
                 made.append(path)
@@ -441,7 +511,7 @@ class _RingEnd:
             os.close(fd)
         self._bells = []
         if self._fd >= 0:
-            os.close(self._fd)  # also drops this end's OFD locks
+            _close_region(self._fd)  # also drops this end's locks
             self._fd = -1
         for v in reversed(getattr(self, "_views", [])):
             v.release()
@@ -455,8 +525,12 @@ class _RingEnd:
     _wait_bell_index = 0
     _my_waiting = 0
     _peer_state = 0
-    _peer_pid_index = 0
+    _peer_pid_index = 0  # the peer's pid in the header: for messages only
+    _peer_position = 0  # the u64 the peer moves (head or tail): nonzero once it worked
     _peer_lock = 0
+    _pid_byte = -1  # this end's classic pid lock (-1: none)
+    _peer_pid_byte = -1  # the peer's (-1: the peer is not watched)
+    _pid_lock_closes = 0  # _closes when this end last took its pid lock
 
     @property
     def _wait_bell(self) -> int:
@@ -481,47 +555,99 @@ class _RingEnd:
         self._drained = True
         return True
 
-    def _peer_alive(self, cached: bool = False) -> bool:
-        if cached and self._peer_ok and self._hi[self._peer_pid_index] == self._watched_pid:
-            return True
-        return _is_locked(self._fd, self._peer_lock)
-
-    def _watch_peer(self) -> None:
-        """Make the peer's death wake our doorbell wait (a pidfd in our epoll set)."""
-        pid = self._hi[self._peer_pid_index]
-        if pid == self._watched_pid:
+    def _claim_pid_lock(self) -> None:
+        """Take this end's classic pid lock, so that the peer can learn our pid from the
+        kernel. Someone else holding it (nothing of aioipc's: a second end of this role
+        would not have got the OFD lock) could make the peer watch the wrong process."""
+        if self._pid_byte < 0:
             return
+        holder = _take_pid_lock(self._fd, self._pid_byte)
+        if holder:
+            who = f"pid {holder}" if holder > 0 else "another process"
+            raise _busy(
+                f"{self._what}: {who} holds the {self._role}'s lock byte {self._pid_byte}; "
+                "it is not an aioipc end"
+            )
+        self._pid_lock_closes = _closes
+
+    def _peer_pid_text(self) -> str:
+        if self._watched_pid:
+            return f"pid {self._watched_pid}"
+        # Never seen through the kernel: what the header says, for the message only.
+        return f"pid {self._hi[self._peer_pid_index]} by the ring's header"
+
+    def _unwatch(self) -> None:
         self._peer_ok = False
         if self._pidfd >= 0:
             self._ep.unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
-        self._watched_pid = pid
-        if pid:
-            try:
-                self._pidfd = os.pidfd_open(pid)
-            except OSError:
-                # Gone already (or out of fds): the lock check decides, and the next
-                # sleep tries again.
-                self._watched_pid = 0
-                return
-            self._ep.register(self._pidfd, select.EPOLLIN)
-            self._peer_ok = True
 
-    def _peer_gone_error(self, cached: bool = False) -> Exception | None:
-        """BrokenResourceError if the peer closed or died (None if it is alive).
-        ``cached``: right before a sleep, whose epoll set watches the peer's pidfd."""
+    def _watch_peer(self) -> None:
+        """Make the peer's death wake our doorbell wait: a pidfd in our epoll set, of
+        the process the kernel says holds the peer's pid lock (never a pid read from
+        the header, which anyone who can write the ring can forge)."""
+        if self._peer_pid_byte < 0:
+            return
+        try:
+            pid = _pid_lock_holder(self._fd, self._peer_pid_byte)
+        except OSError:
+            pid = 0  # (out of kernel memory) as if no pid: the lock check decides
+        if pid and pid == self._watched_pid and self._pidfd >= 0:
+            self._peer_ok = True
+            return
+        self._unwatch()
+        if not pid:
+            # Not attached, or it lost its classic locks (it closed another descriptor
+            # of the region), or it is in another pid namespace: the lock check decides.
+            return
+        self._peer_seen = True
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # gone already, or out of fds: as above
+        try:
+            # Still the holder: the pidfd is of the peer, not of a process that got its
+            # pid after it died.
+            if _pid_lock_holder(self._fd, self._peer_pid_byte) != pid:
+                os.close(pidfd)
+                return
+            self._ep.register(pidfd, select.EPOLLIN)
+        except OSError:
+            os.close(pidfd)
+            return
+        self._pidfd = pidfd
+        self._watched_pid = pid
+        self._peer_ok = True
+
+    def _peer_gone(self, cached: bool = False) -> str | None:
+        """Why the peer is gone ("closed", or "died ..."), or None while it is attached
+        or has not attached yet. Liveness is the kernel's: the peer's OFD lock (or its
+        pid lock, found held just now: ``cached``); the state field only tells a clean
+        close from a death. Sets ``_poll_peer`` when the peer is alive but no pidfd
+        would wake us at its death."""
         state = self._hi[self._peer_state]
         if state == STATE_CLOSED:
+            return "closed"
+        if cached and self._peer_ok:
             return None
-        if self._peer_alive(cached):
+        try:
+            locked = _is_locked(self._fd, self._peer_lock)
+        except OSError as exc:
+            what = f"{self._what}: looking at the {self._peer_role}'s lock"
+            raise translate_os_error(exc, what) from exc
+        if locked:
+            self._peer_seen = True
+            self._poll_peer = self._pidfd < 0
             return None
-        if state == STATE_OPEN:
-            pid = self._hi[self._peer_pid_index]
-            return BrokenResourceError(
-                f"{self._what}: the {self._peer_role} (pid {pid}) died without closing"
-            )
-        return None
+        # Unlocked. Any state but NONE says it attached (an unknown value too: counted as
+        # attached, so that forging one cannot hide a death); a state never goes back
+        # to NONE, so NONE after we saw the peer attached, or after it moved its
+        # position, is forged. Otherwise it has not come yet: its attach rings our
+        # doorbell.
+        if state == STATE_NONE and not self._peer_seen and not self._hq[self._peer_position]:
+            return None
+        return f"the {self._peer_role} ({self._peer_pid_text()}) died without closing"
 
     async def _sleep(self, my_flag: int, ready: Any) -> None:
         """Sleep on our doorbell until ``ready()`` may be true. The protocol: say we may
@@ -537,12 +663,16 @@ class _RingEnd:
         try:
             if ready():
                 return
+            if self._pid_lock_closes != _closes:
+                self._retake_pid_lock()
             self._watch_peer()  # first: a death after this wakes the sleep below
+            self._poll_peer = False
             self._check_peer_before_sleep()
             self._drained = False
-            if self._pidfd < 0 and self._hi[self._peer_pid_index]:
-                # No pidfd (pidfd_open failed, e.g. out of fds): nothing would wake us if
-                # the peer died, so look again at least four times a second.
+            if self._poll_peer:
+                # Alive but no pidfd (no pid lock to learn its pid from, or pidfd_open
+                # failed): nothing would wake us if it died, so look again at least
+                # four times a second.
                 with anyio.move_on_after(_PEER_CHECK_INTERVAL):
                     await self._waiter.readable(self._drain_in_callback)
             else:
@@ -557,15 +687,21 @@ class _RingEnd:
                 hi[my_flag] = 0
         self._pacer.waited()
 
+    def _retake_pid_lock(self) -> None:
+        """This process closed a region descriptor since we took our pid lock, which
+        may have dropped it: take it again (a no-op if we still hold it)."""
+        self._pid_lock_closes = _closes
+        if self._pid_byte >= 0:
+            # Best effort: without it, the peer looks at our OFD lock 4x a second.
+            with contextlib.suppress(OSError):
+                _take_pid_lock(self._fd, self._pid_byte)
+
     def _forget_fired_pidfd(self) -> None:
         """A woken sleeper found nothing to do: if it was the peer's pidfd that fired
         while the peer still counts as attached (a forked child holds its lock), stop
         watching that pid, or every later sleep would wake at once."""
         if self._pidfd >= 0 and _readable_now(self._pidfd):
-            self._peer_ok = False  # the lock check decides from now on
-            self._ep.unregister(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
+            self._unwatch()  # the lock check decides from now on
 
     def _check_peer_before_sleep(self) -> None:
         raise NotImplementedError
@@ -700,17 +836,23 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     _my_waiting = I_CWAITING
     _peer_state = I_PSTATE
     _peer_pid_index = I_PPID
+    _peer_position = Q_HEAD
     _peer_lock = _LOCK_PRODUCER
+    _pid_byte = _PID_CONSUMER
+    _peer_pid_byte = _PID_PRODUCER
 
     def _claim(self) -> None:
         if not _try_lock(self._fd, _LOCK_CONSUMER):
             raise _busy(
-                f"receiving from {self._what}: another receiver (pid "
-                f"{self._hi[I_CPID]}) is attached; a ring has one receiver"
+                f"receiving from {self._what}: another receiver ("
+                f"{_holder_text(self._fd, _PID_CONSUMER, self._hi[I_CPID])}) is attached; "
+                "a ring has one receiver"
             )
+        self._claim_pid_lock()
         self._multi = bool(self._hi[I_FLAGS] & _ring.FLAG_MULTI_PRODUCER)
         if self._multi:
             self._peer_lock = _LOCK_PRODUCERS
+            self._peer_pid_byte = -1  # several senders: their lives are not watched
         self._reader = RingReader(self._hq, self._data, self._capacity, self._what)
         self._data_ro = self._data.toreadonly()
         self._views += [self._reader.dq, self._data_ro]
@@ -758,9 +900,9 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             if self._hq[Q_HEAD] == self._reader.tail:
                 raise EndOfStream
         elif not self._multi:
-            err = self._peer_gone_error(cached)
-            if err is not None and self._hq[Q_HEAD] == self._reader.tail:
-                raise err
+            why = self._peer_gone(cached)
+            if why is not None and self._hq[Q_HEAD] == self._reader.tail:
+                raise BrokenResourceError(f"{self._what}: {why}")
 
     def receive_nowait(self) -> bytes:
         """The next message if one is waiting.
@@ -788,7 +930,8 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         Raises:
             anyio.EndOfStream: the sender closed and every message was received.
             anyio.BrokenResourceError: the sender died (SIGKILL too) and every message
-                it published was received; noticed within milliseconds.
+                it published was received; noticed within milliseconds (within 0.25 s
+                when its pid cannot be learned: docs/shared-memory.md, "Who is alive").
             anyio.ClosedResourceError: this receiver was closed, also while waiting.
             anyio.BusyResourceError: a ``receive_view`` block is open on this receiver.
             aioipc.ProtocolError: the ring is corrupt.
@@ -1027,7 +1170,10 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     _my_waiting = I_PWAITING
     _peer_state = I_CSTATE
     _peer_pid_index = I_CPID
+    _peer_position = Q_TAIL
     _peer_lock = _LOCK_CONSUMER
+    _pid_byte = _PID_PRODUCER
+    _peer_pid_byte = _PID_CONSUMER
 
     def _claim(self) -> None:
         self._multi = bool(self._hi[I_FLAGS] & _ring.FLAG_MULTI_PRODUCER)
@@ -1035,9 +1181,13 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             _try_lock(self._fd, _LOCK_PRODUCERS, exclusive=False)
         elif not _try_lock(self._fd, _LOCK_PRODUCER):
             raise _busy(
-                f"sending to {self._what}: another sender (pid {self._hi[I_PPID]}) is "
-                "attached; create the ring with multi_producer=True for several"
+                f"sending to {self._what}: another sender ("
+                f"{_holder_text(self._fd, _PID_PRODUCER, self._hi[I_PPID])}) is attached; "
+                "create the ring with multi_producer=True for several"
             )
+        if self._multi:
+            self._pid_byte = -1  # the receiver does not watch several senders
+        self._claim_pid_lock()
         self._writer = RingWriter(self._hq, self._data, self._capacity)
         self._views.append(self._writer.dq)
         self._reserved = False
@@ -1092,11 +1242,11 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         return BrokenResourceError(self._broken)
 
     def _check_receiver(self, cached: bool = False) -> None:
-        hi = self._hi
-        if hi[I_CSTATE] == STATE_CLOSED:
+        why = self._peer_gone(cached)
+        if why == "closed":
             raise self._receiver_gone("the receiver closed")
-        if not self._peer_alive(cached) and hi[I_CSTATE] == STATE_OPEN:
-            raise self._receiver_gone(f"the receiver (pid {hi[I_CPID]}) died without closing")
+        if why is not None:
+            raise self._receiver_gone(why)
 
     def _maybe_check_receiver(self) -> None:
         if self._broken is not None:
@@ -1105,8 +1255,14 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             raise self._receiver_gone("the receiver closed")
         now = time.monotonic()
         if now >= self._next_peer_check:
-            self._next_peer_check = now + _PEER_CHECK_INTERVAL
-            self._check_receiver()
+            self._periodic_check(now)
+
+    def _periodic_check(self, now: float) -> None:
+        """What a sender that need not wait does at most every 0.25 s."""
+        self._next_peer_check = now + _PEER_CHECK_INTERVAL
+        if self._pid_lock_closes != _closes:
+            self._retake_pid_lock()  # one that never sleeps takes it back here
+        self._check_receiver()
 
     def _too_large(self, size: int) -> MessageTooLargeError:
         return MessageTooLargeError(
@@ -1224,8 +1380,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             ):
                 now = time.monotonic()
                 if now >= self._next_peer_check:
-                    self._next_peer_check = now + _PEER_CHECK_INTERVAL
-                    self._check_receiver()
+                    self._periodic_check(now)
                 writer.dq[idx >> 3] = size | _KIND_MESSAGE_WORD
                 start = HEADER_SIZE + RECORD_HEADER + idx
                 self._m[start : start + size] = data

@@ -593,7 +593,8 @@ EMFILE_CHILD = """
 
 def test_out_of_fds_on_open_is_clean_and_leaks_nothing(new_ring: Callable[[], str]) -> None:
     """With too few file descriptors left (RLIMIT_NOFILE, in a child), creating or
-    attaching a ring raises an aioipc error (not a raw OSError from epoll creation),
+    attaching a ring raises an aioipc error naming RLIMIT_NOFILE (not a raw OSError
+    from epoll creation),
     leaks no fd or lock (the ring stays stale), and a creator leaves no files."""
     tries = 8  # 0..7 fds free: every open fails in turn, then it succeeds
     created = [new_ring() for _ in range(tries)]
@@ -614,6 +615,7 @@ def test_out_of_fds_on_open_is_clean_and_leaks_nothing(new_ring: Callable[[], st
             if not r["ok"]:
                 assert r["clean"], r
                 assert r["errno"] == 24, r  # EMFILE
+                assert "RLIMIT_NOFILE = " in r["error"], r  # the limit is named
 
 
 # =================================================== F10: a FIFO planted at the name

@@ -51,6 +51,13 @@ Modes:
     SECONDS; print ``idle CPU WALL`` (process CPU time and wall time spent); then
     receive one message and print ``got HEX``; close.
 
+``hold-ends ROLE NAME...``
+    Attach a ``sender`` or a ``receiver`` (ROLE) to each ring NAME (NAME is only the
+    first of them); a sender sends ``b"hello"`` on each. Print ``ready``, then for each
+    stdin line ``stale NAME2`` call ``is_stale(NAME2)`` (which opens and closes the
+    region: this process loses its classic POSIX locks on that file) and print
+    ``stale RESULT``. Never closes before end of input: the test kills it.
+
 The test module imports the message builders from this file, so both sides agree.
 """
 
@@ -66,7 +73,7 @@ from collections.abc import Iterable
 import anyio
 import anyio.to_thread
 
-from aioipc.shm import ShmReceiver, ShmSender
+from aioipc.shm import ShmReceiver, ShmSender, is_stale
 
 #: A bound on every wait a peer makes (the test kills a peer that is meant to hang).
 LIMIT = 60
@@ -294,6 +301,24 @@ async def idle_recv(name: str, spin: float, seconds: float) -> None:
         say(f"got {m.hex()}")
 
 
+async def hold_ends(role: str, names: list[str]) -> None:
+    ends: list[ShmSender | ShmReceiver] = []
+    for name in names:
+        if role == "sender":
+            tx = ShmSender.open(name)
+            ends.append(tx)
+            tx.send_nowait(b"hello")
+        else:
+            ends.append(ShmReceiver.open(name))
+    say("ready")
+    while line := await readline():
+        cmd, name = line.split()
+        assert cmd == "stale"
+        say(f"stale {is_stale(name)}")
+    for end in ends:
+        await end.aclose()
+
+
 def main(argv: list[str]) -> None:
     mode, name, *rest = argv
     if mode == "send-sizes":
@@ -314,6 +339,8 @@ def main(argv: list[str]) -> None:
         anyio.run(mp_hold, name, int(rest[0]))
     elif mode == "reserve-big":
         anyio.run(reserve_big, name, int(rest[0]), int(rest[1]))
+    elif mode == "hold-ends":
+        anyio.run(hold_ends, name, rest)
     elif mode == "idle-recv":
         anyio.run(idle_recv, name, float(rest[0]), float(rest[1]))
     else:
