@@ -17,6 +17,7 @@ import functools
 import os
 import select
 import struct
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
@@ -64,6 +65,9 @@ _JOIN_LIMIT = 16 * 1024
 # Coalesced small messages are written out once this many bytes wait.
 _CORK_LIMIT = 64 * 1024
 _IOV_MAX = 1024
+# How long closing a sender waits for the kernel to take what was committed (and the
+# goodbye) when its buffer is full: the reader is slow or gone.
+_CLOSE_GRACE = 1.0
 # Only for lengths already checked against max_message_size (< 2**31).
 _pack_header = struct.Struct("!I").pack
 Buffer = bytes | memoryview
@@ -702,15 +706,24 @@ class _Sender:
 
 
 def _close_sync(res: FdResource, tx: _Sender) -> None:
+    """Write out what is committed and the goodbye, waiting (blocking this thread) at
+    most :data:`_CLOSE_GRACE` seconds for the kernel to take it, then close the fd."""
     if not res.closed and (tx.queue_goodbye() or tx.has_pending):
+        deadline = time.monotonic() + _CLOSE_GRACE
+        poller = select.poll()
+        poller.register(res.fd, select.POLLOUT)
         with contextlib.suppress(Exception):
-            tx.flush_nowait()
+            while not tx.flush_nowait():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                poller.poll(left * 1000)
     res.close()
 
 
 async def _aclose_sender(res: FdResource, tx: _Sender) -> None:
     try:
-        await tx.flush_before_close(1.0)
+        await tx.flush_before_close(_CLOSE_GRACE)
     finally:
         await res.aclose()
     await checkpoint()
@@ -895,9 +908,10 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop, writing the goodbye as
-        :meth:`aclose` does. What the kernel cannot take at once is lost: call
-        :meth:`flush_nowait` until it returns True first."""
+        """Close synchronously, for code with no event loop, writing out what was
+        committed and the goodbye as :meth:`aclose` does. If the kernel buffer is full,
+        this blocks the calling thread until there is room, for at most one second;
+        what is still not written then is lost."""
         _close_sync(self._res, self._tx)
 
 
@@ -979,6 +993,7 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop (with the goodbye, as
-        :meth:`aclose`). What the kernel cannot take at once is lost."""
+        """Close synchronously, for code with no event loop, with the goodbye as
+        :meth:`aclose`; blocks the thread at most one second while the socket buffer
+        is full, and what is still not written then is lost."""
         _close_sync(self._res, self._tx)

@@ -220,6 +220,47 @@ async def test_a_pipe_writer_that_vanishes_is_a_broken_stream(how: str) -> None:
         assert "went away without closing" in str(info.value)
 
 
+SYNC_CLOSER = """
+    import sys, anyio
+    from aioipc import pipes
+    tx = pipes.from_fd(int(sys.argv[1]), "w")
+    sent = 0
+    while True:  # whole 4 KiB pages (a 4-byte header + 4092): the pipe ends up full
+        try:
+            tx.send_nowait(b"%06d" % sent + bytes(4086))
+        except anyio.WouldBlock:
+            break
+        sent += 1
+    print(sent, flush=True)
+    tx.close()  # the pipe is full: this waits for the reader
+    print("closed", flush=True)
+"""
+
+
+@pytest.mark.asyncio
+async def test_sync_close_of_a_full_pipe_waits_for_room_to_say_goodbye() -> None:
+    """Forked or synchronous writers close with close(): a full pipe at that moment must
+    not cost the goodbye (the reader would report a writer that died)."""
+    tx, rx = aioipc.pipe(pipe_size=None)
+    fd = tx.fileno()
+    proc = await anyio.open_process(_peer_cmd(SYNC_CLOSER, fd), pass_fds=[fd])
+    tx.close()
+    async with rx, proc:
+        peer = Peer(proc)
+        sent = int(await peer.line())
+        with anyio.fail_after(TIMEOUT):
+            # Read nothing until the writer is blocked in close(), waiting for room.
+            wchan = Path(f"/proc/{proc.pid}/wchan")
+            while "poll" not in wchan.read_text():  # noqa: ASYNC110, ASYNC240
+                await anyio.sleep(0.001)
+            for i in range(sent):
+                assert (await rx.receive())[:6] == b"%06d" % i
+            with pytest.raises(EndOfStream):
+                await rx.receive()
+        await peer.expect("closed")
+        assert await proc.wait() == 0
+
+
 @pytest.mark.asyncio
 async def test_a_writer_that_sent_nothing_leaves_a_plain_end_of_stream() -> None:
     async with pipe_writer(0, "kill") as (rx, peer):
