@@ -53,7 +53,7 @@ from anyio import (
 from anyio.abc import ObjectStream
 
 from . import _registry
-from ._check import check_int, check_mode
+from ._check import check_fd, check_int, check_mode
 from ._stream import FdChannel, FdResource
 from ._wait import Pacer
 from .abc import IPCAttribute
@@ -174,12 +174,7 @@ def _checked_fds(fds: Collection[int]) -> list[int]:
     fds = list(fds)
     if len(fds) > MAX_FDS:
         raise ValueError(f"at most {MAX_FDS} fds (SCM_MAX_FD) fit in one message, not {len(fds)}")
-    for fd in fds:
-        try:
-            os.fstat(fd)
-        except OSError:
-            raise ValueError(f"fd {fd} is not an open file descriptor; it cannot be sent") from None
-    return fds
+    return [check_fd(fd, "send_fds") for fd in fds]
 
 
 def _creds_attrs(

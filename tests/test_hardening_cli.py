@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
 import re
 import secrets
 import select
@@ -32,6 +31,8 @@ import anyio
 import pytest
 
 from aioipc import IPCNotFoundError, _registry, posix, sysv
+
+from ._procs import run_on_a_pty
 
 CLI = [sys.executable, "-m", "aioipc"]
 LIMIT = 30  # seconds any one process may take
@@ -153,34 +154,6 @@ class HostilePeer:
             self.proc.communicate(timeout=LIMIT)
 
 
-def _on_a_pty(argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` with its stdout on a pseudo-terminal, so rich draws its table."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, env=env
-    )
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], LIMIT)
-            assert ready, f"{argv} did not finish"
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the other side is closed
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
-        code = proc.wait(LIMIT)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-        proc.stderr.close()
-    return code, out, err
-
-
 @root_only
 def test_hostile_names_of_another_user_are_escaped_by_ls_and_rm(private_shm: list[str]) -> None:
     tag = f"aioipc-hc-{uuid4().hex[:8]}"
@@ -220,7 +193,7 @@ def test_hostile_names_of_another_user_are_escaped_by_ls_and_rm(private_shm: lis
         names = {r["name"] for r in json.loads(listed.stdout) if tag in (r["name"] or "")}
         assert names == {shm_name, raw_name, fifo_path}, names
 
-        code, out, err = _on_a_pty([*private_shm, *CLI, "ls", *kinds], env)
+        code, out, err = run_on_a_pty([*private_shm, *CLI, "ls", *kinds], env)
         assert code == 0, err
         drawn = assert_clean(out, tty=True)
         assert_clean(err)

@@ -23,15 +23,13 @@ import json
 import mmap
 import os
 import random
-import select
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 import textwrap
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -44,21 +42,9 @@ from aioipc import AnonymousMemory
 from aioipc.shm import ShmReceiver, ShmSender
 
 from ._peer import Peer, spawn
-
-PYTHON = sys.executable
-#: Where the aioipc under test lives: children import the same one.
-AIOIPC_ROOT = str(Path(aioipc.__file__).resolve().parent.parent)
-#: A bound on every wait for a child process.
-CHILD_LIMIT = 30
-
+from ._procs import CHILD_LIMIT, PYTHON, child, child_env, read_line, tell
 
 # --------------------------------------------------------------------------- helpers
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [AIOIPC_ROOT, env.get("PYTHONPATH")]))
-    return env
 
 
 def run_child(
@@ -80,40 +66,6 @@ def run_child(
 def json_lines(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     assert done.returncode == 0, f"child exited with {done.returncode}:\n{done.stderr}"
     return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-@contextlib.contextmanager
-def child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """A child running ``code``; killed (if it still runs) and reaped on the way out."""
-    proc = subprocess.Popen(
-        [PYTHON, "-c", textwrap.dedent(code), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=CHILD_LIMIT)
-
-
-def read_line(proc: subprocess.Popen[str], seconds: float = CHILD_LIMIT) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], seconds)
-    assert ready, f"no line from child {proc.pid} within {seconds} s"
-    line = proc.stdout.readline()
-    assert line, f"child {proc.pid} ended its output early: {proc.communicate()[1]}"
-    return line.strip()
-
-
-def tell(proc: subprocess.Popen[str], line: str) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
 
 
 # ============================================== item 9: regions out of file descriptors

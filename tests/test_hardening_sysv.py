@@ -33,6 +33,7 @@ from aioipc import _libc as libc
 from aioipc.sysv import MessageQueue, Semaphore, SemaphoreSet, SharedMemory
 from tests._peer import spawn
 from tests.peers.sysv_peer import hold_loop_until_left_msgrcv, parked_or_done
+from tests.test_semaphores import Outcomes
 
 HERE = Path(__file__).parent
 SYSV_PEER = [sys.executable, str(HERE / "peers" / "sysv_peer.py")]
@@ -284,28 +285,6 @@ async def test_the_max_bytes_setter_refuses_what_msg_qbytes_cannot_hold(
 
 
 # ------------------------------------------------------------------ item 6: Lock waiters
-
-
-class Outcomes:
-    """What each of ``n`` calls ended with; ``all_in`` fires when all have ended."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.got: list[BaseException | str] = []
-        self.all_in = anyio.Event()
-
-    def add(self, outcome: BaseException | str) -> None:
-        self.got.append(outcome)
-        if len(self.got) == self.n:
-            self.all_in.set()
-
-    async def run(self, fn: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await fn()
-        except Exception as exc:
-            self.add(exc)
-        else:
-            self.add("done")
 
 
 @pytest.mark.asyncio

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
 import re
 import select
 import shutil
@@ -36,6 +35,8 @@ from aioipc._demo_regions import REGION_MECHANISMS, SLOTS, region_parent
 from aioipc._inventory import scan
 from aioipc._rm import remove_stale
 from aioipc.errors import MessageTooLargeError
+
+from ._procs import run_on_a_pty
 
 LIMIT = 30
 NOBODY = 65534
@@ -128,34 +129,9 @@ def test_rm_stale_removes_a_dead_creators_queue_whose_key_has_the_top_bit(
 
 def _ls_on_a_tty(*args: str) -> tuple[int, str, str]:
     """``aioipc ls ARGS`` with stdout on a pseudo-terminal (so the rich table is drawn)."""
-    master, slave = pty.openpty()
     env = dict(os.environ, COLUMNS="2000", TERM="xterm")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aioipc", "ls", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], LIMIT)
-            assert ready, "ls did not finish"
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the other side is closed
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
-        code = proc.wait(LIMIT)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
+    code, out, raw_err = run_on_a_pty([sys.executable, "-m", "aioipc", "ls", *args], env)
+    err = raw_err.decode()
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
     return code, text, err
 

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import resource
-import select
 import signal
 import struct
 import subprocess
@@ -53,15 +52,11 @@ import aioipc.shm
 from aioipc import IPCNotFoundError, MappedFile, ProtocolError, posix, sysv
 from aioipc.shm import ShmReceiver, ShmSender
 
+from ._procs import CHILD_LIMIT, PYTHON, child, child_env, read_line, tell
 from ._rings import existing, ring_files
 
-PYTHON = sys.executable
-#: Where the aioipc under test lives: children import the same one.
-AIOIPC_ROOT = str(Path(aioipc.__file__).resolve().parent.parent)
 #: Header fields (byte offsets into /dev/shm/NAME), as aioipc/_ring.py documents them.
 OFF_MAGIC, OFF_HEAD, OFF_TAIL, OFF_CWAITING = 0, 64, 128, 256
-#: A bound on every wait for a child process.
-CHILD_LIMIT = 20
 
 
 # --------------------------------------------------------------------------- helpers
@@ -145,12 +140,6 @@ class Outcome:
         return f"<Outcome value={self.value!r} error={self.error!r}>"
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [AIOIPC_ROOT, env.get("PYTHONPATH")]))
-    return env
-
-
 def run_child(code: str, *args: str, timeout: float = CHILD_LIMIT) -> str:
     """Run ``code`` in a fresh interpreter; its stdout (it must exit 0 within
     ``timeout`` seconds, else the test fails)."""
@@ -166,40 +155,6 @@ def run_child(code: str, *args: str, timeout: float = CHILD_LIMIT) -> str:
         pytest.fail(f"the child process still ran after {timeout} s:\n{code}")
     assert done.returncode == 0, f"child exited with {done.returncode}:\n{done.stderr}"
     return done.stdout
-
-
-@contextlib.contextmanager
-def child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """A child running ``code``; killed (if it still runs) and reaped on the way out."""
-    proc = subprocess.Popen(
-        [PYTHON, "-c", textwrap.dedent(code), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=CHILD_LIMIT)
-
-
-def read_line(proc: subprocess.Popen[str], seconds: float = CHILD_LIMIT) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], seconds)
-    assert ready, f"no line from child {proc.pid} within {seconds} s"
-    line = proc.stdout.readline()
-    assert line, f"child {proc.pid} ended its output early: {proc.communicate()[1]}"
-    return line.strip()
-
-
-def tell(proc: subprocess.Popen[str], line: str) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
 
 
 def shm_segments() -> dict[int, int]:
