@@ -33,6 +33,7 @@ import pytest
 from aioipc import IPCNotFoundError, _registry, posix, sysv
 
 from ._procs import run_on_a_pty
+from .test_cli import background
 
 CLI = [sys.executable, "-m", "aioipc"]
 LIMIT = 30  # seconds any one process may take
@@ -308,19 +309,6 @@ def test_numeric_options_refuse_nan_infinities_and_out_of_range(
 
 def _entries(kind: str, ident: str) -> list[_registry.Entry]:
     return [e for e in _registry.entries() if e.kind == kind and e.ident == ident]
-
-
-@contextlib.contextmanager
-def background(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [*CLI, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=LIMIT)
 
 
 def _line(proc: subprocess.Popen[bytes]) -> bytes:
