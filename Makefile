@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := aioipc tests mkdocs_hooks.py $(wildcard benchmarks examples)
+LINT_PATHS := aioipc tests mkdocs_hooks.py .ci/pythons.py $(wildcard benchmarks examples)
 
 .PHONY: demo test test-pythons lint typecheck pytest docs bench clean
 

@@ -113,7 +113,7 @@ def run(cmd: list[str]) -> tuple[bool, str]:
     return proc.returncode == 0, totals[-1].strip("= ") if totals else ""
 
 
-def test_one(python: Python) -> tuple[bool, str]:
+def check_one(python: Python) -> tuple[bool, str]:
     venv = f".venv-3.{python.version[1]}"
     default = probe(ROOT / ".venv" / "bin" / "python")
     if default is not None and default.version == python.version:
@@ -167,7 +167,7 @@ def main() -> int:
             print(f"test-pythons: {line}")
         else:
             print(f"\n=== test-pythons: {python.name} ({python.full}, {python.exe}) ===")
-            ok, what = test_one(python)
+            ok, what = check_one(python)
             failed |= not ok
             line = f"{python.name} {'passed' if ok else 'FAILED'} ({python.full}): {what}"
         summary.append(line)
