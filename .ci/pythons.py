@@ -2,14 +2,16 @@
 
 Supported means 3.N from requires-python's lower bound in pyproject.toml up to the newest
 3.N found. Interpreters are looked for as python3.N on PATH and under
-$PYENV_ROOT/versions/*/bin (default ~/.pyenv); of each minor version the newest patch
-runs. Each gets a venv of its own, .venv-3.N (or .venv if that already runs this very
-Python), made and re-installed when pyproject.toml changes by the Makefile's own rule
-(make VENV=.venv-3.N PYTHON=...), so it is installed exactly as .venv is; then `make
-docs` and `make pytest` run on it. The docs build is
-there because it is what broke first on 3.10 (a dependency's API that pip resolves
-differently per version). Lint and mypy are not repeated: they check the same source
-against the same target version (3.11) whatever runs them.
+$PYENV_ROOT/versions/*/bin (default ~/.pyenv; pyenv's shims only run the versions
+`pyenv global` selects, so the versions directory is what finds the others); of each
+minor version the newest patch runs, whatever it reports itself to be. Each gets a venv
+of its own, .venv-3.N (or .venv if that already runs this very Python), made and
+re-installed when pyproject.toml changes by the Makefile's own rule (make VENV=.venv-3.N
+PYTHON=...), so it is installed exactly as .venv is; then `make docs` and `make pytest`
+run on it. The docs build is there because it is what broke first on 3.10 (a
+dependency's API that pip resolves differently per version). Lint and mypy are not
+repeated: they check the same source against the same target version (3.11) whatever
+runs them.
 
 A supported version that is not installed is skipped with a line saying so. Every
 version runs even after one fails; the exit status is 1 if any failed.
