@@ -1,11 +1,12 @@
-# Everything a fresh machine with python3 and make needs: `make demo`, `make test`, `make docs`.
+# Everything a fresh machine with python3 and make needs: `make demo`, `make test`, `make docs`,
+# `make test-pythons`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := aioipc tests mkdocs_hooks.py $(wildcard benchmarks examples)
+LINT_PATHS := aioipc tests mkdocs_hooks.py .ci/pythons.py $(wildcard benchmarks examples)
 
-.PHONY: demo test lint typecheck pytest docs bench clean
+.PHONY: demo test test-pythons lint typecheck pytest docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,13 @@ docs: $(STAMP)
 
 test: lint typecheck docs pytest
 
+# The docs build and the suite on every CPython 3.N this machine has, from requires-python's
+# 3.11 up, each in a venv of its own (.venv-3.N, made by the $(STAMP) rule above); a version
+# not installed is skipped with a line saying so. .ci/pythons.py says where it looks.
+# TESTED_VENV=.venv skips that venv's version (.ci/run: `make test` has just run it).
+test-pythons:
+	$(PYTHON) .ci/pythons.py $(if $(TESTED_VENV),--skip-tested-by $(TESTED_VENV))
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench.py
@@ -40,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_shm.py
 
 clean:
-	rm -rf $(VENV) build dist site *.egg-info
+	rm -rf $(VENV) .venv-3.* build dist site *.egg-info
