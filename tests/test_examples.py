@@ -29,12 +29,16 @@ class Run:
 def run_example(name: str) -> Run:
     # Its own session, so that on a timeout the example and its children die together,
     # and so that we can tell afterwards whether any of its children outlived it.
+    # Without PYTHONUNBUFFERED: with it, print() writes a line and its newline with two
+    # write()s, and the lines of the example's processes, which share our pipe, can mix.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen(
         [sys.executable, "-X", "dev", str(EXAMPLES / name)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=env,
     )
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
