@@ -26,7 +26,7 @@ import mmap
 import os
 import stat
 import sys
-from typing import Any, TypeVar
+from typing import Any, Self
 
 from . import _libc, _registry
 from ._check import check_fd, check_mode, check_size
@@ -48,7 +48,6 @@ __all__ = [
     "SysVSharedMemory",
 ]
 
-_R = TypeVar("_R", bound="SharedMemoryRegion")
 
 SHM_DIR = "/dev/shm"
 _STILL_EXPORTED = (
@@ -164,7 +163,7 @@ class SharedMemoryRegion:
     def _unmap(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self: _R) -> _R:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

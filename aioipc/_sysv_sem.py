@@ -7,7 +7,7 @@ import ctypes
 import errno
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import anyio
 from anyio import ClosedResourceError, WouldBlock
@@ -21,7 +21,6 @@ from .errors import IPCSystemError, open_or_create
 
 __all__ = ["Semaphore", "SemaphoreSet"]
 
-_S = TypeVar("_S", bound="SemaphoreSet")
 
 #: The largest value a System V semaphore can hold (SEMVMX).
 SEMVMX = 32767
@@ -145,7 +144,7 @@ class SemaphoreSet(SysVObject):
             raise cls._lookup_error(exc, key, False) from exc
 
     @classmethod
-    def open(cls: type[_S], key: int, *, undo: bool = True) -> _S:
+    def open(cls, key: int, *, undo: bool = True) -> Self:
         """Open the existing set under ``key``; never waits.
 
         Raises:
@@ -157,7 +156,7 @@ class SemaphoreSet(SysVObject):
         if key == IPC_PRIVATE:
             raise ValueError("IPC_PRIVATE always creates a new set; use create()")
         sid = cls._get(key, 0, 0, False)
-        s: _S = cls._new(key, sid, undo=undo, remove_on_close=False)
+        s: Self = cls._new(key, sid, undo=undo, remove_on_close=False)
         return s
 
     @classmethod
@@ -190,7 +189,7 @@ class SemaphoreSet(SysVObject):
         return created
 
     @classmethod
-    def from_id(cls: type[_S], sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> _S:
+    def from_id(cls, sid: int, *, key: int = IPC_PRIVATE, undo: bool = True) -> Self:
         """A handle on the set with kernel id ``sid`` (handles pickle to this).
 
         Raises:

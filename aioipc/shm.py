@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import anyio
 from anyio import (
@@ -88,7 +88,7 @@ __all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
 DEFAULT_CAPACITY = 1 << 20
 _KIND_MESSAGE_WORD = KIND_MESSAGE << 32
 # Map every page up front: no page fault per page on the first lap of the ring.
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_POPULATE = mmap.MAP_POPULATE
 SHM_DIR = "/dev/shm"
 _BELL_DATA = ".bell-data"
 _BELL_SPACE = ".bell-space"
@@ -276,9 +276,6 @@ def _open_bell(path: str, owner: int, what: str) -> int:
     return fd
 
 
-_E = TypeVar("_E", bound="_RingEnd")
-
-
 class _RingEnd:
     """What both ends share: the files, the mapping, the doorbells, the peer watch."""
 
@@ -360,7 +357,7 @@ class _RingEnd:
 
     @classmethod
     def create(
-        cls: type[_E],
+        cls,
         name: str,
         capacity: int = DEFAULT_CAPACITY,
         *,
@@ -368,7 +365,7 @@ class _RingEnd:
         multi_producer: bool = False,
         spin: float = 0.0,
         unlink_on_close: bool = True,
-    ) -> _E:
+    ) -> Self:
         """Create the ring ``name`` (``capacity`` data bytes, files with exactly
         ``mode``) and attach as its receiver (``ShmReceiver.create``) or its first sender
         (``ShmSender.create``). Never waits.
@@ -397,7 +394,7 @@ class _RingEnd:
         )
 
     @classmethod
-    def open(cls: type[_E], name: str, *, spin: float = 0.0) -> _E:
+    def open(cls, name: str, *, spin: float = 0.0) -> Self:
         """Attach to the existing ring ``name`` as its receiver (``ShmReceiver.open``)
         or a sender (``ShmSender.open``). Never waits.
 

@@ -1017,9 +1017,8 @@ _Runnable: TypeAlias = tuple[str, Callable[[], Awaitable[None]], str | None]
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, as anyio task groups raise them."""
-    inner = getattr(exc, "exceptions", None)
-    if isinstance(inner, tuple) and all(isinstance(e, BaseException) for e in inner):
-        return [leaf for e in inner for leaf in _leaves(e)]
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
     return [exc]
 
 
