@@ -26,7 +26,6 @@ import socket
 import struct
 import sys
 import textwrap
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +285,485 @@ async def test_a_broken_end_stays_broken(short_tmp: Path, tail: bytes) -> None:
                         await chan.receive()
                 with pytest.raises(BrokenResourceError):
                     chan.receive_nowait()
+
+
+# ===================================================== hostile FIFO writers, by hand
+
+HOSTILE_FIFO = """
+    import os, struct, sys
+    path, how, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    FIRST, LAST, BYE = 1 << 30, 1 << 31, 1 << 29
+    def chunk(writer, word, payload=b""):
+        return struct.pack("!QI", writer, word) + payload
+    def write_all(chunks):  # several chunks per write, each write within PIPE_BUF
+        batch = b""
+        for c in chunks:
+            if len(batch) + len(c) > 4096:
+                os.write(fd, batch)
+                batch = b""
+            batch += c
+        if batch:
+            os.write(fd, batch)
+    fd = os.open(path, os.O_WRONLY)  # blocking: the receiver reads meanwhile
+    base = 0x4857_0000_0000
+    if how == "evict":  # n writers, one message each, then every goodbye
+        write_all(chunk(base + i, FIRST | LAST | 1, b"h") for i in range(n))
+        write_all(chunk(base + i, BYE) for i in range(n))
+    elif how in ("empty", "tiny"):  # one message that never ends, in tiny pieces
+        piece = b"" if how == "empty" else b"tt"
+        write_all([chunk(base, FIRST | 1, b"t")])
+        write_all(chunk(base, len(piece), piece) for _ in range(n))
+        write_all([chunk(base + 1, FIRST | LAST | 4, b"done")])
+    print("sent", flush=True)
+    sys.stdin.read()
+"""
+
+FIFO_WRITER = """
+    import sys, anyio
+    from aioipc import fifo
+    path = sys.argv[1]
+    async def main():
+        tx = await fifo.open_sender(path)
+        await tx.send(b"legit")
+        print("sent", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)
+    anyio.run(main)
+"""
+
+
+@pytest.mark.asyncio
+async def test_writers_cycling_ids_cannot_hide_a_killed_writer(short_tmp: Path) -> None:
+    """The receiver remembers at most 4,096 writers that owe a goodbye. A hostile writer
+    sends one message under each of 4,097 ids (pushing the legitimate writer out of that
+    memory), then a goodbye for each. The legitimate writer is then killed: the end of
+    stream must not look clean.
+
+    Before the fix: EndOfStream -- the forgotten writer's death was not noticed."""
+    path = short_tmp / "f"
+    fifo.create(path)
+    async with (
+        await fifo.open_receiver(path) as rx,
+        spawn(_peer_cmd(FIFO_WRITER, path)) as legit,
+    ):
+        await legit.expect("sent")
+        assert await receive_all(rx, 1) == [b"legit"]
+        async with spawn(_peer_cmd(HOSTILE_FIFO, path, "evict", 4097)) as hostile:
+            assert set(await receive_all(rx, 4097)) == {b"h"}
+            await hostile.expect("sent")
+            await hostile.finish()
+        await legit.kill()
+        with anyio.fail_after(TIMEOUT), pytest.raises(BrokenResourceError):
+            await rx.receive()
+
+
+def deep_size(obj: object, seen: set[int] | None = None) -> int:
+    """Bytes of memory ``obj`` holds, following containers, each object counted once."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        size += sum(deep_size(item, seen) for item in obj)
+    return size
+
+
+@pytest.mark.parametrize("how", ["empty", "tiny"])
+@pytest.mark.asyncio
+async def test_tiny_chunks_cannot_outgrow_max_partial_bytes(short_tmp: Path, how: str) -> None:
+    """A writer starts a message and continues it in chunks of 0 or 2 bytes. What the
+    receiver holds for it must stay within (a small multiple of) max_partial_bytes.
+
+    Before the fix: the bound counted payload bytes only, and each chunk cost a list
+    entry and a bytes object: 100,000 empty chunks held 0.8 MB for 1 counted byte (and
+    empty chunks have no limit at all), 40,000 two-byte chunks 2.0 MB for 80 KB."""
+    path = short_tmp / "f"
+    fifo.create(path)
+    limit = 100_000
+    count = 100_000 if how == "empty" else 40_000
+    async with await fifo.open_receiver(
+        path, max_message_size=limit, max_partial_bytes=limit
+    ) as rx:
+        async with spawn(_peer_cmd(HOSTILE_FIFO, path, how, count)) as hostile:
+            with anyio.fail_after(TIMEOUT):
+                assert await rx.receive() == b"done"
+            await hostile.expect("sent")
+            await hostile.finish()
+        held = deep_size(rx._rx._decoder._partial)  # type: ignore[attr-defined]
+        assert held < 2 * limit, f"the receiver holds {held} bytes for one unfinished message"
+
+
+@pytest.mark.parametrize(
+    "word",
+    [_BYE | 1, _BYE | _LAST, _BYE | _FIRST, 1 << 28, 4085],
+    ids=["bye+length", "bye+last", "bye+first", "unknown bit", "length>4084"],
+)
+@pytest.mark.asyncio
+async def test_impossible_chunk_words_are_protocol_errors_that_stay(
+    short_tmp: Path, word: int
+) -> None:
+    """A goodbye chunk must be the bare goodbye word; other bits are refused. The error
+    names the word and is raised again on the next receive (the stream cannot be
+    resynchronised), never a hang or a silent skip."""
+    path = short_tmp / "f"
+    fifo.create(path)
+    async with await fifo.open_receiver(path) as rx:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, chunk(1, _FIRST | _LAST | 2, b"ok") + chunk(1, word, b"x" * 16))
+        finally:
+            os.close(fd)
+        with anyio.fail_after(TIMEOUT):
+            assert await rx.receive() == b"ok"
+            for _ in range(2):
+                with pytest.raises(ProtocolError, match=f"{word:#010x}"):
+                    await rx.receive()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        # A goodbye in the middle of its own message: the message is unfinished.
+        ([chunk(1, _FIRST | 1, b"a"), chunk(1, _BYE)], "in the middle of a message"),
+        # A message after the writer's goodbye: it owes another one.
+        (
+            [chunk(1, _FIRST | _LAST | 1, b"a"), chunk(1, _BYE), chunk(1, _FIRST | _LAST)],
+            "went away without closing",
+        ),
+        # Another writer's goodbye does not count for this one.
+        ([chunk(1, _FIRST | _LAST | 1, b"a"), chunk(2, _BYE)], "went away without closing"),
+        # The rest of a message the receiver never saw begin is skipped, not a message,
+        # but its writer did speak: it owes a goodbye.
+        (
+            [chunk(3, _LAST | 1, b"z"), chunk(1, _FIRST | _LAST | 1, b"a"), chunk(1, _BYE)],
+            "went away without closing",
+        ),
+        ([chunk(3, _LAST | 1, b"z"), chunk(3, _BYE)], None),
+    ],
+    ids=[
+        "bye mid-message",
+        "message after bye",
+        "other writer's bye",
+        "orphan last chunk",
+        "orphan then bye",
+    ],
+)
+@pytest.mark.asyncio
+async def test_the_goodbye_chunk_counts_only_where_it_should(
+    short_tmp: Path, chunks: list[bytes], expected: str | None
+) -> None:
+    path = short_tmp / "f"
+    fifo.create(path)
+    async with await fifo.open_receiver(path) as rx:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        for c in chunks:
+            os.write(fd, c)
+        os.close(fd)
+        with anyio.fail_after(TIMEOUT):
+            got = []
+            with pytest.raises((EndOfStream, BrokenResourceError)) as info:
+                while True:
+                    got.append(await rx.receive())
+        assert b"z" not in got
+        if expected is None:
+            assert info.type is EndOfStream
+        else:
+            assert info.type is BrokenResourceError
+            assert expected in str(info.value)
+
+
+# ======================================================= the goodbye on a byte stream
+
+
+@pytest.mark.asyncio
+async def test_a_goodbye_split_across_reads_or_inside_a_big_frame(short_tmp: Path) -> None:
+    """ff ff ff ff inside a big frame's payload is payload; a goodbye cut across two
+    reads (and one straddling the end of a big frame) is still a goodbye."""
+    path = str(short_tmp / "s")
+    big = b"\xff" * (200 * 1024)  # all ones, above the decoder's big-frame threshold
+    async with await unix.listen(path) as listener:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(path)
+        async with await listener.accept() as chan:
+            with anyio.fail_after(TIMEOUT):
+                raw.sendall(encode_header(len(big)) + big[:100])
+                with pytest.raises(WouldBlock):
+                    chan.receive_nowait()  # the big frame has begun
+                sent = 100
+                # The rest of the frame and half a goodbye, then the other half: the
+                # receiver reads each part on its own.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        anyio.to_thread.run_sync, raw.sendall, big[sent:] + GOODBYE_FRAME[:2]
+                    )
+                    assert await chan.receive() == big
+                with pytest.raises(WouldBlock):
+                    chan.receive_nowait()  # reads ff ff: half a header
+                assert chan._rx.buffered == 2  # type: ignore[attr-defined]
+                raw.sendall(GOODBYE_FRAME[2:])
+                raw.close()
+                with pytest.raises(EndOfStream):
+                    await chan.receive()
+
+
+@pytest.mark.parametrize(
+    ("wire", "clean"),
+    [
+        (encode_header(1) + b"a" + GOODBYE_FRAME + encode_header(1) + b"b", False),
+        (encode_header(1) + b"a" + GOODBYE_FRAME + encode_header(1) + b"b" + GOODBYE_FRAME, True),
+        (GOODBYE_FRAME * 3 + encode_header(1) + b"a" + GOODBYE_FRAME * 2, True),
+    ],
+    ids=["frame after goodbye", "goodbye again", "goodbyes repeated"],
+)
+@pytest.mark.asyncio
+async def test_frames_after_a_goodbye(short_tmp: Path, wire: bytes, clean: bool) -> None:
+    """channels.md: frames after a goodbye are accepted, and the end is clean only if
+    the last thing before it was a goodbye."""
+    path = str(short_tmp / "s")
+    async with await unix.listen(path) as listener:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(path)
+        async with await listener.accept() as chan:
+            raw.sendall(wire)
+            raw.close()
+            with anyio.fail_after(TIMEOUT):
+                got = []
+                with pytest.raises((EndOfStream, BrokenResourceError)) as info:
+                    while True:
+                        got.append(await chan.receive())
+            assert got == ([b"a", b"b"] if b"b" in wire else [b"a"])
+            assert info.type is (EndOfStream if clean else BrokenResourceError)
+
+
+@pytest.mark.asyncio
+async def test_aclose_cancelled_while_the_goodbye_waits_for_room() -> None:
+    """aclose is shielded for its grace period: cancelling it while the rest of a
+    message and the goodbye wait for room still delivers both, once the reader reads."""
+    tx, rx = aioipc.pipe(pipe_size=None)
+    async with rx:
+        big = os.urandom(300 * 1024)  # more than the 64 KiB pipe: most of it waits
+        tx.send_nowait(big)
+        assert tx._tx.has_pending
+        caught: list[bool] = []
+
+        async def cancelled_aclose() -> None:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await tx.aclose()
+            caught.append(scope.cancelled_caught)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancelled_aclose)
+            await anyio.wait_all_tasks_blocked()  # aclose waits for room
+            assert await receive_all(rx, 1) == [big]
+        assert caught == [True]
+        with anyio.fail_after(TIMEOUT), pytest.raises(EndOfStream):
+            await rx.receive()
+
+
+# =============================================================== fd groups, any state
+
+STRAY_FDS = """
+    import array, os, socket, struct, sys
+    path, how = sys.argv[1], sys.argv[2]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    null = os.open("/dev/null", os.O_RDONLY)
+    def fds(n):
+        return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [null] * n))]
+    header = lambda n, flag=0: struct.pack("!I", n | flag)
+    if how == "raw":  # 40 groups of 250, one byte each
+        for _ in range(40):
+            s.sendmsg([b"r"], fds(250))
+    elif how == "goodbye":  # a frame, then the goodbye one byte at a time, each with fds
+        s.sendall(header(1) + b"a")
+        for byte in b"\\xff\\xff\\xff\\xff":
+            s.sendmsg([bytes([byte])], fds(250))
+    elif how == "interleaved":  # flagged frames with their fds, unflagged ones with strays
+        for i in range(20):
+            s.sendmsg([header(1, 1 << 31) + b"F"], fds(3))
+            s.sendmsg([header(1) + b"u"], fds(250))  # a stray group on an unflagged frame
+        s.sendall(b"\\xff\\xff\\xff\\xff")
+    print("sent", flush=True)
+    sys.stdin.read()
+    s.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["raw", "goodbye", "interleaved"])
+@pytest.mark.asyncio
+async def test_stray_fd_groups_in_every_framing_state_are_closed(
+    short_tmp: Path, how: str
+) -> None:
+    """fds no frame claims are closed: in raw mode with each read, with the messages
+    that follow them, and at the end of the stream (no message can claim them then).
+
+    Before the fix ("goodbye"): the groups that came with the goodbye stayed open until
+    aclose, after the receiver had reported the end of stream."""
+    path = str(short_tmp / "s")
+    async with (
+        await unix.listen(path, framing=how != "raw") as listener,
+        spawn(_peer_cmd(STRAY_FDS, path, how)) as peer,
+        await listener.accept() as chan,
+    ):
+        before = open_fds()
+        await peer.expect("sent")
+        with anyio.fail_after(TIMEOUT):
+            if how == "raw":
+                got = b""
+                while len(got) < 40:
+                    data, fds = await chan.receive_fds()
+                    got += data
+                    assert len(fds) <= 2 * unix.MAX_FDS
+                    for fd in fds:
+                        os.close(fd)
+                assert got == b"r" * 40
+            elif how == "goodbye":
+                assert await chan.receive() == b"a"
+                await peer.finish()
+                with pytest.raises(EndOfStream):
+                    await chan.receive()
+            else:
+                for _ in range(20):
+                    data, fds = await chan.receive_fds()
+                    assert (data, len(fds)) == (b"F", 3)
+                    for fd in fds:
+                        os.close(fd)
+                    assert await chan.receive_fds() == (b"u", [])
+                    assert open_fds() - before <= 2 * unix.MAX_FDS
+                await peer.finish()
+                with pytest.raises(EndOfStream):
+                    await chan.receive()
+        assert open_fds() <= before
+
+
+# =================================================================== serve() handlers
+
+
+async def _serve_survives(path: str, handler: Any) -> None:
+    """Start serve(handler); a client sends b"bad" (its handler fails), then three
+    clients must still be echoed; serve() must not have ended meanwhile."""
+    ended = anyio.Event()
+
+    async def serving(listener: unix.UnixListener) -> None:
+        await listener.serve(handler)
+        ended.set()
+
+    async def watch() -> None:
+        await ended.wait()
+        pytest.fail("serve() ended because one handler failed")
+
+    async with await unix.listen(path) as listener, anyio.create_task_group() as tg:
+        tg.start_soon(serving, listener)
+        tg.start_soon(watch)
+        with anyio.fail_after(TIMEOUT):
+            async with await unix.connect(path) as bad:
+                await bad.send(b"bad")
+                with pytest.raises((EndOfStream, BrokenResourceError)):
+                    await bad.receive()
+            for i in range(3):
+                async with await unix.connect(path) as good:
+                    await good.send(b"ok%d" % i)
+                    assert await good.receive() == b"ok%d" % i
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_handler_raising_an_exception_group_ends_only_its_connection(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(chan: unix.UnixChannel) -> None:
+        message = await chan.receive()
+        if message == b"bad":
+            raise ExceptionGroup("from a task group", [ValueError("one"), KeyError("two")])
+        await chan.send(message)
+
+    with caplog.at_level(logging.ERROR, logger="aioipc.unix"):
+        await _serve_survives(str(short_tmp / "s"), handler)
+    assert "from a task group" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_handlers_stray_cancelled_error_ends_only_its_connection(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On asyncio a handler can get CancelledError without being cancelled: awaiting a
+    future someone else cancelled (a shared request, a task it waits on). That is the
+    handler's failure, like any exception: it must not cancel the server.
+
+    Before the fix: anyio's task group took the stray CancelledError for a cancellation
+    of the whole group; serve() returned quietly and stopped accepting."""
+
+    async def handler(chan: unix.UnixChannel) -> None:
+        message = await chan.receive()
+        if message == b"bad":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()  # someone else gave up on it
+            await future
+        await chan.send(message)
+
+    with caplog.at_level(logging.ERROR, logger="aioipc.unix"):
+        await _serve_survives(str(short_tmp / "s"), handler)
+    assert "CancelledError" in caplog.text
+
+
+SERVER_AT_EMFILE_FOR_EVER = """
+    import logging, os, resource, sys, time, anyio
+    from aioipc import unix
+    warnings = []
+    five = None
+    class Count(logging.Handler):
+        def emit(self, record):
+            warnings.append(record)
+            if len(warnings) == 5:
+                five.set()
+    logging.getLogger("aioipc.unix").addHandler(Count(logging.WARNING))
+    path = sys.argv[1]
+    async def main():
+        global five
+        five = anyio.Event()
+        listener = await unix.listen(path)
+        async def handler(chan):
+            raise AssertionError("nothing can be accepted")
+        async with anyio.create_task_group() as tg:
+            async def serving():
+                await listener.serve(handler)
+                print("serve returned", flush=True)
+            tg.start_soon(serving)
+            highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+            try:
+                while True:
+                    os.open("/dev/null", os.O_RDONLY)
+            except OSError:
+                pass
+            print("full", flush=True)
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # a client waits by now
+            start, cpu = time.monotonic(), time.process_time()
+            with anyio.fail_after(20):
+                await five.wait()  # five failed accepts, five warnings
+            elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
+            print(f"{len(warnings)} warnings, {cpu:.3f} s CPU in {elapsed:.2f} s", flush=True)
+            with anyio.fail_after(10):
+                await listener.aclose()  # must end serve() though accept keeps failing
+    anyio.run(main)
+"""
+
+
+@pytest.mark.asyncio
+async def test_serve_at_emfile_for_ever_ends_when_the_listener_closes(short_tmp: Path) -> None:
+    path = str(short_tmp / "s")
+    async with spawn(_peer_cmd(SERVER_AT_EMFILE_FOR_EVER, path)) as server:
+        await server.expect("full")
+        async with await unix.connect(path):  # waits in the backlog for ever
+            await server.tell("a client waits")
+            line = await server.line()
+            print(line)  # measured: how often serve() retries and logs
+            _, _, cpu, _, _, _, elapsed, _ = line.split()
+            # It waits between attempts: no busy loop (a spinning one would use ~all of it).
+            assert float(cpu) < float(elapsed) / 2, line
+            await server.expect("serve returned")
+        await server.finish()
