@@ -205,6 +205,7 @@ class _Receiver:
     """The receive half: read, decode, and the end-of-stream rules."""
 
     __slots__ = (
+        "_broken",
         "_busy",
         "_decoder",
         "_eof",
@@ -239,6 +240,9 @@ class _Receiver:
         self._pacer = Pacer()
         self._busy = False
         self._eof = False
+        # Why the stream ended broken, once it has: every later receive says so again
+        # rather than EndOfStream, which would tell the caller the peer finished.
+        self._broken: str | None = None
         # A frame taken out of the decoder by a receive that was then cancelled.
         self._held: bytes | None = None
         # A FIFO reader opened before any writer reads b"" until one appears; that
@@ -288,15 +292,22 @@ class _Receiver:
         try:
             self._decoder.check_eof()
         except UncleanEndError as exc:
-            raise BrokenResourceError(
+            self._broken = (
                 f"{res.what}: {self._peer} went away without closing the channel: killed, "
                 f"crashed, or its end was closed without aclose() ({exc})"
-            ) from exc
+            )
+            raise BrokenResourceError(self._broken) from exc
         except ProtocolError as exc:
-            raise BrokenResourceError(
+            self._broken = (
                 f"{res.what}: {self._peer} closed or died in the middle of a message ({exc})"
-            ) from exc
+            )
+            raise BrokenResourceError(self._broken) from exc
         raise EndOfStream
+
+    def _ended(self) -> Exception:
+        """What a receive after the end of stream raises: the same verdict, afresh (one
+        exception object raised again would grow its traceback)."""
+        return EndOfStream() if self._broken is None else BrokenResourceError(self._broken)
 
     def _fill_after_wakeup(self) -> bool:
         # A FIFO becomes readable only once a writer has come: from now on an empty
@@ -320,7 +331,7 @@ class _Receiver:
         if frame is not None:
             return frame
         if self._eof:
-            raise EndOfStream
+            raise self._ended()
         while self._fill():
             frame = self._decoder.next_frame()
             if frame is not None:
@@ -350,7 +361,7 @@ class _Receiver:
                     return frame
                 if self._eof:
                     await self._pacer.checkpoint()
-                    raise EndOfStream
+                    raise self._ended()
                 if not self._fill():
                     # Cancellation here leaves every byte read so far in the decoder,
                     # so the next receive continues the same frame: nothing is lost.
@@ -771,6 +782,7 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
         anyio.BrokenResourceError: a writer died or closed in the middle of a message, or
             (framed) a writer that sent messages went away without saying goodbye: it
             was killed, crashed, or its end was closed without ``aclose()``/``close()``.
+            Every later receive raises it again.
         anyio.ClosedResourceError: this handle was closed.
         anyio.BusyResourceError: another task is already receiving on this handle.
         aioipc.framing.FrameTooLargeError: a header announced more than
@@ -925,7 +937,8 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
             anyio.EndOfStream: the peer closed (or called ``send_eof``) cleanly.
             anyio.BrokenResourceError: the peer closed or died in the middle of a message,
                 or (framed) it sent messages and went away without a goodbye: killed,
-                crashed, or closed without ``aclose()``. The message has its pid.
+                crashed, or closed without ``aclose()``. The message has its pid. Every
+                later receive raises it again.
             anyio.ClosedResourceError: this handle was closed.
             anyio.BusyResourceError: another task is already receiving on this handle.
 
