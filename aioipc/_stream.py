@@ -169,9 +169,21 @@ def _rebuild(
     mechanism = kwargs["mechanism"]
     what = f"{mechanism} ({'read' if mode == 'r' else 'write'} end, fd {fd})"
     if mode == "w":
-        return FdSendChannel(FdResource(fd, what), **kwargs)
+        owed = kwargs.pop("owes_goodbye", False)
+        sender = FdSendChannel(FdResource(fd, what), **kwargs)
+        sender._tx.inherit_goodbye(owed)
+        return sender
     extra = tuple(FdResource(d.detach(), f"{what} (keep-alive)") for d in extra_dups)
     return FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
+
+
+def _check_can_hand_over(res: FdResource, idle: bool) -> None:
+    if res.closed:
+        raise ClosedResourceError
+    if not idle:
+        raise RuntimeError(
+            f"{res.what}: cannot hand to another process while data is buffered in this one"
+        )
 
 
 def _reduce(
@@ -184,12 +196,7 @@ def _reduce(
     """Pickle support: the child of a ``multiprocessing`` start gets its own copy of the fd."""
     from multiprocessing.reduction import DupFd
 
-    if res.closed:
-        raise ClosedResourceError
-    if not idle:
-        raise RuntimeError(
-            f"{res.what}: cannot hand to another process while data is buffered in this one"
-        )
+    _check_can_hand_over(res, idle)
     return (_rebuild, (DupFd(res.fd), mode, kwargs, tuple(DupFd(e.fd) for e in extra)))
 
 
@@ -431,8 +438,8 @@ class _Sender:
         "_pacer",
         "_pending",
         "_pending_size",
+        "_owes_goodbye",
         "_res",
-        "_spoke",
         "_writer_generation",
         "_writer_id",
         "farewell",
@@ -455,11 +462,13 @@ class _Sender:
         self._error: Exception | None = None
         self._writer_id = _new_writer_id()
         self._writer_generation = _fork_generation
-        # A goodbye is owed only by a handle that tried to send: a parent that merely hands
-        # its copy of the write end to a child must not write into the child's stream.
-        self._spoke = False
-        #: False once the goodbye was written, or when this handle must never write one
-        #: (it was handed to another process, which speaks for that end now).
+        # A goodbye is owed by a handle that tried to send since its last goodbye (a
+        # send_eof cancelled after queueing one leaves the channel usable): a parent that
+        # merely hands its copy of the write end to a child must not write into the
+        # child's stream.
+        self._owes_goodbye = False
+        #: False when this handle must never write a goodbye: it was handed to another
+        #: process, which speaks for that end now (length-prefixed framing only).
         self.farewell = framing != "raw"
 
     @property
@@ -479,13 +488,30 @@ class _Sender:
 
         Never while a task is in the middle of a send: the goodbye would land inside its
         frame. Returns whether one was queued."""
-        if not (self.farewell and self._spoke) or self._busy or self._res.closed:
+        if not (self.farewell and self._owes_goodbye) or self._busy or self._res.closed:
             return False
-        self.farewell = False
+        self._owes_goodbye = False
         bye = GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self._writer())
         self._pending.append(bye)
         self._pending_size += len(bye)
         return True
+
+    def hand_over(self) -> bool:
+        """This handle is being pickled for another process; returns whether the copy
+        there owes the goodbye for what this one sent.
+
+        On a length-prefixed stream the copy speaks for the end now: a goodbye from here
+        could land inside a frame it is writing, so this handle writes none and the copy
+        inherits the debt. A FIFO writer's goodbye is one atomic chunk with this
+        handle's own id (the copy gets a new one), so it still says its own."""
+        if self.framing != "frames":
+            return False
+        self.farewell = False
+        return self._owes_goodbye
+
+    def inherit_goodbye(self, owed: bool) -> None:
+        """The other half of :meth:`hand_over`, in the process the handle went to."""
+        self._owes_goodbye = owed
 
     def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
@@ -501,7 +527,7 @@ class _Sender:
         if self._error is not None:
             # A fresh exception each time: re-raising one object would grow its traceback.
             raise BrokenResourceError(str(self._error)) from self._error
-        self._spoke = True
+        self._owes_goodbye = True
         if type(item) is not bytes:
             if not isinstance(item, (bytearray, memoryview)):
                 raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
@@ -878,11 +904,9 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        reduced = _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
-        # The process it goes to speaks for this end now: closing this copy must not
-        # write a goodbye into that process's stream.
-        self._tx.farewell = False
-        return reduced
+        _check_can_hand_over(self._res, not self._tx.has_pending)
+        kwargs = {**self._kwargs, "owes_goodbye": self._tx.hand_over()}
+        return _reduce(self._res, "w", True, kwargs)
 
     async def send(self, item: bytes) -> None:
         """Send one message, waiting while the kernel buffer is full. See the class docstring."""
