@@ -17,6 +17,7 @@ import functools
 import os
 import select
 import struct
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
@@ -64,6 +65,8 @@ _JOIN_LIMIT = 16 * 1024
 # Coalesced small messages are written out once this many bytes wait.
 _CORK_LIMIT = 64 * 1024
 _IOV_MAX = 1024
+# How long aclose() and close() wait for room for what was committed and the goodbye.
+_CLOSE_GRACE = 1.0
 # Only for lengths already checked against max_message_size (< 2**31).
 _pack_header = struct.Struct("!I").pack
 Buffer = bytes | memoryview
@@ -475,6 +478,11 @@ class _Sender:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def busy(self) -> bool:
+        """A task is in the middle of a send on this handle."""
+        return self._busy
+
     def _writer(self) -> int:
         if self._writer_generation != _fork_generation:
             # A forked child shares this object with its parent: it needs its own id,
@@ -738,16 +746,31 @@ class _Sender:
             self._busy = False
 
 
-def _close_sync(res: FdResource, tx: _Sender) -> None:
-    if not res.closed and (tx.queue_goodbye() or tx.has_pending):
-        with contextlib.suppress(Exception):
-            tx.flush_nowait()
+def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> None:
+    """close() for code with no event loop: what aclose() does, blocking this thread.
+
+    The goodbye is queued here, so a caller cannot flush it beforehand: when the kernel
+    buffer is full at this moment (a busy reader, other writers on a FIFO), waiting for
+    room is the only way it gets out. So, like aclose, wait up to ``grace`` seconds;
+    not while a task is in the middle of a send (it owns the rest of its message)."""
+    if res.closed or not (tx.queue_goodbye() or tx.has_pending):
+        res.close()
+        return
+    with contextlib.suppress(Exception):
+        deadline = time.monotonic() + grace
+        poller = select.poll()
+        poller.register(res.fd, select.POLLOUT)
+        while not tx.flush_nowait() and not tx.busy:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            poller.poll(left * 1000)
     res.close()
 
 
 async def _aclose_sender(res: FdResource, tx: _Sender) -> None:
     try:
-        await tx.flush_before_close(1.0)
+        await tx.flush_before_close(_CLOSE_GRACE)
     finally:
         await res.aclose()
     await checkpoint()
@@ -931,9 +954,10 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop, writing the goodbye as
-        :meth:`aclose` does. What the kernel cannot take at once is lost: call
-        :meth:`flush_nowait` until it returns True first."""
+        """Close synchronously, for code with no event loop: as :meth:`aclose`, write
+        out what was committed and the goodbye, blocking this thread for at most 1 s
+        while the kernel has no room (what still does not fit is lost). Raises
+        nothing."""
         _close_sync(self._res, self._tx)
 
 
@@ -1016,6 +1040,7 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop (with the goodbye, as
-        :meth:`aclose`). What the kernel cannot take at once is lost."""
+        """Close synchronously, for code with no event loop: as :meth:`aclose`, blocking
+        this thread for at most 1 s while the kernel has no room for what was committed
+        and the goodbye. Raises nothing."""
         _close_sync(self._res, self._tx)

@@ -246,17 +246,23 @@ async def test_aclose_while_a_send_waits_for_room_still_says_goodbye(
 async def test_sync_close_of_a_full_pipe_still_says_goodbye(
     short_tmp: Path, mechanism: str
 ) -> None:
-    """close() is for code with no event loop; its docstring says to call flush_nowait
+    """close() is for code with no event loop; its docstring said to call flush_nowait
     until it returns True first. Done (nothing is pending), but the kernel is full: the
-    goodbye itself finds no room.
+    goodbye itself, which only close() queues, finds no room. The reader reads on.
 
-    Before: the goodbye was lost and the receiver, after reading every message, said the
-    writer went away without closing."""
+    Before the fix: close() gave up on the goodbye at once and the receiver, after
+    reading every message, said the writer went away without closing. (A forked FIFO
+    writer closing while the others kept the FIFO full met this: tests/test_fifo.py::
+    test_sender_inherited_by_forked_writers failed now and then on a loaded machine.)"""
     tx, rx, filled, size = await _full_sender(short_tmp, mechanism)
     async with rx:
         assert tx.flush_nowait()
-        tx.close()
-        await expect_filled(rx, filled, size)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, tx.close)  # code with no event loop
+            with anyio.fail_after(TIMEOUT):
+                while not tx._tx.has_pending:  # close() queued its goodbye: no room
+                    await anyio.sleep(0.001)
+            await expect_filled(rx, filled, size)
         with anyio.fail_after(TIMEOUT), pytest.raises(EndOfStream):
             await rx.receive()
 
