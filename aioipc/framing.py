@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections import OrderedDict
 
 from ._check import check_int
 from .errors import MessageTooLargeError, ProtocolError
@@ -92,7 +93,8 @@ MAX_PARTIAL_WRITERS = 1024
 # A hostile writer can make drops as fast as it writes: log them at most this often.
 _DROP_LOG_INTERVAL = 10.0
 # Writers remembered as "sent messages, no goodbye yet", for the end-of-stream verdict.
-# Beyond it the least recently active is forgotten: its death would then look clean.
+# Beyond it the least recently active is forgotten, and the end can no longer be vouched
+# for: it is reported unclean (a writer that cycles ids must not hide another's death).
 _MAX_OPEN_WRITERS = 4096
 
 _header = struct.Struct("!I")
@@ -308,7 +310,8 @@ class ChunkDecoder:
     never comes out torn.
 
     ``max_partial_bytes`` bounds the bytes held for all writers' unfinished messages
-    together (default: four times ``max_size``), and at most :data:`MAX_PARTIAL_WRITERS`
+    together (default: four times ``max_size``; each is one bytearray of its payload, so
+    the bound holds however small the chunks), and at most :data:`MAX_PARTIAL_WRITERS`
     writers may have one. Beyond either, the unfinished message of the writer that sent
     nothing for the longest is dropped and a warning is logged (logger
     ``aioipc.framing``, at most one line per 10 s, with the count); :attr:`dropped`
@@ -317,6 +320,7 @@ class ChunkDecoder:
 
     __slots__ = (
         "_buf",
+        "_forgotten",
         "_logged_at",
         "_max_partial",
         "_max_size",
@@ -346,11 +350,17 @@ class ChunkDecoder:
         self._max_partial = max_partial_bytes
         self._buf = b""
         self._pos = 0
-        # writer id -> (pieces so far, their total size), least recently active first.
-        self._partial: dict[int, tuple[list[bytes], int]] = {}
+        # writer id -> its message so far, least recently active first. One bytearray
+        # per writer, not a list of pieces: what is held is then the payload itself,
+        # however small the chunks (an empty chunk would cost a list entry and count
+        # nothing). OrderedDicts, because a plain dict that is popped from the front
+        # makes next(iter()) walk every dead slot before the first live one.
+        self._partial: OrderedDict[int, bytearray] = OrderedDict()
         self._partial_bytes = 0
         # Writers that sent messages and no goodbye since, least recently active first.
-        self._open: dict[int, None] = {}
+        self._open: OrderedDict[int, None] = OrderedDict()
+        # How many such writers were forgotten beyond _MAX_OPEN_WRITERS.
+        self._forgotten = 0
         #: Unfinished messages dropped to stay within ``max_partial_bytes`` or
         #: :data:`MAX_PARTIAL_WRITERS`.
         self.dropped = 0
@@ -384,24 +394,28 @@ class ChunkDecoder:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
 
-    def _drop_partial(self, writer: int) -> None:
-        _, size = self._partial.pop(writer)
-        self._partial_bytes -= size
+    def _drop_partial(self, writer: int) -> bytearray:
+        held = self._partial.pop(writer)
+        self._partial_bytes -= len(held)
+        return held
 
     def _spoke(self, writer: int) -> None:
         opened = self._open
-        opened.pop(writer, None)
+        if writer in opened:
+            opened.move_to_end(writer)
+            return
         opened[writer] = None
         if len(opened) > _MAX_OPEN_WRITERS:
-            del opened[next(iter(opened))]
+            opened.popitem(last=False)
+            self._forgotten += 1
 
     def _bound_partials(self) -> None:
         """Drop the least recently active unfinished messages until both bounds hold."""
         partial = self._partial
         while len(partial) > MAX_PARTIAL_WRITERS or self._partial_bytes > self._max_partial:
-            writer = next(iter(partial))
-            size = partial[writer][1]
-            self._drop_partial(writer)
+            writer, held = partial.popitem(last=False)
+            size = len(held)
+            self._partial_bytes -= size
             self.dropped += 1
             self._unlogged += 1
             now = time.monotonic()
@@ -430,6 +444,7 @@ class ChunkDecoder:
                 the rest of that message is skipped).
         """
         buf = self._buf
+        view = memoryview(buf)  # pieces are copied once, into their writer's bytearray
         partial = self._partial
         while len(buf) - self._pos >= CHUNK_HEADER_SIZE:
             writer, word = _chunk_header.unpack_from(buf, self._pos)
@@ -458,29 +473,30 @@ class ChunkDecoder:
                 if held is not None:
                     # The writer began anew without finishing: what it left is no message.
                     self._drop_partial(writer)
-                pieces: list[bytes] = []
-                size = 0
+                    held = None
             elif held is None:
                 continue  # the rest of a message that was dropped
-            else:
-                pieces, size = partial.pop(writer)
-                self._partial_bytes -= size
-            size += length
+            size = length if held is None else len(held) + length
             if size > self._max_size:
+                if held is not None:
+                    self._drop_partial(writer)  # its rest is skipped
                 last = word & _LAST_CHUNK
                 raise FrameTooLargeError(
                     size, self._max_size, "the receiver's max_message_size", at_least=not last
                 )
-            piece = buf[start:end]
             if word & _LAST_CHUNK:
                 self.last_writer = writer
-                if not pieces:
-                    return piece
-                pieces.append(piece)
-                return b"".join(pieces)
-            pieces.append(piece)
-            partial[writer] = (pieces, size)
-            self._partial_bytes += size
+                if held is None:
+                    return buf[start:end]
+                self._drop_partial(writer)
+                held += view[start:end]
+                return bytes(held)
+            if held is None:
+                partial[writer] = bytearray(view[start:end])
+            else:
+                held += view[start:end]
+                partial.move_to_end(writer)
+            self._partial_bytes += length
             self._bound_partials()
         return None
 
@@ -490,7 +506,8 @@ class ChunkDecoder:
         Raises:
             ProtocolError: a writer left a message unfinished.
             UncleanEndError: a writer that sent messages did not say goodbye after its
-                last one.
+                last one, or more than 4,096 writers owed one at once and some were
+                forgotten (the end cannot be vouched for).
         """
         held = self.buffered
         if held:
@@ -498,7 +515,12 @@ class ChunkDecoder:
                 f"truncated message: the FIFO's writers closed with {held} bytes of unfinished "
                 f"messages from {max(len(self._partial), 1)} writer(s)"
             )
-        if self._open:
-            raise UncleanEndError(
-                f"{len(self._open)} writer(s) sent messages and went away without a goodbye"
-            )
+        if self._open or self._forgotten:
+            said = f"{len(self._open)} writer(s) sent messages and went away without a goodbye"
+            if self._forgotten:
+                said += (
+                    f", and {self._forgotten} writer(s) that sent messages were forgotten "
+                    f"(more than {_MAX_OPEN_WRITERS} at once owed a goodbye), so the end "
+                    "cannot be vouched for"
+                )
+            raise UncleanEndError(said)
