@@ -234,6 +234,10 @@ class UnixChannel(FdChannel):
                     _close_fds(fds)  # no message can claim them (see _MAX_HELD_FDS)
                 else:
                     self._fd_queue.append(fds)
+        if not data and size:
+            # End of stream. A read happens only when no whole message is buffered, so
+            # no message can claim the fds still queued: close them now, not at aclose.
+            _close_fds([fd for group in _drain(self._fd_queue) for fd in group])
         return data
 
     def _fds_for_last_frame(self) -> list[int]:
