@@ -22,6 +22,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import select
 import socket
 import struct
 import sys
@@ -171,6 +172,66 @@ async def test_a_pipe_sender_that_spoke_then_was_handed_to_a_silent_child_ends_c
         assert child.exitcode == 0
 
 
+def _forked_child_takes_over(tx: Any, big: bytes, go: Any, closed: Any) -> None:
+    """Runs in a *forked* child (no event loop): starts a big message, lets the parent
+    close its copy while most of the message still waits, then finishes and closes."""
+    tx.send_nowait(big)  # the first 64 KiB go into the pipe, the rest waits here
+    go.set()
+    closed.wait(TIMEOUT)
+    while not tx.flush_nowait():
+        select.select([], [tx.fileno()], [], TIMEOUT)
+    tx.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: fork gives no hand-over hook; see the docstring and the report",
+)
+@pytest.mark.asyncio
+async def test_a_pipe_sender_that_spoke_then_was_inherited_by_a_forked_child() -> None:
+    """pipes.md: pass the channel in the Process arguments and close the parent's copy
+    after start(), with any start method. With fork (the default on Linux up to Python
+    3.13) nothing is pickled, so the parent's copy is never told it was handed over: if
+    it sent anything before, its aclose writes a goodbye into the pipe -- here, inside
+    the 200 KiB frame the child is in the middle of writing. The receiver then gets a
+    corrupt message (four ff bytes inside it) and takes its last four bytes for a header:
+    FrameTooLargeError ("message of 1985777662 bytes"), the stream lost for good.
+
+    Fix (a choice for the lead): on fork, stop counting the framed debt from before it
+    in both processes (a counter bumped by os.register_at_fork in parent and child),
+    so only messages sent after the fork owe a goodbye. Corruption becomes impossible;
+    the price is a false "went away without closing" when the parent spoke, forked,
+    and nobody sent after (or an unrelated fork happened after the parent's last
+    send). FIFO senders are safe as they are (atomic goodbye chunk, own writer id)."""
+    tx, rx = aioipc.pipe(pipe_size=None)
+    big = os.urandom(200 * 1024)
+    async with rx:
+        await tx.send(b"parent")
+        ctx = multiprocessing.get_context("fork")
+        go, closed = ctx.Event(), ctx.Event()
+        child = ctx.Process(target=_forked_child_takes_over, args=(tx, big, go, closed))
+        child.start()
+        try:
+            assert await anyio.to_thread.run_sync(go.wait, TIMEOUT)
+
+            async def parent_closes() -> None:
+                await tx.aclose()  # after start(), as pipes.md says
+                closed.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(parent_closes)
+                got, end = await receive_until_end(rx)
+            assert got[0] == b"parent"
+            assert got[1:] == [big], f"message 2 is {len(got[1])} bytes, corrupt"
+            assert type(end) is EndOfStream
+        finally:
+            closed.set()
+            await anyio.to_thread.run_sync(child.join, TIMEOUT)
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
 # ========================================================= send_eof, aclose and close
 
 
@@ -214,6 +275,9 @@ async def _full_sender(short_tmp: Path, mechanism: str) -> tuple[Any, Any, int, 
     return tx, rx, fill_nowait(tx, size), size
 
 
+@pytest.mark.xfail(
+    strict=True, reason="not fixed: needs aclose to take over a waiting send; see the report"
+)
 @pytest.mark.parametrize("mechanism", ["pipe", "fifo"])
 @pytest.mark.asyncio
 async def test_aclose_while_a_send_waits_for_room_still_says_goodbye(
@@ -223,8 +287,13 @@ async def test_aclose_while_a_send_waits_for_room_still_says_goodbye(
     task closes the channel. The waiting send fails (ClosedResourceError: it sent
     nothing), every message sent before arrives, and the close was proper: a clean end.
 
-    Before the fix: aclose skipped the goodbye whenever a send was in progress, and the
-    receiver said the writer went away without closing."""
+    Now: aclose skips the goodbye whenever a send is in progress, and the receiver says
+    the writer went away without closing. The goodbye would be safe here (on a FIFO it
+    always is: one atomic chunk; on a pipe when none of the waiting send's frame is in
+    the kernel), but it needs room, and the waiting send owns the one writable wait
+    the fd allows (FdWaiter): aclose would have to wake that send with
+    ClosedResourceError first, wait for it to let go, then flush the goodbye within its
+    grace. Not done here."""
     tx, rx, filled, size = await _full_sender(short_tmp, mechanism)
     async with rx:
         failed: list[BaseException] = []
