@@ -40,6 +40,7 @@ from .framing import (
     GOODBYE_FRAME,
     ChunkDecoder,
     FrameDecoder,
+    Owed,
     UncleanEndError,
     check_size,
     encode_chunks,
@@ -82,6 +83,8 @@ class _Decoder(Protocol):
     def next_frame(self) -> bytes | None: ...
     def wanted(self) -> int: ...
     def check_eof(self) -> None: ...
+    def owed_goodbyes(self) -> Owed: ...
+    def expect_goodbyes(self, owed: Owed) -> None: ...
 
 
 class _RawDecoder:
@@ -108,6 +111,12 @@ class _RawDecoder:
         return 0
 
     def check_eof(self) -> None:
+        return None
+
+    def owed_goodbyes(self) -> Owed:
+        return (), 0
+
+    def expect_goodbyes(self, owed: Owed) -> None:
         return None
 
 
@@ -177,7 +186,10 @@ def _rebuild(
         sender._tx.inherit_goodbye(owed)
         return sender
     extra = tuple(FdResource(d.detach(), f"{what} (keep-alive)") for d in extra_dups)
-    return FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
+    owed = kwargs.pop("owed_goodbyes", ((), 0))
+    receiver = FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
+    receiver._rx.expect_goodbyes(owed)
+    return receiver
 
 
 def _check_can_hand_over(res: FdResource, idle: bool) -> None:
@@ -278,6 +290,15 @@ class _Receiver:
     def idle(self) -> bool:
         """True when nothing read from the fd is waiting in this process's buffers."""
         return not self._busy and self._held is None and self._decoder.buffered == 0
+
+    def owed_goodbyes(self) -> Owed:
+        """What the decoder knows of the writers (who sent and owes a goodbye), for a
+        copy of this handle in another process: without it, the copy would take a
+        writer killed after its messages for one that finished."""
+        return self._decoder.owed_goodbyes()
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        self._decoder.expect_goodbyes(owed)
 
     def _fill(self) -> bool:
         """One non-blocking read into the decoder. False if the kernel had nothing."""
@@ -866,7 +887,11 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
         self._kwargs["max_partial_bytes"] = max_partial_bytes
 
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {**self._kwargs, "trust_first_eof": self._rx.trusts_eof}
+        kwargs = {
+            **self._kwargs,
+            "trust_first_eof": self._rx.trusts_eof,
+            "owed_goodbyes": self._rx.owed_goodbyes(),
+        }
         return _reduce(self._res, "r", self._rx.idle, kwargs, self._extra_fds)
 
     async def receive(self) -> bytes:

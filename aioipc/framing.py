@@ -57,6 +57,7 @@ __all__ = [
     "MAX_FRAME_LENGTH",
     "MAX_PARTIAL_WRITERS",
     "PIPE_BUF",
+    "Owed",
     "ChunkDecoder",
     "FrameDecoder",
     "FrameTooLargeError",
@@ -103,6 +104,11 @@ _chunk_header = struct.Struct("!QI")
 # payload as a list of pieces and joins them once, so a large frame is copied once, not
 # once per read.
 _BIG_FRAME = 64 * 1024
+
+
+#: Writers that owe a goodbye (ids) and how many more were forgotten: what a decoder
+#: knows of the writers beyond the bytes it holds, handed on with the stream.
+Owed = tuple[tuple[int, ...], int]
 
 
 class FrameTooLargeError(MessageTooLargeError, ProtocolError):
@@ -259,6 +265,16 @@ class FrameDecoder:
     def said_goodbye(self) -> bool:
         """Whether the last thing decoded was a goodbye (nothing came after it)."""
         return self._goodbye
+
+    def owed_goodbyes(self) -> Owed:
+        """Who owes a goodbye, for a decoder that takes over this stream in another
+        process (:meth:`expect_goodbyes`): here the one writer, as writer id 0."""
+        return ((0,) if self._seen and not self._goodbye else ()), 0
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        """Take over what another decoder of this stream knew (:meth:`owed_goodbyes`)."""
+        if owed[0] or owed[1]:
+            self._seen, self._goodbye = True, False
 
     def check_eof(self) -> None:
         """Call when the transport reached end of stream.
@@ -499,6 +515,18 @@ class ChunkDecoder:
             self._partial_bytes += length
             self._bound_partials()
         return None
+
+    def owed_goodbyes(self) -> Owed:
+        """The writers that sent messages and owe a goodbye, and how many more were
+        forgotten, for a decoder that takes over in another process."""
+        return tuple(self._open), self._forgotten
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        """Take over what another decoder of this FIFO knew (:meth:`owed_goodbyes`)."""
+        writers, forgotten = owed
+        for writer in writers:
+            self._spoke(writer)
+        self._forgotten += forgotten
 
     def check_eof(self) -> None:
         """Call when every writer has closed the FIFO.

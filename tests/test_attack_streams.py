@@ -839,3 +839,51 @@ async def test_serve_at_emfile_for_ever_ends_when_the_listener_closes(short_tmp:
             assert float(cpu) < float(elapsed) / 2, line
             await server.expect("serve returned")
         await server.finish()
+
+
+# ======================================================= a receiver handed to a child
+
+
+def _child_reports_the_end(rx: Any, report: Any) -> None:
+    async def main() -> None:
+        async with rx:
+            try:
+                with anyio.fail_after(TIMEOUT):
+                    await rx.receive()
+            except Exception as exc:
+                report.send(type(exc).__name__)
+            else:
+                report.send("a message")
+
+    anyio.run(main)
+
+
+@pytest.mark.asyncio
+async def test_a_receiver_handed_to_a_child_keeps_what_it_knows_of_the_writer() -> None:
+    """The parent received a message, then handed the read end to a spawned child; the
+    writer then goes away without a goodbye. The child must see a broken end: the
+    writer did send messages, even if the child's own copy never read one.
+
+    Before the fix: the copy started with a fresh decoder, which had seen no message,
+    so the writer's death was an EndOfStream."""
+    r, w = os.pipe()
+    rx = aioipc.pipes.from_fd(r, "r")
+    async with rx:
+        os.write(w, encode_header(1) + b"m")
+        assert await receive_all(rx, 1) == [b"m"]
+        ctx = multiprocessing.get_context("spawn")
+        theirs, ours = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child_reports_the_end, args=(rx, ours))
+        child.start()
+    ours.close()
+    os.close(w)  # no goodbye: a writer killed after its message
+    try:
+        with anyio.fail_after(TIMEOUT):
+            assert await anyio.to_thread.run_sync(theirs.poll, TIMEOUT)
+        assert theirs.recv() == "BrokenResourceError"
+    finally:
+        theirs.close()
+        await anyio.to_thread.run_sync(child.join, TIMEOUT)
+        if child.is_alive():
+            child.kill()
+            child.join()
