@@ -63,6 +63,7 @@ __all__ = [
     "FrameTooLargeError",
     "UncleanEndError",
     "check_max_message_size",
+    "check_max_partial_bytes",
     "check_size",
     "encode_chunks",
     "encode_goodbye_chunk",
@@ -120,14 +121,33 @@ class UncleanEndError(ProtocolError):
     closed its end without closing the channel."""
 
 
-def check_max_message_size(value: object, what: str | None = None) -> int:
+def check_max_message_size(
+    value: object, what: str | None = None, param: str = "max_message_size"
+) -> int:
     """Validate a ``max_message_size`` argument: an int in 0..:data:`MAX_FRAME_LENGTH`.
 
     Raises:
         TypeError: not an int.
         ValueError: negative or beyond what a frame header can carry.
     """
-    return check_int(value, "max_message_size", minimum=0, maximum=MAX_FRAME_LENGTH, what=what)
+    return check_int(value, param, minimum=0, maximum=MAX_FRAME_LENGTH, what=what)
+
+
+def check_max_partial_bytes(value: object, max_size: int, what: str | None = None) -> int:
+    """Validate a ``max_partial_bytes`` argument: an int from ``max_size`` (one writer's
+    largest message must fit) to 2**63 - 1.
+
+    Raises:
+        TypeError: not an int.
+        ValueError: below ``max_size`` or beyond 2**63 - 1.
+    """
+    return check_int(
+        value,
+        "max_partial_bytes",
+        minimum=max_size,
+        maximum=2**63 - 1,
+        what=f"{what or 'FIFO receiver'} (at least max_message_size, {max_size})",
+    )
 
 
 def check_size(size: int, limit: int, source: str = "max_message_size") -> None:
@@ -165,9 +185,7 @@ class FrameDecoder:
     )
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        if not 0 <= max_size <= MAX_FRAME_LENGTH:
-            raise ValueError(f"max_size must be between 0 and {MAX_FRAME_LENGTH}, not {max_size}")
-        self._max_size = max_size
+        self._max_size = check_max_message_size(max_size, "FrameDecoder", "max_size")
         self._buf = b""
         self._pos = 0
         # Set while a big frame is being collected: its pieces and how many bytes it lacks.
@@ -353,17 +371,11 @@ class ChunkDecoder:
     def __init__(
         self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_partial_bytes: int | None = None
     ) -> None:
-        if max_size < 0:
-            raise ValueError(f"max_size must not be negative, not {max_size}")
+        check_max_message_size(max_size, "ChunkDecoder", "max_size")
         if max_partial_bytes is None:
             max_partial_bytes = 4 * max_size
-        elif max_partial_bytes < max_size:
-            raise ValueError(
-                f"max_partial_bytes ({max_partial_bytes}) must be at least max_size "
-                f"({max_size}): one writer's largest message must fit"
-            )
         self._max_size = max_size
-        self._max_partial = max_partial_bytes
+        self._max_partial = check_max_partial_bytes(max_partial_bytes, max_size, "ChunkDecoder")
         self._buf = b""
         self._pos = 0
         # writer id -> its message so far, least recently active first. One bytearray
