@@ -19,6 +19,8 @@ peers that speak the wire format by hand (``os.write`` / ``socket.sendmsg``):
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import multiprocessing
 import os
@@ -27,6 +29,7 @@ import socket
 import struct
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,21 @@ from ._peer import spawn
 TIMEOUT = 20
 MIB = 1024 * 1024
 _FIRST, _LAST, _BYE = 1 << 30, 1 << 31, 1 << 29
+
+
+def on_both_backends(test: Callable[..., Awaitable[None]]) -> Any:
+    """Run an async test on asyncio and on trio (a sync test with a ``backend`` param)."""
+    signature = inspect.signature(test)
+    backend = inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY)
+
+    def run(*args: Any, backend: str, **kwargs: Any) -> None:
+        anyio.run(functools.partial(test, *args, **kwargs), backend=backend)
+
+    run.__name__, run.__qualname__, run.__doc__ = test.__name__, test.__qualname__, test.__doc__
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), backend]
+    )
+    return pytest.mark.parametrize("backend", ["asyncio", "trio"])(run)
 
 
 def _peer_cmd(code: str, *args: object) -> list[str]:
@@ -235,7 +253,7 @@ async def test_a_pipe_sender_that_spoke_then_was_inherited_by_a_forked_child() -
 # ========================================================= send_eof, aclose and close
 
 
-@pytest.mark.asyncio
+@on_both_backends
 async def test_send_eof_cancelled_then_more_messages_then_aclose_ends_cleanly(
     short_tmp: Path,
 ) -> None:
@@ -317,7 +335,7 @@ async def test_aclose_while_a_send_waits_for_room_still_says_goodbye(
 
 
 @pytest.mark.parametrize("mechanism", ["pipe", "fifo"])
-@pytest.mark.asyncio
+@on_both_backends
 async def test_sync_close_of_a_full_pipe_still_says_goodbye(
     short_tmp: Path, mechanism: str
 ) -> None:
@@ -347,7 +365,7 @@ async def test_sync_close_of_a_full_pipe_still_says_goodbye(
 
 
 @pytest.mark.parametrize("tail", [b"", b"\x00\x00"], ids=["no goodbye", "cut header"])
-@pytest.mark.asyncio
+@on_both_backends
 async def test_a_broken_end_stays_broken(short_tmp: Path, tail: bytes) -> None:
     """A receiver that reported a peer gone without closing (or gone mid-frame) must not
     say EndOfStream -- a clean end -- when asked again.
@@ -555,7 +573,7 @@ async def test_the_goodbye_chunk_counts_only_where_it_should(
 # ======================================================= the goodbye on a byte stream
 
 
-@pytest.mark.asyncio
+@on_both_backends
 async def test_a_goodbye_split_across_reads_or_inside_a_big_frame(short_tmp: Path) -> None:
     """ff ff ff ff inside a big frame's payload is payload; a goodbye cut across two
     reads (and one straddling the end of a big frame) is still a goodbye."""
@@ -611,7 +629,7 @@ async def test_frames_after_a_goodbye(short_tmp: Path, wire: bytes, clean: bool)
             assert type(end) is (EndOfStream if clean else BrokenResourceError)
 
 
-@pytest.mark.asyncio
+@on_both_backends
 async def test_aclose_cancelled_while_the_goodbye_waits_for_room() -> None:
     """aclose is shielded for its grace period: cancelling it while the rest of a
     message and the goodbye wait for room still delivers both, once the reader reads."""
@@ -742,7 +760,7 @@ async def _serve_survives(path: str, handler: Any) -> None:
         tg.cancel_scope.cancel()
 
 
-@pytest.mark.asyncio
+@on_both_backends
 async def test_a_handler_raising_an_exception_group_ends_only_its_connection(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
