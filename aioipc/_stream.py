@@ -192,15 +192,6 @@ def _rebuild(
     return receiver
 
 
-def _check_can_hand_over(res: FdResource, idle: bool) -> None:
-    if res.closed:
-        raise ClosedResourceError
-    if not idle:
-        raise RuntimeError(
-            f"{res.what}: cannot hand to another process while data is buffered in this one"
-        )
-
-
 def _reduce(
     res: FdResource,
     mode: str,
@@ -211,7 +202,12 @@ def _reduce(
     """Pickle support: the child of a ``multiprocessing`` start gets its own copy of the fd."""
     from multiprocessing.reduction import DupFd
 
-    _check_can_hand_over(res, idle)
+    if res.closed:
+        raise ClosedResourceError
+    if not idle:
+        raise RuntimeError(
+            f"{res.what}: cannot hand to another process while data is buffered in this one"
+        )
     return (_rebuild, (DupFd(res.fd), mode, kwargs, tuple(DupFd(e.fd) for e in extra)))
 
 
@@ -952,9 +948,12 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        _check_can_hand_over(self._res, not self._tx.has_pending)
-        kwargs = {**self._kwargs, "owes_goodbye": self._tx.hand_over()}
-        return _reduce(self._res, "w", True, kwargs)
+        kwargs = dict(self._kwargs)
+        reduced = _reduce(self._res, "w", not self._tx.has_pending, kwargs)
+        # Only once the handle can go (it may be closed or busy, or the fd not dup):
+        # pickling reads kwargs after this returns.
+        kwargs["owes_goodbye"] = self._tx.hand_over()
+        return reduced
 
     async def send(self, item: bytes) -> None:
         """Send one message, waiting while the kernel buffer is full. See the class docstring."""
