@@ -414,6 +414,14 @@ HOSTILE_FIFO = """
         write_all([chunk(base, FIRST | 1, b"t")])
         write_all(chunk(base, len(piece), piece) for _ in range(n))
         write_all([chunk(base + 1, FIRST | LAST | 4, b"done")])
+    elif how == "evict-partial":  # n writers begin messages while a legit one is midway
+        from aioipc.framing import encode_chunks
+        legit = encode_chunks(bytes(range(256)) * 400, 0x1E617)
+        write_all(legit[:1])
+        write_all(chunk(base + i, FIRST | 1, b"h") for i in range(n))
+        for c in legit[1:]:
+            os.write(fd, c)
+        write_all(encode_chunks(b"next", 0x1E617))
     print("sent", flush=True)
     sys.stdin.read()
 """
@@ -468,6 +476,23 @@ def deep_size(obj: object, seen: set[int] | None = None) -> int:
     elif isinstance(obj, (list, tuple)):
         size += sum(deep_size(item, seen) for item in obj)
     return size
+
+
+@pytest.mark.asyncio
+async def test_an_evicted_message_is_dropped_whole_never_torn(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fifo.md: beyond 1,024 writers with a message in progress, the one silent longest
+    loses its message; the rest of that message is skipped, and its next one arrives."""
+    path = short_tmp / "f"
+    fifo.create(path)
+    async with await fifo.open_receiver(path) as rx:
+        with caplog.at_level(logging.WARNING, logger="aioipc.framing"):
+            async with spawn(_peer_cmd(HOSTILE_FIFO, path, "evict-partial", 1024)) as hostile:
+                assert await receive_all(rx, 1) == [b"next"]
+                await hostile.expect("sent")
+                await hostile.finish()
+        assert "dropped writer 000000000001e617's unfinished message (4084 bytes)" in caplog.text
 
 
 @pytest.mark.parametrize("how", ["empty", "tiny"])
