@@ -44,7 +44,7 @@ import struct
 import time
 from collections import OrderedDict
 
-from ._check import check_int
+from ._check import LONG_MAX, check_int
 from .errors import MessageTooLargeError, ProtocolError
 
 __all__ = [
@@ -135,17 +135,17 @@ def check_max_message_size(
 
 def check_max_partial_bytes(value: object, max_size: int, what: str | None = None) -> int:
     """Validate a ``max_partial_bytes`` argument: an int from ``max_size`` (one writer's
-    largest message must fit) to 2**63 - 1.
+    largest message must fit) to LONG_MAX (2**63 - 1).
 
     Raises:
         TypeError: not an int.
-        ValueError: below ``max_size`` or beyond 2**63 - 1.
+        ValueError: below ``max_size`` or beyond LONG_MAX.
     """
     return check_int(
         value,
         "max_partial_bytes",
         minimum=max_size,
-        maximum=2**63 - 1,
+        maximum=LONG_MAX,
         what=f"{what or 'FIFO receiver'} (at least max_message_size, {max_size})",
     )
 
