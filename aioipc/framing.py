@@ -422,10 +422,8 @@ class ChunkDecoder:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
 
-    def _drop_partial(self, writer: int) -> bytearray:
-        held = self._partial.pop(writer)
-        self._partial_bytes -= len(held)
-        return held
+    def _drop_partial(self, writer: int) -> None:
+        self._partial_bytes -= len(self._partial.pop(writer))
 
     def _spoke(self, writer: int) -> None:
         opened = self._open
