@@ -40,6 +40,7 @@ from .framing import (
     GOODBYE_FRAME,
     ChunkDecoder,
     FrameDecoder,
+    Owed,
     UncleanEndError,
     check_size,
     encode_chunks,
@@ -65,8 +66,7 @@ _JOIN_LIMIT = 16 * 1024
 # Coalesced small messages are written out once this many bytes wait.
 _CORK_LIMIT = 64 * 1024
 _IOV_MAX = 1024
-# How long closing a sender waits for the kernel to take what was committed (and the
-# goodbye) when its buffer is full: the reader is slow or gone.
+# How long aclose() and close() wait for room for what was committed and the goodbye.
 _CLOSE_GRACE = 1.0
 # Only for lengths already checked against max_message_size (< 2**31).
 _pack_header = struct.Struct("!I").pack
@@ -83,6 +83,8 @@ class _Decoder(Protocol):
     def next_frame(self) -> bytes | None: ...
     def wanted(self) -> int: ...
     def check_eof(self) -> None: ...
+    def owed_goodbyes(self) -> Owed: ...
+    def expect_goodbyes(self, owed: Owed) -> None: ...
 
 
 class _RawDecoder:
@@ -109,6 +111,12 @@ class _RawDecoder:
         return 0
 
     def check_eof(self) -> None:
+        return None
+
+    def owed_goodbyes(self) -> Owed:
+        return (), 0
+
+    def expect_goodbyes(self, owed: Owed) -> None:
         return None
 
 
@@ -173,9 +181,15 @@ def _rebuild(
     mechanism = kwargs["mechanism"]
     what = f"{mechanism} ({'read' if mode == 'r' else 'write'} end, fd {fd})"
     if mode == "w":
-        return FdSendChannel(FdResource(fd, what), **kwargs)
+        owed = kwargs.pop("owes_goodbye", False)
+        sender = FdSendChannel(FdResource(fd, what), **kwargs)
+        sender._tx.inherit_goodbye(owed)
+        return sender
     extra = tuple(FdResource(d.detach(), f"{what} (keep-alive)") for d in extra_dups)
-    return FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
+    owed = kwargs.pop("owed_goodbyes", ((), 0))
+    receiver = FdReceiveChannel(FdResource(fd, what), extra_fds=extra, **kwargs)
+    receiver._rx.expect_goodbyes(owed)
+    return receiver
 
 
 def _reduce(
@@ -209,6 +223,7 @@ class _Receiver:
     """The receive half: read, decode, and the end-of-stream rules."""
 
     __slots__ = (
+        "_broken",
         "_busy",
         "_decoder",
         "_eof",
@@ -243,6 +258,9 @@ class _Receiver:
         self._pacer = Pacer()
         self._busy = False
         self._eof = False
+        # Why the stream ended broken, once it has: every later receive says so again
+        # rather than EndOfStream, which would tell the caller the peer finished.
+        self._broken: str | None = None
         # A frame taken out of the decoder by a receive that was then cancelled.
         self._held: bytes | None = None
         # A FIFO reader opened before any writer reads b"" until one appears; that
@@ -269,6 +287,15 @@ class _Receiver:
         """True when nothing read from the fd is waiting in this process's buffers."""
         return not self._busy and self._held is None and self._decoder.buffered == 0
 
+    def owed_goodbyes(self) -> Owed:
+        """What the decoder knows of the writers (who sent and owes a goodbye), for a
+        copy of this handle in another process: without it, the copy would take a
+        writer killed after its messages for one that finished."""
+        return self._decoder.owed_goodbyes()
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        self._decoder.expect_goodbyes(owed)
+
     def _fill(self) -> bool:
         """One non-blocking read into the decoder. False if the kernel had nothing."""
         res = self._res
@@ -292,15 +319,22 @@ class _Receiver:
         try:
             self._decoder.check_eof()
         except UncleanEndError as exc:
-            raise BrokenResourceError(
+            self._broken = (
                 f"{res.what}: {self._peer} went away without closing the channel: killed, "
                 f"crashed, or its end was closed without aclose() ({exc})"
-            ) from exc
+            )
+            raise BrokenResourceError(self._broken) from exc
         except ProtocolError as exc:
-            raise BrokenResourceError(
+            self._broken = (
                 f"{res.what}: {self._peer} closed or died in the middle of a message ({exc})"
-            ) from exc
+            )
+            raise BrokenResourceError(self._broken) from exc
         raise EndOfStream
+
+    def _ended(self) -> Exception:
+        """What a receive after the end of stream raises: the same verdict, afresh (one
+        exception object raised again would grow its traceback)."""
+        return EndOfStream() if self._broken is None else BrokenResourceError(self._broken)
 
     def _fill_after_wakeup(self) -> bool:
         # A FIFO becomes readable only once a writer has come: from now on an empty
@@ -324,7 +358,7 @@ class _Receiver:
         if frame is not None:
             return frame
         if self._eof:
-            raise EndOfStream
+            raise self._ended()
         while self._fill():
             frame = self._decoder.next_frame()
             if frame is not None:
@@ -354,7 +388,7 @@ class _Receiver:
                     return frame
                 if self._eof:
                     await self._pacer.checkpoint()
-                    raise EndOfStream
+                    raise self._ended()
                 if not self._fill():
                     # Cancellation here leaves every byte read so far in the decoder,
                     # so the next receive continues the same frame: nothing is lost.
@@ -421,11 +455,11 @@ class _Sender:
         "_corked",
         "_error",
         "_max_size",
+        "_owes_goodbye",
         "_pacer",
         "_pending",
         "_pending_size",
         "_res",
-        "_spoke",
         "_writer_generation",
         "_writer_id",
         "farewell",
@@ -448,16 +482,23 @@ class _Sender:
         self._error: Exception | None = None
         self._writer_id = _new_writer_id()
         self._writer_generation = _fork_generation
-        # A goodbye is owed only by a handle that tried to send: a parent that merely hands
-        # its copy of the write end to a child must not write into the child's stream.
-        self._spoke = False
-        #: False once the goodbye was written, or when this handle must never write one
-        #: (it was handed to another process, which speaks for that end now).
+        # A goodbye is owed by a handle that tried to send since its last goodbye (a
+        # send_eof cancelled after queueing one leaves the channel usable): a parent that
+        # merely hands its copy of the write end to a child must not write into the
+        # child's stream.
+        self._owes_goodbye = False
+        #: False when this handle must never write a goodbye: it was handed to another
+        #: process, which speaks for that end now (length-prefixed framing only).
         self.farewell = framing != "raw"
 
     @property
     def has_pending(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        """A task is in the middle of a send on this handle."""
+        return self._busy
 
     def _writer(self) -> int:
         if self._writer_generation != _fork_generation:
@@ -472,13 +513,30 @@ class _Sender:
 
         Never while a task is in the middle of a send: the goodbye would land inside its
         frame. Returns whether one was queued."""
-        if not (self.farewell and self._spoke) or self._busy or self._res.closed:
+        if not (self.farewell and self._owes_goodbye) or self._busy or self._res.closed:
             return False
-        self.farewell = False
+        self._owes_goodbye = False
         bye = GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self._writer())
         self._pending.append(bye)
         self._pending_size += len(bye)
         return True
+
+    def hand_over(self) -> bool:
+        """This handle is being pickled for another process; returns whether the copy
+        there owes the goodbye for what this one sent.
+
+        On a length-prefixed stream the copy speaks for the end now: a goodbye from here
+        could land inside a frame it is writing, so this handle writes none and the copy
+        inherits the debt. A FIFO writer's goodbye is one atomic chunk with this
+        handle's own id (the copy gets a new one), so it still says its own."""
+        if self.framing != "frames":
+            return False
+        self.farewell = False
+        return self._owes_goodbye
+
+    def inherit_goodbye(self, owed: bool) -> None:
+        """The other half of :meth:`hand_over`, in the process the handle went to."""
+        self._owes_goodbye = owed
 
     def _encode(self, item: bytes) -> list[Buffer]:
         if self.framing == "frames":
@@ -494,7 +552,7 @@ class _Sender:
         if self._error is not None:
             # A fresh exception each time: re-raising one object would grow its traceback.
             raise BrokenResourceError(str(self._error)) from self._error
-        self._spoke = True
+        self._owes_goodbye = True
         if type(item) is not bytes:
             if not isinstance(item, (bytearray, memoryview)):
                 raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
@@ -705,19 +763,25 @@ class _Sender:
             self._busy = False
 
 
-def _close_sync(res: FdResource, tx: _Sender) -> None:
-    """Write out what is committed and the goodbye, waiting (blocking this thread) at
-    most :data:`_CLOSE_GRACE` seconds for the kernel to take it, then close the fd."""
-    if not res.closed and (tx.queue_goodbye() or tx.has_pending):
-        deadline = time.monotonic() + _CLOSE_GRACE
+def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> None:
+    """close() for code with no event loop: what aclose() does, blocking this thread.
+
+    The goodbye is queued here, so a caller cannot flush it beforehand: when the kernel
+    buffer is full at this moment (a busy reader, other writers on a FIFO), waiting for
+    room is the only way it gets out. So, like aclose, wait up to ``grace`` seconds;
+    not while a task is in the middle of a send (it owns the rest of its message)."""
+    if res.closed or not (tx.queue_goodbye() or tx.has_pending):
+        res.close()
+        return
+    with contextlib.suppress(Exception):
+        deadline = time.monotonic() + grace
         poller = select.poll()
         poller.register(res.fd, select.POLLOUT)
-        with contextlib.suppress(Exception):
-            while not tx.flush_nowait():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                poller.poll(left * 1000)
+        while not tx.flush_nowait() and not tx.busy:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            poller.poll(left * 1000)
     res.close()
 
 
@@ -784,6 +848,7 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
         anyio.BrokenResourceError: a writer died or closed in the middle of a message, or
             (framed) a writer that sent messages went away without saying goodbye: it
             was killed, crashed, or its end was closed without ``aclose()``/``close()``.
+            Every later receive raises it again.
         anyio.ClosedResourceError: this handle was closed.
         anyio.BusyResourceError: another task is already receiving on this handle.
         aioipc.framing.FrameTooLargeError: a header announced more than
@@ -818,7 +883,11 @@ class FdReceiveChannel(_FdHandle, ObjectReceiveStream[bytes]):
         self._kwargs["max_partial_bytes"] = max_partial_bytes
 
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {**self._kwargs, "trust_first_eof": self._rx.trusts_eof}
+        kwargs = {
+            **self._kwargs,
+            "trust_first_eof": self._rx.trusts_eof,
+            "owed_goodbyes": self._rx.owed_goodbyes(),
+        }
         return _reduce(self._res, "r", self._rx.idle, kwargs, self._extra_fds)
 
     async def receive(self) -> bytes:
@@ -879,10 +948,11 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         self._tx = _Sender(res, framing, max_message_size, coalesce=mechanism != "fifo")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        reduced = _reduce(self._res, "w", not self._tx.has_pending, self._kwargs)
-        # The process it goes to speaks for this end now: closing this copy must not
-        # write a goodbye into that process's stream.
-        self._tx.farewell = False
+        kwargs = dict(self._kwargs)
+        reduced = _reduce(self._res, "w", not self._tx.has_pending, kwargs)
+        # Only once the handle can go (it may be closed or busy, or the fd not dup):
+        # pickling reads kwargs after this returns.
+        kwargs["owes_goodbye"] = self._tx.hand_over()
         return reduced
 
     async def send(self, item: bytes) -> None:
@@ -908,10 +978,10 @@ class FdSendChannel(_FdHandle, ObjectSendStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop, writing out what was
-        committed and the goodbye as :meth:`aclose` does. If the kernel buffer is full,
-        this blocks the calling thread until there is room, for at most one second;
-        what is still not written then is lost."""
+        """Close synchronously, for code with no event loop: as :meth:`aclose`, write
+        out what was committed and the goodbye, blocking this thread for at most 1 s
+        while the kernel has no room (what still does not fit is lost). Raises
+        nothing."""
         _close_sync(self._res, self._tx)
 
 
@@ -939,7 +1009,8 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
             anyio.EndOfStream: the peer closed (or called ``send_eof``) cleanly.
             anyio.BrokenResourceError: the peer closed or died in the middle of a message,
                 or (framed) it sent messages and went away without a goodbye: killed,
-                crashed, or closed without ``aclose()``. The message has its pid.
+                crashed, or closed without ``aclose()``. The message has its pid. Every
+                later receive raises it again.
             anyio.ClosedResourceError: this handle was closed.
             anyio.BusyResourceError: another task is already receiving on this handle.
 
@@ -993,7 +1064,7 @@ class FdChannel(_FdHandle, ObjectStream[bytes]):
         await _aclose_sender(self._res, self._tx)
 
     def close(self) -> None:
-        """Close synchronously, for code with no event loop, with the goodbye as
-        :meth:`aclose`; blocks the thread at most one second while the socket buffer
-        is full, and what is still not written then is lost."""
+        """Close synchronously, for code with no event loop: as :meth:`aclose`, blocking
+        this thread for at most 1 s while the kernel has no room for what was committed
+        and the goodbye. Raises nothing."""
         _close_sync(self._res, self._tx)

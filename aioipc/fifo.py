@@ -40,10 +40,10 @@ import stat
 import anyio
 
 from . import _registry
-from ._check import check_int, check_mode
+from ._check import check_mode
 from ._stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size, check_max_partial_bytes
 
 __all__ = ["NotAFifoError", "create", "open_receiver", "open_sender", "unlink"]
 
@@ -170,13 +170,7 @@ async def open_receiver(
     check_mode(mode, _what(p))
     check_max_message_size(max_message_size, _what(p))
     if max_partial_bytes is not None:
-        check_int(
-            max_partial_bytes,
-            "max_partial_bytes",
-            minimum=max_message_size,
-            maximum=2**63 - 1,
-            what=f"{_what(p)} (at least max_message_size)",
-        )
+        check_max_partial_bytes(max_partial_bytes, max_message_size, _what(p))
     await anyio.lowlevel.checkpoint()
     if create:
         _mkfifo(p, mode, exist_ok=True)

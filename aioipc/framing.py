@@ -42,8 +42,9 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections import OrderedDict
 
-from ._check import check_int
+from ._check import LONG_MAX, check_int
 from .errors import MessageTooLargeError, ProtocolError
 
 __all__ = [
@@ -56,11 +57,13 @@ __all__ = [
     "MAX_FRAME_LENGTH",
     "MAX_PARTIAL_WRITERS",
     "PIPE_BUF",
+    "Owed",
     "ChunkDecoder",
     "FrameDecoder",
     "FrameTooLargeError",
     "UncleanEndError",
     "check_max_message_size",
+    "check_max_partial_bytes",
     "check_size",
     "encode_chunks",
     "encode_goodbye_chunk",
@@ -92,7 +95,8 @@ MAX_PARTIAL_WRITERS = 1024
 # A hostile writer can make drops as fast as it writes: log them at most this often.
 _DROP_LOG_INTERVAL = 10.0
 # Writers remembered as "sent messages, no goodbye yet", for the end-of-stream verdict.
-# Beyond it the least recently active is forgotten: its death would then look clean.
+# Beyond it the least recently active is forgotten, and the end can no longer be vouched
+# for: it is reported unclean (a writer that cycles ids must not hide another's death).
 _MAX_OPEN_WRITERS = 4096
 
 _header = struct.Struct("!I")
@@ -101,6 +105,11 @@ _chunk_header = struct.Struct("!QI")
 # payload as a list of pieces and joins them once, so a large frame is copied once, not
 # once per read.
 _BIG_FRAME = 64 * 1024
+
+
+#: Writers that owe a goodbye (ids) and how many more were forgotten: what a decoder
+#: knows of the writers beyond the bytes it holds, handed on with the stream.
+Owed = tuple[tuple[int, ...], int]
 
 
 class FrameTooLargeError(MessageTooLargeError, ProtocolError):
@@ -112,14 +121,33 @@ class UncleanEndError(ProtocolError):
     closed its end without closing the channel."""
 
 
-def check_max_message_size(value: object, what: str | None = None) -> int:
+def check_max_message_size(
+    value: object, what: str | None = None, param: str = "max_message_size"
+) -> int:
     """Validate a ``max_message_size`` argument: an int in 0..:data:`MAX_FRAME_LENGTH`.
 
     Raises:
         TypeError: not an int.
         ValueError: negative or beyond what a frame header can carry.
     """
-    return check_int(value, "max_message_size", minimum=0, maximum=MAX_FRAME_LENGTH, what=what)
+    return check_int(value, param, minimum=0, maximum=MAX_FRAME_LENGTH, what=what)
+
+
+def check_max_partial_bytes(value: object, max_size: int, what: str | None = None) -> int:
+    """Validate a ``max_partial_bytes`` argument: an int from ``max_size`` (one writer's
+    largest message must fit) to LONG_MAX (2**63 - 1).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: below ``max_size`` or beyond LONG_MAX.
+    """
+    return check_int(
+        value,
+        "max_partial_bytes",
+        minimum=max_size,
+        maximum=LONG_MAX,
+        what=f"{what or 'FIFO receiver'} (at least max_message_size, {max_size})",
+    )
 
 
 def check_size(size: int, limit: int, source: str = "max_message_size") -> None:
@@ -157,9 +185,7 @@ class FrameDecoder:
     )
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        if not 0 <= max_size <= MAX_FRAME_LENGTH:
-            raise ValueError(f"max_size must be between 0 and {MAX_FRAME_LENGTH}, not {max_size}")
-        self._max_size = max_size
+        self._max_size = check_max_message_size(max_size, "FrameDecoder", "max_size")
         self._buf = b""
         self._pos = 0
         # Set while a big frame is being collected: its pieces and how many bytes it lacks.
@@ -258,6 +284,16 @@ class FrameDecoder:
         """Whether the last thing decoded was a goodbye (nothing came after it)."""
         return self._goodbye
 
+    def owed_goodbyes(self) -> Owed:
+        """Who owes a goodbye, for a decoder that takes over this stream in another
+        process (:meth:`expect_goodbyes`): here the one writer, as writer id 0."""
+        return ((0,) if self._seen and not self._goodbye else ()), 0
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        """Take over what another decoder of this stream knew (:meth:`owed_goodbyes`)."""
+        if owed[0] or owed[1]:
+            self._seen, self._goodbye = True, False
+
     def check_eof(self) -> None:
         """Call when the transport reached end of stream.
 
@@ -308,7 +344,8 @@ class ChunkDecoder:
     never comes out torn.
 
     ``max_partial_bytes`` bounds the bytes held for all writers' unfinished messages
-    together (default: four times ``max_size``), and at most :data:`MAX_PARTIAL_WRITERS`
+    together (default: four times ``max_size``; each is one bytearray of its payload, so
+    the bound holds however small the chunks), and at most :data:`MAX_PARTIAL_WRITERS`
     writers may have one. Beyond either, the unfinished message of the writer that sent
     nothing for the longest is dropped and a warning is logged (logger
     ``aioipc.framing``, at most one line per 10 s, with the count); :attr:`dropped`
@@ -317,6 +354,7 @@ class ChunkDecoder:
 
     __slots__ = (
         "_buf",
+        "_forgotten",
         "_logged_at",
         "_max_partial",
         "_max_size",
@@ -333,24 +371,24 @@ class ChunkDecoder:
     def __init__(
         self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_partial_bytes: int | None = None
     ) -> None:
-        if max_size < 0:
-            raise ValueError(f"max_size must not be negative, not {max_size}")
+        check_max_message_size(max_size, "ChunkDecoder", "max_size")
         if max_partial_bytes is None:
             max_partial_bytes = 4 * max_size
-        elif max_partial_bytes < max_size:
-            raise ValueError(
-                f"max_partial_bytes ({max_partial_bytes}) must be at least max_size "
-                f"({max_size}): one writer's largest message must fit"
-            )
         self._max_size = max_size
-        self._max_partial = max_partial_bytes
+        self._max_partial = check_max_partial_bytes(max_partial_bytes, max_size, "ChunkDecoder")
         self._buf = b""
         self._pos = 0
-        # writer id -> (pieces so far, their total size), least recently active first.
-        self._partial: dict[int, tuple[list[bytes], int]] = {}
+        # writer id -> its message so far, least recently active first. One bytearray
+        # per writer, not a list of pieces: what is held is then the payload itself,
+        # however small the chunks (an empty chunk would cost a list entry and count
+        # nothing). OrderedDicts, because a plain dict that is popped from the front
+        # makes next(iter()) walk every dead slot before the first live one.
+        self._partial: OrderedDict[int, bytearray] = OrderedDict()
         self._partial_bytes = 0
         # Writers that sent messages and no goodbye since, least recently active first.
-        self._open: dict[int, None] = {}
+        self._open: OrderedDict[int, None] = OrderedDict()
+        # How many such writers were forgotten beyond _MAX_OPEN_WRITERS.
+        self._forgotten = 0
         #: Unfinished messages dropped to stay within ``max_partial_bytes`` or
         #: :data:`MAX_PARTIAL_WRITERS`.
         self.dropped = 0
@@ -385,23 +423,25 @@ class ChunkDecoder:
         self._pos = 0
 
     def _drop_partial(self, writer: int) -> None:
-        _, size = self._partial.pop(writer)
-        self._partial_bytes -= size
+        self._partial_bytes -= len(self._partial.pop(writer))
 
     def _spoke(self, writer: int) -> None:
         opened = self._open
-        opened.pop(writer, None)
+        if writer in opened:
+            opened.move_to_end(writer)
+            return
         opened[writer] = None
         if len(opened) > _MAX_OPEN_WRITERS:
-            del opened[next(iter(opened))]
+            opened.popitem(last=False)
+            self._forgotten += 1
 
     def _bound_partials(self) -> None:
         """Drop the least recently active unfinished messages until both bounds hold."""
         partial = self._partial
         while len(partial) > MAX_PARTIAL_WRITERS or self._partial_bytes > self._max_partial:
-            writer = next(iter(partial))
-            size = partial[writer][1]
-            self._drop_partial(writer)
+            writer, held = partial.popitem(last=False)
+            size = len(held)
+            self._partial_bytes -= size
             self.dropped += 1
             self._unlogged += 1
             now = time.monotonic()
@@ -430,6 +470,7 @@ class ChunkDecoder:
                 the rest of that message is skipped).
         """
         buf = self._buf
+        view = memoryview(buf)  # pieces are copied once, into their writer's bytearray
         partial = self._partial
         while len(buf) - self._pos >= CHUNK_HEADER_SIZE:
             writer, word = _chunk_header.unpack_from(buf, self._pos)
@@ -458,31 +499,44 @@ class ChunkDecoder:
                 if held is not None:
                     # The writer began anew without finishing: what it left is no message.
                     self._drop_partial(writer)
-                pieces: list[bytes] = []
-                size = 0
+                    held = None
             elif held is None:
                 continue  # the rest of a message that was dropped
-            else:
-                pieces, size = partial.pop(writer)
-                self._partial_bytes -= size
-            size += length
+            size = length if held is None else len(held) + length
             if size > self._max_size:
+                if held is not None:
+                    self._drop_partial(writer)  # its rest is skipped
                 last = word & _LAST_CHUNK
                 raise FrameTooLargeError(
                     size, self._max_size, "the receiver's max_message_size", at_least=not last
                 )
-            piece = buf[start:end]
             if word & _LAST_CHUNK:
                 self.last_writer = writer
-                if not pieces:
-                    return piece
-                pieces.append(piece)
-                return b"".join(pieces)
-            pieces.append(piece)
-            partial[writer] = (pieces, size)
-            self._partial_bytes += size
+                if held is None:
+                    return buf[start:end]
+                self._drop_partial(writer)
+                held += view[start:end]
+                return bytes(held)
+            if held is None:
+                partial[writer] = bytearray(view[start:end])
+            else:
+                held += view[start:end]
+                partial.move_to_end(writer)
+            self._partial_bytes += length
             self._bound_partials()
         return None
+
+    def owed_goodbyes(self) -> Owed:
+        """The writers that sent messages and owe a goodbye, and how many more were
+        forgotten, for a decoder that takes over in another process."""
+        return tuple(self._open), self._forgotten
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        """Take over what another decoder of this FIFO knew (:meth:`owed_goodbyes`)."""
+        writers, forgotten = owed
+        for writer in writers:
+            self._spoke(writer)
+        self._forgotten += forgotten
 
     def check_eof(self) -> None:
         """Call when every writer has closed the FIFO.
@@ -490,7 +544,8 @@ class ChunkDecoder:
         Raises:
             ProtocolError: a writer left a message unfinished.
             UncleanEndError: a writer that sent messages did not say goodbye after its
-                last one.
+                last one, or more than 4,096 writers owed one at once and some were
+                forgotten (the end cannot be vouched for).
         """
         held = self.buffered
         if held:
@@ -498,7 +553,12 @@ class ChunkDecoder:
                 f"truncated message: the FIFO's writers closed with {held} bytes of unfinished "
                 f"messages from {max(len(self._partial), 1)} writer(s)"
             )
-        if self._open:
-            raise UncleanEndError(
-                f"{len(self._open)} writer(s) sent messages and went away without a goodbye"
-            )
+        if self._open or self._forgotten:
+            said = f"{len(self._open)} writer(s) sent messages and went away without a goodbye"
+            if self._forgotten:
+                said += (
+                    f", and {self._forgotten} writer(s) that sent messages were forgotten "
+                    f"(more than {_MAX_OPEN_WRITERS} at once owed a goodbye), so the end "
+                    "cannot be vouched for"
+                )
+            raise UncleanEndError(said)

@@ -31,6 +31,7 @@ Peer credentials (pid, uid, gid at connect time) are in
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import errno
 import logging
@@ -229,6 +230,10 @@ class UnixChannel(FdChannel):
                     _close_fds(fds)  # no message can claim them (see _MAX_HELD_FDS)
                 else:
                     self._fd_queue.append(fds)
+        if not data and size:
+            # End of stream. A read happens only when no whole message is buffered, so
+            # no message can claim the fds still queued: close them now, not at aclose.
+            _close_fds([fd for group in _drain(self._fd_queue) for fd in group])
         return data
 
     def _fds_for_last_frame(self) -> list[int]:
@@ -772,7 +777,9 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
 
         The channel is closed when the handler returns. One misbehaving client does not
         end the server: an exception from a handler is logged with its traceback (logger
-        ``aioipc.unix``) and ends that connection only. With ``propagate=True`` it
+        ``aioipc.unix``) and ends that connection only; so is, on asyncio, a
+        ``CancelledError`` that no cancellation delivered (the handler awaited a future
+        someone else cancelled). With ``propagate=True`` it
         propagates through the task group instead, as in a plain anyio task group, and
         cancels the server and every other connection.
 
@@ -792,7 +799,9 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
                     return
                 try:
                     await handler(chan)
-                except Exception:
+                except BaseException as exc:
+                    if not isinstance(exc, Exception) and not _stray_cancellation(exc):
+                        raise
                     pid = chan.extra(IPCAttribute.peer_pid, None)
                     _log.exception(
                         "%s: the handler raised; closing this connection (peer pid %s), "
@@ -821,6 +830,21 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         await self._res.aclose()
         self._unlink()
         await anyio.lowlevel.checkpoint()
+
+
+def _stray_cancellation(exc: BaseException) -> bool:
+    """A CancelledError that no cancel scope delivered: on asyncio a handler gets one by
+    awaiting a future or task that someone else cancelled. It is the handler's failure;
+    let through, anyio's task group would take it for a cancellation of the whole
+    server. A real cancellation has raised the task's cancelling() count (trio has no
+    such thing: its Cancelled only ever comes from a scope)."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio: not a cancellation either
+        return True
+    return task is not None and task.cancelling() == 0
 
 
 def _allowed(
