@@ -400,15 +400,22 @@ class _Receiver:
             self._busy = False
 
 
-_fork_generation = 0
+_fork_generation = 0  # forks this process was made by (a new writer id after each)
+_forks = 0  # forks this process took part in, as parent or child
 
 
 def _after_fork_in_child() -> None:
-    global _fork_generation
+    global _fork_generation, _forks
     _fork_generation += 1
+    _forks += 1
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _after_fork_in_parent() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child, after_in_parent=_after_fork_in_parent)
 
 
 def _new_writer_id() -> int:
@@ -460,6 +467,7 @@ class _Sender:
         "_pending",
         "_pending_size",
         "_res",
+        "_spoke_forks",
         "_writer_generation",
         "_writer_id",
         "farewell",
@@ -487,6 +495,9 @@ class _Sender:
         # merely hands its copy of the write end to a child must not write into the
         # child's stream.
         self._owes_goodbye = False
+        # _forks when the debt was last made: a fork since then makes a copy of this
+        # handle in another process, which may be writing a frame of its own.
+        self._spoke_forks = _forks
         #: False when this handle must never write a goodbye: it was handed to another
         #: process, which speaks for that end now (length-prefixed framing only).
         self.farewell = framing != "raw"
@@ -514,6 +525,13 @@ class _Sender:
         Never while a task is in the middle of a send: the goodbye would land inside its
         frame. Returns whether one was queued."""
         if not (self.farewell and self._owes_goodbye) or self._busy or self._res.closed:
+            return False
+        if self.framing == "frames" and self._spoke_forks != _forks:
+            # Sent before a fork and not since: the other process's copy of this end
+            # may be in the middle of a frame, which a goodbye from here would corrupt.
+            # Only a handle that sends again after the fork (then it is the writer)
+            # owes one. A FIFO goodbye chunk is atomic and carries this handle's own
+            # id, so it is always safe.
             return False
         self._owes_goodbye = False
         bye = GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self._writer())
@@ -553,6 +571,7 @@ class _Sender:
             # A fresh exception each time: re-raising one object would grow its traceback.
             raise BrokenResourceError(str(self._error)) from self._error
         self._owes_goodbye = True
+        self._spoke_forks = _forks
         if type(item) is not bytes:
             if not isinstance(item, (bytearray, memoryview)):
                 raise TypeError(f"a channel sends bytes, not {type(item).__name__}")

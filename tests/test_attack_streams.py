@@ -201,26 +201,17 @@ def _forked_child_takes_over(tx: Any, big: bytes, go: Any, closed: Any) -> None:
     tx.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: fork gives no hand-over hook; see the docstring and the report",
-)
 @pytest.mark.asyncio
 async def test_a_pipe_sender_that_spoke_then_was_inherited_by_a_forked_child() -> None:
     """pipes.md: pass the channel in the Process arguments and close the parent's copy
     after start(), with any start method. With fork (the default on Linux up to Python
     3.13) nothing is pickled, so the parent's copy is never told it was handed over: if
-    it sent anything before, its aclose writes a goodbye into the pipe -- here, inside
-    the 200 KiB frame the child is in the middle of writing. The receiver then gets a
-    corrupt message (four ff bytes inside it) and takes its last four bytes for a header:
-    FrameTooLargeError ("message of 1985777662 bytes"), the stream lost for good.
-
-    Fix (a choice for the lead): on fork, stop counting the framed debt from before it
-    in both processes (a counter bumped by os.register_at_fork in parent and child),
-    so only messages sent after the fork owe a goodbye. Corruption becomes impossible;
-    the price is a false "went away without closing" when the parent spoke, forked,
-    and nobody sent after (or an unrelated fork happened after the parent's last
-    send). FIFO senders are safe as they are (atomic goodbye chunk, own writer id)."""
+    it sent anything before and then wrote a goodbye at aclose, the goodbye would land
+    inside the 200 KiB frame the child is in the middle of writing, and the receiver
+    would take the rest for a header (FrameTooLargeError, "message of 1985777662
+    bytes"): the stream lost for good. So a framed debt from before a fork is forgiven
+    in both processes; only a handle that sends after the fork owes a goodbye
+    (channels.md says what that costs)."""
     tx, rx = aioipc.pipe(pipe_size=None)
     big = os.urandom(200 * 1024)
     async with rx:
