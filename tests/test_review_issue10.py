@@ -1,0 +1,144 @@
+"""Review of the issue-10 work outside the fd streams: what a hostile tester still broke.
+
+Each test here failed on the merged issue-10 code (the failure is in its docstring) and
+guards the fix beside it. Real kernel objects and real processes; nothing sleeps to
+synchronise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from aioipc import AnonymousMemory, IPCPermissionError, sysv
+from aioipc._check import LONG_MAX
+from aioipc.shm import ShmReceiver, ShmSender
+from aioipc.url import parse_url
+
+from ._rings import existing
+
+CLI = [sys.executable, "-m", "aioipc"]
+LIMIT = 30  # seconds any one process may take
+
+# ------------------------------------------------- rings: a capacity the file cannot hold
+
+#: The largest multiple of 8 a C long holds: a valid capacity by the old check, but the
+#: ring's file (header + capacity) would be larger than any off_t.
+HUGE_CAPACITY = LONG_MAX - 7
+
+
+@pytest.mark.parametrize("end", [ShmReceiver, ShmSender])
+def test_a_ring_capacity_beyond_what_a_file_can_hold_is_a_value_error(
+    end: type[ShmReceiver] | type[ShmSender], new_ring: Callable[[], str]
+) -> None:
+    """Before: a raw ``OverflowError: Python int too large to convert to C long`` from
+    posix_fallocate, since capacity was checked against LONG_MAX but the file is the
+    4096-byte header plus the capacity."""
+    name = new_ring()
+    with pytest.raises(ValueError, match="capacity") as info:
+        end.create(name, HUGE_CAPACITY)
+    assert name in str(info.value)
+    assert not existing(name)
+
+
+def test_recv_on_a_ring_url_with_such_a_capacity_is_one_error_line(
+    new_ring: Callable[[], str],
+) -> None:
+    """Before: ``aioipc recv shm://NAME?capacity=9223372036854775800`` printed a Python
+    traceback (OverflowError) and exited 1."""
+    name = new_ring()
+    done = subprocess.run(
+        [*CLI, "recv", f"shm://{name}?capacity={HUGE_CAPACITY}", "--timeout", "5"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=LIMIT,
+    )
+    text = done.stderr.decode()
+    assert "Traceback" not in text, text
+    assert done.returncode == 2, text
+    assert text.count("\n") == 1 and text.startswith("aioipc: error: "), text
+    assert "capacity" in text
+    assert not existing(name)
+
+
+# ----------------------------------------- AnonymousMemory.from_fd and the caller's fd
+
+
+def test_from_fd_refusing_a_read_only_memfd_leaves_the_fd_to_its_caller() -> None:
+    """from_fd's docstring: "the region owns fd once it is mapped (a refused fd stays
+    the caller's)". Before: a memfd opened read-only could not be mapped writable
+    (EACCES) and from_fd closed it anyway, so a caller that then closed its fd closed
+    whatever descriptor had been given that number meanwhile."""
+    memfd = os.memfd_create("aioipc-review", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(memfd, 4096)
+        read_only = os.open(f"/proc/self/fd/{memfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with pytest.raises(IPCPermissionError, match="anonymous shared memory"):
+                AnonymousMemory.from_fd(read_only)
+            os.fstat(read_only)  # still open: the caller's to close
+        finally:
+            os.close(read_only)
+    finally:
+        os.close(memfd)
+
+
+# ------------------------------------------------------ SysV: sizes that reach ctypes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("max_size", [1.5, "8", True])
+async def test_a_receive_max_size_that_is_not_an_int_is_a_type_error(max_size: object) -> None:
+    """Before: ``max_size=1.5`` went on to msgrcv and a ``ctypes.ArgumentError`` escaped
+    (item 9: no ctypes error may reach the caller); ``True`` was taken for 1."""
+    q = sysv.MessageQueue.create()
+    try:
+        q.send_nowait(b"kept")
+        with pytest.raises(TypeError, match="max_size"):
+            q.receive_message_nowait(max_size=max_size, truncate=True)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="max_size"):
+            with anyio.fail_after(5):
+                await q.receive(max_size=max_size, truncate=True)  # type: ignore[arg-type]
+        assert q.current_messages == 1  # nothing was taken
+    finally:
+        q.remove()
+        await q.aclose()
+
+
+def test_a_semaphore_set_size_beyond_semmsl_is_refused_before_any_allocation() -> None:
+    """Before: ``SemaphoreSet.create(size=2**40)`` built a list of 2**40 values first and
+    raised a raw MemoryError (and ``size=2**31`` made Python fill 16 GiB before semget
+    refused it). Now the size is checked against semmsl first, as semget would."""
+    with open("/proc/sys/kernel/sem") as f:
+        semmsl = int(f.read().split()[0])
+    for size in (semmsl + 1, 2**40):
+        with pytest.raises(ValueError, match="semmsl") as info:
+            sysv.SemaphoreSet.create(size=size)
+        assert str(size) in str(info.value)
+    with pytest.raises(ValueError, match="size"):
+        sysv.SemaphoreSet.create(size=0)
+    with pytest.raises(TypeError, match="size"):
+        sysv.SemaphoreSet.create(size=2.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ URLs: the SysV key
+
+
+@pytest.mark.parametrize("key", ["0o17", "0b11", "1_7", "010", "+5", "0x_1"])
+def test_a_sysvmq_key_is_decimal_or_0x_hex_as_documented(key: str) -> None:
+    """urls.md: "KEY is decimal or 0x hex", and integers are refused in other forms
+    (010, 1_000, +5). Before: the key was read with ``int(text, 0)``, so sysvmq://0o17,
+    0b11 and 1_7 opened the queues with keys 15, 3 and 17."""
+    with pytest.raises(ValueError, match="key"):
+        parse_url(f"sysvmq://{key}")
+
+
+@pytest.mark.parametrize(("key", "value"), [("17", 17), ("0x11", 17), ("-5", -5)])
+def test_sysvmq_keys_in_the_documented_forms_still_parse(key: str, value: int) -> None:
+    assert int(parse_url(f"sysvmq://{key}").path, 0) == value
+
