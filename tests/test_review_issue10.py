@@ -61,7 +61,8 @@ def test_recv_on_a_ring_url_with_such_a_capacity_is_one_error_line(
     text = done.stderr.decode()
     assert "Traceback" not in text, text
     assert done.returncode == 2, text
-    assert text.count("\n") == 1 and text.startswith("aioipc: error: "), text
+    assert text.count("\n") == 1, text
+    assert text.startswith("aioipc: error: "), text
     assert "capacity" in text
     assert not existing(name)
 
@@ -141,4 +142,3 @@ def test_a_sysvmq_key_is_decimal_or_0x_hex_as_documented(key: str) -> None:
 @pytest.mark.parametrize(("key", "value"), [("17", 17), ("0x11", 17), ("-5", -5)])
 def test_sysvmq_keys_in_the_documented_forms_still_parse(key: str, value: int) -> None:
     assert int(parse_url(f"sysvmq://{key}").path, 0) == value
-
