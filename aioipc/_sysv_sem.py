@@ -13,7 +13,7 @@ import anyio
 from anyio import ClosedResourceError, WouldBlock
 
 from . import _libc
-from ._check import INT_MAX, check_int, check_mode
+from ._check import LONG_MAX, check_int, check_mode
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
@@ -119,7 +119,7 @@ class SemaphoreSet(SysVObject):
         key = check_key(key)
         what = f"{cls._kind_name} key={key_repr(key)}"
         check_mode(mode, what)
-        check_int(size, "size", minimum=1, maximum=INT_MAX, what=what)
+        check_int(size, "size", minimum=1, maximum=LONG_MAX, what=what)  # then semmsl
         semmsl = read_sysctl(_SEM, 32000)
         if size > semmsl:
             # Before the values are spread over ``size`` slots: size=2**31 would fill
