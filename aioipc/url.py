@@ -231,14 +231,13 @@ def parse_url(url: str) -> Address:
         raise ValueError(f"{what}: the path has a NUL byte (%00) in it")
     if scheme in ("mq", "shm") and not path.startswith("/"):
         path = "/" + path
-    if scheme == "sysvmq" and not path.startswith(("/", "@")):
-        try:
-            int(path, 0)
-        except ValueError:
-            raise ValueError(
-                f"{url!r}: write the key as a number (sysvmq://0x1234, sysvmq://4660) "
-                "or a path for ftok (sysvmq:///path?proj=N)"
-            ) from None
+    if scheme == "sysvmq" and not path.startswith(("/", "@")) and not _INTEGER.fullmatch(path):
+        # The same forms as an integer option: int(path, 0) would also take 0o17, 0b11
+        # and 1_7 (keys 15, 3 and 17), and a reader of the URL would not.
+        raise ValueError(
+            f"{url!r}: write the key as a number, decimal or 0x hex (sysvmq://0x1234, "
+            "sysvmq://4660), or a path for ftok (sysvmq:///path?proj=N)"
+        )
     if path.startswith("@") and scheme in ("fifo", "shm", *_QUEUES):
         raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
     kw: dict[str, Any] = {}
