@@ -7,9 +7,11 @@ synchronise.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 
 import anyio
@@ -142,3 +144,63 @@ def test_a_sysvmq_key_is_decimal_or_0x_hex_as_documented(key: str) -> None:
 @pytest.mark.parametrize(("key", "value"), [("17", 17), ("0x11", 17), ("-5", -5)])
 def test_sysvmq_keys_in_the_documented_forms_still_parse(key: str, value: int) -> None:
     assert int(parse_url(f"sysvmq://{key}").path, 0) == value
+
+
+# ------------------------------------------ one wording for "out of file descriptors"
+
+EMFILE_WORDING = """
+    import os, resource, sys
+    from aioipc import AnonymousMemory, IPCError, posix
+
+    queue, semaphore = sys.argv[1], sys.argv[2]
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    held = []
+    while True:
+        try:
+            held.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            break
+    calls = {
+        "POSIX message queue " + queue: lambda: posix.MessageQueue.open(queue),
+        "POSIX semaphore " + semaphore: lambda: posix.Semaphore.open(semaphore),
+        "anonymous shared memory": lambda: AnonymousMemory.create(4096),
+    }
+    for what, call in calls.items():
+        try:
+            call()
+        except IPCError as exc:
+            assert exc.strerror.startswith(what + ": "), exc.strerror
+            print(exc.errno, exc.strerror[len(what) + 2 :], flush=True)
+"""
+
+
+@pytest.mark.asyncio
+async def test_out_of_descriptors_is_said_the_same_way_by_posix_objects_and_the_rest() -> None:
+    """errors.fd_limit_reason is the one wording of EMFILE (merge abd7657); before,
+    _posix_base said it its own way ("this process has RLIMIT_NOFILE (ulimit -n) = 64
+    descriptors open already (too many open files)" against "this process has no file
+    descriptor left (RLIMIT_NOFILE = 64, ulimit -n; EMFILE)")."""
+    from aioipc import posix
+
+    tag = os.urandom(6).hex()
+    queue = posix.MessageQueue.create(f"/aioipc-test-review-mq-{tag}")
+    semaphore = posix.Semaphore.create(f"/aioipc-test-review-sem-{tag}", 1)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(EMFILE_WORDING), queue.name, semaphore.name],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
+        )
+    finally:
+        queue.unlink()
+        await queue.aclose()
+        semaphore.unlink()
+        await semaphore.aclose()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    assert len(set(lines)) == 1, lines
+    assert lines[0].startswith(f"{errno.EMFILE} "), lines
+    assert "RLIMIT_NOFILE = 64" in lines[0], lines
