@@ -139,7 +139,10 @@ def check_seconds(
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{_prefix(what)}{param} is seconds (a number), not {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{_prefix(what)}{param} is beyond what a float holds") from None
     if math.isnan(seconds):
         raise ValueError(f"{_prefix(what)}{param} is seconds, not NaN")
     if math.isinf(seconds) and not (allow_inf and seconds > 0):

@@ -204,3 +204,15 @@ async def test_out_of_descriptors_is_said_the_same_way_by_posix_objects_and_the_
     assert len(set(lines)) == 1, lines
     assert lines[0].startswith(f"{errno.EMFILE} "), lines
     assert "RLIMIT_NOFILE = 64" in lines[0], lines
+
+
+def test_check_seconds_refuses_an_int_too_large_for_a_float() -> None:
+    """check_seconds promises TypeError or ValueError; before, ``float(10**400)`` raised
+    a raw OverflowError (no caller passes such an int yet: a latent hole in the one
+    place every duration is checked)."""
+    from aioipc._check import check_seconds
+
+    with pytest.raises(ValueError, match="timeout"):
+        check_seconds(10**400, "timeout")
+    with pytest.raises(ValueError, match="timeout"):
+        check_seconds(-(10**400), "timeout", allow_inf=True)
