@@ -7,6 +7,7 @@ synchronise.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -216,3 +217,36 @@ def test_check_seconds_refuses_an_int_too_large_for_a_float() -> None:
         check_seconds(10**400, "timeout")
     with pytest.raises(ValueError, match="timeout"):
         check_seconds(-(10**400), "timeout", allow_inf=True)
+
+
+# ------------------------------------------ names the output encoding cannot hold
+
+
+def test_ls_and_rm_survive_a_name_the_locale_cannot_encode() -> None:
+    """Anyone can name a /dev/shm object with any text. Under a locale whose encoding
+    cannot hold it (LANG=en_US.ISO-8859-1; here PYTHONIOENCODING=latin-1), before:
+    ``aioipc ls`` died with a UnicodeEncodeError traceback from print() (stderr escapes
+    what it cannot encode; stdout did not), and ``rm`` removed the object and then
+    crashed saying so."""
+    name = f"/aioipc-test-review-日本-{os.urandom(4).hex()}"
+    path = "/dev/shm" + name
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    with open(path, "wb") as f:
+        f.write(b"x")
+    try:
+        listed = subprocess.run(
+            [*CLI, "ls", "--kind", "posix-shm"], capture_output=True, env=env, timeout=LIMIT
+        )
+        assert b"Traceback" not in listed.stderr, listed.stderr.decode()
+        assert listed.returncode == 0, listed.stderr.decode()
+        assert name.replace("日本", "\\u65e5\\u672c").encode() in listed.stdout
+        removed = subprocess.run(
+            [*CLI, "rm", "--force", "posix-shm", name], capture_output=True, env=env, timeout=LIMIT
+        )
+        assert b"Traceback" not in removed.stderr, removed.stderr.decode()
+        assert removed.returncode == 0, removed.stderr.decode()
+        assert b"removed posix-shm" in removed.stdout
+        assert not os.path.exists(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
