@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -250,3 +251,39 @@ def test_ls_and_rm_survive_a_name_the_locale_cannot_encode() -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+# ----------------------------------------------- SysV owners: uids the kernel cannot hold
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["queue", "semaphore", "shm"])
+@pytest.mark.parametrize("field", ["uid", "gid"])
+async def test_sysv_owner_setters_refuse_ids_a_uid_t_cannot_hold(kind: str, field: str) -> None:
+    """Before: ctypes cut the value to 32 bits, so ``q.uid = 2**40`` gave the queue to
+    root (uid 0), ``2**32 + 65534`` to nobody, and ``True`` to uid 1 (the POSIX queue's
+    setters checked them already)."""
+    from aioipc._region import SysVSharedMemory
+
+    obj: Any
+    if kind == "queue":
+        obj = sysv.MessageQueue.create()
+    elif kind == "semaphore":
+        obj = sysv.Semaphore.create()
+    else:
+        obj = SysVSharedMemory.create(sysv.IPC_PRIVATE, 4096)
+    try:
+        before = getattr(obj, field)
+        for value in (2**40, 2**32 + 65534, -1):
+            with pytest.raises(ValueError, match=field):
+                setattr(obj, field, value)
+        with pytest.raises(TypeError, match=field):
+            setattr(obj, field, True)
+        assert getattr(obj, field) == before
+        setattr(obj, field, before)  # a real id is still taken
+    finally:
+        obj.remove()
+        if kind == "shm":
+            obj.close()
+        else:
+            await obj.aclose()
