@@ -13,6 +13,7 @@ import math
 import os
 
 __all__ = [
+    "ID_MAX",
     "INT_MAX",
     "LONG_MAX",
     "check_fd",
@@ -26,6 +27,8 @@ __all__ = [
 #: C's ``int`` and ``long`` on 64-bit Linux: what the kernel's arguments can hold.
 INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
+#: The largest uid or gid: uid_t is 32 bits, and its all-ones value means "no id".
+ID_MAX = 2**32 - 2
 
 
 def _prefix(what: str | None) -> str:
