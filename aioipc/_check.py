@@ -13,6 +13,7 @@ import math
 import os
 
 __all__ = [
+    "ID_MAX",
     "INT_MAX",
     "LONG_MAX",
     "check_fd",
@@ -26,6 +27,8 @@ __all__ = [
 #: C's ``int`` and ``long`` on 64-bit Linux: what the kernel's arguments can hold.
 INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
+#: The largest uid or gid: uid_t is 32 bits, and its all-ones value means "no id".
+ID_MAX = 2**32 - 2
 
 
 def _prefix(what: str | None) -> str:
@@ -139,7 +142,10 @@ def check_seconds(
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{_prefix(what)}{param} is seconds (a number), not {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{_prefix(what)}{param} is beyond what a float holds") from None
     if math.isnan(seconds):
         raise ValueError(f"{_prefix(what)}{param} is seconds, not NaN")
     if math.isinf(seconds) and not (allow_inf and seconds > 0):

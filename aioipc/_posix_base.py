@@ -16,7 +16,6 @@ from .errors import IPCError, IPCSystemError, translate_os_error
 __all__ = [
     "check_name",
     "map_posix_errors",
-    "nofile_error",
     "posix_ipc_errno",
     "posix_os_error",
     "privileged",
@@ -127,27 +126,6 @@ def _fds_used_up() -> bool:
     return False
 
 
-def nofile_error(what: str) -> IPCSystemError:
-    """EMFILE because this process has all the descriptors RLIMIT_NOFILE allows open."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return IPCSystemError(
-        errno.EMFILE,
-        f"{what}: this process has RLIMIT_NOFILE (ulimit -n) = {soft} descriptors open "
-        "already (too many open files)",
-    )
-
-
-def _file_max_error(what: str) -> IPCSystemError:
-    try:
-        file_max = Path("/proc/sys/fs/file-max").read_text().strip()
-    except OSError:
-        file_max = "?"
-    return IPCSystemError(
-        errno.ENFILE,
-        f"{what}: the system's limit on open files is reached (/proc/sys/fs/file-max = {file_max})",
-    )
-
-
 def _shm_full_error(what: str) -> IPCSystemError:
     try:
         st = os.statvfs(SHM_DIR)
@@ -171,12 +149,10 @@ def posix_os_error(
     file-max; ENOSPC the queue count limit (``kind`` "mq") or a full /dev/shm ("sem").
     """
     code = exc.errno
-    if code == errno.EMFILE:
-        if shape is not None and not _fds_used_up():
-            return _mq_bytes_error(what, *shape)
-        return nofile_error(what)
-    if code == errno.ENFILE:
-        return _file_max_error(what)
+    if code == errno.EMFILE and shape is not None and not _fds_used_up():
+        return _mq_bytes_error(what, *shape)
+    # EMFILE (descriptors) and ENFILE: translate_os_error names the limit, in the words
+    # every aioipc object uses (errors.fd_limit_reason).
     if code == errno.ENOSPC:
         if kind == "mq":
             queues = _sysctl("queues_max")

@@ -19,7 +19,7 @@ from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _registry
-from ._check import LONG_MAX, check_int, check_mode, check_size
+from ._check import ID_MAX, LONG_MAX, check_int, check_mode, check_size
 from ._posix_base import check_name, map_posix_errors, posix_os_error
 from ._wait import YIELD_EVERY, FdWaiter, Pacer
 from .abc import IPCAttribute, message_bytes
@@ -34,8 +34,6 @@ __all__ = ["MessageQueue"]
 
 #: The highest priority a message can have (Linux: 32767).
 PRIORITY_MAX: int = posix_ipc.QUEUE_PRIORITY_MAX
-#: The largest uid or gid (uid_t is 32 bits, and its all-ones value means "no id").
-_ID_MAX = 2**32 - 2
 
 
 class MessageQueue(ObjectStream[bytes]):
@@ -276,8 +274,8 @@ class MessageQueue(ObjectStream[bytes]):
 
     def _chown(self, uid: int, gid: int) -> None:
         # -1 leaves that id as it is; (uid_t)-1 itself is no one's id.
-        check_int(uid, "uid", minimum=-1, maximum=_ID_MAX, what=self._what)
-        check_int(gid, "gid", minimum=-1, maximum=_ID_MAX, what=self._what)
+        check_int(uid, "uid", minimum=-1, maximum=ID_MAX, what=self._what)
+        check_int(gid, "gid", minimum=-1, maximum=ID_MAX, what=self._what)
         self._check_open()
         try:
             os.fchown(self._fd, uid, gid)

@@ -483,7 +483,8 @@ class AnonymousMemory(_MmapRegion):
         try:
             self._map(fd)
         except BaseException as exc:
-            os.close(fd)
+            if _fd is None:
+                os.close(fd)  # ours; a refused fd of from_fd stays its caller's
             if isinstance(exc, OSError):
                 raise translate_os_error(exc, self._what) from exc
             raise
@@ -508,8 +509,12 @@ class AnonymousMemory(_MmapRegion):
             TypeError: ``fd`` is not an int.
             ValueError: ``fd`` is not an open file descriptor, not a regular (memfd)
                 file, or is empty.
+            aioipc.IPCPermissionError: ``fd`` is not open for reading and writing (a
+                region is mapped writable).
             aioipc.IPCSystemError: mapping it failed (out of file descriptors: EMFILE,
                 naming RLIMIT_NOFILE; out of memory).
+
+        Whatever it raises, ``fd`` is left open: it is still the caller's.
         """
         what = "anonymous shared memory"
         check_fd(fd, what)

@@ -18,7 +18,7 @@ import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
 from . import _libc, _registry
-from ._check import check_id, check_mode
+from ._check import ID_MAX, check_id, check_int, check_mode
 from ._threads import interrupt_all, stop_jobs
 from .errors import IPCNotFoundError, translate_os_error
 
@@ -204,21 +204,23 @@ class SysVObject:
 
     @property
     def uid(self) -> int:
-        """Owner user id (settable, by the owner or root)."""
+        """Owner user id (settable, by the owner or root, to 0..2**32-2: anything else is
+        a TypeError or ValueError, never cut to 32 bits)."""
         return int(self._perm().uid)
 
     @uid.setter
     def uid(self, value: int) -> None:
-        self._set(uid=value)
+        # ctypes would cut it to 32 bits: uid=2**40 would give the object to root.
+        self._set(uid=check_int(value, "uid", minimum=0, maximum=ID_MAX, what=self._what))
 
     @property
     def gid(self) -> int:
-        """Owner group id (settable, by the owner or root)."""
+        """Owner group id (settable as :attr:`uid` is)."""
         return int(self._perm().gid)
 
     @gid.setter
     def gid(self, value: int) -> None:
-        self._set(gid=value)
+        self._set(gid=check_int(value, "gid", minimum=0, maximum=ID_MAX, what=self._what))
 
     @property
     def cuid(self) -> int:

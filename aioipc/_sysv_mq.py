@@ -14,7 +14,7 @@ from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _libc
-from ._check import check_mode, check_size
+from ._check import check_int, check_mode, check_size
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR, MSG_QBYTES_MAX
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
@@ -558,9 +558,17 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._check_open()
         selector = self._receive_type if type is None else _check_selector(type, except_type)
         flags = (MSG_EXCEPT if except_type else 0) | (MSG_NOERROR if truncate else 0)
-        size = self._msgmax if max_size is None else max_size
-        if not 0 <= size <= self._msgmax:
-            raise ValueError(f"max_size must be in 0..{self._msgmax} (msgmax), got {size}")
+        if max_size is None:
+            return selector, flags, self._msgmax
+        # An int, checked here: anything else would reach msgrcv through ctypes.
+        size = check_int(
+            max_size,
+            "max_size",
+            minimum=0,
+            maximum=self._msgmax,
+            what=self._what,
+            unit="bytes (msgmax)",
+        )
         return selector, flags, size
 
     def receive_message_nowait(
@@ -585,6 +593,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             anyio.BrokenResourceError: the queue was removed.
             aioipc.MessageTooLargeError: the message is larger than ``max_size``.
             aioipc.IPCPermissionError: the queue's mode does not let us read.
+            TypeError, ValueError: ``type`` or ``max_size`` is not an int in its range
+                (``max_size``: 0..msgmax).
         """
         selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
         msg = self._try_receive(selector, flags, size)
@@ -609,6 +619,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             anyio.BrokenResourceError: the queue was removed (also while waiting).
             aioipc.MessageTooLargeError: the message is larger than ``max_size``.
             aioipc.IPCPermissionError: the queue's mode does not let us read.
+            TypeError, ValueError: ``type`` or ``max_size`` is not an int in its range
+                (``max_size``: 0..msgmax).
 
         Cancellation: a cancelled receive took nothing from the queue, even if the
         message arrived just as the cancellation did: the worker thread only waits until

@@ -13,7 +13,7 @@ import anyio
 from anyio import ClosedResourceError, WouldBlock
 
 from . import _libc
-from ._check import check_mode
+from ._check import LONG_MAX, check_int, check_mode
 from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
@@ -41,6 +41,13 @@ def _check_value(v: int) -> int:
     if not 0 <= v <= SEMVMX:
         raise ValueError(f"a SysV semaphore value must be in 0..{SEMVMX} (SEMVMX), got {v}")
     return v
+
+
+def _too_many(size: int, semmsl: int) -> ValueError:
+    return ValueError(
+        f"a SysV semaphore set holds 1..{semmsl} semaphores "
+        f"(semmsl, first field of {_SEM}), asked for {size}"
+    )
 
 
 class SemaphoreSet(SysVObject):
@@ -83,11 +90,7 @@ class SemaphoreSet(SysVObject):
             return _libc.semget(key, size, flags)
         except OSError as exc:
             if exc.errno == errno.EINVAL and creating:
-                semmsl = read_sysctl(_SEM, 32000)
-                raise ValueError(
-                    f"a SysV semaphore set holds 1..{semmsl} semaphores "
-                    f"(semmsl, first field of {_SEM}), asked for {size}"
-                ) from None
+                raise _too_many(size, read_sysctl(_SEM, 32000)) from None
             raise cls._lookup_error(exc, key, creating) from exc
 
     @classmethod
@@ -109,13 +112,19 @@ class SemaphoreSet(SysVObject):
 
         Raises:
             aioipc.IPCExistsError: a semaphore set with this key exists.
-            ValueError: a key, size or value out of range, or ``mode`` not in 0..0o777.
-            TypeError: ``mode`` is not an int.
+            ValueError: a key, size or value out of range (``size``: 1..semmsl, the first
+                field of /proc/sys/kernel/sem), or ``mode`` not in 0..0o777.
+            TypeError: ``mode`` or ``size`` is not an int.
         """
         key = check_key(key)
-        check_mode(mode, f"{cls._kind_name} key={key_repr(key)}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"a semaphore set needs size >= 1, got {size!r}")
+        what = f"{cls._kind_name} key={key_repr(key)}"
+        check_mode(mode, what)
+        check_int(size, "size", minimum=1, maximum=LONG_MAX, what=what)  # then semmsl
+        semmsl = read_sysctl(_SEM, 32000)
+        if size > semmsl:
+            # Before the values are spread over ``size`` slots: size=2**31 would fill
+            # 16 GiB for semget to refuse.
+            raise _too_many(size, semmsl)
         vals = [values] * size if isinstance(values, int) else list(values)
         if len(vals) != size:
             raise ValueError(f"{len(vals)} values given for a set of {size} semaphores")

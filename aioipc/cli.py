@@ -8,6 +8,8 @@ channel by URL (docs/cli.md). Errors are one readable line and a non-zero exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -202,6 +204,10 @@ def _whole(minimum: int, maximum: int, unit: str = "") -> Callable[[str], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Names are anyone's text: under a locale that cannot encode one (ISO-8859-1), print()
+    # would die with UnicodeEncodeError. Written as \uXXXX instead, as stderr already does.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -426,10 +426,12 @@ class _RingEnd:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise TypeError(f"{self._what}: capacity must be an int, not {capacity!r}")
         check_mode(mode, self._what)
-        if not _ring.MIN_CAPACITY <= capacity <= LONG_MAX or capacity % 8:
+        # The file is the header and the data: its size must fit an off_t.
+        largest = (LONG_MAX - HEADER_SIZE) & ~7
+        if not _ring.MIN_CAPACITY <= capacity <= largest or capacity % 8:
             raise ValueError(
                 f"{self._what}: capacity must be a multiple of 8 and at least "
-                f"{_ring.MIN_CAPACITY} bytes, not {capacity}"
+                f"{_ring.MIN_CAPACITY} bytes (at most {largest}), not {capacity}"
             )
         try:
             self._fd = os.open(

@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 
 from . import fifo, posix, shm, sysv, unix
-from ._check import LONG_MAX, check_int, check_mode, check_seconds
+from ._check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
 from ._libc import MSG_QBYTES_MAX
 from .codecs import _CODECS, Codec, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
@@ -64,9 +64,6 @@ _UNIX_KINDS: dict[str, unix.Kind] = {
 _QUEUES = ("mq", "sysvmq")
 _SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES, "shm")
 
-#: The largest uid a unix listener can be told to accept (uid_t is 32 bits, and its
-#: all-ones value means "no uid").
-_UID_MAX = 2**32 - 2
 #: Decimal without leading zeros (a C reader would take 010 for octal), or 0x hex.
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*|0[xX][0-9a-fA-F]+)")
 #: Octal permission bits: 0600, 600 or 0o600.
@@ -163,9 +160,9 @@ def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
     uids = []
     for item in items:
         if not item.isascii() or not item.isdigit():
-            raise ValueError(f"{what}: option {name}: {item!r} is not a uid (0..{_UID_MAX})")
+            raise ValueError(f"{what}: option {name}: {item!r} is not a uid (0..{ID_MAX})")
         uid = _int(item, name, what, 10)
-        uids.append(check_int(uid, name, minimum=0, maximum=_UID_MAX, what=what))
+        uids.append(check_int(uid, name, minimum=0, maximum=ID_MAX, what=what))
     return tuple(uids)
 
 
@@ -231,14 +228,13 @@ def parse_url(url: str) -> Address:
         raise ValueError(f"{what}: the path has a NUL byte (%00) in it")
     if scheme in ("mq", "shm") and not path.startswith("/"):
         path = "/" + path
-    if scheme == "sysvmq" and not path.startswith(("/", "@")):
-        try:
-            int(path, 0)
-        except ValueError:
-            raise ValueError(
-                f"{url!r}: write the key as a number (sysvmq://0x1234, sysvmq://4660) "
-                "or a path for ftok (sysvmq:///path?proj=N)"
-            ) from None
+    if scheme == "sysvmq" and not path.startswith(("/", "@")) and not _INTEGER.fullmatch(path):
+        # The same forms as an integer option: int(path, 0) would also take 0o17, 0b11
+        # and 1_7 (keys 15, 3 and 17), and a reader of the URL would not.
+        raise ValueError(
+            f"{url!r}: write the key as a number, decimal or 0x hex (sysvmq://0x1234, "
+            "sysvmq://4660), or a path for ftok (sysvmq:///path?proj=N)"
+        )
     if path.startswith("@") and scheme in ("fifo", "shm", *_QUEUES):
         raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
     kw: dict[str, Any] = {}

@@ -83,7 +83,7 @@ async def test_at_emfile_every_posix_open_names_rlimit_nofile_first() -> None:
             assert label == call
             assert kind == "IPCSystemError", line
             assert code == str(errno.EMFILE), line
-            assert f"RLIMIT_NOFILE (ulimit -n) = {limit}" in text, line
+            assert f"RLIMIT_NOFILE = {limit}, ulimit -n" in text, line
             assert "RLIMIT_MSGQUEUE" not in text, line
             assert names[which] in text, line
         assert not mq_file(new_mq).exists()
