@@ -54,7 +54,7 @@ from anyio import (
 from anyio.abc import ObjectStream
 
 from . import _registry
-from ._check import check_fd, check_int, check_mode
+from ._check import ID_MAX, check_fd, check_int, check_mode
 from ._stream import FdChannel, FdResource
 from ._wait import Pacer
 from .abc import IPCAttribute
@@ -854,7 +854,7 @@ def _allowed(
         if isinstance(allowed_uids, (str, bytes)):
             raise TypeError(f"{what}: allowed_uids is a collection of ints, not {allowed_uids!r}")
         return frozenset(
-            check_int(uid, "allowed_uids", minimum=0, maximum=2**32 - 2, what=what)
+            check_int(uid, "allowed_uids", minimum=0, maximum=ID_MAX, what=what)
             for uid in allowed_uids
         )
     # A socket file is guarded by its mode; an abstract name by nothing but this check.

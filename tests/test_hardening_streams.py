@@ -483,7 +483,17 @@ SERVER_AT_EMFILE = """
     from aioipc import unix
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
     path = sys.argv[1]
+    class Retries(logging.Handler):  # sets `seen` once serve() has retried twice
+        count = 0
+        def emit(self, record):
+            if "retrying" in record.getMessage():
+                Retries.count += 1
+                if Retries.count == 2:
+                    seen.set()
     async def main():
+        global seen
+        seen = anyio.Event()
+        logging.getLogger("aioipc.unix").addHandler(Retries())
         async with await unix.listen(path) as listener, anyio.create_task_group() as tg:
             async def handler(chan):
                 await chan.send(await chan.receive())
@@ -501,7 +511,7 @@ SERVER_AT_EMFILE = """
             print("full", flush=True)
             # Read stdin on a thread: the loop must go on accepting meanwhile.
             await anyio.to_thread.run_sync(sys.stdin.readline)  # a client waits by now
-            await anyio.sleep(0.5)  # several accepts fail with EMFILE meanwhile
+            await seen.wait()  # accept failed with EMFILE, and serve() went on
             for fd in fillers:
                 os.close(fd)
             print("freed", flush=True)
