@@ -43,6 +43,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
+from typing import Any
 
 from ._check import LONG_MAX, check_int
 from .errors import MessageTooLargeError, ProtocolError
@@ -98,6 +99,12 @@ _DROP_LOG_INTERVAL = 10.0
 # Beyond it the least recently active is forgotten, and the end can no longer be vouched
 # for: it is reported unclean (a writer that cycles ids must not hide another's death).
 _MAX_OPEN_WRITERS = 4096
+_NOT_A_CHUNK_BIT = ~(_LAST_CHUNK | _FIRST_CHUNK | _BYE_CHUNK | _CHUNK_LENGTH)
+# What Python spends to keep an unfinished message's piece (a bytes object, a list slot)
+# and the message itself (its list and entry), counted against max_partial_bytes beside
+# the payload, so that tiny chunks cannot hold more than the bound says.
+_PIECE_COST = 64
+_MESSAGE_COST = 256
 
 _header = struct.Struct("!I")
 _chunk_header = struct.Struct("!QI")
@@ -344,17 +351,19 @@ class ChunkDecoder:
     never comes out torn.
 
     ``max_partial_bytes`` bounds the bytes held for all writers' unfinished messages
-    together (default: four times ``max_size``; each is one bytearray of its payload, so
-    the bound holds however small the chunks), and at most :data:`MAX_PARTIAL_WRITERS`
-    writers may have one. Beyond either, the unfinished message of the writer that sent
-    nothing for the longest is dropped and a warning is logged (logger
-    ``aioipc.framing``, at most one line per 10 s, with the count); :attr:`dropped`
-    counts them.
+    together (default: four times ``max_size``; each piece counts with what Python
+    spends to hold it, so the bound holds however small the chunks), and at most
+    :data:`MAX_PARTIAL_WRITERS` writers may have one. Beyond either, the unfinished
+    message of the writer that sent nothing for the longest is dropped and a warning is
+    logged (logger ``aioipc.framing``, at most one line per 10 s, with the count);
+    :attr:`dropped` counts them.
     """
 
     __slots__ = (
         "_buf",
+        "_cost",
         "_forgotten",
+        "_last_seen",
         "_logged_at",
         "_max_partial",
         "_max_size",
@@ -378,17 +387,20 @@ class ChunkDecoder:
         self._max_partial = check_max_partial_bytes(max_partial_bytes, max_size, "ChunkDecoder")
         self._buf = b""
         self._pos = 0
-        # writer id -> its message so far, least recently active first. One bytearray
-        # per writer, not a list of pieces: what is held is then the payload itself,
-        # however small the chunks (an empty chunk would cost a list entry and count
-        # nothing). OrderedDicts, because a plain dict that is popped from the front
-        # makes next(iter()) walk every dead slot before the first live one.
-        self._partial: OrderedDict[int, bytearray] = OrderedDict()
-        self._partial_bytes = 0
+        # writer id -> [its pieces so far, their payload bytes, what they cost to hold],
+        # least recently active first. The pieces are joined once, at the last chunk.
+        # OrderedDicts, because a plain dict that is popped from the front makes
+        # next(iter()) walk every dead slot before the first live one.
+        self._partial: OrderedDict[int, list[Any]] = OrderedDict()
+        self._partial_bytes = 0  # payload held (what `buffered` reports)
+        self._cost = 0  # payload plus per-piece overhead (what the bound is applied to)
         # Writers that sent messages and no goodbye since, least recently active first.
         self._open: OrderedDict[int, None] = OrderedDict()
         # How many such writers were forgotten beyond _MAX_OPEN_WRITERS.
         self._forgotten = 0
+        # The writer of the chunk before: chunks come in runs from one writer, and the
+        # recency order needs no update within a run.
+        self._last_seen: int | None = None
         #: Unfinished messages dropped to stay within ``max_partial_bytes`` or
         #: :data:`MAX_PARTIAL_WRITERS`.
         self.dropped = 0
@@ -423,25 +435,31 @@ class ChunkDecoder:
         self._pos = 0
 
     def _drop_partial(self, writer: int) -> None:
-        self._partial_bytes -= len(self._partial.pop(writer))
+        _, size, cost = self._partial.pop(writer)
+        self._partial_bytes -= size
+        self._cost -= cost
 
     def _spoke(self, writer: int) -> None:
+        """``writer`` is the most recently active one now."""
+        self._last_seen = writer
         opened = self._open
         if writer in opened:
             opened.move_to_end(writer)
-            return
-        opened[writer] = None
-        if len(opened) > _MAX_OPEN_WRITERS:
-            opened.popitem(last=False)
-            self._forgotten += 1
+        else:
+            opened[writer] = None
+            if len(opened) > _MAX_OPEN_WRITERS:
+                opened.popitem(last=False)
+                self._forgotten += 1
+        if writer in self._partial:
+            self._partial.move_to_end(writer)
 
     def _bound_partials(self) -> None:
         """Drop the least recently active unfinished messages until both bounds hold."""
         partial = self._partial
-        while len(partial) > MAX_PARTIAL_WRITERS or self._partial_bytes > self._max_partial:
-            writer, held = partial.popitem(last=False)
-            size = len(held)
+        while len(partial) > MAX_PARTIAL_WRITERS or self._cost > self._max_partial:
+            writer, (_, size, cost) = partial.popitem(last=False)
             self._partial_bytes -= size
+            self._cost -= cost
             self.dropped += 1
             self._unlogged += 1
             now = time.monotonic()
@@ -470,14 +488,12 @@ class ChunkDecoder:
                 the rest of that message is skipped).
         """
         buf = self._buf
-        view = memoryview(buf)  # pieces are copied once, into their writer's bytearray
+        end_of_buf = len(buf)
         partial = self._partial
-        while len(buf) - self._pos >= CHUNK_HEADER_SIZE:
+        while end_of_buf - self._pos >= CHUNK_HEADER_SIZE:
             writer, word = _chunk_header.unpack_from(buf, self._pos)
             length = word & _CHUNK_LENGTH
-            if word & ~(_LAST_CHUNK | _FIRST_CHUNK | _BYE_CHUNK | _CHUNK_LENGTH) or (
-                length > MAX_CHUNK_PAYLOAD
-            ):
+            if word & _NOT_A_CHUNK_BIT or length > MAX_CHUNK_PAYLOAD:
                 raise ProtocolError(
                     f"corrupt chunk header: word {word:#010x} (length {length}, chunk limit "
                     f"{MAX_CHUNK_PAYLOAD} = PIPE_BUF {PIPE_BUF} - header {CHUNK_HEADER_SIZE})"
@@ -487,43 +503,64 @@ class ChunkDecoder:
                     raise ProtocolError(f"corrupt chunk header: goodbye word {word:#010x}")
                 self._pos += CHUNK_HEADER_SIZE
                 self._open.pop(writer, None)
+                self._last_seen = None
                 continue
             start = self._pos + CHUNK_HEADER_SIZE
             end = start + length
-            if end > len(buf):
+            if end > end_of_buf:
                 return None
             self._pos = end
-            self._spoke(writer)
-            held = partial.get(writer)
+            if writer != self._last_seen:
+                self._spoke(writer)
             if word & _FIRST_CHUNK:
-                if held is not None:
+                if word & _LAST_CHUNK and writer not in partial:
+                    # The common case: a whole message in one chunk.
+                    if length > self._max_size:
+                        raise FrameTooLargeError(
+                            length, self._max_size, "the receiver's max_message_size"
+                        )
+                    self.last_writer = writer
+                    return buf[start:end]
+                if writer in partial:
                     # The writer began anew without finishing: what it left is no message.
                     self._drop_partial(writer)
-                    held = None
-            elif held is None:
-                continue  # the rest of a message that was dropped
-            size = length if held is None else len(held) + length
+                held: list[Any] | None = None
+                size = length
+            else:
+                held = partial.get(writer)
+                if held is None:
+                    continue  # the rest of a message that was dropped
+                size = held[1] + length
             if size > self._max_size:
                 if held is not None:
                     self._drop_partial(writer)  # its rest is skipped
-                last = word & _LAST_CHUNK
                 raise FrameTooLargeError(
-                    size, self._max_size, "the receiver's max_message_size", at_least=not last
+                    size,
+                    self._max_size,
+                    "the receiver's max_message_size",
+                    at_least=not word & _LAST_CHUNK,
                 )
             if word & _LAST_CHUNK:
                 self.last_writer = writer
                 if held is None:
                     return buf[start:end]
                 self._drop_partial(writer)
-                held += view[start:end]
-                return bytes(held)
+                pieces = held[0]
+                pieces.append(buf[start:end])
+                return b"".join(pieces)
+            cost = length + _PIECE_COST if length else 0  # an empty piece is not kept
             if held is None:
-                partial[writer] = bytearray(view[start:end])
+                partial[writer] = [[buf[start:end]], size, cost + _MESSAGE_COST]
+                self._cost += cost + _MESSAGE_COST
             else:
-                held += view[start:end]
-                partial.move_to_end(writer)
+                if length:
+                    held[0].append(buf[start:end])
+                held[1] = size
+                held[2] += cost
+                self._cost += cost
             self._partial_bytes += length
-            self._bound_partials()
+            if self._cost > self._max_partial or len(partial) > MAX_PARTIAL_WRITERS:
+                self._bound_partials()
         return None
 
     def owed_goodbyes(self) -> Owed:

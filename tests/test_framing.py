@@ -720,7 +720,8 @@ def test_unfinished_messages_are_bounded_by_max_partial_bytes(
     with caplog.at_level("WARNING", logger="aioipc.framing"):
         assert dec.next_frame() is None
     assert dec.buffered <= 2 * limit
-    assert dec.dropped == 1000 - 2 * limit // MAX_CHUNK_PAYLOAD
+    # Each held message also counts what Python spends to hold it: a few fewer fit.
+    assert 1000 - 2 * limit // MAX_CHUNK_PAYLOAD <= dec.dropped < 1000
     assert "max_partial_bytes" in caplog.text
     # The writers kept are the most recently active ones, and they still finish whole.
     survivor = 999
