@@ -62,6 +62,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import stat
 import statistics
 import struct
 import sys
@@ -848,8 +849,20 @@ def _measure(
             conn.close()
         for proc in procs:
             _stop(proc)
+        _unlink_fifos(tmpdir)
         shutil.rmtree(tmpdir, ignore_errors=True)
     return _check_reports(transport, test, counts, reports["a"], reports["b"])
+
+
+def _unlink_fifos(directory: str) -> None:
+    """Remove the FIFOs a measurement made through aioipc, so that its registry of the
+    objects it created forgets them too (a plain rmtree left one entry per FIFO)."""
+    from aioipc import fifo
+
+    for entry in os.scandir(directory):
+        if stat.S_ISFIFO(entry.stat(follow_symlinks=False).st_mode):
+            with contextlib.suppress(Exception):
+                fifo.unlink(entry.path)
 
 
 def _check_reports(
