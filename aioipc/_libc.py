@@ -29,6 +29,7 @@ __all__ = [
     "IPC_RMID",
     "IPC_SET",
     "IPC_STAT",
+    "MSG_COPY",
     "MSG_EXCEPT",
     "MSG_NOERROR",
     "MSG_QBYTES_MAX",
@@ -63,6 +64,8 @@ IPC_SET = 1
 IPC_STAT = 2
 MSG_NOERROR = 0o10000
 MSG_EXCEPT = 0o20000
+#: Copy the message at position msgtyp, leaving it queued (with IPC_NOWAIT only).
+MSG_COPY = 0o40000
 SEM_UNDO = 0x1000
 GETNCNT = 14
 GETVAL = 12

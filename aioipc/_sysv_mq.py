@@ -14,19 +14,26 @@ from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from . import _libc
-from ._check import check_int, check_mode, check_size
-from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, MSG_EXCEPT, MSG_NOERROR, MSG_QBYTES_MAX
+from ._check import LONG_MAX, check_int, check_mode, check_size
+from ._libc import (
+    IPC_CREAT,
+    IPC_EXCL,
+    IPC_NOWAIT,
+    MSG_COPY,
+    MSG_EXCEPT,
+    MSG_NOERROR,
+    MSG_QBYTES_MAX,
+)
 from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
 from ._threads import Interrupted, Job, run_in_worker
 from ._wait import YIELD_EVERY, Pacer
 from .abc import IPCAttribute, message_bytes
-from .errors import IPCPermissionError, MessageTooLargeError, open_or_create
+from .errors import IPCPermissionError, IPCSystemError, MessageTooLargeError, open_or_create
 
 __all__ = ["MessageQueue"]
 
 _MSGMAX = "/proc/sys/kernel/msgmax"
 _MSGMNB = "/proc/sys/kernel/msgmnb"
-_LONG_MAX = 2**63 - 1
 
 Message = tuple[int, bytes]
 
@@ -34,7 +41,7 @@ Message = tuple[int, bytes]
 def _check_send_type(t: int) -> int:
     if isinstance(t, bool) or not isinstance(t, int):
         raise TypeError(f"a message type is an int > 0, not {t!r}")
-    if not 0 < t <= _LONG_MAX:
+    if not 0 < t <= LONG_MAX:
         raise ValueError(f"a SysV message type must be > 0 (and fit a C long), got {t}")
     return t
 
@@ -42,7 +49,7 @@ def _check_send_type(t: int) -> int:
 def _check_selector(t: int, except_type: bool) -> int:
     if isinstance(t, bool) or not isinstance(t, int):
         raise TypeError(f"a message type selector is an int, not {t!r}")
-    if not -_LONG_MAX <= t <= _LONG_MAX:
+    if not -LONG_MAX <= t <= LONG_MAX:
         raise ValueError(f"message type selector {t} does not fit a C long")
     if except_type and t <= 0:
         raise ValueError(f"except_type=True needs a type > 0 to exclude, got {t}")
@@ -816,10 +823,6 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 needs a kernel built with CONFIG_CHECKPOINT_RESTORE).
             ValueError: ``index`` is negative or beyond a C long.
         """
-        from ._check import LONG_MAX, check_int
-        from .errors import IPCSystemError
-
-        msg_copy = 0o40000  # MSG_COPY, <linux/msg.h>: msgtyp is then a position
         check_int(index, "index", minimum=0, maximum=LONG_MAX, what=self._what)
         self._check_open()
         try:
@@ -828,7 +831,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 _libc.ReceiveBuffer(self._msgmax),
                 self._msgmax,
                 index,
-                msg_copy | IPC_NOWAIT,
+                MSG_COPY | IPC_NOWAIT,
             )
         except OSError as exc:
             if exc.errno == errno.ENOMSG:

@@ -25,7 +25,7 @@ import fcntl
 import os
 from typing import Literal, overload
 
-from ._check import check_fd, check_int
+from ._check import INT_MAX, check_fd, check_int
 from ._stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
 from .errors import map_errors
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
@@ -84,7 +84,7 @@ def pipe(
     """
     check_max_message_size(max_message_size, "pipe")
     if pipe_size is not None:
-        check_int(pipe_size, "pipe_size", minimum=1, maximum=2**31 - 1, what="pipe")
+        check_int(pipe_size, "pipe_size", minimum=1, maximum=INT_MAX, what="pipe")
     with map_errors("pipe"):
         read_fd, write_fd = os.pipe()
     if pipe_size is not None:

@@ -54,7 +54,7 @@ from anyio import (
 from anyio.abc import ObjectStream
 
 from . import _registry
-from ._check import ID_MAX, check_fd, check_int, check_mode
+from ._check import ID_MAX, INT_MAX, check_fd, check_int, check_mode
 from ._stream import FdChannel, FdResource
 from ._wait import Pacer
 from .abc import IPCAttribute
@@ -898,7 +898,7 @@ async def listen(
     address, name = _address(path)
     what = _what(kind, name)
     check_mode(mode, what)
-    check_int(backlog, "backlog", minimum=0, maximum=2**31 - 1, what=what)
+    check_int(backlog, "backlog", minimum=0, maximum=INT_MAX, what=what)
     check_max_message_size(max_message_size, what)
     allowed = _allowed(address, allowed_uids, what)
     await anyio.lowlevel.checkpoint()
