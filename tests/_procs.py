@@ -14,6 +14,8 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 import aioipc
 
 PYTHON = sys.executable
@@ -27,6 +29,24 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [AIOIPC_ROOT, env.get("PYTHONPATH")]))
     return env
+
+
+def run_code(code: str, *args: str, timeout: float = CHILD_LIMIT) -> str:
+    """Run ``code`` in a fresh interpreter (stdin closed); its stdout. The test fails if
+    it does not exit 0 within ``timeout`` seconds."""
+    try:
+        done = subprocess.run(
+            [PYTHON, "-c", textwrap.dedent(code), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the child process still ran after {timeout} s:\n{code}")
+    assert done.returncode == 0, f"child exited with {done.returncode}:\n{done.stderr}"
+    return done.stdout
 
 
 @contextlib.contextmanager

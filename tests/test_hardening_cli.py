@@ -32,7 +32,7 @@ import pytest
 
 from aioipc import IPCNotFoundError, _registry, posix, sysv
 
-from ._procs import run_on_a_pty
+from ._procs import run_code, run_on_a_pty
 from .test_cli import background
 
 CLI = [sys.executable, "-m", "aioipc"]
@@ -481,18 +481,6 @@ def test_rm_stale_forgets_the_entry_of_a_queue_whose_ipc_namespace_is_gone() -> 
     assert _entries("sysv-msg", qid) == []
 
 
-def _make_and_die(script: str, *args: str) -> None:
-    """Run ``script`` in a process that exits without cleaning up (a crash)."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def test_rm_stale_with_a_prefix_removes_and_forgets_only_what_matches(short_tmp: Path) -> None:
     tag = uuid4().hex[:8]
     hexes = secrets.token_hex(2)
@@ -500,7 +488,7 @@ def test_rm_stale_with_a_prefix_removes_and_forgets_only_what_matches(short_tmp:
     names = {x: f"/aioipc-hc-{tag}-{x}" for x in "ab"}
     socks = {x: str(short_tmp / f"{x}-{tag}.sock") for x in "ab"}
     gone = {x: str(short_tmp / f"{x}-{tag}-gone.sock") for x in "ab"}
-    _make_and_die(
+    run_code(
         """
         import os, sys, anyio
         from aioipc import posix, sysv, unix

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -36,7 +35,7 @@ from aioipc._inventory import scan
 from aioipc._rm import remove_stale
 from aioipc.errors import MessageTooLargeError
 
-from ._procs import run_on_a_pty
+from ._procs import run_code, run_on_a_pty
 
 LIMIT = 30
 NOBODY = 65534
@@ -65,18 +64,6 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def _run(script: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def _wait_exit(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` (any process, not only a child) ends within ``timeout``."""
     try:
@@ -97,7 +84,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
 def test_rm_stale_removes_a_dead_creators_queue_whose_key_has_the_top_bit(
     registry: Path,
 ) -> None:
-    made = _run(
+    made = run_code(
         """
         import secrets
         from aioipc import sysv
@@ -195,7 +182,7 @@ def test_a_forked_child_closing_an_inherited_listener_leaves_the_socket_file(
     registry: Path, short_dir: Path
 ) -> None:
     path = str(short_dir / "s")
-    out = _run(
+    out = run_code(
         """
         import json, os, sys
         import anyio

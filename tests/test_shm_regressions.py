@@ -52,7 +52,7 @@ import aioipc.shm
 from aioipc import IPCNotFoundError, MappedFile, ProtocolError, posix, sysv
 from aioipc.shm import ShmReceiver, ShmSender
 
-from ._procs import CHILD_LIMIT, PYTHON, child, child_env, read_line, tell
+from ._procs import CHILD_LIMIT, PYTHON, child, child_env, read_line, run_code, tell
 from ._rings import existing, ring_files
 
 #: Header fields (byte offsets into /dev/shm/NAME), as aioipc/_ring.py documents them.
@@ -138,23 +138,6 @@ class Outcome:
 
     def __repr__(self) -> str:
         return f"<Outcome value={self.value!r} error={self.error!r}>"
-
-
-def run_child(code: str, *args: str, timeout: float = CHILD_LIMIT) -> str:
-    """Run ``code`` in a fresh interpreter; its stdout (it must exit 0 within
-    ``timeout`` seconds, else the test fails)."""
-    try:
-        done = subprocess.run(
-            [PYTHON, "-c", textwrap.dedent(code), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=child_env(),
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the child process still ran after {timeout} s:\n{code}")
-    assert done.returncode == 0, f"child exited with {done.returncode}:\n{done.stderr}"
-    return done.stdout
 
 
 def shm_segments() -> dict[int, int]:
@@ -554,7 +537,7 @@ def test_out_of_fds_on_open_is_clean_and_leaks_nothing(new_ring: Callable[[], st
     tries = 8  # 0..7 fds free: every open fails in turn, then it succeeds
     created = [new_ring() for _ in range(tries)]
     attached = new_ring()
-    out = run_child(EMFILE_CHILD, json.dumps(created), attached)
+    out = run_code(EMFILE_CHILD, json.dumps(created), attached)
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 3 * tries
     for op in ("create", "open ShmSender", "open ShmReceiver"):
