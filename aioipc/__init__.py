@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from . import codecs as codecs
-from . import fifo as fifo
-from . import pipes as pipes
-from . import posix as posix
-from . import shm as shm
-from . import sysv as sysv
-from . import unix as unix
-from ._region import AnonymousMemory as AnonymousMemory
-from ._region import MappedFile as MappedFile
-from ._region import SharedMemoryRegion as SharedMemoryRegion
-from ._sysv_base import IPC_PRIVATE as IPC_PRIVATE
-from ._sysv_base import ftok as ftok
-from ._threads import install_interrupt_handler as install_interrupt_handler
-from ._threads import worker_limiter as worker_limiter
+from . import codecs, fifo, pipes, posix, shm, sysv, unix
+from ._core.region import AnonymousMemory as AnonymousMemory
+from ._core.region import MappedFile as MappedFile
+from ._core.region import SharedMemoryRegion as SharedMemoryRegion
+from ._core.sysv_base import IPC_PRIVATE as IPC_PRIVATE
+from ._core.sysv_base import ftok as ftok
+from ._core.threads import install_interrupt_handler as install_interrupt_handler
+from ._core.threads import worker_limiter as worker_limiter
 from .abc import Channel as Channel
 from .abc import IPCAttribute as IPCAttribute
 from .abc import ReceiveChannel as ReceiveChannel

@@ -39,9 +39,9 @@ import stat
 
 import anyio
 
-from . import _registry
-from ._check import check_mode
-from ._stream import FdReceiveChannel, FdResource, FdSendChannel
+from ._core import registry as _registry
+from ._core.check import check_mode
+from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size, check_max_partial_bytes
 

@@ -45,7 +45,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from ._check import LONG_MAX, check_int
+from ._core.check import LONG_MAX, check_int
 from .errors import MessageTooLargeError, ProtocolError
 
 __all__ = [

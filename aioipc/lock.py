@@ -7,8 +7,8 @@ from typing import Any
 
 from anyio import TaskInfo, get_current_task
 
-from ._sysv_base import IPC_PRIVATE
-from ._sysv_sem import Semaphore
+from ._core.sysv_base import IPC_PRIVATE
+from ._core.sysv_sem import Semaphore
 
 __all__ = ["Lock"]
 

@@ -25,8 +25,8 @@ import fcntl
 import os
 from typing import Literal, overload
 
-from ._check import INT_MAX, check_fd, check_int
-from ._stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
+from ._core.check import INT_MAX, check_fd, check_int
+from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
 from .errors import map_errors
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
 

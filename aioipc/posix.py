@@ -7,14 +7,14 @@ removes a name; handles already open keep working until closed.
 
 from __future__ import annotations
 
-from ._posix_mq import PRIORITY_MAX as PRIORITY_MAX
-from ._posix_mq import MessageQueue as MessageQueue
-from ._posix_mq import unlink as unlink_message_queue
-from ._posix_sem import VALUE_MAX as VALUE_MAX
-from ._posix_sem import Semaphore as Semaphore
-from ._posix_sem import unlink_semaphore as unlink_semaphore
-from ._region import PosixSharedMemory as SharedMemory
-from ._region import unlink_shared_memory as unlink_shared_memory
+from ._core.posix_mq import PRIORITY_MAX as PRIORITY_MAX
+from ._core.posix_mq import MessageQueue as MessageQueue
+from ._core.posix_mq import unlink as unlink_message_queue
+from ._core.posix_sem import VALUE_MAX as VALUE_MAX
+from ._core.posix_sem import Semaphore as Semaphore
+from ._core.posix_sem import unlink_semaphore as unlink_semaphore
+from ._core.region import PosixSharedMemory as SharedMemory
+from ._core.region import unlink_shared_memory as unlink_shared_memory
 
 __all__ = [
     "PRIORITY_MAX",

@@ -7,13 +7,13 @@ wait: ``create`` (exclusive), ``open``, ``open_or_create``; default mode 0600.
 
 from __future__ import annotations
 
-from ._region import SysVSharedMemory as SharedMemory
-from ._sysv_base import IPC_PRIVATE as IPC_PRIVATE
-from ._sysv_base import ftok as ftok
-from ._sysv_mq import MessageQueue as MessageQueue
-from ._sysv_sem import SEMVMX as SEMVMX
-from ._sysv_sem import Semaphore as Semaphore
-from ._sysv_sem import SemaphoreSet as SemaphoreSet
+from ._core.region import SysVSharedMemory as SharedMemory
+from ._core.sysv_base import IPC_PRIVATE as IPC_PRIVATE
+from ._core.sysv_base import ftok as ftok
+from ._core.sysv_mq import MessageQueue as MessageQueue
+from ._core.sysv_sem import SEMVMX as SEMVMX
+from ._core.sysv_sem import Semaphore as Semaphore
+from ._core.sysv_sem import SemaphoreSet as SemaphoreSet
 
 __all__ = [
     "IPC_PRIVATE",

@@ -48,8 +48,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 
 from . import fifo, posix, shm, sysv, unix
-from ._check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
-from ._libc import MSG_QBYTES_MAX
+from ._core.check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
+from ._core.libc import MSG_QBYTES_MAX
 from .codecs import _CODECS, Codec, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
 

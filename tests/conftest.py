@@ -15,7 +15,7 @@ from uuid import uuid4
 
 import pytest
 
-from aioipc import _registry
+from aioipc._core import registry as _registry
 from aioipc.testing import IPCSnapshot
 
 from ._rings import existing

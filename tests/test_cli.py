@@ -363,7 +363,8 @@ def test_console_script_and_no_rich(mq_name: str) -> None:
     ok(result)
     # rich is optional: send and recv must not need it.
     no_rich = (
-        "import sys; sys.modules['rich'] = None; from aioipc.cli import main; sys.exit(main())"
+        "import sys; sys.modules['rich'] = None; "
+        "from aioipc._cli.main import main; sys.exit(main())"
     )
     result = subprocess.run(
         [sys.executable, "-c", no_rich, "recv", f"mq://{mq_name}", "--count", "1", "--unlink"],

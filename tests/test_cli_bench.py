@@ -90,7 +90,7 @@ def test_plot_without_matplotlib_is_one_line(tmp_path: Path) -> None:
     # sys.modules[name] = None makes `import matplotlib` raise ImportError.
     code = (
         "import sys; sys.modules['matplotlib'] = None; "
-        "from aioipc.cli import main; sys.exit(main(sys.argv[1:]))"
+        "from aioipc._cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, "bench", "--quick", *ROWS, SHM_ROW, "--plot", "x.png"],

@@ -32,8 +32,9 @@ import anyio
 import pytest
 import sysv_ipc
 
-from aioipc import _registry, posix
-from aioipc._inventory import KINDS, parse_mqueue, parse_sysv
+from aioipc import posix
+from aioipc._cli.inventory import KINDS, parse_mqueue, parse_sysv
+from aioipc._core import registry as _registry
 
 CLI = [sys.executable, "-m", "aioipc"]
 PEER = Path(__file__).parent / "peers" / "inventory_peer.py"
@@ -209,7 +210,7 @@ def hidden_here() -> bool:
     """Whether a process here cannot be looked into even by us (root without
     CAP_SYS_PTRACE, as in some containers, cannot read a non-dumpable process's fds).
     Then a FIFO or a queue is never called unused, and the tests expect exactly that."""
-    from aioipc._holders import scan_holders
+    from aioipc._cli.holders import scan_holders
 
     return bool(scan_holders().hidden(os.geteuid(), 0o600))
 

@@ -20,7 +20,7 @@ from anyio.abc import ObjectReceiveStream
 
 import aioipc
 from aioipc import fifo, unix
-from aioipc._stream import FdReceiveChannel
+from aioipc._core.stream import FdReceiveChannel
 from aioipc.abc import Channel, ReceiveChannel, SendChannel
 from aioipc.framing import DEFAULT_MAX_MESSAGE_SIZE
 from aioipc.testing import (

@@ -417,7 +417,7 @@ def test_demo_exchanges_messages_over_every_mechanism() -> None:
         env={**os.environ, "COLUMNS": "120"},
     )
     assert out.returncode == 0, out.stderr
-    from aioipc._demo import MECHANISMS
+    from aioipc._cli.demo import MECHANISMS
 
     # A rich table ("│ pipe │ ...") or plain columns ("pipe  ..."), whichever is installed.
     rows = {line.strip("│ ").split()[0] for line in out.stdout.splitlines() if line.strip()}

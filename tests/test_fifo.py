@@ -30,7 +30,7 @@ import pytest
 
 import aioipc
 from aioipc import IPCAttribute, fifo
-from aioipc._stream import FdReceiveChannel, FdSendChannel
+from aioipc._core.stream import FdReceiveChannel, FdSendChannel
 from aioipc.fifo import NotAFifoError
 from aioipc.framing import MAX_CHUNK_PAYLOAD, PIPE_BUF
 from tests._peer import Peer, spawn
@@ -152,7 +152,7 @@ def test_create_on_existing_path(short_tmp: Path) -> None:
 
 
 def test_unlink_removes_only_a_fifo_and_its_registry_entry(short_tmp: Path) -> None:
-    from aioipc import _registry
+    from aioipc._core import registry as _registry
 
     path = short_tmp / "f"
     fifo.create(path)

@@ -30,7 +30,8 @@ from uuid import uuid4
 import anyio
 import pytest
 
-from aioipc import IPCNotFoundError, _registry, posix, sysv
+from aioipc import IPCNotFoundError, posix, sysv
+from aioipc._core import registry as _registry
 
 from ._procs import run_code, run_on_a_pty
 from .test_cli import background

@@ -29,7 +29,7 @@ from anyio import BrokenResourceError, CancelScope, ClosedResourceError, WouldBl
 
 import aioipc
 from aioipc import IPC_PRIVATE, Lock
-from aioipc import _libc as libc
+from aioipc._core import libc as libc
 from aioipc.sysv import MessageQueue, Semaphore, SemaphoreSet, SharedMemory
 from tests._peer import spawn
 from tests.peers.sysv_peer import hold_loop_until_left_msgrcv, parked_or_done

@@ -29,10 +29,12 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from aioipc import _libc, _registry, fifo, posix
-from aioipc._demo_regions import REGION_MECHANISMS, SLOTS, region_parent
-from aioipc._inventory import scan
-from aioipc._rm import remove_stale
+from aioipc import fifo, posix
+from aioipc._cli.demo_regions import REGION_MECHANISMS, SLOTS, region_parent
+from aioipc._cli.inventory import scan
+from aioipc._cli.rm import remove_stale
+from aioipc._core import libc as _libc
+from aioipc._core import registry as _registry
 from aioipc.errors import MessageTooLargeError
 
 from ._procs import run_code, run_on_a_pty
@@ -186,7 +188,8 @@ def test_a_forked_child_closing_an_inherited_listener_leaves_the_socket_file(
         """
         import json, os, sys
         import anyio
-        from aioipc import _registry, unix
+        from aioipc import unix
+        from aioipc._core import registry as _registry
         path = sys.argv[1]
         listener = anyio.run(unix.listen, path)
         pid = os.fork()
@@ -220,7 +223,7 @@ def test_a_forked_child_closing_an_inherited_listener_leaves_the_socket_file(
 _ECHO_CHILD = """
 import sys
 import anyio
-from aioipc._demo_regions import region_child
+from aioipc._cli.demo_regions import region_child
 
 async def main() -> None:
     chan = region_child(sys.argv[1], sys.argv[2:])
@@ -294,13 +297,13 @@ def test_bounded_buffer_order_wraparound_limit_and_cancellation(
 _DEMO_PARENT = """
 import json, sys
 import anyio
-from aioipc._demo_regions import region_parent
+from aioipc._cli.demo_regions import region_parent
 
 async def main() -> None:
     mechanism, tmp = sys.argv[1], sys.argv[2]
     async with region_parent(mechanism, tmp, 64) as (chan, args, fds):
         proc = await anyio.open_process(
-            [sys.executable, "-m", "aioipc._demo", "child", mechanism, *args],
+            [sys.executable, "-m", "aioipc._cli.demo", "child", mechanism, *args],
             pass_fds=fds, stdin=None, stdout=None, stderr=None,
         )
         await chan.send(b"ping" + bytes(60))

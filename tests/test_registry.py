@@ -18,7 +18,8 @@ from uuid import uuid4
 
 import pytest
 
-from aioipc import _registry, posix
+from aioipc import posix
+from aioipc._core import registry as _registry
 
 DEFAULT = f"/dev/shm/aioipc-registry-{os.geteuid()}"
 

@@ -32,8 +32,8 @@ from anyio import BusyResourceError, ClosedResourceError, EndOfStream, WouldBloc
 
 import aioipc
 from aioipc import IPCAttribute, fifo, unix
-from aioipc._stream import _new_writer_id
-from aioipc._wait import YIELD_EVERY
+from aioipc._core.stream import _new_writer_id
+from aioipc._core.wait import YIELD_EVERY
 from aioipc.framing import MAX_FRAME_LENGTH
 from tests._assert import same
 from tests._peer import spawn

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from aioipc import AnonymousMemory, IPCPermissionError, sysv
-from aioipc._check import LONG_MAX
+from aioipc._core.check import LONG_MAX
 from aioipc.shm import ShmReceiver, ShmSender
 from aioipc.url import parse_url
 
@@ -212,7 +212,7 @@ def test_check_seconds_refuses_an_int_too_large_for_a_float() -> None:
     """check_seconds promises TypeError or ValueError; before, ``float(10**400)`` raised
     a raw OverflowError (no caller passes such an int yet: a latent hole in the one
     place every duration is checked)."""
-    from aioipc._check import check_seconds
+    from aioipc._core.check import check_seconds
 
     with pytest.raises(ValueError, match="timeout"):
         check_seconds(10**400, "timeout")
@@ -263,7 +263,7 @@ async def test_sysv_owner_setters_refuse_ids_a_uid_t_cannot_hold(kind: str, fiel
     """Before: ctypes cut the value to 32 bits, so ``q.uid = 2**40`` gave the queue to
     root (uid 0), ``2**32 + 65534`` to nobody, and ``True`` to uid 1 (the POSIX queue's
     setters checked them already)."""
-    from aioipc._region import SysVSharedMemory
+    from aioipc._core.region import SysVSharedMemory
 
     obj: Any
     if kind == "queue":

@@ -25,9 +25,11 @@ from uuid import uuid4
 import pytest
 import sysv_ipc
 
-from aioipc import _libc, _registry, fifo
-from aioipc._inventory import scan
-from aioipc._rm import RemoveError, remove, remove_stale
+from aioipc import fifo
+from aioipc._cli.inventory import scan
+from aioipc._cli.rm import RemoveError, remove, remove_stale
+from aioipc._core import libc as _libc
+from aioipc._core import registry as _registry
 
 LIMIT = 30
 NOBODY = 65534
@@ -231,8 +233,8 @@ def test_a_user_does_not_remove_what_a_process_it_cannot_see_holds(tmpdir_short:
     as_nobody = f"""
         import os, sys
         from aioipc import posix
-        from aioipc._inventory import scan
-        from aioipc._rm import RemoveError, remove, remove_stale
+        from aioipc._cli.inventory import scan
+        from aioipc._cli.rm import RemoveError, remove, remove_stale
         os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})  # after the imports
         os.environ["AIOIPC_REGISTRY"] = {registry!r}
     """

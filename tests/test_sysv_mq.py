@@ -26,7 +26,7 @@ import sysv_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
 import aioipc
-import aioipc._libc
+import aioipc._core.libc
 from aioipc import IPCAttribute, IPCExistsError, IPCNotFoundError, MessageTooLargeError
 from aioipc.sysv import MessageQueue, SemaphoreSet
 from aioipc.testing import check_one_way_channel
@@ -308,7 +308,7 @@ def test_create_with_a_bad_option_leaves_nothing_behind(options: dict[str, int])
         leaked = queue_ids_with_mode(mode) - before
         for qid in leaked:
             with contextlib.suppress(OSError):
-                aioipc._libc.msgctl(qid, aioipc._libc.IPC_RMID)
+                aioipc._core.libc.msgctl(qid, aioipc._core.libc.IPC_RMID)
     assert not leaked, f"create({options}) left queue(s) {leaked} behind"
     assert not unraisable, [getattr(u, "exc_value", u) for u in unraisable]
     assert not [w for w in warned if issubclass(w.category, ResourceWarning)]

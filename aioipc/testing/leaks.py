@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._registry import PREFIX as REGISTRY_PREFIX
+from .._core.registry import PREFIX as REGISTRY_PREFIX
 
 __all__ = ["IPCSnapshot", "LeakError"]
 

@@ -30,13 +30,13 @@ import posix_ipc
 import sysv_ipc
 
 import aioipc
-import aioipc._holders
-import aioipc._inventory
-import aioipc._inventory_cli
-import aioipc._mqueue_view
-import aioipc._rm
-import aioipc._shell
-import aioipc.cli
+import aioipc._cli.holders
+import aioipc._cli.inventory
+import aioipc._cli.inventory_cli
+import aioipc._cli.main
+import aioipc._cli.mqueue_view
+import aioipc._cli.rm
+import aioipc._cli.shell
 import aioipc.posix
 import aioipc.shm
 import aioipc.url
@@ -52,4 +52,4 @@ if __name__ == "__main__":
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
-    sys.exit(aioipc.cli.main(sys.argv[2:]))
+    sys.exit(aioipc._cli.main.main(sys.argv[2:]))

@@ -17,10 +17,11 @@ from typing import Any
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
-from . import _libc, _registry
-from ._check import ID_MAX, check_id, check_int, check_mode
-from ._threads import interrupt_all, stop_jobs
-from .errors import IPCNotFoundError, translate_os_error
+from ..errors import IPCNotFoundError, translate_os_error
+from . import libc as _libc
+from . import registry as _registry
+from .check import ID_MAX, check_id, check_int, check_mode
+from .threads import interrupt_all, stop_jobs
 
 __all__ = ["IPC_PRIVATE", "SysVObject", "check_key", "ftok", "key_repr", "read_sysctl"]
 

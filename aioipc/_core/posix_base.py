@@ -11,7 +11,7 @@ from pathlib import Path
 
 import posix_ipc
 
-from .errors import IPCError, IPCSystemError, translate_os_error
+from ..errors import IPCError, IPCSystemError, translate_os_error
 
 __all__ = [
     "check_name",

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from . import _libc
+from .._core import libc as _libc
 
 __all__ = ["MQUEUE_DIR", "MQUEUE_HINT", "mqueue_directory"]
 

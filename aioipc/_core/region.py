@@ -28,17 +28,18 @@ import stat
 import sys
 from typing import Any, Self
 
-from . import _libc, _registry
-from ._check import check_fd, check_mode, check_size
-from ._posix_base import check_name
-from ._sysv_base import SysVObject, check_key, key_repr, read_sysctl
-from .errors import (
+from ..errors import (
     IPCExistsError,
     IPCNotFoundError,
     IPCSystemError,
     open_or_create,
     translate_os_error,
 )
+from . import libc as _libc
+from . import registry as _registry
+from .check import check_fd, check_mode, check_size
+from .posix_base import check_name
+from .sysv_base import SysVObject, check_key, key_repr, read_sysctl
 
 __all__ = [
     "AnonymousMemory",

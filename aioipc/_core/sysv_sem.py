@@ -12,12 +12,12 @@ from typing import Any, Self
 import anyio
 from anyio import ClosedResourceError, WouldBlock
 
-from . import _libc
-from ._check import LONG_MAX, check_int, check_mode
-from ._libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
-from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
-from ._threads import Interrupted, Job, run_in_worker
-from .errors import IPCSystemError, open_or_create
+from ..errors import IPCSystemError, open_or_create
+from . import libc as _libc
+from .check import LONG_MAX, check_int, check_mode
+from .libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
+from .sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
+from .threads import Interrupted, Job, run_in_worker
 
 __all__ = ["Semaphore", "SemaphoreSet"]
 

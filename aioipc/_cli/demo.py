@@ -1,7 +1,7 @@
 """The main job of ``make demo``: real producer/consumer processes over every mechanism.
 
 For each mechanism the parent opens its side, starts a child process (``python -m
-aioipc._demo child ...``), measures ping-pong round trips, then has the child send a
+aioipc._cli.demo child ...``), measures ping-pong round trips, then has the child send a
 burst of numbered messages and checks that every number arrives exactly once, in order.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import anyio
 from anyio.streams.stapled import StapledObjectStream
 
-from . import fifo, pipes, posix, shm, sysv, unix
-from ._demo_regions import REGION_MECHANISMS, region_child, region_parent
+from .. import fifo, pipes, posix, shm, sysv, unix
+from .demo_regions import REGION_MECHANISMS, region_child, region_parent
 
 MECHANISMS = (
     "pipe",
@@ -181,7 +181,7 @@ async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> R
     tmp = tempfile.mkdtemp(prefix="aioipc-demo-")
     try:
         async with _parent_side(mechanism, tmp, size) as (chan, args, fds):
-            cmd = [sys.executable, "-m", "aioipc._demo", "child", mechanism, *args]
+            cmd = [sys.executable, "-m", "aioipc._cli.demo", "child", mechanism, *args]
             proc = await anyio.open_process(cmd, pass_fds=fds, stdin=None, stdout=None, stderr=None)
             exited = anyio.Event()
             rtts: list[float] = []
@@ -258,7 +258,7 @@ def _die_with_parent() -> None:
     semaphore would otherwise wait for ever, keeping the demo's objects attached."""
     import signal
 
-    from . import _libc
+    from .._core import libc as _libc
 
     _libc.call("prctl", 1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the parent died before the prctl

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _libc, _registry
-from ._check import check_id
-from ._inventory import SYSV_FILES, IPCObject, Scan, object_path
+from .._core import libc as _libc
+from .._core import registry as _registry
+from .._core.check import check_id
+from .inventory import SYSV_FILES, IPCObject, Scan, object_path
 
 __all__ = [
     "NotFound",
@@ -160,7 +161,7 @@ def forget_gone(kind: str, target: str, orphans: Sequence[_registry.Entry]) -> s
 
     The entries go even if their creator runs: the object they describe is gone (removed
     by hand, or with ``ipcrm``), and a creator that makes it again writes a new entry,
-    which :func:`aioipc._registry.remove_entry` leaves alone. But not an entry of a SysV
+    which :func:`aioipc._core.registry.remove_entry` leaves alone. But not an entry of a SysV
     object or POSIX queue made in another IPC namespace: that object is not to be seen
     from here, and may well exist.
     """
@@ -320,7 +321,7 @@ def _utf8(name: str) -> bool:
 
 
 def _delete(row: IPCObject, mqueue: str | None) -> None:
-    from . import posix, shm
+    from .. import posix, shm
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
@@ -348,7 +349,7 @@ def _delete(row: IPCObject, mqueue: str | None) -> None:
 def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) -> None:
     """Remove the object ``row`` describes, if it is still that object (``mqueue``:
     where the queues were read). Raises RemoveError."""
-    from .errors import IPCError
+    from ..errors import IPCError
 
     what = row.describe()
     if not force and not row.stale:
@@ -380,8 +381,8 @@ def remove(row: IPCObject, *, force: bool = False, mqueue: str | None = None) ->
 def remove_unlisted_queue(target: str, *, force: bool) -> str:
     """Remove the POSIX queue ``target`` by name, when no mqueue mount lets it be listed
     (and so judged): only with ``force``. Returns what was removed, in words."""
-    from . import posix
-    from .errors import IPCError
+    from .. import posix
+    from ..errors import IPCError
 
     name = posix_name(target)
     what = f"posix-mq {name}"

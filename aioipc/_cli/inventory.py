@@ -9,13 +9,13 @@ tests can feed anything:
   with the ring magic ``b"aioipcRG"`` is an aioipc ring, its two doorbells
   ``NAME.bell-data`` and ``NAME.bell-space`` folded into its row; any other regular file
   is POSIX shared memory ``/NAME``. aioipc's registry directories are skipped.
-* the ``mqueue`` filesystem (see :mod:`aioipc._mqueue_view`): POSIX message queues; each
+* the ``mqueue`` filesystem (see :mod:`aioipc._cli.mqueue_view`): POSIX message queues; each
   file reads ``QSIZE:N NOTIFY:...``, N the bytes queued.
-* aioipc's registry (:mod:`aioipc._registry`): FIFOs and socket files are found only
+* aioipc's registry (:mod:`aioipc._core.registry`): FIFOs and socket files are found only
   there, since nothing else lists them short of searching the whole filesystem.
 
 Then :func:`annotate` joins what aioipc's registry says (who created an object, whether
-that process still runs) and who holds each object now (:mod:`aioipc._holders`), and
+that process still runs) and who holds each object now (:mod:`aioipc._cli.holders`), and
 decides whether the object is stale: made by aioipc, its creator dead, nobody attached.
 The registry is read *before* the kernel's lists, so an entry always describes an object
 that existed when the lists were read: an entry with no object is one whose object was
@@ -33,9 +33,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import _libc, _registry
-from ._holders import Holders, scan_holders, unused_by_others
-from ._registry import KINDS, Entry
+from .._core import libc as _libc
+from .._core import registry as _registry
+from .._core.registry import KINDS, Entry
+from .holders import Holders, scan_holders, unused_by_others
 
 __all__ = [
     "KINDS",
@@ -476,7 +477,7 @@ def _entry_of(row: IPCObject, index: dict[tuple[str, str], Entry]) -> Entry | No
 
 
 def _ring_attached(name: str) -> bool | None:
-    from . import shm
+    from .. import shm
 
     try:
         return not shm.is_stale(name)
@@ -485,7 +486,7 @@ def _ring_attached(name: str) -> bool | None:
 
 
 def _socket_listened(path: str) -> bool | None:
-    from . import unix
+    from .._core import unix
 
     try:
         return not unix._is_stale(path, "stream")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._terminal import error
+from .terminal import error
 
 __all__ = ["add_bench_parser", "run_bench"]
 
@@ -49,7 +49,7 @@ class BenchError(Exception):
 
 def _checkout_root() -> Path:
     """The source checkout holding this package and ``benchmarks/``."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     if not all((root / "benchmarks" / f"{name}.py").is_file() for name in _SCRIPTS):
         raise BenchError(
             "aioipc bench needs a source checkout (benchmarks/ next to the aioipc package, "

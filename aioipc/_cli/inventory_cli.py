@@ -1,6 +1,6 @@
 """The ``aioipc ls`` and ``aioipc rm`` subcommands: arguments, table and messages.
 
-What they list and remove is decided in :mod:`aioipc._inventory` and :mod:`aioipc._rm`;
+What they list and remove is decided in :mod:`aioipc._cli.inventory` and :mod:`aioipc._cli.rm`;
 this module only talks to the terminal.
 """
 
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._inventory import KINDS, IPCObject, scan
-from ._mqueue_view import mqueue_directory
-from ._rm import (
+from .inventory import KINDS, IPCObject, scan
+from .mqueue_view import mqueue_directory
+from .rm import (
     NotFound,
     RemoveError,
     find,
@@ -24,7 +24,7 @@ from ._rm import (
     remove_stale,
     remove_unlisted_queue,
 )
-from ._terminal import error, say, shown
+from .terminal import error, say, shown
 
 __all__ = ["add_inventory_parsers", "run_ls", "run_rm"]
 
@@ -106,7 +106,7 @@ def run_ls(kinds: Sequence[str] | None, mine: bool, stale: bool, as_json: bool) 
         rows = [r for r in rows if r.stale]
     if as_json:
         # Exact names; ensure_ascii writes every control (and non-ASCII) character as a
-        # \uXXXX escape, so the output is printable ASCII (see aioipc._terminal).
+        # \uXXXX escape, so the output is printable ASCII (see aioipc._cli.terminal).
         print(json.dumps([r.as_json() for r in rows], indent=2, ensure_ascii=True))
         return 0
     _print_table(rows, f"IPC objects: {len(rows)}")

@@ -4,7 +4,7 @@ File-descriptor mechanisms (pipes, FIFOs, unix sockets, POSIX message queues) ne
 start a thread: they make the non-blocking system call, and only when the kernel answers
 EAGAIN do they wait for readiness. The calls with no fd to wait on (``msgrcv``, ``semop``,
 ``sem_wait``) try their no-wait form first and otherwise wait on a worker thread of
-:mod:`aioipc._threads`, the one module that starts threads.
+:mod:`aioipc._core.threads`, the one module that starts threads.
 
 Waiting on asyncio. ``anyio.wait_readable`` registers the fd with the loop and removes
 it again on every call (two ``epoll_ctl`` calls plus anyio's bookkeeping): measured

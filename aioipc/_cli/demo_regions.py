@@ -25,9 +25,9 @@ from typing import Any
 import anyio
 from anyio.abc import ObjectStream
 
-from . import AnonymousMemory, MappedFile, posix, sysv
-from ._region import SharedMemoryRegion
-from .errors import MessageTooLargeError
+from .. import AnonymousMemory, MappedFile, posix, sysv
+from .._core.region import SharedMemoryRegion
+from ..errors import MessageTooLargeError
 
 __all__ = ["REGION_MECHANISMS", "region_child", "region_parent"]
 

@@ -2,7 +2,7 @@
 with plain system calls, waiting on readiness only when the kernel says EAGAIN.
 
 Modelled on trio's ``FdStream``: non-blocking fd, wait for readiness only on EAGAIN
-(through :class:`aioipc._wait.FdWaiter`), and wake waiters before ``close`` so that a task
+(through :class:`aioipc._core.wait.FdWaiter`), and wake waiters before ``close`` so that a task
 waiting on the fd gets :exc:`anyio.ClosedResourceError` instead of hanging on a recycled
 descriptor number.
 
@@ -32,10 +32,9 @@ from anyio import (
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 from anyio.lowlevel import checkpoint
 
-from ._wait import YIELD_EVERY, FdWaiter, Pacer, running_asyncio_loop
-from .abc import IPCAttribute
-from .errors import ProtocolError, translate_os_error
-from .framing import (
+from ..abc import IPCAttribute
+from ..errors import ProtocolError, translate_os_error
+from ..framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
     GOODBYE_FRAME,
     ChunkDecoder,
@@ -46,6 +45,7 @@ from .framing import (
     encode_chunks,
     encode_goodbye_chunk,
 )
+from .wait import YIELD_EVERY, FdWaiter, Pacer, running_asyncio_loop
 
 __all__ = [
     "Framing",

@@ -12,11 +12,11 @@ import anyio
 import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
-from . import _registry
-from ._check import check_int, check_mode
-from ._posix_base import check_name, map_posix_errors, posix_os_error
-from ._threads import Interrupted, Job, run_in_worker, stop_jobs
-from .errors import IPCExistsError, IPCNotFoundError, open_or_create
+from ..errors import IPCExistsError, IPCNotFoundError, open_or_create
+from . import registry as _registry
+from .check import check_int, check_mode
+from .posix_base import check_name, map_posix_errors, posix_os_error
+from .threads import Interrupted, Job, run_in_worker, stop_jobs
 
 __all__ = ["Semaphore", "unlink_semaphore"]
 

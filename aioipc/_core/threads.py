@@ -38,7 +38,7 @@ import anyio
 from anyio import CancelScope, CapacityLimiter
 from anyio.lowlevel import RunVar, current_token
 
-from .errors import IPCError
+from ..errors import IPCError
 
 __all__ = [
     "DEFAULT_WORKER_THREADS",

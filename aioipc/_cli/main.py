@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import IPCError
-from ._bench_cli import add_bench_parser
-from ._check import INT_MAX, LONG_MAX, check_int, check_seconds
-from ._demo import MECHANISMS, Result, run_demo
-from ._inventory_cli import add_inventory_parsers
-from ._shell import run_recv, run_send
-from ._terminal import error, shown
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .. import IPCError
+from .._core.check import INT_MAX, LONG_MAX, check_int, check_seconds
+from ..framing import DEFAULT_MAX_MESSAGE_SIZE
+from .bench import add_bench_parser
+from .demo import MECHANISMS, Result, run_demo
+from .inventory_cli import add_inventory_parsers
+from .shell import run_recv, run_send
+from .terminal import error, shown
 
 __all__ = ["main"]
 
@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Every number an option takes is parsed by one of these two argparse types, checked by
-# aioipc._check: NaN and infinities are refused (a NaN deadline never expires), and so is
+# aioipc._core.check: NaN and infinities are refused (a NaN deadline never expires), and so is
 # what is out of range. argparse names the option: "argument --wait: the value is ...".
 
 

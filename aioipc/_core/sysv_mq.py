@@ -13,9 +13,11 @@ import sysv_ipc
 from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
-from . import _libc
-from ._check import LONG_MAX, check_int, check_mode, check_size
-from ._libc import (
+from ..abc import IPCAttribute, message_bytes
+from ..errors import IPCPermissionError, IPCSystemError, MessageTooLargeError, open_or_create
+from . import libc as _libc
+from .check import LONG_MAX, check_int, check_mode, check_size
+from .libc import (
     IPC_CREAT,
     IPC_EXCL,
     IPC_NOWAIT,
@@ -24,11 +26,9 @@ from ._libc import (
     MSG_NOERROR,
     MSG_QBYTES_MAX,
 )
-from ._sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
-from ._threads import Interrupted, Job, run_in_worker
-from ._wait import YIELD_EVERY, Pacer
-from .abc import IPCAttribute, message_bytes
-from .errors import IPCPermissionError, IPCSystemError, MessageTooLargeError, open_or_create
+from .sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
+from .threads import Interrupted, Job, run_in_worker
+from .wait import YIELD_EVERY, Pacer
 
 __all__ = ["MessageQueue"]
 
@@ -89,7 +89,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     ``msgsnd``/``msgrcv`` on the same key reads and writes the same bytes.
 
     Waiting: a call first tries the no-wait form (``IPC_NOWAIT``); only when that would
-    block does it wait on one of aioipc's worker threads (see :mod:`aioipc._threads`).
+    block does it wait on one of aioipc's worker threads (see :mod:`aioipc._core.threads`).
     A receive's worker waits with a zero-size buffer, which the kernel answers with
     E2BIG once a matching message is there, leaving it queued; the task then takes it
     with the no-wait call. Tasks of one handle that wait with the same selector share

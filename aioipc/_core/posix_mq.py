@@ -18,17 +18,17 @@ import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
-from . import _registry
-from ._check import ID_MAX, LONG_MAX, check_int, check_mode, check_size
-from ._posix_base import check_name, map_posix_errors, posix_os_error
-from ._wait import YIELD_EVERY, FdWaiter, Pacer
-from .abc import IPCAttribute, message_bytes
-from .errors import (
+from ..abc import IPCAttribute, message_bytes
+from ..errors import (
     IPCNotFoundError,
     IPCPermissionError,
     MessageTooLargeError,
     open_or_create,
 )
+from . import registry as _registry
+from .check import ID_MAX, LONG_MAX, check_int, check_mode, check_size
+from .posix_base import check_name, map_posix_errors, posix_os_error
+from .wait import YIELD_EVERY, FdWaiter, Pacer
 
 __all__ = ["MessageQueue"]
 

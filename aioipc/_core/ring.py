@@ -41,7 +41,7 @@ states are not liveness: aioipc.shm asks the kernel (the ends' locks on the file
 
 from __future__ import annotations
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 MAGIC = int.from_bytes(b"aioipcRG", "little")
 VERSION = 1

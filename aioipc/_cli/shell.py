@@ -32,11 +32,11 @@ from anyio import (
 )
 from anyio.lowlevel import current_token
 
-from . import fifo, unix
-from ._terminal import error as _error
-from .abc import IPCAttribute
-from .errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
-from .url import Address, connect, listen, parse_url
+from .. import fifo, unix
+from ..abc import IPCAttribute
+from ..errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
+from ..url import Address, connect, listen, parse_url
+from .terminal import error as _error
 
 __all__ = ["UsageError", "run_recv", "run_send"]
 
@@ -322,7 +322,7 @@ def _check_peek(addr: Address, follow: bool, unlink: bool) -> None:
 async def _peek(queue: Any, selector: int, out: _Output, count: int | None) -> None:
     """``--peek``: print the messages of a SysV queue, oldest first, leaving them queued
     (only those ``selector``, the URL's ``receive_type``, selects: what recv would take)."""
-    from ._sysv_mq import _matches
+    from .._core.sysv_mq import _matches
 
     index = printed = 0
     while count is None or printed < count:
