@@ -29,16 +29,74 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import enum
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import Final, TypeVar
 
 import anyio
 from anyio import BusyResourceError, ClosedResourceError
 from anyio.lowlevel import checkpoint
 
-__all__ = ["YIELD_EVERY", "FdWaiter", "Pacer", "running_asyncio_loop"]
+__all__ = [
+    "AGAIN",
+    "YIELD_EVERY",
+    "Again",
+    "Busy",
+    "FdWaiter",
+    "Pacer",
+    "backoff_delays",
+    "poll_until",
+    "running_asyncio_loop",
+    "wait_until",
+]
+
+T = TypeVar("T")
 
 #: A call that completes without waiting yields to the event loop at least this often.
 YIELD_EVERY = 16
+
+
+class Again(enum.Enum):
+    """What a non-blocking attempt returns when it would have to wait (the kernel said
+    EAGAIN, the ring is empty or full). An enum member so that ``result is AGAIN``
+    narrows the type."""
+
+    AGAIN = 0
+
+
+#: The one "try again later" answer of every non-blocking attempt the engine drives.
+AGAIN: Final = Again.AGAIN
+
+
+class Busy:
+    """The one busy guard: one direction of one handle, used by one task at a time.
+
+    ``with guard:`` raises :exc:`anyio.BusyResourceError` if another task is inside, as
+    anyio's own streams do. aioipc's rule for every channel (docs/channels.md): a second
+    concurrent receive (or send) on one handle raises; it never queues behind the first.
+    """
+
+    __slots__ = ("_action", "held")
+
+    def __init__(self, action: str) -> None:
+        #: anyio's wording: "Another task is already {action} this resource".
+        self._action = action
+        #: True while a task is inside. Read it to ask "is anyone using this direction?".
+        self.held = False
+
+    def __enter__(self) -> None:
+        if self.held:
+            raise BusyResourceError(self._action)
+        self.held = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.held = False
 
 
 class Pacer:
@@ -48,20 +106,81 @@ class Pacer:
     __slots__ = ("count",)
 
     def __init__(self) -> None:
-        #: Calls since the last checkpoint. Hot paths increment it inline and call
-        #: :meth:`checkpoint` only when it reaches :data:`YIELD_EVERY`.
+        #: Calls since the last checkpoint (or wait). Only :meth:`due` and :meth:`waited`
+        #: touch it.
         self.count = 0
 
-    async def checkpoint(self) -> None:
-        """A full checkpoint on every :data:`YIELD_EVERY`-th call; otherwise nothing."""
+    def due(self) -> bool:
+        """Count one call; True on every :data:`YIELD_EVERY`-th, when the caller must
+        checkpoint *before* it takes or puts anything (so a cancellation there loses
+        nothing). Synchronous, so a hot path pays no coroutine for the 15 calls in 16
+        that need no checkpoint."""
         self.count += 1
         if self.count >= YIELD_EVERY:
             self.count = 0
+            return True
+        return False
+
+    async def checkpoint(self) -> None:
+        """A full checkpoint on every :data:`YIELD_EVERY`-th call; otherwise nothing."""
+        if self.due():
             await checkpoint()
 
     def waited(self) -> None:
         """Record that the caller just waited on the loop (which is a checkpoint)."""
         self.count = 0
+
+
+async def wait_until(
+    attempt: Callable[[], T | Again],
+    wait: Callable[[], Awaitable[object]],
+    pacer: Pacer,
+) -> T:
+    """The one "try, else wait" loop of aioipc.
+
+    ``attempt`` is the mechanism's non-blocking call: it returns the result, or
+    :data:`AGAIN` when it would have to wait. ``wait`` waits until trying again may
+    succeed (fd readiness, a ring doorbell, a worker thread) and may itself raise (end of
+    stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
+    without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
+
+    Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
+    attempt that succeeded and the return, so a cancelled call has taken nothing (as
+    long as ``wait`` itself takes nothing, or gives back what it took).
+    """
+    if pacer.due():
+        await checkpoint()
+    while True:
+        result = attempt()
+        if result is not AGAIN:
+            return result
+        await wait()
+        pacer.waited()
+
+
+def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[float]:
+    """The one backoff schedule: ``first``, then each delay ``factor`` times the last,
+    never more than ``most``. For what the kernel has no event for (a FIFO's reader
+    arriving, a thread entering a system call); used by :func:`poll_until` and by the
+    worker threads' synchronous loops."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * factor, most)
+
+
+async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: float) -> T:
+    """The one polling loop: ``attempt()`` until it returns something other than
+    :data:`AGAIN`, sleeping on the :func:`backoff_delays` schedule in between.
+
+    Cancellation: at any sleep; an attempt that succeeded is returned, never dropped.
+    """
+    for delay in backoff_delays(first, most):
+        result = attempt()
+        if result is not AGAIN:
+            return result
+        await anyio.sleep(delay)
+    raise AssertionError("unreachable: backoff_delays never ends")
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
