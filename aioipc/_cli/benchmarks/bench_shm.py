@@ -1259,7 +1259,10 @@ def _unavailable(impl: Impl, test: str | None = None) -> str | None:
                 if exc.name in ("aioipc.shm", "aioipc"):
                     return "skipped: aioipc.shm is not there (yet)"
                 raise
-            needed = {"ShmSender": ("open",), "ShmReceiver": ("create",)}
+            needed: dict[str, tuple[str, ...]] = {
+                "ShmSender": ("open",),
+                "ShmReceiver": ("create",),
+            }
             if key in _ZERO_COPY_RECEIVE:
                 needed = {
                     "ShmSender": ("open", "reserve"),
@@ -1417,7 +1420,7 @@ def run_benchmarks(
             n for n in after["/tmp/iceoryx2"] if n not in before["/tmp/iceoryx2"]
         ],
     }
-    result = {
+    result: dict[str, Any] = {
         "counts": asdict(counts),
         "pin": pin,
         "rows": list(rows.values()),
