@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,11 @@ def test_from_an_installed_wheel(tmp_path: Path) -> None:
         **quiet,  # type: ignore[call-overload]
     )
     [wheel] = dist.glob("aioipc-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = set(zf.namelist())
+    matrix = "aioipc/_cli/benchmarks/"
+    for name in ("bench.py", "bench_queues.py", "bench_shm.py", "floor.py", "floor.c"):
+        assert matrix + name in shipped, sorted(shipped)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **quiet)  # type: ignore[call-overload]
     python = venv / "bin" / "python"
