@@ -1,17 +1,20 @@
 """``aioipc bench``, run as real processes.
 
-One cheap row of each script of ``benchmarks/`` with ``--quick`` (a few seconds in all),
-and the error paths: an unknown ``--mechanism`` (usage, exit 2), ``--plot`` without
-matplotlib and a package outside a source checkout (runtime, exit 1). Every error is
-one line on stderr and no traceback.
+One cheap row of each script of the matrix (``aioipc._cli.benchmarks``) with ``--quick``
+(a few seconds in all); the built wheel installed into a fresh venv, run from outside
+the checkout; and the error paths: an unknown ``--mechanism`` (usage, exit 2) and
+``--plot`` without matplotlib (runtime, exit 1). Every error is one line on stderr and
+no traceback.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import shutil
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,10 +117,110 @@ def test_unknown_mechanism_is_usage_error(tmp_path: Path, name: str) -> None:
     assert repr(name) in one_error_line(proc)
 
 
-def test_outside_a_source_checkout(tmp_path: Path) -> None:
-    # A copy of the package alone, as an installed wheel would be: no benchmarks/ beside it.
-    package = Path(aioipc.__file__).parent
-    shutil.copytree(package, tmp_path / "aioipc", ignore=shutil.ignore_patterns("__pycache__"))
-    proc = run("--quick", cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
-    assert proc.returncode == 1
-    assert "aioipc bench needs a source checkout" in one_error_line(proc)
+# The distributions an installed aioipc needs at run time (the project's dependencies),
+# linked into the fresh venv below; the optional peers (uvloop, rich, pyzmq, ...) are not.
+RUNTIME_DISTS = ("anyio", "sysv_ipc", "posix_ipc")
+
+
+def _runtime_closure() -> list[importlib.metadata.Distribution]:
+    """RUNTIME_DISTS and what they require (installed ones, extras left out)."""
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(RUNTIME_DISTS)
+    while todo:
+        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if name in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a conditional requirement this Python does not need
+        seen[name] = dist
+        for req in dist.requires or ():
+            if "extra ==" not in req:
+                todo.append(re.split(r"[^A-Za-z0-9_.-]", req, maxsplit=1)[0])
+    return list(seen.values())
+
+
+def _link_runtime(target: Path) -> None:
+    """Symlink each runtime distribution's top-level files into ``target``."""
+    target.mkdir()
+    for dist in _runtime_closure():
+        tops = {Path(str(f)).parts[0] for f in dist.files or ()} - {".."}
+        for top in tops:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (target / top).exists():
+                (target / top).symlink_to(source)
+
+
+@pytest.mark.timeout(LIMIT)
+def test_from_an_installed_wheel(tmp_path: Path) -> None:
+    """The built wheel alone, installed into a fresh venv: ``aioipc bench`` runs a row."""
+    pytest.importorskip("hatchling", reason="building the wheel needs hatchling (the dev extra)")
+    root = Path(aioipc.__file__).resolve().parent.parent
+    dist = tmp_path / "dist"
+    quiet = {"capture_output": True, "text": True, "timeout": LIMIT, "check": True}
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(root)],
+        cwd=tmp_path,
+        **quiet,  # type: ignore[call-overload]
+    )
+    [wheel] = dist.glob("aioipc-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = set(zf.namelist())
+    matrix = "aioipc/_cli/benchmarks/"
+    for name in ("bench.py", "bench_queues.py", "bench_shm.py", "floor.py", "floor.c"):
+        assert matrix + name in shipped, sorted(shipped)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **quiet)  # type: ignore[call-overload]
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        cwd=tmp_path,
+        **quiet,  # type: ignore[call-overload]
+    )
+    [site] = venv.glob("lib/python3*/site-packages")
+    _link_runtime(tmp_path / "runtime")
+    (site / "runtime.pth").write_text(f"{tmp_path / 'runtime'}\n")
+
+    # PATH holds only the venv: nothing from the checkout or the system is needed (no gcc,
+    # so the C floor is skipped with a line).
+    env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
+    where = subprocess.run(
+        [str(python), "-c", "import aioipc; print(aioipc.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        **quiet,  # type: ignore[call-overload]
+    )
+    assert where.stdout.strip().startswith(str(site)), where.stdout
+
+    rows = ["posix-mq/aioipc", "pyzmq/rtt", "c-memcpy"]
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        ["aioipc", "bench", "--quick", *(f"--mechanism={row}" for row in rows), f"--json={out}"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        check=False,
+    )
+    assert "needs a source checkout" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    # The queue row was measured (spawn children importing the matrix from the wheel) ...
+    assert "posix-mq/aioipc" in proc.stdout, proc.stdout
+    doc = json.loads(out.read_text())
+    queues = doc["bench_queues"]["results"]
+    assert queues["posix-mq/aioipc"]["rtt"] > 0
+    assert queues["posix-mq/aioipc"]["small"] > 0
+    # ... the peer that is not installed and the C floor without gcc are skipped, each with
+    # a line saying why.
+    zmq, memcpy = doc["bench_shm"]["rows"]
+    assert (zmq["key"], memcpy["key"]) == ("pyzmq", "c-memcpy")
+    assert zmq["errors"] == memcpy["errors"] == {}
+    assert "pip install 'aioipc[bench]'" in zmq["skipped"]["rtt"], zmq
+    assert "no gcc" in memcpy["skipped"]["1MiB"], memcpy
+    assert f"pyzmq: {zmq['skipped']['rtt']}" in proc.stdout, proc.stdout
+    assert f"c-memcpy: {memcpy['skipped']['1MiB']}" in proc.stdout, proc.stdout

@@ -1,12 +1,11 @@
-"""``aioipc bench``: the benchmark matrix of ``benchmarks/`` from the command line.
+"""``aioipc bench``: the benchmark matrix of ``aioipc._cli.benchmarks`` from the command line.
 
-The benchmarks are not part of the package: they live in ``benchmarks/`` of a source
-checkout, next to the ``aioipc`` package directory. This module finds them there, imports
-them as ``benchmarks.bench``, ``benchmarks.bench_queues`` and ``benchmarks.bench_shm``
-(with the repository root on ``sys.path``, so that their ``spawn`` children can import
-them too), runs the rows selected with ``--mechanism``, prints each script's own table
-and ratios, and optionally writes all results as JSON and a PNG bar chart (matplotlib,
-the ``plot`` extra).
+The matrix (``bench``, ``bench_queues``, ``bench_shm``) ships in the package, so this runs
+from an installed wheel as from a source checkout; its ``spawn`` children import it from
+the package too. This module runs the rows selected with ``--mechanism``, prints each
+script's own table and ratios, and optionally writes all results as JSON and a PNG bar
+chart (matplotlib, the ``plot`` extra). Peers whose packages are missing (the ``bench``
+extra, uvloop) are skipped with a line saying so.
 """
 
 from __future__ import annotations
@@ -23,18 +22,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .terminal import error
 
 __all__ = ["add_bench_parser", "run_bench"]
 
+_PACKAGE = "aioipc._cli.benchmarks"
 _SCRIPTS = ("bench", "bench_queues", "bench_shm")
 _TITLES = {
-    "bench": "benchmarks/bench.py: pipes, FIFOs and unix streams against asyncio/anyio peers",
-    "bench_queues": "benchmarks/bench_queues.py: kernel queues and semaphores",
-    "bench_shm": "benchmarks/bench_shm.py: the shared-memory ring against other IPC",
+    "bench": "bench.py: pipes, FIFOs and unix streams against asyncio/anyio peers",
+    "bench_queues": "bench_queues.py: kernel queues and semaphores",
+    "bench_shm": "bench_shm.py: the shared-memory ring against other IPC",
 }
 _PLOT_HINT = "pip install 'aioipc[plot]'"
 
@@ -47,28 +46,14 @@ class BenchError(Exception):
         self.code = code
 
 
-def _checkout_root() -> Path:
-    """The source checkout holding this package and ``benchmarks/``."""
-    root = Path(__file__).resolve().parent.parent.parent
-    if not all((root / "benchmarks" / f"{name}.py").is_file() for name in _SCRIPTS):
-        raise BenchError(
-            "aioipc bench needs a source checkout (benchmarks/ next to the aioipc package, "
-            f"not found in {root}); clone the repository and pip install -e it"
-        )
-    return root
-
-
 def _load_scripts() -> dict[str, Any]:
-    root = str(_checkout_root())
-    if root not in sys.path:
-        # The spawn children get the parent's sys.path, so they can import them too.
-        sys.path.insert(0, root)
+    # Imported only when the command runs: they pull in anyio and the peers' checks.
     modules: dict[str, Any] = {}
     for name in _SCRIPTS:
         try:
-            modules[name] = importlib.import_module(f"benchmarks.{name}")
+            modules[name] = importlib.import_module(f"{_PACKAGE}.{name}")
         except ImportError as exc:
-            raise BenchError(f"cannot import benchmarks/{name}.py: {exc}") from None
+            raise BenchError(f"cannot import {_PACKAGE}.{name}: {exc}") from None
     return modules
 
 
@@ -131,13 +116,13 @@ def _plan(mods: dict[str, Any], mechanisms: Sequence[str] | None) -> _Plan:
 
 def _list(mods: dict[str, Any]) -> None:
     bench, queues, shm = mods["bench"], mods["bench_queues"], mods["bench_shm"]
-    print("benchmarks/bench.py (names, keys or patterns):")
+    print("bench.py (names, keys or patterns):")
     for t in bench.TRANSPORTS:
         print(f"  {t.key:22} {t.name}")
-    print("benchmarks/bench_queues.py (mechanism/implementation, or a mechanism alone):")
+    print("bench_queues.py (mechanism/implementation, or a mechanism alone):")
     for mech, impl in queues.ROWS:
         print(f"  {mech + '/' + impl}")
-    print("benchmarks/bench_shm.py (impl or impl/test):")
+    print("bench_shm.py (impl or impl/test):")
     for impl in shm.IMPLS:
         print(f"  {impl.key:20} {','.join(impl.tests):32} {impl.name}")
 
@@ -274,7 +259,7 @@ def _execute(mods: dict[str, Any], plan: _Plan, quick: bool) -> dict[str, Any]:
                 results = _run_queues(mod, quick, plan.queues, progress.line)
             except (RuntimeError, TimeoutError) as exc:
                 last = str(exc).strip().splitlines()
-                message = f"benchmarks/bench_queues.py: {last[-1] if last else exc}"
+                message = f"bench_queues.py: {last[-1] if last else exc}"
                 raise BenchError(message) from None
             progress.finish()
             document["bench_queues"] = {"results": results}
@@ -415,7 +400,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise BenchError(f"{option} {path}: no such directory")
     print(
         f"aioipc bench{' --quick' if args.quick else ''}: two fresh processes per "
-        "measurement; read the ratios, not the absolute numbers (benchmarks/README.md)",
+        "measurement; read the ratios, not the absolute numbers",
         file=sys.stderr,
         flush=True,
     )
@@ -439,10 +424,11 @@ def add_bench_parser(sub: Any) -> None:
     """Register ``aioipc bench`` on the subparsers ``sub`` of the ``aioipc`` parser."""
     bench = sub.add_parser(
         "bench",
-        help="run the benchmark matrix of benchmarks/ (source checkout), tables and ratios",
-        description="Run the two-process benchmarks of benchmarks/ (bench.py, "
-        "bench_queues.py, bench_shm.py; peers whose packages are installed) and print "
-        "their tables and ratios. Needs a source checkout. See benchmarks/README.md.",
+        help="run the two-process benchmark matrix, tables and ratios",
+        description="Run the two-process benchmarks (bench.py, bench_queues.py, "
+        "bench_shm.py, shipped in the package; peers whose packages are installed, the "
+        "others skipped with a line) and print their tables and ratios. "
+        "See docs/cli.md and benchmarks/README.md of the source.",
     )
     bench.add_argument(
         "--quick", action="store_true", help="fewer messages and one round (~7x faster)"

@@ -41,8 +41,8 @@ Usage::
 
 ``run_benchmarks()`` and ``format_table()`` are the entry points for other code (the
 ``aioipc bench`` command). Child processes are started with the ``spawn`` method, so
-this module must be importable under its ``__name__`` in a fresh interpreter: run it as
-a script, or import it as ``benchmarks.bench`` (repo root on ``sys.path``) or ``bench``.
+this module must be importable under its ``__name__`` in a fresh interpreter: it is
+``aioipc._cli.benchmarks.bench``, which ``benchmarks/bench.py`` of a source checkout runs.
 """
 
 from __future__ import annotations

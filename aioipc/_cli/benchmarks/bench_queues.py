@@ -218,10 +218,10 @@ def _sync_role(
             return {"rtt_us": statistics.median(times) / 1000}
         if role == "a":  # receiver
             ctl.send_bytes(b"go")
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             for i in range(n):
                 _check(receive(), i, obj.mech)
-            return {"msgs_per_s": n / (time.perf_counter() - t0)}
+            return {"msgs_per_s": n / (time.perf_counter() - start)}
         ctl.recv_bytes()
         for i in range(n):
             send(_msg(i))
@@ -233,11 +233,14 @@ def _sync_role(
 async def _async_role(
     obj: _Objects, impl: str, test: str, role: str, n: int, ctl: Connection, warm: int
 ) -> dict[str, Any]:
+    close: Callable[[], Awaitable[None]]
     if impl == "executor":
         send, receive, sync_close = _executor_ops(obj, role)
 
-        async def close() -> None:
+        async def close_executor() -> None:
             sync_close()
+
+        close = close_executor
     else:
         send, receive, close = await _aioipc_ops(obj, role, impl)
     loop = asyncio.get_running_loop()
@@ -262,10 +265,10 @@ async def _async_role(
             return {"rtt_us": statistics.median(times) / 1000}
         if role == "a":
             ctl.send_bytes(b"go")
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             for i in range(n):
                 _check(await receive(), i, obj.mech)
-            return {"msgs_per_s": n / (time.perf_counter() - t0)}
+            return {"msgs_per_s": n / (time.perf_counter() - start)}
         await loop.run_in_executor(None, ctl.recv_bytes)
         for i in range(n):
             await send(_msg(i))

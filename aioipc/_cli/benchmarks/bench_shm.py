@@ -36,7 +36,8 @@ Rows: aioipc's ShmSender/ShmReceiver (copies; zero-copy ``reserve``/``receive_vi
 ``spin=50e-6`` low-latency mode), aioipc's unix-stream channel, pyzmq (zmq.asyncio PAIR
 over ipc://), multiprocessing.Queue and faster-fifo (blocking calls, no event loop),
 iceoryx2 (publish-subscribe of byte slices, busy polling) and the C floor
-(``benchmarks/floor.c``: eventfd ping-pong and memcpy, compiled with gcc if present).
+(``floor.c`` beside this module: eventfd ping-pong and memcpy, compiled with gcc if
+present).
 Implementations that are not installed are skipped with a note.
 
 Usage::
@@ -1188,7 +1189,7 @@ def _rtt_stats(samples_ns: list[int]) -> tuple[float, float]:
 
 
 def _floor_exe(run: _Run) -> str:
-    """benchmarks/floor.c compiled once per run into a temporary directory."""
+    """floor.c (beside this module) compiled once per run into a temporary directory."""
     if run.floor_exe is not None:
         return run.floor_exe
     if run.floor_error is not None:
@@ -1258,7 +1259,10 @@ def _unavailable(impl: Impl, test: str | None = None) -> str | None:
                 if exc.name in ("aioipc.shm", "aioipc"):
                     return "skipped: aioipc.shm is not there (yet)"
                 raise
-            needed = {"ShmSender": ("open",), "ShmReceiver": ("create",)}
+            needed: dict[str, tuple[str, ...]] = {
+                "ShmSender": ("open",),
+                "ShmReceiver": ("create",),
+            }
             if key in _ZERO_COPY_RECEIVE:
                 needed = {
                     "ShmSender": ("open", "reserve"),
@@ -1286,9 +1290,9 @@ def _unavailable(impl: Impl, test: str | None = None) -> str | None:
         elif impl.kind == "py" and not hasattr(os, "eventfd"):
             return "skipped: os.eventfd needs Python 3.10+ on Linux"
         elif impl.kind == "c" and shutil.which("gcc") is None:
-            return "skipped: no gcc to build benchmarks/floor.c"
+            return "skipped: no gcc to build the C floor (floor.c)"
     except ImportError as exc:
-        return f"skipped: not installed ({exc}); pip install -e '.[bench]'"
+        return f"skipped: not installed ({exc}); pip install 'aioipc[bench]'"
     return None
 
 
@@ -1416,7 +1420,7 @@ def run_benchmarks(
             n for n in after["/tmp/iceoryx2"] if n not in before["/tmp/iceoryx2"]
         ],
     }
-    result = {
+    result: dict[str, Any] = {
         "counts": asdict(counts),
         "pin": pin,
         "rows": list(rows.values()),

@@ -1,5 +1,5 @@
 /*
- * The C floor for benchmarks/bench_shm.py: what the machine itself can do, with no
+ * The C floor for bench_shm.py: what the machine itself can do, with no
  * Python in the way. bench_shm.py compiles this with gcc into a temporary directory.
  *
  *   floor rtt WARMUP COUNT [CPU_PINGER CPU_ECHOER]
