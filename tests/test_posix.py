@@ -53,7 +53,6 @@ from aioipc.posix import (
     unlink_message_queue,
     unlink_semaphore,
 )
-from aioipc.testing import check_one_way_channel
 
 from ._peer import Peer, spawn
 from .conftest import thread_count
@@ -840,45 +839,7 @@ async def test_mq_tasks_of_one_handle_take_turns() -> None:
         assert [o.value for o in firsts] == [b"0", b"1", b"2"]
 
 
-@pytest.mark.asyncio
-async def test_mq_conforms_to_the_one_way_channel_contract() -> None:
-    created: list[str] = []
-    limit = 8192  # MessageQueue.create's default max_message_size
-
-    async def open_pair() -> tuple[MessageQueue, MessageQueue]:
-        name = unique("mq")
-        tx = MessageQueue.create(name, read=False, write=True)
-        created.append(name)
-        try:
-            assert tx.max_message_size == limit
-            rx = MessageQueue.open(name, read=True, write=False)
-        except BaseException:
-            await tx.aclose()
-            raise
-        finally:
-            # Open handles keep working; unlinking now returns the queue's bytes to
-            # RLIMIT_MSGQUEUE as soon as the suite closes them.
-            unlink_message_queue(name)
-        return tx, rx
-
-    try:
-        await check_one_way_channel(
-            open_pair,
-            max_message_size=limit,  # the queue's own limit, which send() enforces
-            eof_on_sender_close=False,  # a queue has no end of stream (send_eof raises)
-            broken_on_receiver_close=False,  # a queue outlives its receivers
-            skip=(
-                # Both expect BusyResourceError from a second concurrent send/receive;
-                # MessageQueue documents that tasks of one handle take turns instead
-                # (tested above). Backpressure itself is tested with a real process.
-                "busy_receive",
-                "backpressure",
-            ),
-        )
-    finally:
-        for name in created:
-            with contextlib.suppress(FileNotFoundError):
-                unlink_message_queue(name)
+# The Channel contract, the busy rule and pacing: tests/test_conformance.py (posix-mq).
 
 
 # =========================================================================== trio

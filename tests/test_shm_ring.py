@@ -47,7 +47,6 @@ from aioipc import (
     ProtocolError,
 )
 from aioipc.shm import ShmReceiver, ShmSender, is_stale
-from aioipc.testing import ONE_WAY_CHECKS, OpenOneWay, check_one_way_channel
 
 from ._assert import same
 from ._peer import Peer, spawn
@@ -202,47 +201,7 @@ def plant_file(path: str, size: int) -> None:
         os.close(fd)
 
 
-# ====================================================================== conformance
-
-
-def ring_pairs(new_ring: Callable[[], str], capacity: int) -> OpenOneWay:
-    """``open_pair`` for the conformance suite: a fresh ring, its receiver and a sender."""
-
-    async def open_pair() -> tuple[ShmSender, ShmReceiver]:
-        name = new_ring()
-        rx = ShmReceiver.create(name, capacity)
-        try:
-            tx = ShmSender.open(name)
-        except BaseException:
-            await rx.aclose()
-            raise
-        return tx, rx
-
-    return open_pair
-
-
-#: Conformance checks the ring fails (see test_conformance_concurrent_calls_are_busy).
-BUSY_CHECKS = ("busy_receive", "backpressure")
-
-
-@pytest.mark.asyncio
-async def test_conformance_one_way(new_ring: Callable[[], str]) -> None:
-    capacity = 1 << 20
-    await check_one_way_channel(
-        ring_pairs(new_ring, capacity), max_message_size=capacity // 2 - 8, skip=BUSY_CHECKS
-    )
-
-
-@pytest.mark.asyncio
-async def test_conformance_concurrent_calls_are_busy(new_ring: Callable[[], str]) -> None:
-    capacity = 1 << 20
-    others = [c for c in ONE_WAY_CHECKS if c not in BUSY_CHECKS]
-    await check_one_way_channel(
-        ring_pairs(new_ring, capacity),
-        max_message_size=capacity // 2 - 8,
-        skip=others,
-        step_timeout=1.0,
-    )
+# The Channel contract, the busy rule and pacing: tests/test_conformance.py (shm-ring).
 
 
 # =================================================================== cross-process

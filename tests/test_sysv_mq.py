@@ -29,7 +29,6 @@ import aioipc
 import aioipc._core.libc
 from aioipc import IPCAttribute, IPCExistsError, IPCNotFoundError, MessageTooLargeError
 from aioipc.sysv import MessageQueue, SemaphoreSet
-from aioipc.testing import check_one_way_channel
 
 from ._peer import spawn
 from .conftest import thread_count
@@ -1091,36 +1090,7 @@ async def test_handle_pickles_to_a_spawned_child(tmp_path: Path, keyed: bool) ->
         assert q.last_send_pid == proc.pid
 
 
-@pytest.mark.asyncio
-async def test_conformance_one_way_channel() -> None:
-    created: list[MessageQueue] = []
-
-    async def open_pair() -> tuple[MessageQueue, MessageQueue]:
-        # Neither handle owns the queue: the suite closes the sender first and then
-        # expects what it sent to arrive, so the queue must outlive both handles.
-        tx = MessageQueue.create(remove_on_close=False)
-        created.append(tx)
-        return tx, MessageQueue.from_id(tx.id)
-
-    try:
-        await check_one_way_channel(
-            open_pair,
-            max_message_size=MSGMAX,
-            eof_on_sender_close=False,
-            broken_on_receiver_close=False,
-            step_timeout=5,
-            skip=[
-                # Any number of tasks may wait in receive() on one queue (they queue up
-                # behind one worker); a second receive waits, it is not BusyResourceError.
-                "busy_receive",
-                # Likewise a second send() on a full queue waits for room too.
-                "backpressure",
-            ],
-        )
-    finally:
-        for q in created:
-            await q.aclose()
-            remove_quietly(q)
+# The Channel contract, the busy rule and pacing: tests/test_conformance.py (sysv-mq).
 
 
 # -------------------------------------------------------------------------- trio, ftok
