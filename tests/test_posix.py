@@ -1177,3 +1177,34 @@ async def test_sem_aclose_wakes_waiters_and_threads_exit() -> None:
     with anyio.fail_after(1.5):
         while thread_count() > baseline:  # noqa: ASYNC110 (a thread's exit has no event)
             await anyio.sleep(0.01)
+
+
+# ==========================================================================================
+# Regressions: POSIX queues and semaphores
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_posix_objects_get_the_asked_mode_whatever_the_umask() -> None:
+    """mq_open and sem_open apply the umask; aioipc promises the mode it was given (as
+    its FIFOs do), so a peer in the group the caller opened it to can use it."""
+    name = f"/aioipc-umask-{os.getpid()}"
+    old = os.umask(0o077)
+    try:
+        q = aioipc.posix.MessageQueue.create(name, mode=0o640)
+        try:
+            assert q.mode == 0o640
+            assert os.stat(f"/dev/mqueue{name}").st_mode & 0o777 == 0o640
+        finally:
+            q.unlink()
+            await q.aclose()
+        s = aioipc.posix.Semaphore.create(name, 0, mode=0o660)
+        try:
+            assert os.stat(f"/dev/shm/sem.{name[1:]}").st_mode & 0o777 == 0o660
+        finally:
+            s.unlink()
+            await s.aclose()
+    finally:
+        os.umask(old)
