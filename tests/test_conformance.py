@@ -1,8 +1,8 @@
 """Every aioipc channel kind against the generic Channel conformance suite
 (:mod:`aioipc.testing`), on real kernel objects, under every backend: one matrix of
 kinds (pipes, FIFOs, unix stream/seqpacket/datagram sockets, POSIX and SysV message
-queues, the shared-memory ring, a codec-wrapped channel) x {asyncio, asyncio+uvloop,
-trio}.
+queues, the shared-memory ring with one producer or several, a codec-wrapped channel)
+x {asyncio, asyncio+uvloop, trio}.
 
 Each kind only says how to open a fresh connected pair and what it promises (message
 boundaries, end of stream, a size limit); the suite does the rest. Three tests per cell:
@@ -236,12 +236,12 @@ async def sysv_queues(place: Place) -> AsyncIterator[OpenOneWay]:
                 q.remove()
 
 
-def _ring(capacity: int) -> Callable[[Place], Any]:
+def _ring(capacity: int, *, multi_producer: bool = False) -> Callable[[Place], Any]:
     @asynccontextmanager
     async def opener(place: Place) -> AsyncIterator[OpenOneWay]:
         async def open_pair() -> tuple[SendChannel, ReceiveChannel]:
             name = place.new_ring()
-            rx = ShmReceiver.create(name, capacity)
+            rx = ShmReceiver.create(name, capacity, multi_producer=multi_producer)
             try:
                 tx = ShmSender.open(name)
             except BaseException:
@@ -350,6 +350,12 @@ KINDS: dict[str, Kind] = {
         _ring(RING_CAPACITY),
         # The largest record that fits twice, less its 8-byte header.
         options={"max_message_size": RING_CAPACITY // 2 - 8},
+    ),
+    "shm-ring-multi-producer": Kind(
+        # Its senders take the ring's send lock: another send path. One sender closing
+        # does not end the stream (docs/shared-memory.md: they end it with send_eof()).
+        _ring(RING_CAPACITY, multi_producer=True),
+        options={"max_message_size": RING_CAPACITY // 2 - 8, "eof_on_sender_close": False},
     ),
     "codec-unix-stream": Kind(
         _bytes_codec(_connected("stream", max_message_size=LIMIT)),
