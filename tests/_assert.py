@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 
@@ -13,3 +17,14 @@ def same(got: bytes, want: bytes) -> None:
             min(len(got), len(want)),
         )
         pytest.fail(f"got {len(got)} bytes, want {len(want)}; first difference at byte {first}")
+
+
+def refused(call: Callable[[], Any], error: type[BaseException]) -> BaseException:
+    """``call()`` must raise ``error``; whatever it made instead is closed."""
+    try:
+        made = call()
+    except error as exc:
+        return exc
+    with contextlib.suppress(Exception):
+        made.close()
+    pytest.fail(f"{call} did not raise {error.__name__}; it returned {made!r}")

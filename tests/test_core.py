@@ -453,3 +453,75 @@ def test_cli_errors_are_one_line() -> None:
     assert out.stderr.strip().count("\n") == 0
     assert "--size: the value must be in 4..67108864 bytes, not 2" in out.stderr
     assert "aioipc demo --help" in out.stderr
+
+
+# ==========================================================================================
+# Regressions: handles of several mechanisms (pickling, fork)
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_lock_and_posix_handles_pickle_to_fresh_handles() -> None:
+    import pickle
+
+    lock = aioipc.Lock.create()
+    name = f"/aioipc-pickle-{os.getpid()}"
+    mq = aioipc.posix.MessageQueue.create(name)
+    try:
+        async with lock:
+            copy = pickle.loads(pickle.dumps(lock))
+            try:
+                assert copy.id == lock.id
+                assert copy.locked()
+                with pytest.raises(anyio.WouldBlock):
+                    copy.acquire_nowait()
+            finally:
+                await copy.aclose()
+        mq2 = pickle.loads(pickle.dumps(mq))
+        try:
+            await mq2.send(b"through a pickled handle")
+            assert await mq.receive() == b"through a pickled handle"
+        finally:
+            await mq2.aclose()
+    finally:
+        mq.unlink()
+        await mq.aclose()
+        await lock.aclose()
+
+
+def test_a_forked_child_does_not_remove_the_parents_private_objects() -> None:
+    """gunicorn --preload: workers inherit handles; their exit must not destroy the
+    private lock or queue the parent created."""
+
+    async def make() -> tuple[aioipc.Lock, aioipc.sysv.MessageQueue]:
+        return aioipc.Lock.create(), aioipc.sysv.MessageQueue.create()
+
+    lock, q = anyio.run(make)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child drops its copies, as a worker's exit would
+            code = 0
+            try:
+
+                async def child() -> None:
+                    await lock.aclose()
+                    await q.aclose()
+
+                anyio.run(child)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not lock.locked()  # still there: reading it would fail otherwise
+        q.send_nowait(b"still here")
+        assert q.receive_nowait() == b"still here"
+    finally:
+
+        async def close() -> None:
+            await lock.aclose()
+            await q.aclose()
+
+        anyio.run(close)

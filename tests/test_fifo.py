@@ -14,11 +14,14 @@ import itertools
 import multiprocessing
 import os
 import random
+import resource
 import select
 import shutil
 import stat
 import struct
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -27,12 +30,15 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio import EndOfStream, WouldBlock
 
 import aioipc
 from aioipc import IPCAttribute, fifo
-from aioipc._core.stream import FdReceiveChannel, FdSendChannel
+from aioipc._core.stream import FdReceiveChannel, FdSendChannel, _new_writer_id
 from aioipc.fifo import NotAFifoError
 from aioipc.framing import MAX_CHUNK_PAYLOAD, PIPE_BUF
+from tests._assert import same
+from tests._fds import TIMEOUT, links_to
 from tests._peer import Peer, spawn
 
 PYTHON = sys.executable
@@ -54,7 +60,7 @@ payload = _load_peer_module().payload
 MiB = 1024 * 1024
 
 
-# --------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------- helpers
 
 
 def run_peer(*args: object) -> contextlib.AbstractAsyncContextManager[Peer]:
@@ -114,7 +120,7 @@ def describe(message: bytes) -> str:
 ROUND_TRIP_SIZES = [0, 1, MAX_CHUNK_PAYLOAD, MAX_CHUNK_PAYLOAD + 1, PIPE_BUF, 100_000, 3 * MiB]
 
 
-# --------------------------------------------------------------------------- 1. create
+# -------------------------------------------------------------------------------- 1. create
 
 
 def test_create_makes_fifo_with_mode_0600(short_tmp: Path) -> None:
@@ -177,7 +183,7 @@ def test_unlink_removes_only_a_fifo_and_its_registry_entry(short_tmp: Path) -> N
     assert stat.S_ISFIFO(os.lstat(short_tmp / "target").st_mode)  # the link was not followed
 
 
-# --------------------------------------------------------------------------- 2. refusals
+# ------------------------------------------------------------------------------ 2. refusals
 
 
 @pytest.mark.asyncio
@@ -226,7 +232,7 @@ async def test_open_missing_path(short_tmp: Path) -> None:
     assert not missing.exists()
 
 
-# --------------------------------------------------------------------------- 3. round trip
+# ---------------------------------------------------------------------------- 3. round trip
 
 
 @pytest.mark.asyncio
@@ -269,7 +275,7 @@ async def test_round_trip_from_writer_process(short_tmp: Path) -> None:
         await assert_end_of_stream(rx)
 
 
-# --------------------------------------------------------------------------- 4. open_sender waits
+# --------------------------------------------------------------------- 4. open_sender waits
 
 
 @pytest.mark.asyncio
@@ -321,7 +327,7 @@ async def test_open_sender_cancelled_opens_nothing(short_tmp: Path) -> None:
         os.close(fd)
 
 
-# --------------------------------------------------------------------------- 5. first writer
+# -------------------------------------------------------------------------- 5. first writer
 
 
 @pytest.mark.asyncio
@@ -404,7 +410,7 @@ async def test_cancelled_receive_before_any_writer_then_writer_arrives(short_tmp
         assert result == [payload(6, 0, 300)]
 
 
-# --------------------------------------------------------------------------- 6. persistent
+# ---------------------------------------------------------------------------- 6. persistent
 
 
 @pytest.mark.asyncio
@@ -437,7 +443,7 @@ async def test_persistent_receiver_outlives_writers(short_tmp: Path) -> None:
     assert fds_open_on(path) == []  # the keep-alive write end was closed too
 
 
-# --------------------------------------------------------------------------- 7. many writers
+# -------------------------------------------------------------------------- 7. many writers
 
 
 def mixed_sizes(writer: int, count: int) -> list[int]:
@@ -553,7 +559,7 @@ async def test_sender_inherited_by_forked_writers(short_tmp: Path) -> None:
         assert whole == len(got) == writers * count, summary
 
 
-# --------------------------------------------------------------------------- 8. raw bytes
+# ----------------------------------------------------------------------------- 8. raw bytes
 
 
 @pytest.mark.asyncio
@@ -631,7 +637,7 @@ async def test_raw_fifo_read_from_c_program(short_tmp: Path) -> None:
         assert bytes(data) == unit.encode() * times
 
 
-# --------------------------------------------------------------------------- 9. writer killed
+# ------------------------------------------------------------------------- 9. writer killed
 
 
 @pytest.mark.asyncio
@@ -665,7 +671,7 @@ async def test_writer_killed_mid_message_breaks_receiver(short_tmp: Path) -> Non
         assert "middle of a message" in str(outcome[0])
 
 
-# --------------------------------------------------------------------------- 10. reader gone
+# -------------------------------------------------------------------------- 10. reader gone
 
 
 @pytest.mark.asyncio
@@ -699,7 +705,7 @@ async def test_send_after_reader_process_exited_is_broken(short_tmp: Path) -> No
                 await tx.send(b"into the void")
 
 
-# --------------------------------------------------------------------------- 11. cancelled receive
+# -------------------------------------------------------------------- 11. cancelled receive
 
 
 @pytest.mark.asyncio
@@ -745,7 +751,7 @@ async def test_receive_cancelled_mid_message_keeps_it_whole(short_tmp: Path) -> 
         await assert_end_of_stream(rx)
 
 
-# --------------------------------------------------------------------------- 12. sizes
+# -------------------------------------------------------------------------------- 12. sizes
 
 
 @pytest.mark.asyncio
@@ -808,7 +814,7 @@ async def test_receiver_never_returns_fragment_of_oversized_message(short_tmp: P
         assert after == b"next", f"a fragment was returned as a message: {describe(after)}"
 
 
-# --------------------------------------------------------------------------- 13. closed
+# ------------------------------------------------------------------------------- 13. closed
 
 
 @pytest.mark.asyncio
@@ -862,7 +868,7 @@ async def test_aclose_wakes_blocked_receiver(short_tmp: Path) -> None:
             await tx.send(b"x")
 
 
-# --------------------------------------------------------------------------- 14. URLs
+# --------------------------------------------------------------------------------- 14. URLs
 
 
 @pytest.mark.asyncio
@@ -1036,3 +1042,134 @@ async def test_receiver_handed_to_child_before_any_writer(short_tmp: Path) -> No
                 result = await recv_from(reader, 30)
                 await join(proc)
     assert result == [("message", b"hello child")]
+
+
+# ==========================================================================================
+# Regressions: FIFOs
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_failed_keep_alive_open_leaves_no_fd_on_the_fifo(short_tmp: Path) -> None:
+    # Guards: open_receiver(persistent=True) leaked the read fd when the keep-alive open failed
+    path = str(short_tmp / "f")
+    fifo.create(path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+        try:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            pass
+        os.close(fillers.pop())  # exactly one free slot: the read end fits, no more
+        with pytest.raises(OSError, match=r"RLIMIT_NOFILE = \d+"):
+            await fifo.open_receiver(path, persistent=True)
+        # The slot is free again: the read end was closed.
+        os.close(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert links_to(path) == []
+
+
+def test_fifo_writer_ids_are_random_not_derived_from_the_pid() -> None:
+    # Guards: FIFO writer ids came from the pid, so same-pid writers could collide
+    ids = [_new_writer_id() for _ in range(64)]
+    assert len(set(ids)) == len(ids)
+    assert all(i >> 32 != os.getpid() for i in ids)
+    assert all(0 <= i < 1 << 64 for i in ids)
+
+
+_PIDNS_WRITER = textwrap.dedent(
+    """
+    import os, sys, anyio
+    from aioipc import fifo
+
+    async def main(path, tag):
+        tx = await fifo.open_sender(path)
+        print("pid", os.getpid(), flush=True)
+        sys.stdin.readline()  # both writers start together
+        for _ in range(20):
+            await tx.send(tag * 50_000)  # 13 chunks each
+        await tx.aclose()
+        print("done", flush=True)
+
+    anyio.run(main, sys.argv[1], sys.argv[2].encode())
+    """
+)
+
+
+def _can_unshare_pid_namespace() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-p", "-f", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_fifo_writers_with_the_same_pid_in_two_pid_namespaces(short_tmp: Path) -> None:
+    # Guards: FIFO writers with the same pid in two pid namespaces had their messages spliced
+    if not _can_unshare_pid_namespace():
+        pytest.skip("needs root and unshare(1) able to create a pid namespace")
+    path = str(short_tmp / "f")
+    cmd = ["unshare", "-p", "-f", sys.executable, "-c", _PIDNS_WRITER, path]
+    want = {b"A": b"A" * 50_000, b"B": b"B" * 50_000}
+    async with (
+        await fifo.open_receiver(path, create=True, persistent=True) as rx,
+        spawn([*cmd, "A"]) as pa,
+        spawn([*cmd, "B"]) as pb,
+    ):
+        await pa.expect("pid 1")
+        await pb.expect("pid 1")
+        await pa.tell("go")
+        await pb.tell("go")
+        counts = {b"A": 0, b"B": 0}
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(40):
+                m = await rx.receive()
+                tag = m[:1]
+                assert tag in want, f"message of {len(m)} bytes starting {m[:8]!r}"
+                same(m, want[tag])
+                counts[tag] += 1
+        assert counts == {b"A": 20, b"B": 20}
+        for p in (pa, pb):
+            await p.expect("done")
+            await p.finish()
+
+
+@pytest.mark.asyncio
+async def test_fifo_receive_nowait_sees_a_writer_that_came_and_went(short_tmp: Path) -> None:
+    # Guards: a FIFO writer that came and went unwritten left receive_nowait at WouldBlock
+    path = str(short_tmp / "f")
+    async with await fifo.open_receiver(path, create=True) as rx:
+        with pytest.raises(WouldBlock):
+            rx.receive_nowait()  # no writer yet: not an end of stream
+        tx = await fifo.open_sender(path)
+        await tx.aclose()  # a writer came and went without writing
+        with pytest.raises(EndOfStream):
+            rx.receive_nowait()
+        with anyio.fail_after(TIMEOUT), pytest.raises(EndOfStream):
+            await rx.receive()
+
+
+@pytest.mark.asyncio
+async def test_raw_fifo_sends_are_never_coalesced_past_pipe_buf(short_tmp: Path) -> None:
+    # Guards: raw FIFO sends were coalesced into one write over PIPE_BUF that others could cut
+    path = str(short_tmp / "f")
+    lines = [b"A%02d" % i + b"a" * 296 + b"\n" for i in range(15)]  # 4500 bytes in all
+    async with (
+        await fifo.open_receiver(path, create=True, framing=False) as rx,
+        await fifo.open_sender(path, framing=False) as tx,
+    ):
+        for line in lines:  # one loop pass: a coalescing sender would keep 14 of them back
+            await tx.send(line)
+        # Each send wrote its own line (atomic: 300 bytes <= PIPE_BUF) before returning.
+        assert rx.receive_nowait() == b"".join(lines)
+        with pytest.raises(WouldBlock):
+            rx.receive_nowait()

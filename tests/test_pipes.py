@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import anyio
 import pytest
@@ -23,7 +24,10 @@ from anyio import (
 
 import aioipc
 from aioipc import IPCAttribute, MessageTooLargeError, ProtocolError
+from aioipc._core.wait import YIELD_EVERY
 from aioipc.pipes import from_fd
+from tests._assert import same
+from tests._fds import KIB, TIMEOUT, pipe_link, seeded_bytes
 
 SIZES = [0, 1, 63, 64, 65, 4096, 65_536, 1_000_000, 3 * 1024 * 1024]
 
@@ -373,3 +377,214 @@ async def test_burst_is_flushed_when_the_sender_yields_without_sending_again() -
         # No further send and no aclose: the loop's callback must write the burst out.
         with anyio.fail_after(5):
             assert [await rx.receive() for _ in range(10)] == [b"m%d" % i for i in range(10)]
+
+
+# ==========================================================================================
+# Regressions: pipes (the fd send path behind every pipe, FIFO and unix stream)
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+# -------------------------------------------- committed sends reach the kernel on their own
+
+
+@pytest.mark.asyncio
+async def test_burst_before_a_cancelled_checkpoint_is_still_delivered() -> None:
+    # Guards: coalesced sends were stranded when the next send was cancelled at its checkpoint
+    tx, rx = aioipc.pipe()
+    async with tx, rx:
+        returned = []
+        with anyio.CancelScope() as scope:
+            for i in range(YIELD_EVERY):
+                if i == YIELD_EVERY - 1:
+                    scope.cancel()  # a deadline expiring in the middle of the burst
+                await tx.send(b"msg%d" % i)
+                returned.append(i)
+        assert scope.cancelled_caught
+        assert returned == list(range(YIELD_EVERY - 1))
+        # No further send and no aclose: the loop alone must write the burst out.
+        with anyio.fail_after(TIMEOUT):
+            for i in returned:
+                assert await rx.receive() == b"msg%d" % i
+        with pytest.raises(WouldBlock):
+            rx.receive_nowait()  # the cancelled send sent nothing
+
+
+@pytest.mark.asyncio
+async def test_background_flush_on_a_handle_that_never_waited() -> None:
+    # Guards: a fresh handle's background flush was never armed, so the burst never arrived
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    msgs = [seeded_bytes(16_000, seed) for seed in range(5)]  # 5 x 16 KB > the 64 KiB pipe
+    async with tx, rx:
+        for m in msgs:  # one loop pass: the first is written, the rest coalesced
+            await tx.send(m)
+        # Let the loop flush before anyone reads: the pipe cannot take the whole burst, so
+        # the rest has to wait for the loop's writer callback.
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(TIMEOUT):
+            for m in msgs:
+                same(await rx.receive(), m)
+
+
+def test_background_flush_after_the_handle_moves_to_another_event_loop() -> None:
+    # Guards: after a handle moved to a new event loop, its background flush was never armed
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    first = [seeded_bytes(20_000, seed) for seed in range(6)]
+    second = [seeded_bytes(16_000, seed) for seed in range(10, 15)]
+
+    async def in_first_loop() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def drain() -> None:
+                for m in first:
+                    same(await rx.receive(), m)
+
+            tg.start_soon(drain)
+            # 120 KB into a 64 KiB pipe: the sender has to wait for room in this loop.
+            with anyio.fail_after(TIMEOUT):
+                for m in first:
+                    await tx.send(m)
+
+    async def in_second_loop() -> None:
+        for m in second:
+            await tx.send(m)
+        await anyio.wait_all_tasks_blocked()  # the loop flushes into a pipe that fills up
+        with anyio.fail_after(TIMEOUT):
+            for m in second:
+                same(await rx.receive(), m)
+
+    try:
+        anyio.run(in_first_loop)
+        anyio.run(in_second_loop)
+    finally:
+        tx.close()
+        rx.close()
+
+
+@pytest.mark.asyncio
+async def test_send_during_aclose_flush_is_refused_and_the_frame_stays_whole() -> None:
+    # Guards: a send racing aclose()'s flush was written into the middle of the pending frame
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    big = seeded_bytes(200_000, 2)
+    async with rx:
+        tx.send_nowait(big)  # 64 KiB in the pipe, the rest pending
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tx.aclose)
+            await anyio.wait_all_tasks_blocked()  # aclose now waits for room
+            with pytest.raises(WouldBlock):
+                rx.receive_nowait()  # takes the 64 KiB: room for a concurrent send
+            with pytest.raises((BusyResourceError, ClosedResourceError)):
+                await tx.send(b"hello")
+            with anyio.fail_after(TIMEOUT):
+                same(await rx.receive(), big)
+                with pytest.raises(EndOfStream):
+                    await rx.receive()
+
+
+# ---------------------------------------------------------------- buffers the caller reuses
+
+
+@pytest.mark.asyncio
+async def test_send_nowait_bytearray_reused_after_a_partial_write() -> None:
+    # Guards: a bytearray from send_nowait was buffered by reference; reusing it changed the message
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    buf = bytearray(seeded_bytes(100_000, 4))
+    original = bytes(buf)
+    async with tx, rx:
+        tx.send_nowait(buf)  # 64 KiB go to the pipe, the rest stays in the handle
+        buf[:] = b"Z" * len(buf)
+        buf.extend(b"!")  # BufferError if the handle still exported the buffer
+        with anyio.fail_after(TIMEOUT):
+            same(await rx.receive(), original)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [1000, 200_000], ids=["coalesced", "large"])
+async def test_send_bytearray_reused_while_still_buffered(size: int) -> None:
+    # Guards: a bytearray given to send was buffered by reference; reusing it changed the message
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    buf = bytearray(seeded_bytes(size, 5))
+    original = bytes(buf)
+    async with tx, rx:
+        await tx.send(b"first")  # the first send of the pass goes straight out
+        if size <= 16 * KIB:
+            await tx.send(buf)  # same loop pass: coalesced into the buffer
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tx.send, buf)
+                await anyio.wait_all_tasks_blocked()  # 64 KiB written, waiting for room
+                tg.cancel_scope.cancel()  # part is in the kernel: the rest is committed
+        buf[:] = b"Z" * len(buf)
+        buf.extend(b"!")
+        with anyio.fail_after(TIMEOUT):
+            assert await rx.receive() == b"first"
+            same(await rx.receive(), original)
+
+
+# ------------------------------------------------------------------- closing and fd numbers
+
+
+@pytest.mark.asyncio
+async def test_send_after_concurrent_aclose_never_writes_to_a_reused_fd(tmp_path: Path) -> None:
+    # Guards: a send resumed after another task's aclose() wrote to an fd number now reused
+    tx, rx = aioipc.pipe()
+    tx_fd = tx.fileno()
+    victim = tmp_path / "unrelated.log"
+    go = anyio.Event()
+    reused: list[int] = []
+
+    async def closer() -> None:
+        await go.wait()
+        await tx.aclose()
+
+    async def opener() -> None:  # an unrelated task opening a file
+        await go.wait()
+        fd = os.open(victim, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if fd != tx_fd:
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                os.fstat(tx_fd)  # free since aclose: give the file that number
+            os.dup2(fd, tx_fd, inheritable=False)
+            os.close(fd)
+        reused.append(tx_fd)
+
+    try:
+        async with rx, anyio.create_task_group() as tg:
+            tg.start_soon(closer)
+            tg.start_soon(opener)
+            await anyio.wait_all_tasks_blocked()
+            for i in range(YIELD_EVERY - 1):
+                await tx.send(b"m%d" % i)
+            go.set()
+            with pytest.raises(ClosedResourceError):
+                await tx.send(b"SECRET-IPC-PAYLOAD")  # its checkpoint lets both tasks run
+            # The scenario really happened: the number belonged to the file by then.
+            assert reused == [tx_fd]
+    finally:
+        if reused:
+            os.close(tx_fd)
+    assert victim.read_bytes() == b""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("use_async_with", [False, True])
+async def test_aclose_with_pending_data_and_the_peer_gone(use_async_with: bool) -> None:
+    # Guards: aclose() raised and left the fd open when the peer was gone with data pending
+    tx, rx = aioipc.pipe(pipe_size=64 * KIB)
+    tx.send_nowait(seeded_bytes(200_000, 6))  # the rest of the frame is pending
+    await rx.aclose()
+    fd = tx.fileno()
+    link = pipe_link(fd)
+    if use_async_with:
+        async with tx:
+            pass
+    else:
+        await tx.aclose()
+    try:
+        still = os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        still = None
+    assert still != link
+    await tx.aclose()  # idempotent, still no error
+    with pytest.raises(ClosedResourceError):
+        await tx.send(b"x")

@@ -53,7 +53,6 @@ from aioipc.posix import (
     unlink_message_queue,
     unlink_semaphore,
 )
-from aioipc.testing import check_one_way_channel
 
 from ._peer import Peer, spawn
 from .conftest import thread_count
@@ -840,45 +839,7 @@ async def test_mq_tasks_of_one_handle_take_turns() -> None:
         assert [o.value for o in firsts] == [b"0", b"1", b"2"]
 
 
-@pytest.mark.asyncio
-async def test_mq_conforms_to_the_one_way_channel_contract() -> None:
-    created: list[str] = []
-    limit = 8192  # MessageQueue.create's default max_message_size
-
-    async def open_pair() -> tuple[MessageQueue, MessageQueue]:
-        name = unique("mq")
-        tx = MessageQueue.create(name, read=False, write=True)
-        created.append(name)
-        try:
-            assert tx.max_message_size == limit
-            rx = MessageQueue.open(name, read=True, write=False)
-        except BaseException:
-            await tx.aclose()
-            raise
-        finally:
-            # Open handles keep working; unlinking now returns the queue's bytes to
-            # RLIMIT_MSGQUEUE as soon as the suite closes them.
-            unlink_message_queue(name)
-        return tx, rx
-
-    try:
-        await check_one_way_channel(
-            open_pair,
-            max_message_size=limit,  # the queue's own limit, which send() enforces
-            eof_on_sender_close=False,  # a queue has no end of stream (send_eof raises)
-            broken_on_receiver_close=False,  # a queue outlives its receivers
-            skip=(
-                # Both expect BusyResourceError from a second concurrent send/receive;
-                # MessageQueue documents that tasks of one handle take turns instead
-                # (tested above). Backpressure itself is tested with a real process.
-                "busy_receive",
-                "backpressure",
-            ),
-        )
-    finally:
-        for name in created:
-            with contextlib.suppress(FileNotFoundError):
-                unlink_message_queue(name)
+# The Channel contract, the busy rule and pacing: tests/test_conformance.py (posix-mq).
 
 
 # =========================================================================== trio
@@ -1216,3 +1177,34 @@ async def test_sem_aclose_wakes_waiters_and_threads_exit() -> None:
     with anyio.fail_after(1.5):
         while thread_count() > baseline:  # noqa: ASYNC110 (a thread's exit has no event)
             await anyio.sleep(0.01)
+
+
+# ==========================================================================================
+# Regressions: POSIX queues and semaphores
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_posix_objects_get_the_asked_mode_whatever_the_umask() -> None:
+    """mq_open and sem_open apply the umask; aioipc promises the mode it was given (as
+    its FIFOs do), so a peer in the group the caller opened it to can use it."""
+    name = f"/aioipc-umask-{os.getpid()}"
+    old = os.umask(0o077)
+    try:
+        q = aioipc.posix.MessageQueue.create(name, mode=0o640)
+        try:
+            assert q.mode == 0o640
+            assert os.stat(f"/dev/mqueue{name}").st_mode & 0o777 == 0o640
+        finally:
+            q.unlink()
+            await q.aclose()
+        s = aioipc.posix.Semaphore.create(name, 0, mode=0o660)
+        try:
+            assert os.stat(f"/dev/shm/sem.{name[1:]}").st_mode & 0o777 == 0o660
+        finally:
+            s.unlink()
+            await s.aclose()
+    finally:
+        os.umask(old)

@@ -21,9 +21,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ import sysv_ipc
 
 import aioipc
 from aioipc import IPC_PRIVATE, AnonymousMemory, MappedFile, posix, sysv, unix
+from aioipc.shm import ShmReceiver, ShmSender
+from tests._assert import refused
 from tests._peer import Peer, spawn
+from tests._rings import existing, fifo_outcomes, planted_fifo
 
 HERE = Path(__file__).parent
 C_DIR = HERE / "c"
@@ -1062,3 +1066,64 @@ async def test_anonymous_memory_handed_to_a_spawned_process_over_a_unix_socket(
             assert bytes(r.buf[4000:4019]) == b"written by the peer"
             await peer.expect("done", TIMEOUT)
             await peer.finish(0, TIMEOUT)
+
+
+# ==========================================================================================
+# Regressions: shared-memory regions (and the ring, where a finding covers both)
+# Regression tests moved from tests/test_shm_regressions.py (issue 11): findings of the
+# review of the shared-memory ring and regions (commit 0bd40c1; F10 and F13 are its
+# numbers) that concern the regions; the rest is at the end of tests/test_shm_ring.py.
+# ==========================================================================================
+
+
+def segment_with_key(key: int) -> int | None:
+    """The id of the System V segment with ``key``; None if there is none."""
+    return next((int(row["shmid"]) for row in shm_rows() if int(row["key"]) == key), None)
+
+
+# ========== F10: a FIFO planted at the name
+
+
+def test_fifo_planted_at_the_name_hangs_nothing(new_ring: Callable[[], str]) -> None:
+    """A FIFO where a ring or shared-memory object should be: is_stale and the
+    read-only opens of posix.SharedMemory and MappedFile return at once (an
+    O_RDONLY open of a FIFO blocked until a writer came); the opens refuse it."""
+    name = new_ring()
+    with planted_fifo(name):
+        out = fifo_outcomes(name)
+    hung = [what for what, text in out.items() if not text]
+    assert hung == [], f"still blocked after 5 s: {hung}; {out}"
+    assert out["posix"].startswith("raised IPCNotFoundError"), out
+    assert "not a shared-memory object" in out["posix"], out
+    assert out["file"].startswith("raised ValueError"), out
+    assert "not a regular file" in out["file"], out
+
+
+# ========== F13: bad modes are refused
+
+
+@pytest.mark.parametrize("mode", [-1, 0o7777, 0o1000], ids=["-1", "0o7777", "0o1000"])
+def test_bad_mode_is_a_value_error_and_creates_nothing(
+    new_ring: Callable[[], str], tmp_path: Path, mode: int
+) -> None:
+    name = new_ring()
+    for create in (ShmReceiver.create, ShmSender.create):
+        refused(partial(create, name, 4096, mode=mode), ValueError)
+        assert existing(name) == []
+
+    pname = new_ring()
+    refused(lambda: posix.SharedMemory.create(pname, 4096, mode=mode), ValueError)
+    assert existing(pname) == []
+
+    key = fresh_key()
+    try:
+        refused(lambda: sysv.SharedMemory.create(key, 4096, mode=mode), ValueError)
+        assert segment_with_key(key) is None
+    finally:
+        shmid = segment_with_key(key)
+        if shmid is not None:
+            sysv_ipc.remove_shared_memory(shmid)
+
+    path = tmp_path / "mapped"
+    refused(lambda: MappedFile.open(path, 4096, create=True, mode=mode), ValueError)
+    assert not os.path.lexists(path)

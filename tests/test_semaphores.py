@@ -987,3 +987,30 @@ def test_trio_backend_waits_and_cancels() -> None:
             assert s.value == 0
 
     anyio.run(main, backend="trio")
+
+
+# ==========================================================================================
+# Regressions: semaphores
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_semaphore_set_larger_than_semopm_and_held_permits_on_close() -> None:
+    s = aioipc.sysv.SemaphoreSet.create(size=600, values=1)
+    try:
+        assert s.get_values() == [1] * 600
+    finally:
+        await s.aclose()
+    sem = aioipc.sysv.Semaphore.create(value=2)
+    other = aioipc.sysv.Semaphore.from_id(sem.id)
+    try:
+        await other.acquire()
+        await other.acquire()
+        assert sem.value == 0
+        await other.aclose()  # gives back what it held: a closed handle cannot release
+        assert sem.value == 2
+    finally:
+        await other.aclose()
+        await sem.aclose()

@@ -29,7 +29,6 @@ import aioipc
 import aioipc._core.libc
 from aioipc import IPCAttribute, IPCExistsError, IPCNotFoundError, MessageTooLargeError
 from aioipc.sysv import MessageQueue, SemaphoreSet
-from aioipc.testing import check_one_way_channel
 
 from ._peer import spawn
 from .conftest import thread_count
@@ -1091,36 +1090,7 @@ async def test_handle_pickles_to_a_spawned_child(tmp_path: Path, keyed: bool) ->
         assert q.last_send_pid == proc.pid
 
 
-@pytest.mark.asyncio
-async def test_conformance_one_way_channel() -> None:
-    created: list[MessageQueue] = []
-
-    async def open_pair() -> tuple[MessageQueue, MessageQueue]:
-        # Neither handle owns the queue: the suite closes the sender first and then
-        # expects what it sent to arrive, so the queue must outlive both handles.
-        tx = MessageQueue.create(remove_on_close=False)
-        created.append(tx)
-        return tx, MessageQueue.from_id(tx.id)
-
-    try:
-        await check_one_way_channel(
-            open_pair,
-            max_message_size=MSGMAX,
-            eof_on_sender_close=False,
-            broken_on_receiver_close=False,
-            step_timeout=5,
-            skip=[
-                # Any number of tasks may wait in receive() on one queue (they queue up
-                # behind one worker); a second receive waits, it is not BusyResourceError.
-                "busy_receive",
-                # Likewise a second send() on a full queue waits for room too.
-                "backpressure",
-            ],
-        )
-    finally:
-        for q in created:
-            await q.aclose()
-            remove_quietly(q)
+# The Channel contract, the busy rule and pacing: tests/test_conformance.py (sysv-mq).
 
 
 # -------------------------------------------------------------------------- trio, ftok
@@ -1180,3 +1150,74 @@ def test_ftok_matches_sysv_ipc(tmp_path: Path) -> None:
         aioipc.ftok(path, True)
     with pytest.raises(FileNotFoundError):
         aioipc.ftok(tmp_path / "missing", 1)
+
+
+# ==========================================================================================
+# Regressions: SysV message queues
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# ==========================================================================================
+
+
+@pytest.mark.asyncio
+async def test_sysv_message_bigger_than_the_queue_is_refused_not_waited_for() -> None:
+    """The kernel answers only "full" for a message larger than msg_qbytes, so without
+    a check a send would wait for ever for room that can never come."""
+    q = aioipc.sysv.MessageQueue.create(max_bytes=100)
+    try:
+        with pytest.raises(aioipc.MessageTooLargeError, match=r"max_bytes.* = 100 bytes"):
+            q.send_nowait(b"x" * 200)
+        with anyio.fail_after(5), pytest.raises(aioipc.MessageTooLargeError, match="max_bytes"):
+            await q.send(b"x" * 200)
+        assert q.current_messages == 0
+    finally:
+        await q.aclose()
+
+
+@pytest.mark.asyncio
+async def test_receive_message_defaults_to_the_handles_receive_type() -> None:
+    a = aioipc.sysv.MessageQueue.create(send_type=1, receive_type=2)
+    b = aioipc.sysv.MessageQueue.from_id(a.id, send_type=2, receive_type=1)
+    try:
+        await a.send(b"to b")
+        await b.send(b"to a")
+        assert await a.receive_message() == (2, b"to a")
+        assert b.receive_message_nowait() == (1, b"to b")
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_waits_on_unrelated_handles_cannot_starve_one_another() -> None:
+    """With every worker token taken by idle receives on other queues, a receive whose
+    message arrives is still served (it polls its no-wait call while it queues)."""
+    limiter = aioipc.worker_limiter()
+    old = limiter.total_tokens
+    limiter.total_tokens = 2
+    queues = [aioipc.sysv.MessageQueue.create() for _ in range(4)]
+    got: list[bytes] = []
+    done = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            for q in queues[:3]:
+                tg.start_soon(q.receive)
+
+            async def last() -> None:
+                got.append(await queues[3].receive())
+                done.set()
+
+            tg.start_soon(last)
+            # Observing the limiter, which has no event to wait on: poll under a deadline.
+            with anyio.fail_after(5):
+                while limiter.borrowed_tokens < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
+            queues[3].send_nowait(b"served")
+            with anyio.fail_after(2):
+                await done.wait()
+            assert got == [b"served"]
+            tg.cancel_scope.cancel()
+    finally:
+        limiter.total_tokens = old
+        for q in queues:
+            await q.aclose()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
+import resource
 import socket
 import stat
 import struct
@@ -19,18 +21,23 @@ import termios
 import textwrap
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trio.testing
+from anyio import ClosedResourceError, EndOfStream, WouldBlock
 from anyio.streams.stapled import StapledObjectStream
 
 import aioipc
 from aioipc import IPCAttribute, unix
+from aioipc.framing import MAX_FRAME_LENGTH
 from tests._assert import same
+from tests._fds import links_to, pipe_link, seeded_bytes
 from tests._peer import Peer
 from tests._peer import spawn as spawn_cmd
 
@@ -53,7 +60,7 @@ BIG = 5 * MIB
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to setuid a child")
 
 
-# --------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------- helpers
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -357,7 +364,7 @@ async def test_stream_framing_false_gives_raw_bytes(short_tmp: Path) -> None:
         await peer.finish()
 
 
-# --------------------------------------------------------------------------- 2. abstract
+# ------------------------------------------------------------------------------ 2. abstract
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -398,7 +405,7 @@ async def test_abstract_namespace_with_peer_process(short_tmp: Path) -> None:
     assert entries(short_tmp) == []
 
 
-# --------------------------------------------------------------------------- 3. accept / serve
+# ------------------------------------------------------------------------ 3. accept / serve
 
 
 async def _echo_handler(chan: Any) -> None:
@@ -543,7 +550,7 @@ async def test_peer_credentials(short_tmp: Path, kind: str) -> None:
             assert client.extra(IPCAttribute.peer_uid) == os.getuid()
 
 
-# --------------------------------------------------------------------------- 5. fd passing
+# ---------------------------------------------------------------------------- 5. fd passing
 
 
 @pytest.mark.parametrize("kind", CONNECTED_KINDS)
@@ -732,7 +739,7 @@ async def test_send_fds_limits(short_tmp: Path) -> None:
             os.close(w)
 
 
-# --------------------------------------------------------------------------- 6. socket files
+# -------------------------------------------------------------------------- 6. socket files
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -843,7 +850,7 @@ async def test_close_removes_socket_file(short_tmp: Path, kind: str) -> None:
     assert gone(path)
 
 
-# --------------------------------------------------------------------------- 7. abstract security
+# --------------------------------------------------------------------- 7. abstract security
 
 
 @root_only
@@ -917,7 +924,7 @@ async def test_abstract_dgram_endpoint_checks_sender_uid(
                 endpoint.receive_nowait()
 
 
-# --------------------------------------------------------------------------- 8. connect errors
+# ------------------------------------------------------------------------ 8. connect errors
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -952,7 +959,7 @@ async def test_connect_to_missing_abstract_name() -> None:
         await unix.connect(name)
 
 
-# --------------------------------------------------------------------------- 9. faults
+# -------------------------------------------------------------------------------- 9. faults
 
 
 @pytest.mark.parametrize("kind", CONNECTED_KINDS)
@@ -1136,7 +1143,7 @@ async def test_second_concurrent_receive_is_busy(short_tmp: Path, kind: str) -> 
             assert got == [b"one"]
 
 
-# --------------------------------------------------------------------------- 10. send_eof
+# ----------------------------------------------------------------------------- 10. send_eof
 
 
 @pytest.mark.parametrize("kind", CONNECTED_KINDS)
@@ -1174,7 +1181,7 @@ async def test_send_eof_seen_by_peer_process_which_still_replies(short_tmp: Path
         await peer.finish()
 
 
-# --------------------------------------------------------------------------- 11. anyio wrappers
+# ----------------------------------------------------------------------- 11. anyio wrappers
 
 
 @pytest.mark.asyncio
@@ -1214,7 +1221,7 @@ async def test_stapled_object_stream(short_tmp: Path) -> None:
             await client.send(b"closed")
 
 
-# --------------------------------------------------------------------------- 12. trio
+# --------------------------------------------------------------------------------- 12. trio
 
 
 def test_stream_round_trip_under_trio(short_tmp: Path) -> None:
@@ -1228,7 +1235,7 @@ def test_stream_round_trip_under_trio(short_tmp: Path) -> None:
     assert entries(short_tmp) == []
 
 
-# --------------------------------------------------------------------------- 13. URLs
+# --------------------------------------------------------------------------------- 13. URLs
 
 
 @pytest.mark.parametrize(
@@ -1324,3 +1331,390 @@ async def test_bad_url(url: str, problem: str) -> None:
         await aioipc.listen(url)
     with pytest.raises(ValueError, match=problem):
         await aioipc.connect(url)
+
+
+# ==========================================================================================
+# Regressions: unix sockets
+# Regression tests moved from tests/test_regressions.py (issue 11): bugs found in review,
+# kept next to the mechanism they guard. Each names, in its first line, the bug it guards.
+# Two tests run on trio under trio.testing.MockClock(autojump_threshold=0): its virtual
+# clock moves only when every task is blocked, so "the peer starts reading after the old
+# 1-second grace" costs no real time and depends on no timing.
+# ==========================================================================================
+
+
+@asynccontextmanager
+async def unix_pair(
+    tmp: Path, kind: Any = "stream", *, framing: bool = True
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A connected (client, server) pair of unix channels; both closed on the way out."""
+    path = str(tmp / "s")
+    async with (
+        await unix.listen(path, kind, framing=framing) as listener,
+        await unix.connect(path, kind, framing=framing) as a,
+        await listener.accept() as b,
+    ):
+        yield a, b
+
+
+def run_on_trio_with_virtual_time(func: Callable[[], Awaitable[None]]) -> None:
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    anyio.run(func, backend="trio", backend_options={"clock": clock})
+
+
+# ------------------------------------------------ nothing may cut into a half-written frame
+
+
+async def _fd_message_after_half_written_frame(
+    tmp: Path, reader_starts: Callable[[], Awaitable[None]]
+) -> None:
+    big = seeded_bytes(4 * MIB, 1)
+    r, w = os.pipe()
+    try:
+        async with unix_pair(tmp) as (a, b):
+            a.send_nowait(big)  # the socket takes a few hundred KiB; the rest is pending
+            got: list[Any] = []
+
+            async def reader() -> None:
+                await reader_starts()
+                got.append(await b.receive())
+                got.append(await b.receive_fds())
+
+            with anyio.fail_after(TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reader)
+                    await a.send_fds(b"with-fd", [r])
+            data, fds = got[1]
+            try:
+                same(got[0], big)
+                assert data == b"with-fd"
+                assert len(fds) == 1
+                assert os.fstat(fds[0]).st_ino == os.fstat(r).st_ino
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_send_fds_waits_for_the_rest_of_a_half_written_frame(short_tmp: Path) -> None:
+    # Guards: send_fds wrote its message into the middle of a frame send_nowait left half-written
+    await _fd_message_after_half_written_frame(short_tmp, anyio.wait_all_tasks_blocked)
+
+
+def test_send_fds_waits_past_the_old_grace_for_a_slow_reader(short_tmp: Path) -> None:
+    # Guards: send_fds gave up on a half-written frame after 1 s and cut into it
+    async def reader_starts() -> None:
+        await anyio.sleep(3)  # virtual time: runs only once send_fds is blocked
+
+    run_on_trio_with_virtual_time(
+        lambda: _fd_message_after_half_written_frame(short_tmp, reader_starts)
+    )
+
+
+async def _send_eof_after_half_written_frame(
+    tmp: Path, reader_starts: Callable[[], Awaitable[None]]
+) -> None:
+    big = seeded_bytes(4 * MIB, 3)
+    async with unix_pair(tmp) as (a, b):
+        a.send_nowait(big)  # the rest of the frame is pending
+        got: list[bytes] = []
+        ended = False
+
+        async def reader() -> None:
+            nonlocal ended
+            await reader_starts()
+            got.append(await b.receive())
+            with pytest.raises(EndOfStream):
+                await b.receive()
+            ended = True
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await a.send_eof()
+        assert len(got) == 1
+        same(got[0], big)
+        assert ended
+
+
+@pytest.mark.asyncio
+async def test_send_eof_writes_pending_data_before_shutting_down(short_tmp: Path) -> None:
+    # Guards: send_eof shut down with part of a committed frame still unwritten
+    await _send_eof_after_half_written_frame(short_tmp, anyio.wait_all_tasks_blocked)
+
+
+def test_send_eof_waits_past_the_old_grace_for_a_slow_reader(short_tmp: Path) -> None:
+    # Guards: send_eof gave up on pending data after 1 s and shut down, truncating the frame
+    async def reader_starts() -> None:
+        await anyio.sleep(3)  # virtual time: runs only once send_eof is blocked
+
+    run_on_trio_with_virtual_time(
+        lambda: _send_eof_after_half_written_frame(short_tmp, reader_starts)
+    )
+
+
+# ------------------------------------------------------------------- closing and fd numbers
+
+
+@pytest.mark.asyncio
+async def test_sync_close_of_a_unix_stream_writes_coalesced_messages(short_tmp: Path) -> None:
+    # Guards: sync close() of a unix stream dropped coalesced messages the kernel had room for
+    async with unix_pair(short_tmp) as (a, b):
+        for i in range(3):
+            await a.send(b"m%d" % i)  # m0 written, m1 and m2 coalesced
+        a.close()
+        with anyio.fail_after(TIMEOUT):
+            for i in range(3):
+                assert await b.receive() == b"m%d" % i
+            with pytest.raises(EndOfStream):
+                await b.receive()
+
+
+@pytest.mark.asyncio
+async def test_sync_close_of_a_unix_stream_releases_received_fds(short_tmp: Path) -> None:
+    # Guards: sync close() of a unix stream leaked fds received with a message not yet returned
+    async with unix_pair(short_tmp) as (a, b):
+        r, w = os.pipe()
+        link = pipe_link(r)
+        await a.send(b"m0")
+        await a.send_fds(b"m1", [r, w])
+        os.close(r)
+        os.close(w)
+        assert links_to(link) == []
+        with anyio.fail_after(TIMEOUT):
+            assert await b.receive() == b"m0"  # the same read brought m1 and its 2 fds
+        assert len(links_to(link)) == 2
+        b.close()
+        assert links_to(link) == []
+
+
+# ---------------------------------------------------------------- endpoints, fds, listeners
+
+
+@pytest.mark.asyncio
+async def test_dgram_endpoint_send_nowait_replies_to_the_last_sender(short_tmp: Path) -> None:
+    # Guards: UnixDatagramEndpoint.send_nowait did not reply to the last sender
+    path = str(short_tmp / "d")
+    async with await unix.listen(path, "dgram") as ep:
+        with pytest.raises(anyio.BrokenResourceError):
+            ep.send_nowait(b"nobody to reply to yet")
+        async with await unix.connect(path, "dgram") as c1, await unix.connect(path, "dgram") as c2:
+            with anyio.fail_after(TIMEOUT):
+                await c1.send(b"ping1")
+                assert await ep.receive() == b"ping1"
+                ep.send_nowait(b"pong1")
+                assert await c1.receive() == b"pong1"
+                await c2.send(b"ping2")
+                assert await ep.receive() == b"ping2"
+                ep.send_nowait(b"pong2")
+                assert await c2.receive() == b"pong2"
+            with pytest.raises(WouldBlock):
+                c1.receive_nowait()  # the second reply went to c2 only
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+async def test_send_fds_with_a_closed_fd_is_a_value_error(short_tmp: Path, kind: str) -> None:
+    # Guards: send_fds with a closed fd reported the channel closed instead of blaming the fd
+    async with unix_pair(short_tmp, kind) as (a, b):
+        r, w = os.pipe()
+        os.close(r)  # r is now a stale number
+        try:
+            with pytest.raises(ValueError, match=rf"\bfd {r}\b"):
+                await a.send_fds(b"x", [w, r])
+            with anyio.fail_after(TIMEOUT):
+                await a.send(b"still works")
+                assert await b.receive() == b"still works"
+                await a.send_fds(b"with-fd", [w])
+                data, fds = await b.receive_fds()
+            for fd in fds:
+                os.close(fd)
+            assert data == b"with-fd"
+            assert len(fds) == 1
+        finally:
+            os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_raw_send_fds_without_data_is_a_value_error(short_tmp: Path) -> None:
+    # Guards: raw send_fds(b"", fds) sent no bytes, so the fds were silently dropped
+    r, w = os.pipe()
+    try:
+        async with unix_pair(short_tmp, framing=False) as (a, b):
+            with pytest.raises(ValueError, match="at least one byte"):
+                await a.send_fds(b"", [r])
+            with anyio.fail_after(TIMEOUT):
+                await a.send_fds(b"x", [w])
+                data, fds = await b.receive_fds()
+            for fd in fds:
+                os.close(fd)
+            assert data == b"x"
+            assert len(fds) == 1
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+async def test_received_fds_are_close_on_exec(short_tmp: Path, kind: str) -> None:
+    # Guards: fds received with receive_fds were inheritable by child processes
+    r, w = os.pipe()
+    os.set_inheritable(r, True)  # the sender's flag must not carry over
+    try:
+        async with unix_pair(short_tmp, kind) as (a, b):
+            with anyio.fail_after(TIMEOUT):
+                await a.send_fds(b"x", [r])
+                data, fds = await b.receive_fds()
+            try:
+                assert data == b"x"
+                assert len(fds) == 1
+                assert os.get_inheritable(fds[0]) is False
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_listener_extra_returns_the_default_for_a_missing_attribute(
+    short_tmp: Path,
+) -> None:
+    # Guards: UnixListener.extra(attr, default) raised instead of returning the default.
+    sentinel = object()
+    path = str(short_tmp / "s")
+    async with await unix.listen(path) as listener:
+        assert listener.extra(IPCAttribute.path) == path
+        assert listener.extra(IPCAttribute.peer_uid, None) is None
+        assert listener.extra(IPCAttribute.peer_pid, sentinel) is sentinel
+        with pytest.raises(anyio.TypedAttributeLookupError):
+            listener.extra(IPCAttribute.peer_uid)
+
+
+# ----------------------------------------------------------- a channel that cannot be built
+
+#: A receive buffer this large cannot be mapped, so a seqpacket or dgram channel cannot be built.
+# The largest valid max_message_size (2 GiB): its receive buffer cannot be mapped under
+# address_space_limit(), which makes the mmap fail the way memory exhaustion would.
+UNMAPPABLE = MAX_FRAME_LENGTH
+
+
+@contextlib.contextmanager
+def address_space_limit() -> Iterator[None]:
+    """Lower RLIMIT_AS to what the process maps now plus 512 MiB, for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    status = Path("/proc/self/status").read_text()
+    (vm_kib,) = (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm_kib * 1024 + 512 * 1024 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.asyncio
+async def test_accept_closes_the_connection_when_building_its_channel_fails(
+    short_tmp: Path,
+) -> None:
+    # Guards: accept() leaked the accepted socket when building its channel raised
+    path = str(short_tmp / "s")
+    async with (
+        await unix.listen(path, "seqpacket", max_message_size=UNMAPPABLE) as listener,
+        await unix.connect(path, "seqpacket") as client,
+    ):
+        with warnings.catch_warnings():
+            # The leftover handle's warning is the separate bug tested below.
+            warnings.simplefilter("ignore", ResourceWarning)
+            with (
+                address_space_limit(),
+                pytest.raises(OSError, match="Cannot allocate memory") as failure,
+            ):
+                await listener.accept()
+            # The accepted end is closed at once, not when its last reference goes (the
+            # traceback, still held here, references accept's frame).
+            with anyio.fail_after(TIMEOUT), pytest.raises(EndOfStream):
+                await client.receive()
+            del failure
+            gc.collect()  # finalize the leftover handle here, not during another test
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("opening", ["accept", "connect", "listen-dgram"])
+async def test_failed_message_channel_setup_leaves_no_unclosed_handle(
+    short_tmp: Path, opening: str
+) -> None:
+    # Guards: a seqpacket/dgram channel whose construction failed left an unclosed handle.
+    # UnixMessageChannel made its FdResource before mmap(max_message_size + 1); when the
+    # mmap failed, accept/connect/listen closed the socket but the FdResource stayed
+    # "open": it warned when collected and, on trio, notify_closing()'d the fd number,
+    # which may belong to another object by then (see the trio test below).
+    path = str(short_tmp / "s")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if opening == "accept":
+            async with (
+                await unix.listen(path, "seqpacket", max_message_size=UNMAPPABLE) as listener,
+                await unix.connect(path, "seqpacket"),
+            ):
+                with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
+                    await listener.accept()
+        elif opening == "connect":
+            async with await unix.listen(path, "seqpacket"):
+                with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
+                    await unix.connect(path, "seqpacket", max_message_size=UNMAPPABLE)
+        else:
+            with address_space_limit(), pytest.raises(OSError, match="Cannot allocate memory"):
+                await unix.listen(path, "dgram", max_message_size=UNMAPPABLE)
+        gc.collect()
+    leftovers = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leftovers == []
+
+
+def test_failed_accept_never_closes_an_unrelated_fd_later_on_trio(short_tmp: Path) -> None:
+    # Guards: a failed accept's leftover handle woke waiters on an fd number reused since
+    # Same root cause as above: FdWaiter.close() in the leftover FdResource's finalizer
+    # calls anyio.notify_closing() on the old number, and trio wakes the task waiting on the
+    # pipe that now has it with ClosedResourceError.
+    path = str(short_tmp / "s")
+    got: list[Any] = []
+
+    async def main() -> None:
+        async with (
+            await unix.listen(path, "seqpacket", max_message_size=UNMAPPABLE) as listener,
+            await unix.connect(path, "seqpacket"),
+        ):
+            probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            os.close(probe)  # the lowest free number: accept() gets it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                kept: list[BaseException] = []
+                try:
+                    with address_space_limit():
+                        await listener.accept()
+                except OSError as exc:
+                    kept.append(exc)  # error reporting may hold the traceback a while
+                assert len(kept) == 1
+                tx, rx = aioipc.pipe()
+                async with tx, rx, anyio.create_task_group() as tg:
+                    assert rx.fileno() == probe  # the accepted socket's number, reused
+
+                    async def wait() -> None:
+                        try:
+                            got.append(await rx.receive())
+                        except ClosedResourceError:
+                            got.append("ClosedResourceError")
+
+                    tg.start_soon(wait)
+                    await anyio.wait_all_tasks_blocked()
+                    kept.clear()
+                    gc.collect()  # the leftover handle is finalized now
+                    await anyio.wait_all_tasks_blocked()
+                    await tx.send(b"hello")
+
+    anyio.run(main, backend="trio")
+    assert got == [b"hello"]

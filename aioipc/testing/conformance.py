@@ -36,6 +36,14 @@ with an end of stream (datagram sockets and message queues have none) and
 ``broken_on_receiver_close`` / ``broken_on_close`` for those where a send to a closed
 peer fails. The suite runs under any anyio backend (asyncio, trio).
 
+Two rules every aioipc channel follows are checked too. The busy rule
+(``busy_receive``, ``busy_send``): a second concurrent ``receive()`` (or ``send()``) on
+one handle raises BusyResourceError; it never queues behind the first. The checkpoint
+rule (``pacing_receive``, ``pacing_send``): a loop of calls that complete without
+waiting still lets another task on the event loop run, at least once in every
+:data:`PACE_WITHIN` calls (YIELD_EVERY plus slack; twice that on trio, whose scheduler
+runs ready tasks in batches of random order).
+
 Every check runs even when an earlier one failed; then :exc:`ChannelCheckError` lists
 each broken promise by check name, and ``failures`` holds the original exceptions.
 ``skip`` takes check names (:data:`ONE_WAY_CHECKS`, :data:`TWO_WAY_CHECKS`) to leave out.
@@ -75,11 +83,13 @@ from anyio.abc import AsyncResource, ObjectReceiveStream, ObjectSendStream, Task
 from anyio.lowlevel import checkpoint
 from anyio.streams.stapled import StapledObjectStream
 
+from .._core.wait import YIELD_EVERY, running_asyncio_loop
 from ..abc import Channel, IPCAttribute, ReceiveChannel, SendChannel
 from ..errors import MessageTooLargeError
 
 __all__ = [
     "ONE_WAY_CHECKS",
+    "PACE_WITHIN",
     "TWO_WAY_CHECKS",
     "ChannelCheckError",
     "OpenOneWay",
@@ -107,6 +117,12 @@ _FILL_SIZE = 64 * _KIB
 #: ... and gives up looking for backpressure after this many bytes.
 _FILL_LIMIT = 64 * _MIB
 _BURST = 1000
+#: The pacing checks fail if this many calls in a row that completed without waiting
+#: never let another task run: the engine checkpoints every YIELD_EVERY-th such call, and
+#: the slack leaves room for a wrapper around one. (On trio, twice this: see _pace_bound.)
+PACE_WITHIN = YIELD_EVERY + 4
+#: Calls each pacing check makes: several windows of the widest bound.
+_PACE_CALLS = 8 * YIELD_EVERY
 
 
 class ChannelCheckError(AssertionError):
@@ -633,14 +649,29 @@ async def _check_aclose_wakes_receiver(s: _Suite) -> None:
 
 async def _check_busy_receive(s: _Suite) -> None:
     """A second ``receive()`` while another task's ``receive()`` waits raises
-    BusyResourceError, and the waiting one still gets the next message."""
+    BusyResourceError (it does not queue behind the first), and the waiting one still
+    gets the next message."""
     async with s.pair() as (tx, rx):
+        second = _Outcome()
         async with anyio.create_task_group() as tg:
             outcome = await _park_receive(tg, rx)
-            await s.raises(
-                BusyResourceError,
-                "a second receive() while another task's receive() waits",
-                rx.receive,
+            tg.start_soon(_capture, second, rx.receive)
+            await anyio.wait_all_tasks_blocked()
+            if not second.done:
+                # It queued behind the first: feed both, so that neither waits for ever.
+                await tx.send(b"for the first receiver")
+                await tx.send(b"for the second receiver")
+                await second.wait(s.timeout)
+                await outcome.wait(s.timeout)
+                tg.cancel_scope.cancel()
+                _fail(
+                    "a second receive() while another task's receive() waits: expected "
+                    "BusyResourceError, but it waited (queued behind the first)"
+                )
+            _require(
+                isinstance(second.error, BusyResourceError),
+                "a second receive() while another task's receive() waits: expected "
+                "BusyResourceError, but " + second.text(),
             )
             await tx.send(b"for the first receiver")
         _require(
@@ -774,9 +805,9 @@ async def _check_receiver_closed(s: _Suite) -> None:
 
 async def _check_backpressure(s: _Suite) -> None:
     """Backpressure: once ``send_nowait()`` reports WouldBlock, a ``send()`` waits
-    for room; a second concurrent ``send()`` raises BusyResourceError; once the receiver
-    drains the channel every message arrives in order and the waiting ``send()``
-    completes. (Skipped for a channel that never reports WouldBlock.)"""
+    for room; once the receiver drains the channel every message arrives in order and
+    the waiting ``send()`` completes. (Skipped for a channel that never reports
+    WouldBlock.)"""
     async with s.pair() as (tx, rx):
         sent = await s.fill(tx)
         if sent is None:
@@ -786,16 +817,53 @@ async def _check_backpressure(s: _Suite) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_capture, outcome, functools.partial(tx.send, last))
             await anyio.wait_all_tasks_blocked()
-            if not outcome.done:
-                await s.raises(
-                    BusyResourceError,
-                    "a second send() while another task's send() waits for room",
-                    functools.partial(tx.send, b"x"),
-                )
             await s.expect(rx, [*sent, last], f"{len(sent) + 1} messages that filled the channel")
         _require(
             outcome.done and outcome.error is None,
             "the send() that waited for room: " + outcome.text(),
+        )
+
+
+async def _check_busy_send(s: _Suite) -> None:
+    """A second ``send()`` while another task's ``send()`` waits for room raises
+    BusyResourceError (it does not queue behind the first), nothing of it arrives, and
+    the waiting one still completes once the receiver drains the channel. (Skipped for a
+    channel that never reports WouldBlock.)"""
+    async with s.pair() as (tx, rx):
+        sent = await s.fill(tx)
+        if sent is None:
+            return
+        last = _payload(s.big(_FILL_SIZE), 9999)
+        outcome = _Outcome()
+        second = _Outcome()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_capture, outcome, functools.partial(tx.send, last))
+            await anyio.wait_all_tasks_blocked()
+            if outcome.done:  # the channel found room after all: nobody waits to be busy
+                await s.expect(rx, [*sent, last], f"{len(sent) + 1} messages")
+                return
+            tg.start_soon(_capture, second, functools.partial(tx.send, b"second sender"))
+            await anyio.wait_all_tasks_blocked()
+            if not second.done:
+                # It queued behind the first: drain (in whatever order the two waiting
+                # sends got in), so that neither waits for ever.
+                for i in range(len(sent) + 2):
+                    await s.receive(rx, f"draining message {i + 1} of {len(sent) + 2}")
+                await second.wait(s.timeout)
+                tg.cancel_scope.cancel()
+                _fail(
+                    "a second send() while another task's send() waits for room: expected "
+                    "BusyResourceError, but it waited (queued behind the first)"
+                )
+            _require(
+                isinstance(second.error, BusyResourceError),
+                "a second send() while another task's send() waits for room: expected "
+                "BusyResourceError, but " + second.text(),
+            )
+            await s.expect(rx, [*sent, last], f"{len(sent) + 1} messages that filled the channel")
+        _require(
+            outcome.done and outcome.error is None,
+            "the send() that waited for room, after a second one was refused: " + outcome.text(),
         )
 
 
@@ -891,6 +959,102 @@ async def _check_stapled_loopback(s: _Suite) -> None:
         )
 
 
+class _Ticker:
+    """Another task on the same event loop: it counts how often it got to run."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            await checkpoint()
+            self.ticks += 1
+
+
+def _pace_bound() -> int:
+    """How many calls in a row may complete without another task running.
+
+    asyncio runs ready tasks in order, so the other task runs at every checkpoint of the
+    loop: fewer than PACE_WITHIN calls in a row. trio runs them in batches, in a random
+    order: the other task may run just before one checkpoint and next just after the
+    following one, so twice that (any backend but asyncio is given that)."""
+    return PACE_WITHIN if running_asyncio_loop() is not None else 2 * PACE_WITHIN
+
+
+async def _paced(
+    s: _Suite,
+    what: str,
+    measured: Callable[[], Awaitable[object]],
+    other: Callable[[], Awaitable[object]],
+) -> None:
+    """Call ``other()`` then ``measured()``, :data:`_PACE_CALLS` times, with a
+    :class:`_Ticker` beside them; fail if as many calls of ``measured`` in a row as
+    :func:`_pace_bound` allows all completed without the ticker running during them."""
+    ticker = _Ticker()
+    bound = _pace_bound()
+    in_a_row = longest = 0
+    with anyio.fail_after(s.timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run)
+            # Its first run only starts it: wait until it counts.
+            while ticker.ticks < 2:
+                await checkpoint()
+            for _ in range(_PACE_CALLS):
+                await other()
+                before = ticker.ticks
+                await measured()
+                in_a_row = 0 if ticker.ticks != before else in_a_row + 1
+                longest = max(longest, in_a_row)
+            tg.cancel_scope.cancel()
+    _require(
+        longest < bound,
+        lambda: (
+            f"{what}: {longest} calls in a row completed without letting another task on "
+            f"the event loop run (fewer than {bound} may: a call that completes without "
+            f"waiting must checkpoint at least every {YIELD_EVERY}th time)"
+        ),
+    )
+
+
+async def _check_pacing_receive(s: _Suite) -> None:
+    """A ``receive()`` loop on a channel that always has data (the same task sends one
+    message with ``send_nowait()`` before each ``receive()``) lets another task on the
+    event loop run at least once in every PACE_WITHIN calls: a call that completes
+    without waiting is still a checkpoint every YIELD_EVERY-th time."""
+    async with s.pair() as (tx, rx):
+        send_nowait = _nowait_sender(tx)
+
+        async def feed() -> None:
+            # Synchronous: only the receive() can let the other task run.
+            send_nowait(b"paced")
+
+        async def receive() -> None:
+            await s.receive(rx, "a receive() on a channel that has data")
+
+        await _paced(s, "receive() on a channel that always has data", receive, feed)
+
+
+async def _check_pacing_send(s: _Suite) -> None:
+    """A ``send()`` loop on a channel that always has room (the same task takes what
+    arrived with ``receive_nowait()`` before each ``send()``) lets another task on the
+    event loop run at least once in every PACE_WITHIN calls: a call that completes
+    without waiting is still a checkpoint every YIELD_EVERY-th time."""
+    async with s.pair() as (tx, rx):
+        receive_nowait = _nowait_receiver(rx)
+
+        async def drain() -> None:
+            # Synchronous: only the send() can let the other task run. What a sender
+            # still flushes in the background is taken on a later turn.
+            with contextlib.suppress(WouldBlock):
+                while True:
+                    receive_nowait()
+
+        async def send() -> None:
+            await s.send(tx, b"paced", "a send() on a channel that has room")
+
+        await _paced(s, "send() on a channel that always has room", send, drain)
+
+
 _Check: TypeAlias = Callable[[_Suite], Awaitable[None]]
 
 _ONE_WAY: dict[str, _Check] = {
@@ -910,9 +1074,12 @@ _ONE_WAY: dict[str, _Check] = {
     "not_bytes": _check_not_bytes,
     "receiver_closed": _check_receiver_closed,
     "backpressure": _check_backpressure,
+    "busy_send": _check_busy_send,
     "aclose_wakes_sender": _check_aclose_wakes_sender,
     "memory_stream_pump": _check_memory_stream_pump,
     "stapled_loopback": _check_stapled_loopback,
+    "pacing_receive": _check_pacing_receive,
+    "pacing_send": _check_pacing_send,
 }
 
 
