@@ -237,8 +237,8 @@ class CodecListener(Listener[CodecStream]):
     codec on ``unix://`` gives one)."""
 
     def __init__(self, inner: Listener[ObjectStream[bytes]], codec: str | Codec) -> None:
-        self.inner = inner
-        self.codec = get_codec(codec)
+        self.inner: Listener[ObjectStream[bytes]] = inner
+        self.codec: Codec = get_codec(codec)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -685,7 +685,7 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
         self._allowed = allowed_uids
         self._busy = False
         #: Connections refused because the peer's uid was not allowed.
-        self.rejected = 0
+        self.rejected: int = 0
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
