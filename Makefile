@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := aioipc tests mkdocs_hooks.py .ci/pythons.py $(wildcard benchmarks examples)
+LINT_PATHS := aioipc tests mkdocs_hooks.py .ci/pythons.py .ci/type_completeness.py \
+	$(wildcard benchmarks examples)
 
-.PHONY: demo test test-pythons lint typecheck pytest docs bench clean
+.PHONY: demo test test-pythons lint typecheck types pytest docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict aioipc
 
+# The public API as a user's type checker sees it: pyright's --verifytypes score (the share
+# of exported symbols whose types are fully known) must be at least 95%. basedpyright is
+# pyright packaged with its own node, so this needs nothing beyond pip.
+types: $(STAMP)
+	$(BIN)/python .ci/type_completeness.py --minimum 95
+
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -32,7 +39,7 @@ pytest: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-test: lint typecheck docs pytest
+test: lint typecheck types docs pytest
 
 # The docs build and the suite on every CPython 3.N this machine has, from requires-python's
 # 3.11 up, each in a venv of its own (.venv-3.N, made by the $(STAMP) rule above); a version

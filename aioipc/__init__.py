@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import codecs, fifo, pipes, posix, shm, sysv, unix
+import sys as _sys
+
+from . import abc, codecs, errors, fifo, framing, lock, pipes, posix, shm, sysv, unix, url
+from ._core.names import publish as _publish
 from ._core.region import AnonymousMemory as AnonymousMemory
 from ._core.region import MappedFile as MappedFile
 from ._core.region import SharedMemoryRegion as SharedMemoryRegion
@@ -12,6 +15,7 @@ from ._core.threads import install_interrupt_handler as install_interrupt_handle
 from ._core.threads import worker_limiter as worker_limiter
 from .abc import Channel as Channel
 from .abc import IPCAttribute as IPCAttribute
+from .abc import Listener as Listener
 from .abc import ReceiveChannel as ReceiveChannel
 from .abc import SendChannel as SendChannel
 from .errors import IPCConnectionRefusedError as IPCConnectionRefusedError
@@ -24,9 +28,17 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import ProtocolError as ProtocolError
 from .framing import FrameTooLargeError as FrameTooLargeError
 from .lock import Lock as Lock
+from .pipes import FdReceiveChannel as FdReceiveChannel
+from .pipes import FdSendChannel as FdSendChannel
 from .pipes import pipe as pipe
+from .posix import MessageQueue as PosixMessageQueue
 from .shm import ShmReceiver as ShmReceiver
 from .shm import ShmSender as ShmSender
+from .sysv import MessageQueue as SysVMessageQueue
+from .unix import UnixChannel as UnixChannel
+from .unix import UnixDatagramEndpoint as UnixDatagramEndpoint
+from .unix import UnixListener as UnixListener
+from .unix import UnixMessageChannel as UnixMessageChannel
 from .url import connect as connect
 from .url import listen as listen
 
@@ -37,6 +49,8 @@ __all__ = [
     "MappedFile",
     "SharedMemoryRegion",
     "Channel",
+    "FdReceiveChannel",
+    "FdSendChannel",
     "FrameTooLargeError",
     "IPC_PRIVATE",
     "IPCAttribute",
@@ -46,13 +60,20 @@ __all__ = [
     "IPCNotFoundError",
     "IPCPermissionError",
     "IPCSystemError",
+    "Listener",
     "Lock",
     "MessageTooLargeError",
+    "PosixMessageQueue",
     "ProtocolError",
     "ReceiveChannel",
     "SendChannel",
     "ShmReceiver",
     "ShmSender",
+    "SysVMessageQueue",
+    "UnixChannel",
+    "UnixDatagramEndpoint",
+    "UnixListener",
+    "UnixMessageChannel",
     "codecs",
     "connect",
     "fifo",
@@ -67,3 +88,11 @@ __all__ = [
     "unix",
     "worker_limiter",
 ]
+
+
+# The mechanism modules first: a class two of them export (FdSendChannel: pipes, fifo) is
+# at home in the first; the package itself last, for what only it exports.
+for _module in (pipes, fifo, unix, posix, sysv, shm, abc, codecs, errors, framing, lock, url):
+    _publish(_module)
+_publish(_sys.modules[__name__])
+del _module

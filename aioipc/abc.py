@@ -4,6 +4,9 @@ Every aioipc message mechanism is an :class:`anyio.abc.ObjectStream` of ``bytes`
 (or its send or receive half for one-way kernel objects), so anyio's wrappers --
 ``StapledObjectStream``, memory object streams, task groups -- work on it unchanged.
 
+A listener (unix stream and seqpacket sockets) is an :class:`anyio.abc.Listener` that
+can also :meth:`~Listener.accept` one connection at a time: :class:`Listener`.
+
 Metadata is read with ``channel.extra(IPCAttribute.fd)`` and friends; an attribute that
 does not apply raises :exc:`anyio.TypedAttributeLookupError`, or returns the default
 given as ``extra(attr, default)``.
@@ -11,17 +14,22 @@ given as ``extra(attr, default)``.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from abc import abstractmethod
+from typing import TypeAlias, TypeVar
 
+import anyio.abc
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 
 __all__ = [
     "Channel",
     "IPCAttribute",
+    "Listener",
     "ReceiveChannel",
     "SendChannel",
 ]
+
+_T_co = TypeVar("_T_co", covariant=True)
 
 #: A two-way message channel (unix sockets, message queues).
 Channel: TypeAlias = ObjectStream[bytes]
@@ -29,6 +37,15 @@ Channel: TypeAlias = ObjectStream[bytes]
 SendChannel: TypeAlias = ObjectSendStream[bytes]
 #: The receiving half of a channel, or a one-way receiver (pipe and FIFO read ends).
 ReceiveChannel: TypeAlias = ObjectReceiveStream[bytes]
+
+
+class Listener(anyio.abc.Listener[_T_co]):
+    """An :class:`anyio.abc.Listener` (``serve(handler, task_group)``) that also hands out
+    one connection at a time with :meth:`accept`."""
+
+    @abstractmethod
+    async def accept(self) -> _T_co:
+        """Wait for the next connection and return it."""
 
 
 class IPCAttribute(TypedAttributeSet):

@@ -24,13 +24,15 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, overload
 
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream, TaskGroup
 
+from .abc import Listener
 from .errors import ProtocolError
 
 __all__ = [
     "BytesCodec",
     "Codec",
+    "CodecListener",
     "CodecReceiveStream",
     "CodecSendStream",
     "CodecStream",
@@ -228,3 +230,36 @@ def wrap(
     if isinstance(channel, ObjectSendStream):
         return CodecSendStream(channel, c)
     raise TypeError(f"cannot wrap {type(channel).__name__}: not an anyio object stream")
+
+
+class CodecListener(Listener[CodecStream]):
+    """A listener whose connections come wrapped in a codec (``aioipc.listen`` with a
+    codec on ``unix://`` gives one)."""
+
+    def __init__(self, inner: Listener[ObjectStream[bytes]], codec: str | Codec) -> None:
+        self.inner: Listener[ObjectStream[bytes]] = inner
+        self.codec: Codec = get_codec(codec)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.inner.extra_attributes
+
+    async def accept(self) -> CodecStream:
+        """As the wrapped listener's ``accept`` (errors, cancellation), with the channel
+        wrapped."""
+        return CodecStream(await self.inner.accept(), self.codec)
+
+    async def serve(
+        self, handler: Callable[[CodecStream], Any], task_group: TaskGroup | None = None
+    ) -> None:
+        """As the wrapped listener's ``serve`` (errors, cancellation), with each channel
+        wrapped."""
+
+        async def wrapped(chan: ObjectStream[bytes]) -> None:
+            await handler(CodecStream(chan, self.codec))
+
+        await self.inner.serve(wrapped, task_group)
+
+    async def aclose(self) -> None:
+        """Close the wrapped listener."""
+        await self.inner.aclose()

@@ -45,7 +45,15 @@ from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size, check_max_partial_bytes
 
-__all__ = ["NotAFifoError", "create", "open_receiver", "open_sender", "unlink"]
+__all__ = [
+    "FdReceiveChannel",
+    "FdSendChannel",
+    "NotAFifoError",
+    "create",
+    "open_receiver",
+    "open_sender",
+    "unlink",
+]
 
 _MAX_BACKOFF = 0.05
 

@@ -190,6 +190,8 @@ class FrameDecoder:
         "_seen",
         "last_flags",
     )
+    #: The flag bits of the frame :meth:`next_frame` returned last.
+    last_flags: int
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._max_size = check_max_message_size(max_size, "FrameDecoder", "max_size")
@@ -376,6 +378,11 @@ class ChunkDecoder:
         "last_flags",
         "last_writer",
     )
+    #: Unfinished messages dropped so far to stay within the partial-bytes budget.
+    dropped: int
+    #: The flag bits and the writer id of the message :meth:`next_frame` returned last.
+    last_flags: int
+    last_writer: int
 
     def __init__(
         self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_partial_bytes: int | None = None

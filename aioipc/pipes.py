@@ -30,7 +30,14 @@ from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
 from .errors import map_errors
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
 
-__all__ = ["DEFAULT_PIPE_SIZE", "from_fd", "pipe", "set_pipe_size"]
+__all__ = [
+    "DEFAULT_PIPE_SIZE",
+    "FdReceiveChannel",
+    "FdSendChannel",
+    "from_fd",
+    "pipe",
+    "set_pipe_size",
+]
 
 #: The size ``pipe()`` asks the kernel for (capped at ``/proc/sys/fs/pipe-max-size``).
 DEFAULT_PIPE_SIZE = 1024 * 1024

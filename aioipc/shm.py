@@ -1,4 +1,4 @@
-"""ShmChannel: a one-way message channel over a ring buffer in shared memory.
+"""The ring channel: a one-way message channel over a ring buffer in shared memory.
 
 A ring named ``/jobs`` is three files, all created with the same mode (0600 default):
 ``/dev/shm/jobs`` (a 4 KiB header and the ring's data) and two doorbell FIFOs,

@@ -35,34 +35,58 @@ the ring and removes it when the sender closes).
 the forms accepted): a value that does not parse or is out of range, an option given
 twice, an option of another scheme, a NUL (``%00``) or ``#`` in the path are all a
 ``ValueError`` naming the option and the URL, never a silent default.
+
+How it is built: one table, ``_SCHEMES``, maps each scheme name to a :class:`_Scheme`
+record that holds everything about that scheme and nothing about the others: its
+:class:`Address` subclass (whose fields are its options), the parser of each of its
+options, how its path is read, its two openers and what shape each returns.
+``parse_url``, ``connect`` and ``listen`` only look the scheme up. A new scheme is one
+more record and one :func:`_register` call.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 
 from . import fifo, posix, shm, sysv, unix
 from ._core.check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
 from ._core.libc import MSG_QBYTES_MAX
-from .codecs import _CODECS, Codec, get_codec, wrap
+from .abc import Listener
+from .codecs import _CODECS, Codec, CodecListener, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
 
-__all__ = ["Address", "connect", "listen", "parse_url"]
+__all__ = [
+    "Address",
+    "Expect",
+    "FifoAddress",
+    "PosixQueueAddress",
+    "ShmAddress",
+    "SysVQueueAddress",
+    "UnixAddress",
+    "connect",
+    "listen",
+    "parse_url",
+]
 
-_UNIX_KINDS: dict[str, unix.Kind] = {
-    "unix": "stream",
-    "unix+stream": "stream",
-    "unix+seqpacket": "seqpacket",
-    "unix+dgram": "dgram",
-}
-_QUEUES = ("mq", "sysvmq")
-_SCHEMES = (*_UNIX_KINDS, "fifo", *_QUEUES, "shm")
+#: What an opened URL is: ``"send"`` (a send-only channel: FIFO writer, ring sender),
+#: ``"receive"`` (receive-only: FIFO reader, ring receiver), ``"two-way"`` (unix
+#: connections and datagram endpoints, queues) or ``"listener"`` (unix stream and
+#: seqpacket listeners, whose ``accept``/``serve`` give two-way channels).
+#: ``connect``/``listen`` take it as ``expect=``: the result is typed to match, and a URL
+#: whose scheme gives something else is refused before anything is opened.
+Expect: TypeAlias = Literal["send", "receive", "two-way", "listener"]
+
+#: What a scheme's openers return (before a codec wraps it). Every ``connect`` gives
+#: something that sends; no ``listen`` gives a send-only channel.
+_Sending: TypeAlias = ObjectSendStream[bytes]
+_Listening: TypeAlias = ObjectReceiveStream[bytes] | Listener[ObjectStream[bytes]]
 
 #: Decimal without leading zeros (a C reader would take 010 for octal), or 0x hex.
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*|0[xX][0-9a-fA-F]+)")
@@ -70,29 +94,9 @@ _INTEGER = re.compile(r"-?(0|[1-9][0-9]*|0[xX][0-9a-fA-F]+)")
 _OCTAL = re.compile(r"(0[oO])?[0-7]+")
 
 
-@dataclass(frozen=True)
-class Address:
-    """A parsed aioipc URL."""
-
-    scheme: str
-    path: str
-    framing: bool = True
-    mode: int = 0o600
-    max_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    persistent: bool = False
-    max_partial: int | None = None
-    allowed_uids: tuple[int, ...] | None = None
-    codec: str | None = None
-    create: bool | None = None
-    max_messages: int | None = None
-    max_message_size: int | None = None
-    max_bytes: int | None = None
-    send_type: int = 1
-    receive_type: int = 0
-    proj: int = 1
-    capacity: int = shm.DEFAULT_CAPACITY
-    multi_producer: bool = False
-    spin: float = 0.0
+# -- option values ----------------------------------------------------------------------
+# Each parser takes (value, option name, "URL '...'") and returns the field's value or
+# raises ValueError naming the option and the URL.
 
 
 def _integer(value: str, name: str, what: str, minimum: int, maximum: int) -> int:
@@ -174,32 +178,398 @@ def _codec_name(value: str, name: str, what: str) -> str:
     return value
 
 
-_UNIX = tuple(_UNIX_KINDS)
-# Each option: its parser (value, name, what -> the Address field), and the schemes it
-# applies to. An option of another scheme would be ignored, so it is an error instead.
-_OPTIONS: dict[str, tuple[Callable[[str, str, str], Any], tuple[str, ...]]] = {
-    "codec": (_codec_name, _SCHEMES),
-    "mode": (_mode, _SCHEMES),
-    "framing": (_framing, ("unix", "unix+stream", "fifo")),
-    "max_size": (_size(MAX_FRAME_LENGTH), (*_UNIX, "fifo")),
-    "persistent": (_flag, ("fifo",)),
-    "max_partial": (_size(LONG_MAX), ("fifo",)),
-    "allowed_uids": (_uids, _UNIX),
-    "create": (_flag, ("mq", "sysvmq", "shm")),
-    "max_messages": (_size(LONG_MAX), ("mq",)),
-    "max_message_size": (_size(LONG_MAX), ("mq",)),
-    "max_bytes": (_size(MSG_QBYTES_MAX), ("sysvmq",)),
-    "send_type": (_size(LONG_MAX), ("sysvmq",)),
-    "receive_type": (_ranged(-LONG_MAX, LONG_MAX), ("sysvmq",)),
-    "proj": (_ranged(0, 255), ("sysvmq",)),
-    "capacity": (_size(LONG_MAX), ("shm",)),
-    "multi_producer": (_flag, ("shm",)),
-    "spin": (_spin, ("shm",)),
+# -- addresses: one record per scheme, its fields are that scheme's options ------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed aioipc URL: what every scheme has. Each scheme's own options are the
+    fields of its subclass (:class:`UnixAddress`, :class:`FifoAddress`,
+    :class:`PosixQueueAddress`, :class:`SysVQueueAddress`, :class:`ShmAddress`)."""
+
+    scheme: str
+    path: str
+    mode: int = 0o600
+    codec: str | None = None
+
+
+_UNIX_KINDS: dict[str, unix.Kind] = {
+    "unix": "stream",
+    "unix+stream": "stream",
+    "unix+seqpacket": "seqpacket",
+    "unix+dgram": "dgram",
 }
+
+
+@dataclass(frozen=True)
+class UnixAddress(Address):
+    """``unix://``, ``unix+stream://``, ``unix+seqpacket://``, ``unix+dgram://``."""
+
+    framing: bool = True
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    allowed_uids: tuple[int, ...] | None = None
+
+    @property
+    def kind(self) -> unix.Kind:
+        """The socket kind the scheme names."""
+        return _UNIX_KINDS[self.scheme]
+
+
+@dataclass(frozen=True)
+class FifoAddress(Address):
+    """``fifo://``."""
+
+    framing: bool = True
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    persistent: bool = False
+    max_partial: int | None = None
+
+
+@dataclass(frozen=True)
+class PosixQueueAddress(Address):
+    """``mq://``."""
+
+    create: bool | None = None
+    max_messages: int | None = None
+    max_message_size: int | None = None
+
+
+@dataclass(frozen=True)
+class SysVQueueAddress(Address):
+    """``sysvmq://``."""
+
+    create: bool | None = None
+    max_bytes: int | None = None
+    send_type: int = 1
+    receive_type: int = 0
+    proj: int = 1
+
+    @property
+    def key(self) -> int:
+        """The queue's key: the number written, or ``ftok(path, proj)``."""
+        if self.path.startswith("/"):
+            return sysv.ftok(self.path, self.proj)
+        return int(self.path, 0)
+
+
+@dataclass(frozen=True)
+class ShmAddress(Address):
+    """``shm://``."""
+
+    create: bool | None = None
+    capacity: int = shm.DEFAULT_CAPACITY
+    multi_producer: bool = False
+    spin: float = 0.0
+
+
+# -- the table -------------------------------------------------------------------------
+
+_A = TypeVar("_A", bound=Address)
+_Parse: TypeAlias = Callable[[str, str, str], object]
+
+#: The options every scheme takes.
+_COMMON: Mapping[str, _Parse] = {"codec": _codec_name, "mode": _mode}
+
+
+def _keep_path(scheme: str, path: str, url: str) -> str:
+    return path
+
+
+def _no_abstract(scheme: str, path: str, url: str) -> str:
+    if path.startswith("@"):
+        raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
+    return path
+
+
+def _slash_name(scheme: str, path: str, url: str) -> str:
+    return path if path.startswith("/") else "/" + path
+
+
+def _sysv_path(scheme: str, path: str, url: str) -> str:
+    if not path.startswith(("/", "@")) and not _INTEGER.fullmatch(path):
+        # The same forms as an integer option: int(path, 0) would also take 0o17, 0b11
+        # and 1_7 (keys 15, 3 and 17), and a reader of the URL would not.
+        raise ValueError(
+            f"{url!r}: write the key as a number, decimal or 0x hex (sysvmq://0x1234, "
+            "sysvmq://4660), or a path for ftok (sysvmq:///path?proj=N)"
+        )
+    return _no_abstract(scheme, path, url)
+
+
+def _no_check(path: str, given: Mapping[str, object], what: str) -> None:
+    pass
+
+
+def _proj_needs_a_path(path: str, given: Mapping[str, object], what: str) -> None:
+    if "proj" in given and not path.startswith("/"):
+        raise ValueError(f"{what}: option proj= applies to a path key (sysvmq:///path?proj=N)")
+
+
+@dataclass(frozen=True)
+class _Scheme(Generic[_A]):
+    """Everything about one scheme: how its URL reads and what opening it does."""
+
+    #: The record ``parse_url`` returns; its fields are the options below.
+    address: type[_A]
+    #: This scheme's own options: name -> parser (``_COMMON``'s apply too).
+    options: Mapping[str, _Parse]
+    connect: Callable[[_A], Awaitable[_Sending]]
+    listen: Callable[[_A], Awaitable[_Listening]]
+    #: What ``connect`` and ``listen`` give (see :data:`Expect`).
+    connects: Expect
+    listens: Expect
+    #: (scheme, path, url) -> the path as the opener wants it; raises ValueError.
+    path: Callable[[str, str, str], str] = _keep_path
+    #: (path, the options given, "URL '...'"): checks across options; raises ValueError.
+    check: Callable[[str, Mapping[str, object], str], None] = _no_check
+    #: Every option this scheme takes, common ones included.
+    all_options: Mapping[str, _Parse] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "all_options", {**_COMMON, **self.options})
+
+
+#: scheme name -> its record, in the order error messages list them.
+_SCHEMES: dict[str, _Scheme[Any]] = {}
+
+
+def _register(scheme: _Scheme[Any], *names: str) -> None:
+    for name in names:
+        _SCHEMES[name] = scheme
+
+
+# unix://, unix+stream://, unix+seqpacket://, unix+dgram://
+
+
+async def _unix_connect(a: UnixAddress) -> _Sending:
+    return await unix.connect(a.path, a.kind, framing=a.framing, max_message_size=a.max_size)
+
+
+async def _unix_listen(a: UnixAddress) -> _Listening:
+    return await unix.listen(
+        a.path,
+        a.kind,
+        mode=a.mode,
+        framing=a.framing,
+        max_message_size=a.max_size,
+        allowed_uids=a.allowed_uids,
+    )
+
+
+_UNIX_OPTIONS: dict[str, _Parse] = {
+    "max_size": _size(MAX_FRAME_LENGTH),
+    "allowed_uids": _uids,
+}
+_register(
+    _Scheme(
+        UnixAddress,
+        {"framing": _framing, **_UNIX_OPTIONS},
+        _unix_connect,
+        _unix_listen,
+        connects="two-way",
+        listens="listener",
+    ),
+    "unix",
+    "unix+stream",
+)
+_register(
+    _Scheme(
+        UnixAddress,
+        _UNIX_OPTIONS,
+        _unix_connect,
+        _unix_listen,
+        connects="two-way",
+        listens="listener",
+    ),
+    "unix+seqpacket",
+)
+_register(
+    _Scheme(
+        UnixAddress,
+        _UNIX_OPTIONS,
+        _unix_connect,
+        _unix_listen,
+        connects="two-way",
+        listens="two-way",
+    ),
+    "unix+dgram",
+)
+
+
+# fifo://
+
+
+async def _fifo_connect(a: FifoAddress) -> _Sending:
+    return await fifo.open_sender(a.path, framing=a.framing, max_message_size=a.max_size)
+
+
+async def _fifo_listen(a: FifoAddress) -> _Listening:
+    return await fifo.open_receiver(
+        a.path,
+        create=True,
+        mode=a.mode,
+        framing=a.framing,
+        persistent=a.persistent,
+        max_message_size=a.max_size,
+        max_partial_bytes=a.max_partial,
+    )
+
+
+_register(
+    _Scheme(
+        FifoAddress,
+        {
+            "framing": _framing,
+            "max_size": _size(MAX_FRAME_LENGTH),
+            "persistent": _flag,
+            "max_partial": _size(LONG_MAX),
+        },
+        _fifo_connect,
+        _fifo_listen,
+        connects="send",
+        listens="receive",
+        path=_no_abstract,
+    ),
+    "fifo",
+)
+
+
+# mq://
+
+
+def _open_posix_queue(a: PosixQueueAddress, create: bool) -> posix.MessageQueue:
+    if not create:
+        return posix.MessageQueue.open(a.path)
+    return posix.MessageQueue.open_or_create(
+        a.path,
+        max_messages=10 if a.max_messages is None else a.max_messages,
+        max_message_size=8192 if a.max_message_size is None else a.max_message_size,
+        mode=a.mode,
+    )
+
+
+async def _mq_connect(a: PosixQueueAddress) -> _Sending:
+    await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
+    return _open_posix_queue(a, bool(a.create))
+
+
+async def _mq_listen(a: PosixQueueAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    return _open_posix_queue(a, a.create is not False)
+
+
+_register(
+    _Scheme(
+        PosixQueueAddress,
+        {
+            "create": _flag,
+            "max_messages": _size(LONG_MAX),
+            "max_message_size": _size(LONG_MAX),
+        },
+        _mq_connect,
+        _mq_listen,
+        connects="two-way",
+        listens="two-way",
+        path=_slash_name,
+    ),
+    "mq",
+)
+
+
+# sysvmq://
+
+
+def _open_sysv_queue(a: SysVQueueAddress, create: bool) -> sysv.MessageQueue:
+    if not create:
+        return sysv.MessageQueue.open(a.key, send_type=a.send_type, receive_type=a.receive_type)
+    return sysv.MessageQueue.open_or_create(
+        a.key,
+        mode=a.mode,
+        max_bytes=a.max_bytes,
+        send_type=a.send_type,
+        receive_type=a.receive_type,
+    )
+
+
+async def _sysvmq_connect(a: SysVQueueAddress) -> _Sending:
+    await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
+    return _open_sysv_queue(a, bool(a.create))
+
+
+async def _sysvmq_listen(a: SysVQueueAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    return _open_sysv_queue(a, a.create is not False)
+
+
+_register(
+    _Scheme(
+        SysVQueueAddress,
+        {
+            "create": _flag,
+            "max_bytes": _size(MSG_QBYTES_MAX),
+            "send_type": _size(LONG_MAX),
+            "receive_type": _ranged(-LONG_MAX, LONG_MAX),
+            "proj": _ranged(0, 255),
+        },
+        _sysvmq_connect,
+        _sysvmq_listen,
+        connects="two-way",
+        listens="two-way",
+        path=_sysv_path,
+        check=_proj_needs_a_path,
+    ),
+    "sysvmq",
+)
+
+
+# shm://
+
+
+async def _shm_connect(a: ShmAddress) -> _Sending:
+    await anyio.lowlevel.checkpoint()
+    if a.create:
+        return shm.ShmSender.create(
+            a.path, a.capacity, mode=a.mode, multi_producer=a.multi_producer, spin=a.spin
+        )
+    return shm.ShmSender.open(a.path, spin=a.spin)
+
+
+async def _shm_listen(a: ShmAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    if a.create is False:
+        return shm.ShmReceiver.open(a.path, spin=a.spin)
+    return shm.ShmReceiver.create(
+        a.path, a.capacity, mode=a.mode, multi_producer=a.multi_producer, spin=a.spin
+    )
+
+
+_register(
+    _Scheme(
+        ShmAddress,
+        {
+            "create": _flag,
+            "capacity": _size(LONG_MAX),
+            "multi_producer": _flag,
+            "spin": _spin,
+        },
+        _shm_connect,
+        _shm_listen,
+        connects="send",
+        listens="receive",
+        path=_slash_name,
+    ),
+    "shm",
+)
+
+
+# -- parsing ---------------------------------------------------------------------------
 
 
 def parse_url(url: str) -> Address:
     """Parse an aioipc URL and check every option, before anything is opened.
+
+    Returns the scheme's :class:`Address` subclass (``UnixAddress`` for ``unix://``...),
+    whose fields are that scheme's options.
 
     Raises:
         ValueError: naming the URL and what is wrong with it: an unknown scheme or
@@ -212,7 +582,8 @@ def parse_url(url: str) -> Address:
         raise ValueError(f"URL {url!r}: has a control character; %-encode it (%0A) in a name")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
+    entry = _SCHEMES.get(scheme)
+    if entry is None:
         raise ValueError(
             f"unsupported URL scheme {parts.scheme!r} in {url!r}; "
             f"aioipc knows: {', '.join(s + '://' for s in _SCHEMES)}"
@@ -226,37 +597,65 @@ def parse_url(url: str) -> Address:
     if "\0" in path:
         # The kernel would stop at the NUL and use a shorter path than the one written.
         raise ValueError(f"{what}: the path has a NUL byte (%00) in it")
-    if scheme in ("mq", "shm") and not path.startswith("/"):
-        path = "/" + path
-    if scheme == "sysvmq" and not path.startswith(("/", "@")) and not _INTEGER.fullmatch(path):
-        # The same forms as an integer option: int(path, 0) would also take 0o17, 0b11
-        # and 1_7 (keys 15, 3 and 17), and a reader of the URL would not.
-        raise ValueError(
-            f"{url!r}: write the key as a number, decimal or 0x hex (sysvmq://0x1234, "
-            "sysvmq://4660), or a path for ftok (sysvmq:///path?proj=N)"
-        )
-    if path.startswith("@") and scheme in ("fifo", "shm", *_QUEUES):
-        raise ValueError(f"{url!r}: {scheme}:// takes no abstract (@) name")
-    kw: dict[str, Any] = {}
+    path = entry.path(scheme, path, url)
+    given: dict[str, Any] = {}
     unknown = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _OPTIONS:
-            unknown.append(key)
-            continue
-        parse, schemes = _OPTIONS[key]
-        if scheme not in schemes:
+        parse = entry.all_options.get(key)
+        if parse is None:
+            owners = [s for s, e in _SCHEMES.items() if key in e.all_options]
+            if not owners:
+                unknown.append(key)
+                continue
+            # An option of another scheme would be ignored, so it is an error instead.
             raise ValueError(
                 f"{what}: option {key}= does not apply to {scheme}:// "
-                f"(it is for {', '.join(s + '://' for s in schemes)})"
+                f"(it is for {', '.join(s + '://' for s in owners)})"
             )
-        if key in kw:
+        if key in given:
             raise ValueError(f"{what}: option {key}= is given twice")
-        kw[key] = parse(value, key, what)
+        given[key] = parse(value, key, what)
     if unknown:
         raise ValueError(f"unknown URL option(s) {', '.join(unknown)} in {url!r}")
-    if "proj" in kw and not path.startswith("/"):
-        raise ValueError(f"{what}: option proj= applies to a path key (sysvmq:///path?proj=N)")
-    return Address(scheme, path, **kw)
+    entry.check(path, given, what)
+    address: Address = entry.address(scheme, path, **given)
+    return address
+
+
+# -- opening ---------------------------------------------------------------------------
+
+#: Which shapes satisfy each ``expect=``: a two-way channel sends and receives.
+_SATISFIES: dict[str, tuple[Expect, ...]] = {
+    "send": ("send", "two-way"),
+    "receive": ("receive", "two-way"),
+    "two-way": ("two-way",),
+    "listener": ("listener",),
+}
+_SAY: dict[str, str] = {
+    "send": "a send-only channel",
+    "receive": "a receive-only channel",
+    "two-way": "a two-way channel",
+    "listener": "a listener (its accept() gives the channels)",
+}
+
+
+def _look_up(
+    url: str, side: str, expect: str | None, allowed: tuple[str, ...]
+) -> tuple[Address, _Scheme[Any]]:
+    addr = parse_url(url)
+    entry = _SCHEMES[addr.scheme]
+    if expect is not None:
+        if expect not in allowed:
+            raise ValueError(
+                f"{side}(): expect={expect!r} is not one of {', '.join(map(repr, allowed))}"
+            )
+        shape = entry.connects if side == "connect" else entry.listens
+        if shape not in _SATISFIES[expect]:
+            raise ValueError(
+                f"URL {url!r}: {side}() on {addr.scheme}:// gives {_SAY[shape]}, "
+                f"not {_SAY[expect]} (expect={expect!r})"
+            )
+    return addr, entry
 
 
 def _codec(addr: Address, codec: str | Codec | None) -> Codec | None:
@@ -264,155 +663,87 @@ def _codec(addr: Address, codec: str | Codec | None) -> Codec | None:
     return None if chosen is None else get_codec(chosen)
 
 
-class _CodecListener:
-    """A unix listener whose accepted channels come wrapped in a codec."""
-
-    def __init__(self, inner: Any, codec: Codec) -> None:
-        self.inner = inner
-        self.codec = codec
-
-    async def accept(self) -> Any:
-        """As :meth:`aioipc.unix.UnixListener.accept`, with the channel wrapped."""
-        return wrap(await self.inner.accept(), self.codec)
-
-    async def serve(self, handler: Callable[[Any], Awaitable[None]]) -> None:
-        """As :meth:`aioipc.unix.UnixListener.serve`, with each channel wrapped."""
-
-        async def wrapped(chan: Any) -> None:
-            await handler(wrap(chan, self.codec))
-
-        await self.inner.serve(wrapped)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> _CodecListener:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+@overload
+async def connect(
+    url: str, *, codec: str | Codec | None = None, expect: Literal["send"] | None = None
+) -> ObjectSendStream[Any]: ...
+@overload
+async def connect(
+    url: str, *, codec: str | Codec | None = None, expect: Literal["two-way"]
+) -> ObjectStream[Any]: ...
 
 
-def _sysv_key(addr: Address) -> int:
-    if addr.path.startswith("/"):
-        return sysv.ftok(addr.path, addr.proj)
-    return int(addr.path, 0)
-
-
-def _open_queue(addr: Address, create: bool) -> Any:
-    if addr.scheme == "mq":
-        if not create:
-            return posix.MessageQueue.open(addr.path)
-        return posix.MessageQueue.open_or_create(
-            addr.path,
-            max_messages=10 if addr.max_messages is None else addr.max_messages,
-            max_message_size=8192 if addr.max_message_size is None else addr.max_message_size,
-            mode=addr.mode,
-        )
-    key = _sysv_key(addr)
-    if not create:
-        return sysv.MessageQueue.open(key, send_type=addr.send_type, receive_type=addr.receive_type)
-    return sysv.MessageQueue.open_or_create(
-        key,
-        mode=addr.mode,
-        max_bytes=addr.max_bytes,
-        send_type=addr.send_type,
-        receive_type=addr.receive_type,
-    )
-
-
-async def connect(url: str, *, codec: str | Codec | None = None) -> Any:
+async def connect(
+    url: str,
+    *,
+    codec: str | Codec | None = None,
+    expect: Literal["send", "two-way"] | None = None,
+) -> ObjectSendStream[Any]:
     """Open the sending/connecting side of the object at ``url`` (see the module table).
 
+    Every scheme's ``connect`` gives a channel that sends; ``expect="two-way"`` types it
+    as a two-way channel (unix sockets, queues) and refuses a scheme whose sender is
+    one-way (``fifo://``, ``shm://``) before opening anything. Items are ``bytes``, or
+    the codec's objects with a codec (the ``codec`` argument or ``?codec=``).
+
     Raises:
-        ValueError: the URL is malformed or names an unknown scheme or option.
+        ValueError: the URL is malformed or names an unknown scheme or option; the
+            scheme does not give what ``expect`` asks for.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError, aioipc.IPCConnectionRefusedError:
             as the mechanism's own ``connect``/``open_sender``.
 
     Cancellation: a cancelled ``connect`` leaves nothing open.
     """
-    addr = parse_url(url)
+    addr, entry = _look_up(url, "connect", expect, ("send", "two-way"))
     c = _codec(addr, codec)
-    chan: Any
-    if addr.scheme in _QUEUES:
-        await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
-        chan = _open_queue(addr, bool(addr.create))
-    elif addr.scheme == "shm":
-        await anyio.lowlevel.checkpoint()
-        if addr.create:
-            chan = shm.ShmSender.create(
-                addr.path,
-                addr.capacity,
-                mode=addr.mode,
-                multi_producer=addr.multi_producer,
-                spin=addr.spin,
-            )
-        else:
-            chan = shm.ShmSender.open(addr.path, spin=addr.spin)
-    elif addr.scheme == "fifo":
-        chan = await fifo.open_sender(
-            addr.path, framing=addr.framing, max_message_size=addr.max_size
-        )
-    else:
-        chan = await unix.connect(
-            addr.path,
-            _UNIX_KINDS[addr.scheme],
-            framing=addr.framing,
-            max_message_size=addr.max_size,
-        )
+    chan = await entry.connect(addr)
     return chan if c is None else wrap(chan, c)
 
 
-async def listen(url: str, *, codec: str | Codec | None = None) -> Any:
+@overload
+async def listen(
+    url: str, *, codec: str | Codec | None = None, expect: None = None
+) -> ObjectReceiveStream[Any] | Listener[ObjectStream[Any]]: ...
+@overload
+async def listen(
+    url: str, *, codec: str | Codec | None = None, expect: Literal["receive"]
+) -> ObjectReceiveStream[Any]: ...
+@overload
+async def listen(
+    url: str, *, codec: str | Codec | None = None, expect: Literal["two-way"]
+) -> ObjectStream[Any]: ...
+@overload
+async def listen(
+    url: str, *, codec: str | Codec | None = None, expect: Literal["listener"]
+) -> Listener[ObjectStream[Any]]: ...
+
+
+async def listen(
+    url: str, *, codec: str | Codec | None = None, expect: Expect | None = None
+) -> ObjectReceiveStream[Any] | Listener[ObjectStream[Any]]:
     """Open the receiving/listening side of the object at ``url`` (see the module table).
 
+    What comes back depends on the scheme: a receive-only channel (``fifo://``,
+    ``shm://``), a two-way channel (queues, ``unix+dgram://``) or a listener (``unix://``,
+    ``unix+seqpacket://``). ``expect="receive"``, ``"two-way"`` or ``"listener"`` types
+    the result and refuses, before opening anything, a URL whose scheme gives something
+    else. With a codec, a listener's channels come wrapped (a
+    :class:`aioipc.codecs.CodecListener`).
+
     Raises:
-        ValueError: the URL is malformed or names an unknown scheme or option.
+        ValueError: the URL is malformed or names an unknown scheme or option; the
+            scheme does not give what ``expect`` asks for.
         aioipc.IPCExistsError: a live listener holds the address.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError: the directory is missing or
             not writable.
 
     Cancellation: ``listen`` does not wait; a cancelled call leaves nothing open.
     """
-    addr = parse_url(url)
+    addr, entry = _look_up(url, "listen", expect, ("receive", "two-way", "listener"))
     c = _codec(addr, codec)
-    if addr.scheme in _QUEUES:
-        await anyio.lowlevel.checkpoint()
-        q = _open_queue(addr, addr.create is not False)
-        return q if c is None else wrap(q, c)
-    if addr.scheme == "shm":
-        await anyio.lowlevel.checkpoint()
-        if addr.create is False:
-            ring = shm.ShmReceiver.open(addr.path, spin=addr.spin)
-        else:
-            ring = shm.ShmReceiver.create(
-                addr.path,
-                addr.capacity,
-                mode=addr.mode,
-                multi_producer=addr.multi_producer,
-                spin=addr.spin,
-            )
-        return ring if c is None else wrap(ring, c)
-    if addr.scheme == "fifo":
-        rx = await fifo.open_receiver(
-            addr.path,
-            create=True,
-            mode=addr.mode,
-            framing=addr.framing,
-            persistent=addr.persistent,
-            max_message_size=addr.max_size,
-            max_partial_bytes=addr.max_partial,
-        )
-        return rx if c is None else wrap(rx, c)
-    kind = _UNIX_KINDS[addr.scheme]
-    obj = await unix.listen(
-        addr.path,
-        kind,
-        mode=addr.mode,
-        framing=addr.framing,
-        max_message_size=addr.max_size,
-        allowed_uids=addr.allowed_uids,
-    )
+    obj = await entry.listen(addr)
     if c is None:
         return obj
-    return wrap(obj, c) if kind == "dgram" else _CodecListener(obj, c)
+    if isinstance(obj, Listener):
+        return CodecListener(obj, c)
+    return wrap(obj, c)

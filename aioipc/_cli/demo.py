@@ -120,7 +120,7 @@ async def _parent_side(
     else:
         kind = mechanism.removeprefix("unix-")
         path = os.path.join(tmp, "sock")
-        listener = await unix.listen(path, kind)  # type: ignore[arg-type]
+        listener = await unix.listen(path, kind)  # type: ignore[call-overload]
         try:
             yield _LazyAccept(listener, kind), [path, kind], ()
         finally:
@@ -287,7 +287,7 @@ async def _child(mechanism: str, args: list[str]) -> None:
     elif mechanism == "shm-ring":
         chan = StapledObjectStream(shm.ShmSender.open(args[1]), shm.ShmReceiver.open(args[0]))
     else:
-        chan = await unix.connect(args[0], args[1])  # type: ignore[arg-type]
+        chan = await unix.connect(args[0], args[1])  # type: ignore[call-overload]
         if args[1] == "dgram":
             await chan.send(b"hello")
     async with chan:

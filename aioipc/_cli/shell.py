@@ -35,7 +35,7 @@ from anyio.lowlevel import current_token
 from .. import fifo, unix
 from ..abc import IPCAttribute
 from ..errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
-from ..url import Address, connect, listen, parse_url
+from ..url import Address, FifoAddress, SysVQueueAddress, connect, listen, parse_url
 from .terminal import error as _error
 
 __all__ = ["UsageError", "run_recv", "run_send"]
@@ -375,9 +375,10 @@ async def recv(
         queue = await connect(url)  # opens it; creates it only if the URL says create=1
         async with queue:
             with anyio.CancelScope(deadline=deadline) as scope:
+                assert isinstance(addr, SysVQueueAddress)  # _check_peek let only sysvmq by
                 await _peek(queue, addr.receive_type, out, count)
     else:
-        if follow and addr.scheme == "fifo" and not addr.persistent:
+        if follow and isinstance(addr, FifoAddress) and not addr.persistent:
             url = _with_option(url, "persistent", "1")
         obj = await listen(url)
         if isinstance(obj, unix.UnixListener):

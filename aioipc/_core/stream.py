@@ -16,6 +16,7 @@ import contextlib
 import functools
 import os
 import select
+import socket
 import struct
 import time
 import warnings
@@ -136,6 +137,11 @@ class FdResource:
     """
 
     __slots__ = ("__weakref__", "closed", "fd", "sock", "waiter", "what")
+    fd: int
+    what: str
+    sock: socket.socket | None
+    closed: bool
+    waiter: FdWaiter
 
     def __init__(self, fd: int, what: str, sock: Any = None) -> None:
         os.set_blocking(fd, False)

@@ -13,8 +13,8 @@ import socket
 import stat
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
 from anyio import (
@@ -25,7 +25,7 @@ from anyio import (
 )
 from anyio.abc import ObjectStream
 
-from ..abc import IPCAttribute
+from ..abc import IPCAttribute, Listener
 from ..errors import (
     IPCExistsError,
     IPCSystemError,
@@ -650,8 +650,15 @@ def _is_stale(path: str, kind: Kind) -> bool:
     return False
 
 
-class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
-    """A listening stream or seqpacket socket.
+#: What a listener's accept() gives: UnixChannel (stream) or UnixMessageChannel (seqpacket).
+_C_co = TypeVar("_C_co", bound="UnixChannel | UnixMessageChannel", covariant=True)
+
+
+class UnixListener(Listener[_C_co], Generic[_C_co]):
+    """A listening stream or seqpacket socket: an :class:`anyio.abc.Listener`.
+
+    ``UnixListener[UnixChannel]`` for ``"stream"``, ``UnixListener[UnixMessageChannel]``
+    for ``"seqpacket"``.
 
     :meth:`accept` waits for the next connection; :meth:`serve` runs a handler for every
     connection in a task group. ``aclose`` stops listening and removes the socket file.
@@ -678,7 +685,7 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         self._allowed = allowed_uids
         self._busy = False
         #: Connections refused because the peer's uid was not allowed.
-        self.rejected = 0
+        self.rejected: int = 0
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -688,16 +695,19 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
             IPCAttribute.mechanism: lambda: f"unix-{self._kind}",
         }
 
-    def _wrap(self, conn: socket.socket) -> UnixChannel | UnixMessageChannel:
+    def _wrap(self, conn: socket.socket) -> _C_co:
+        chan: UnixChannel | UnixMessageChannel
         if self._kind == "stream":
-            return UnixChannel(
+            chan = UnixChannel(
                 conn, self._name, framing=self._framing, max_message_size=self._max_size
             )
-        return UnixMessageChannel(
-            conn, self._name, self._kind, max_message_size=self._max_size, creds=_peercred(conn)
-        )
+        else:
+            chan = UnixMessageChannel(
+                conn, self._name, self._kind, max_message_size=self._max_size, creds=_peercred(conn)
+            )
+        return cast(_C_co, chan)  # listen()'s overloads tie the kind to the channel class
 
-    async def accept(self) -> UnixChannel | UnixMessageChannel:
+    async def accept(self) -> _C_co:
         """Wait for the next allowed connection and return it as a channel.
 
         Raises:
@@ -740,7 +750,7 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
 
     async def serve(
         self,
-        handler: Callable[[Any], Awaitable[None]],
+        handler: Callable[[_C_co], Any],
         task_group: anyio.abc.TaskGroup | None = None,
         *,
         propagate: bool = False,
@@ -767,10 +777,10 @@ class UnixListener(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
         async def run(chan: UnixChannel | UnixMessageChannel) -> None:
             async with chan:
                 if propagate:
-                    await handler(chan)
+                    await handler(cast(_C_co, chan))
                     return
                 try:
-                    await handler(chan)
+                    await handler(cast(_C_co, chan))
                 except BaseException as exc:
                     if not isinstance(exc, Exception) and not _stray_cancellation(exc):
                         raise
@@ -833,6 +843,52 @@ def _allowed(
     return frozenset({os.getuid()}) if address.startswith("\0") else None
 
 
+@overload
+async def listen(
+    path: str | os.PathLike[str],
+    kind: Literal["stream"] = "stream",
+    *,
+    mode: int = ...,
+    backlog: int = ...,
+    framing: bool = ...,
+    max_message_size: int = ...,
+    allowed_uids: Collection[int] | None = ...,
+) -> UnixListener[UnixChannel]: ...
+@overload
+async def listen(
+    path: str | os.PathLike[str],
+    kind: Literal["seqpacket"],
+    *,
+    mode: int = ...,
+    backlog: int = ...,
+    framing: bool = ...,
+    max_message_size: int = ...,
+    allowed_uids: Collection[int] | None = ...,
+) -> UnixListener[UnixMessageChannel]: ...
+@overload
+async def listen(
+    path: str | os.PathLike[str],
+    kind: Literal["dgram"],
+    *,
+    mode: int = ...,
+    backlog: int = ...,
+    framing: bool = ...,
+    max_message_size: int = ...,
+    allowed_uids: Collection[int] | None = ...,
+) -> UnixDatagramEndpoint: ...
+@overload
+async def listen(
+    path: str | os.PathLike[str],
+    kind: Kind,
+    *,
+    mode: int = ...,
+    backlog: int = ...,
+    framing: bool = ...,
+    max_message_size: int = ...,
+    allowed_uids: Collection[int] | None = ...,
+) -> UnixListener[UnixChannel] | UnixListener[UnixMessageChannel] | UnixDatagramEndpoint: ...
+
+
 async def listen(
     path: str | os.PathLike[str],
     kind: Kind = "stream",
@@ -842,7 +898,7 @@ async def listen(
     framing: bool = True,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     allowed_uids: Collection[int] | None = None,
-) -> Any:
+) -> UnixListener[UnixChannel] | UnixListener[UnixMessageChannel] | UnixDatagramEndpoint:
     """Listen on a unix socket at ``path`` (``"@name"`` for the abstract namespace).
 
     Returns a :class:`UnixListener` for ``"stream"`` and ``"seqpacket"``, or a bound
@@ -894,7 +950,7 @@ async def listen(
                 os.unlink(unlink_path)
             _registry.forget("unix-socket", unlink_path)
         raise
-    return UnixListener(
+    return UnixListener[Any](
         sock,
         name,
         kind,
@@ -905,13 +961,39 @@ async def listen(
     )
 
 
+@overload
+async def connect(
+    path: str | os.PathLike[str],
+    kind: Literal["stream"] = "stream",
+    *,
+    framing: bool = ...,
+    max_message_size: int = ...,
+) -> UnixChannel: ...
+@overload
+async def connect(
+    path: str | os.PathLike[str],
+    kind: Literal["seqpacket", "dgram"],
+    *,
+    framing: bool = ...,
+    max_message_size: int = ...,
+) -> UnixMessageChannel: ...
+@overload
+async def connect(
+    path: str | os.PathLike[str],
+    kind: Kind,
+    *,
+    framing: bool = ...,
+    max_message_size: int = ...,
+) -> UnixChannel | UnixMessageChannel: ...
+
+
 async def connect(
     path: str | os.PathLike[str],
     kind: Kind = "stream",
     *,
     framing: bool = True,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-) -> Any:
+) -> UnixChannel | UnixMessageChannel:
     """Connect to the unix socket at ``path`` and return a channel.
 
     ``"stream"`` gives a :class:`UnixChannel`; ``"seqpacket"`` and ``"dgram"`` a

@@ -134,7 +134,7 @@ class ChannelCheckError(AssertionError):
 
     def __init__(self, message: str, failures: Sequence[tuple[str, BaseException]] = ()) -> None:
         super().__init__(message)
-        self.failures = list(failures)
+        self.failures: list[tuple[str, BaseException]] = list(failures)
 
 
 class _Probe(TypedAttributeSet):
@@ -1311,7 +1311,9 @@ async def check_two_way_channel(
             connected channels on every call (for a datagram endpoint that replies to
             the last sender, have ``b`` receive one datagram from ``a`` first). The
             suite closes both.
-        max_message_size, boundaries, step_timeout: as for :func:`check_one_way_channel`.
+        max_message_size: as for :func:`check_one_way_channel`.
+        boundaries: as for :func:`check_one_way_channel`.
+        step_timeout: as for :func:`check_one_way_channel`.
         eof: closing one end (or ``send_eof``) makes the other end's ``receive`` raise
             EndOfStream.
         broken_on_close: ``send`` raises BrokenResourceError once the other end closed.
