@@ -29,9 +29,11 @@ import sys
 from typing import Any, Self
 
 from ..errors import (
+    NOFOLLOW,
     IPCExistsError,
     IPCNotFoundError,
     IPCSystemError,
+    Overrides,
     open_or_create,
     translate_os_error,
 )
@@ -84,13 +86,15 @@ def reserve(fd: int, size: int, what: str, path: str, *, start: int = 0) -> None
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
-        if exc.errno == errno.ENOSPC:
-            raise IPCSystemError(
+
+        def no_room(exc: OSError, what: str) -> Exception:
+            return IPCSystemError(
                 errno.ENOSPC,
                 f"{what}: {_mount_point(path)} has no room for {size - start} bytes (ENOSPC)",
                 path,
-            ) from exc
-        raise translate_os_error(exc, what) from exc
+            )
+
+        raise translate_os_error(exc, what, {errno.ENOSPC: no_room}) from exc
 
 
 def _open_size(requested: int | None, actual: int, what: str) -> int:
@@ -243,7 +247,7 @@ class PosixSharedMemory(_MmapRegion):
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, NOFOLLOW) from exc
         handed = False
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
@@ -281,7 +285,7 @@ class PosixSharedMemory(_MmapRegion):
         try:
             fd = os.open(path, flags)
         except OSError as exc:
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, NOFOLLOW) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -338,6 +342,14 @@ def unlink_shared_memory(name: str) -> None:
     except OSError as exc:
         raise translate_os_error(exc, f"POSIX shared memory {name}") from exc
     _registry.forget("posix-shm", name)
+
+
+def _symlink_path(exc: OSError, what: str) -> Exception:
+    # The caller's own path, not a shared directory: a symlink there is a bad argument.
+    return ValueError(f"{what}: is a symlink, which aioipc does not follow")
+
+
+_PATH_ERRORS: Overrides = {errno.ELOOP: _symlink_path}
 
 
 class MappedFile(_MmapRegion):
@@ -402,9 +414,7 @@ class MappedFile(_MmapRegion):
             else:
                 fd = os.open(p, base)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise ValueError(f"{what}: is a symlink, which aioipc does not follow") from exc
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, _PATH_ERRORS) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
