@@ -548,6 +548,20 @@ class AnonymousMemory(_MmapRegion):
         self._fd = -1
 
 
+def _shmget_errors(size: int) -> Overrides:
+    """shmget's EINVAL when creating: the size is beyond shmmax (or the key's segment
+    is smaller)."""
+
+    def too_big(exc: OSError, what: str) -> Exception:
+        shmmax = read_sysctl("/proc/sys/kernel/shmmax", 0)
+        return ValueError(
+            f"{what}: size {size} is beyond the kernel's limit kernel.shmmax={shmmax}, "
+            "or a segment with that key exists with a smaller size"
+        )
+
+    return {errno.EINVAL: too_big}
+
+
 class SysVSharedMemory(SysVObject, SharedMemoryRegion):
     """A System V shared-memory segment, attached at a kernel-chosen address.
 
@@ -603,14 +617,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         try:
             shmid = _libc.shmget(key, size, _libc.IPC_CREAT | _libc.IPC_EXCL | (mode & 0o777))
         except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                shmmax = read_sysctl("/proc/sys/kernel/shmmax", 0)
-                raise ValueError(
-                    f"{cls._kind_name} key={key_repr(key)}: size {size} is beyond the "
-                    f"kernel's limit kernel.shmmax={shmmax}, or a segment with that key "
-                    "exists with a smaller size"
-                ) from exc
-            raise cls._lookup_error(exc, key, True) from exc
+            raise cls._lookup_error(exc, key, True, _shmget_errors(size)) from exc
         try:
             segment = cls(key, shmid, size, False)
         except BaseException:
@@ -653,11 +660,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         try:
             ds = _libc.shmctl_stat(shmid)
         except OSError as exc:
-            if key is None and exc.errno in (errno.EINVAL, errno.EIDRM):
-                raise IPCNotFoundError(
-                    errno.ENOENT, f"{cls._kind_name} id={shmid}: does not exist"
-                ) from exc
-            raise cls._lookup_error(exc, key or 0, False) from exc
+            raise cls._lookup_error(exc, key or 0, False, ipc_id=shmid) from exc
         real_key = int(ds.perm.key) if key is None else key
         what = f"{cls._kind_name} key={key_repr(real_key)} id={shmid}"
         return cls(real_key, shmid, _open_size(size, int(ds.segsz), what), read_only)

@@ -134,13 +134,27 @@ class SysVObject:
 
     @classmethod
     def _lookup_error(
-        cls, exc: OSError, key: int, creating: bool, overrides: Overrides | None = None
+        cls,
+        exc: OSError,
+        key: int,
+        creating: bool,
+        overrides: Overrides | None = None,
+        *,
+        ipc_id: int | None = None,
     ) -> Exception:
-        """A failed get (or IPC_STAT of an id) by key: ENOENT names the other kinds that
-        have an object under that key, then ``overrides``."""
+        """A failed get by key, or IPC_STAT of an id: ENOENT names the other kinds that
+        have an object under that key; for an id (``ipc_id``), EINVAL and EIDRM say no
+        object has it; then ``overrides``."""
         what = f"{cls._kind_name} key={key_repr(key)}"
         table: dict[int, ErrorFactory] = {}
-        if not creating:
+        if ipc_id is not None:
+            what = f"{what} id={ipc_id}"
+
+            def no_such_id(exc: OSError, what: str) -> Exception:
+                return IPCNotFoundError(errno.ENOENT, f"{what}: does not exist")
+
+            table[errno.EINVAL] = table[errno.EIDRM] = no_such_id
+        elif not creating:
 
             def not_found(exc: OSError, what: str) -> Exception:
                 others = other_kinds(key, cls._kind)

@@ -270,9 +270,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         try:
             _libc.msgctl_stat(qid)
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIDRM):
-                exc = OSError(errno.ENOENT, "no such queue")
-            raise cls._lookup_error(exc, key, False) from exc
+            raise cls._lookup_error(exc, key, False, ipc_id=qid) from exc
         return cls(key, qid, send_type=send_type, receive_type=receive_type)
 
     def __reduce__(self) -> tuple[Any, ...]:

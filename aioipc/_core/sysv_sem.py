@@ -209,9 +209,7 @@ class SemaphoreSet(SysVObject):
         try:
             s = cls(key, sid, undo=undo)
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIDRM):
-                exc = OSError(errno.ENOENT, "no such semaphore set")
-            raise cls._lookup_error(exc, key, False) from exc
+            raise cls._lookup_error(exc, key, False, ipc_id=sid) from exc
         return s
 
     def __reduce__(self) -> tuple[Any, ...]:
