@@ -253,7 +253,7 @@ class MessageQueue(ObjectStream[bytes]):
         try:
             os.fchmod(self._fd, value)
         except OSError as exc:
-            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change mode") from None
+            raise translate_os_error(exc, f"{self._what}: cannot change mode") from exc
 
     @property
     def uid(self) -> int:
@@ -281,7 +281,7 @@ class MessageQueue(ObjectStream[bytes]):
         try:
             os.fchown(self._fd, uid, gid)
         except OSError as exc:
-            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change owner") from None
+            raise translate_os_error(exc, f"{self._what}: cannot change owner") from exc
 
     def fileno(self) -> int:
         """The queue descriptor (an fd the event loop can poll)."""
