@@ -13,8 +13,11 @@ existing one or a permission problem also inherit the matching built-in, so
 ``except FileNotFoundError`` keeps working.
 
 The boundary is :func:`translate_os_error` (and :func:`map_errors`, its context-manager
-form): every ``OSError`` a system call raises inside aioipc goes through it, with the
-name of the object involved. What an errno means is said once, in a table here
+form): every ``OSError`` a public call lets out goes through it, with the name of the
+object involved. (Call sites still look at an errno where it decides what they do next,
+not what the caller is told: EAGAIN/ENOMSG "would block", EINTR "try again", E2BIG from
+a zero-size SysV wait "a message is there", EADDRINUSE on bind "is the old socket
+stale?") What an errno means is said once, in a table here
 (``_DEFAULTS``); where one errno means something more precise for one object or one
 call (EIDRM: the SysV object was removed; ELOOP: ``O_NOFOLLOW`` met a planted symlink;
 EMSGSIZE: a datagram over the socket's send buffer; E2BIG: a message over the receive
