@@ -458,6 +458,13 @@ def _provocations(tmp: Path) -> Iterator[tuple[str, Callable[[], object]]]:
     yield fifo_path, lambda: anyio.run(aioipc.fifo.open_receiver, fifo_path)
     sock_path = str(tmp / "nosock")
     yield sock_path, lambda: anyio.run(aunix.connect, sock_path)
+    no_dir = str(tmp / "nodir" / "x")
+    yield no_dir, lambda: aioipc.fifo.create(no_dir)
+    yield no_dir, lambda: anyio.run(aunix.listen, no_dir)
+    yield no_dir, lambda: aioipc.MappedFile.open(no_dir)
+    yield "key=0x5eedf00d", lambda: aioipc.sysv.SharedMemory.open(0x5EEDF00D)
+    yield "id=2147483646", lambda: aioipc.sysv.SharedMemory.from_id(2**31 - 2)
+    yield "key=0x5eedf00d", lambda: aioipc.lock.Lock.open(0x5EEDF00D)
 
 
 def test_no_foreign_or_raw_exception_escapes_a_public_call(short_tmp: Path) -> None:
