@@ -215,11 +215,12 @@ _CANDIDATES: tuple[tuple[type[BaseException], frozenset[int], int | None], ...] 
 def posix_errno(exc: BaseException) -> int | None:
     """The errno behind one of posix_ipc's exceptions, or None if it cannot be told.
 
-    Call it first thing in the ``except`` clause: it reads the thread's errno, which
-    the next failing call would overwrite. That errno is trusted only if it is one the
-    exception's class can stand for. No message text is read. Only failures pay for
-    this: posix_ipc's BusyError (the hot paths' "would block") is caught before
-    anything comes here.
+    Call it first thing in the ``except`` clause, in the thread that made the call: it
+    reads that thread's errno, which the next failing call would overwrite (a worker
+    thread translates its own failures before handing them over). That errno is
+    trusted only if it is one the exception's class can stand for. No message text is
+    read. Only failures pay for this: posix_ipc's BusyError (the hot paths' "would
+    block") is caught before anything comes here.
     """
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno

@@ -198,6 +198,7 @@ class Semaphore:
         if self._lock is None:
             self._lock = anyio.Lock()
         sem = self._sem
+        what = self._what
 
         def blocking(job: Job[bool]) -> bool:
             while True:
@@ -207,6 +208,9 @@ class Semaphore:
                     return True
                 except posix_ipc.SignalError:
                     continue
+                except posix_ipc.Error as exc:
+                    # Here, in the thread whose errno it is (see posix_base.posix_errno).
+                    raise posix_error(exc, what, _OP_ERRORS) from exc
 
         async with self._lock:
             self._check_open()
