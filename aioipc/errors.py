@@ -36,7 +36,7 @@ import errno
 import resource
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from anyio import BrokenResourceError, ClosedResourceError
 
@@ -107,9 +107,9 @@ class ProtocolError(IPCError):
 
 #: What an override makes of an ``OSError`` for the object ``what`` names; None leaves
 #: the errno to the defaults.
-ErrorFactory = Callable[[OSError, str], Exception | None]
+ErrorFactory: TypeAlias = Callable[[OSError, str], Exception | None]
 #: errno -> factory: how one object, or one call, reads an errno differently.
-Overrides = Mapping[int, ErrorFactory]
+Overrides: TypeAlias = Mapping[int, ErrorFactory]
 
 
 def fd_limit_reason(code: int | None) -> str | None:
