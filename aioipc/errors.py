@@ -11,15 +11,32 @@ aioipc reuses anyio's stream exceptions where they fit:
 Everything else is an :exc:`IPCError`. Members that describe a missing object, an
 existing one or a permission problem also inherit the matching built-in, so
 ``except FileNotFoundError`` keeps working.
+
+The boundary is :func:`translate_os_error` (and :func:`map_errors`, its context-manager
+form): every ``OSError`` a public call lets out goes through it, with the name of the
+object involved. (Call sites still look at an errno where it decides what they do next,
+not what the caller is told: EAGAIN/ENOMSG "would block", EINTR "try again", E2BIG from
+a zero-size SysV wait "a message is there", EADDRINUSE on bind "is the old socket
+stale?") What an errno means is said once, in a table here
+(``_DEFAULTS``); where one errno means something more precise for one object or one
+call (EIDRM: the SysV object was removed; ELOOP: ``O_NOFOLLOW`` met a planted symlink;
+EMSGSIZE: a datagram over the socket's send buffer; E2BIG: a message over the receive
+size), the caller passes an override table, ``{errno: factory}``, and nothing else
+changes. A factory may return None to leave the errno to the defaults (EINVAL from a
+SysV call means "removed" only if the object is gone). Third-party exceptions are
+turned back into an ``OSError`` with its errno before they reach the boundary: sysv_ipc
+is only used where a ctypes call repeats a failure with its errno, and posix_ipc's
+errno is recovered from its exception class and the calling thread's ``errno``
+(``aioipc._core.posix_base.posix_error``), never from its message.
 """
 
 from __future__ import annotations
 
 import errno
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from anyio import BrokenResourceError, ClosedResourceError
 
@@ -32,9 +49,13 @@ __all__ = [
     "IPCSystemError",
     "MessageTooLargeError",
     "ProtocolError",
+    "NOFOLLOW",
+    "ErrorFactory",
+    "Overrides",
+    "fd_limit_reason",
     "map_errors",
     "open_or_create",
-    "fd_limit_reason",
+    "symlink_refused",
     "translate_os_error",
 ]
 
@@ -84,8 +105,11 @@ class ProtocolError(IPCError):
     """The bytes on the wire are not a valid frame (corrupt header, truncated frame)."""
 
 
-_BROKEN_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIDRM})
-_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+#: What an override makes of an ``OSError`` for the object ``what`` names; None leaves
+#: the errno to the defaults.
+ErrorFactory: TypeAlias = Callable[[OSError, str], Exception | None]
+#: errno -> factory: how one object, or one call, reads an errno differently.
+Overrides: TypeAlias = Mapping[int, ErrorFactory]
 
 
 def fd_limit_reason(code: int | None) -> str | None:
@@ -106,38 +130,92 @@ def fd_limit_reason(code: int | None) -> str | None:
     return None
 
 
-def translate_os_error(exc: OSError, what: str) -> Exception:
+def _not_found(exc: OSError, what: str) -> Exception:
+    return IPCNotFoundError(exc.errno, f"{what}: does not exist", exc.filename)
+
+
+def _exists(exc: OSError, what: str) -> Exception:
+    return IPCExistsError(exc.errno, f"{what}: already exists", exc.filename)
+
+
+def _denied(exc: OSError, what: str) -> Exception:
+    return IPCPermissionError(exc.errno, f"{what}: permission denied", exc.filename)
+
+
+def _refused(exc: OSError, what: str) -> Exception:
+    return IPCConnectionRefusedError(exc.errno, f"{what}: nobody is listening", exc.filename)
+
+
+def _broken(exc: OSError, what: str) -> Exception:
+    return BrokenResourceError(f"{what}: the peer is gone ({exc.strerror or exc})")
+
+
+def _closed(exc: OSError, what: str) -> Exception:
+    return ClosedResourceError(f"{what}: the file descriptor is closed")
+
+
+def _fd_limit(exc: OSError, what: str) -> Exception:
+    return IPCSystemError(exc.errno, f"{what}: {fd_limit_reason(exc.errno)}", exc.filename)
+
+
+_DEFAULTS: dict[int, ErrorFactory] = {
+    errno.ENOENT: _not_found,
+    errno.EEXIST: _exists,
+    errno.EACCES: _denied,
+    errno.EPERM: _denied,
+    errno.ECONNREFUSED: _refused,
+    errno.EPIPE: _broken,
+    errno.ECONNRESET: _broken,
+    errno.ENOTCONN: _broken,
+    errno.EIDRM: _broken,
+    errno.EBADF: _closed,
+    errno.EMFILE: _fd_limit,
+    errno.ENFILE: _fd_limit,
+}
+
+
+def symlink_refused(exc: OSError, what: str) -> Exception:
+    """ELOOP from an ``O_NOFOLLOW`` open: a symlink sits where the object should be
+    (in a shared directory such as /dev/shm anyone may plant one)."""
+    return IPCPermissionError(
+        errno.ELOOP, f"{what}: is a symlink, which aioipc never follows", exc.filename
+    )
+
+
+#: The override table of every ``O_NOFOLLOW`` open.
+NOFOLLOW: Overrides = {errno.ELOOP: symlink_refused}
+
+
+def translate_os_error(exc: OSError, what: str, overrides: Overrides | None = None) -> Exception:
     """Return the aioipc or anyio exception that stands for ``exc``.
 
     ``what`` names the object involved ("FIFO /run/app/jobs", "unix socket @bus"); it
     leads the message so the user knows which object the failing call was about.
+    ``overrides`` maps an errno to a factory that knows better for this object or call;
+    when it returns None (or the errno is not in it) the defaults decide. An
+    :exc:`IPCError` (already translated) is returned as it is.
     """
     if isinstance(exc, IPCError):
         return exc
     code = exc.errno
-    reason = exc.strerror or str(exc)
-    filename = exc.filename
-    if code == errno.ENOENT:
-        return IPCNotFoundError(code, f"{what}: does not exist", filename)
-    if code == errno.EEXIST:
-        return IPCExistsError(code, f"{what}: already exists", filename)
-    if code in _PERMISSION_ERRNOS:
-        return IPCPermissionError(code, f"{what}: permission denied", filename)
-    if code == errno.ECONNREFUSED:
-        return IPCConnectionRefusedError(code, f"{what}: nobody is listening", filename)
-    if code in _BROKEN_ERRNOS:
-        return BrokenResourceError(f"{what}: the peer is gone ({reason})")
-    if code == errno.EBADF:
-        return ClosedResourceError(f"{what}: the file descriptor is closed")
-    limit = fd_limit_reason(code)
-    if limit is not None:
-        reason = limit
-    return IPCSystemError(code, f"{what}: {reason}", filename)
+    if code is not None:
+        factory = overrides.get(code) if overrides is not None else None
+        if factory is not None:
+            made = factory(exc, what)
+            if made is not None:
+                return made
+        default = _DEFAULTS.get(code)
+        if default is not None:
+            made = default(exc, what)
+            if made is not None:
+                return made
+    return IPCSystemError(code, f"{what}: {exc.strerror or exc}", exc.filename)
 
 
 @contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """The translation boundary: re-raise any ``OSError`` as its aioipc/anyio counterpart.
+def map_errors(what: str, overrides: Overrides | None = None) -> Iterator[None]:
+    """The translation boundary as a context manager: any ``OSError`` raised inside is
+    re-raised as :func:`translate_os_error` makes it (with the same ``overrides``).
 
     Hot paths call :func:`translate_os_error` directly instead, because a context
     manager costs more than the system call it guards.
@@ -145,7 +223,7 @@ def map_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise translate_os_error(exc, what) from exc
+        raise translate_os_error(exc, what, overrides) from exc
 
 
 T = TypeVar("T")

@@ -42,7 +42,7 @@ import anyio
 from ._core import registry as _registry
 from ._core.check import check_mode
 from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel
-from .errors import IPCError, IPCExistsError, map_errors, translate_os_error
+from .errors import NOFOLLOW, IPCError, IPCExistsError, map_errors, translate_os_error
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size, check_max_partial_bytes
 
 __all__ = [
@@ -130,7 +130,7 @@ def _check_fifo(path: str) -> os.stat_result:
 def _open(path: str, flags: int) -> int:
     """Open ``path`` without following a symlink, and make sure it is the FIFO we checked."""
     expected = _check_fifo(path)
-    with map_errors(_what(path)):
+    with map_errors(_what(path), NOFOLLOW):  # a symlink swapped in after the check
         fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISFIFO(

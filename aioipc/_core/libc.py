@@ -53,6 +53,7 @@ __all__ = [
     "shmctl",
     "shmdt",
     "shmget",
+    "thread_errno",
 ]
 
 IPC_PRIVATE = 0
@@ -204,6 +205,27 @@ _shmctl = _bind("shmctl", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_voi
 def _error() -> OSError:
     code = ctypes.get_errno()
     return OSError(code, os.strerror(code))
+
+
+# ctypes.get_errno() is no help after another extension's call: it reads ctypes' own
+# copy, swapped with the thread's errno only around ctypes calls made with
+# use_errno=True (it answers 0 after a failed posix_ipc call). This handle is made
+# without use_errno, so calling through it leaves the thread's errno as it is.
+_errno_location = ctypes.CDLL(ctypes.util.find_library("c") or None).__errno_location
+_errno_location.restype = ctypes.POINTER(ctypes.c_int)
+_errno_location.argtypes = ()
+
+
+def thread_errno() -> int:
+    """The calling thread's C ``errno`` as it is now.
+
+    For a C extension that reports a failed call without its errno (posix_ipc): read at
+    once in the ``except`` clause, before anything else can make a failing call, it is
+    the errno of that call. Callers still check it against what the exception's class
+    allows (see ``posix_base.posix_errno``).
+    """
+    value: int = _errno_location().contents.value
+    return value
 
 
 def call(name: str, *args: Any) -> int:

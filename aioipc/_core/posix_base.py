@@ -11,13 +11,17 @@ from pathlib import Path
 
 import posix_ipc
 
-from ..errors import IPCError, IPCSystemError, translate_os_error
+from ..errors import ErrorFactory, IPCError, IPCSystemError, Overrides, translate_os_error
+from . import libc as _libc
 
 __all__ = [
+    "MQ_ERRORS",
+    "SEM_ERRORS",
     "check_name",
     "map_posix_errors",
-    "posix_ipc_errno",
-    "posix_os_error",
+    "mq_create_errors",
+    "posix_errno",
+    "posix_error",
     "privileged",
 ]
 
@@ -138,58 +142,111 @@ def _shm_full_error(what: str) -> IPCSystemError:
     )
 
 
-def posix_os_error(
-    exc: OSError, what: str, *, kind: str = "", shape: tuple[int, int] | None = None
-) -> Exception:
-    """The aioipc error for an ``OSError`` (with its errno) from a POSIX object's call.
-
-    Limits are named: EMFILE says RLIMIT_NOFILE when the descriptors are used up, else
-    (a queue being created, ``shape`` = its max_messages and max_message_size)
-    RLIMIT_MSGQUEUE, which the kernel also reports as EMFILE; ENFILE the system's
-    file-max; ENOSPC the queue count limit (``kind`` "mq") or a full /dev/shm ("sem").
-    """
-    code = exc.errno
-    if code == errno.EMFILE and shape is not None and not _fds_used_up():
-        return _mq_bytes_error(what, *shape)
-    # EMFILE (descriptors) and ENFILE: translate_os_error names the limit, in the words
-    # every aioipc object uses (errors.fd_limit_reason).
-    if code == errno.ENOSPC:
-        if kind == "mq":
-            queues = _sysctl("queues_max")
-            return IPCSystemError(
-                errno.ENOSPC,
-                f"{what}: the system's limit on queues is reached: {MQ_DIR}/queues_max = {queues}",
-            )
-        if kind == "sem":
-            return _shm_full_error(what)
-    if code == errno.ENOMEM:
-        return IPCSystemError(errno.ENOMEM, f"{what}: not enough memory")
-    return translate_os_error(exc, what)
+def _queues_full(exc: OSError, what: str) -> Exception:
+    return IPCSystemError(
+        errno.ENOSPC,
+        f"{what}: the system's limit on queues is reached: "
+        f"{MQ_DIR}/queues_max = {_sysctl('queues_max')}",
+    )
 
 
-# posix_ipc raises most failures as an exception with a fixed message and no errno
-# (posix_ipc_module.c, 1.1 to 1.3); the message is all that is left to tell them apart.
-_POSIX_IPC_ERRNO = {
-    "This process already has the maximum number of files open": errno.EMFILE,
-    "The system limit on the total number of open files has been reached": errno.ENFILE,
-    "Insufficient space for a new queue": errno.ENOSPC,
-    "Invalid parameter(s)": errno.EINVAL,
-    "The name is too long": errno.ENAMETOOLONG,
-    "Not enough memory": errno.ENOMEM,
-    "Out of memory": errno.ENOMEM,
+def _dev_shm_full(exc: OSError, what: str) -> Exception:
+    return _shm_full_error(what)
+
+
+def _no_memory(exc: OSError, what: str) -> Exception:
+    return IPCSystemError(errno.ENOMEM, f"{what}: not enough memory")
+
+
+def _bad_parameters(exc: OSError, what: str) -> Exception:
+    return ValueError(f"{what}: the kernel refused the parameters (EINVAL)")
+
+
+def _name_too_long(exc: OSError, what: str) -> Exception:
+    return ValueError(f"{what}: the name is too long (ENAMETOOLONG)")
+
+
+# EMFILE (descriptors) and ENFILE: the defaults name the limit, in the words every
+# aioipc object uses (errors.fd_limit_reason).
+_COMMON: dict[int, ErrorFactory] = {
+    errno.EINVAL: _bad_parameters,
+    errno.ENAMETOOLONG: _name_too_long,
+    errno.ENOMEM: _no_memory,
 }
+#: How a POSIX message queue's errnos read: ENOSPC is the queue count limit.
+MQ_ERRORS: Overrides = {**_COMMON, errno.ENOSPC: _queues_full}
+#: How a POSIX semaphore's errnos read: ENOSPC is a full /dev/shm.
+SEM_ERRORS: Overrides = {**_COMMON, errno.ENOSPC: _dev_shm_full}
 
 
-def posix_ipc_errno(exc: BaseException) -> int | None:
-    """The errno behind one of posix_ipc's exceptions, or None if it cannot be told."""
+def mq_create_errors(max_messages: int, max_message_size: int) -> Overrides:
+    """:data:`MQ_ERRORS` for a queue being created with this shape: EINVAL names the
+    sysctl (or hard cap) it exceeds, and EMFILE, when descriptors are left, is
+    RLIMIT_MSGQUEUE (which the kernel also reports as EMFILE)."""
+
+    def shape(exc: OSError, what: str) -> Exception:
+        diagnosis = _mq_shape_error(what, max_messages, max_message_size)
+        return diagnosis if diagnosis is not None else _bad_parameters(exc, what)
+
+    def queue_bytes(exc: OSError, what: str) -> Exception | None:
+        if _fds_used_up():
+            return None  # the default: RLIMIT_NOFILE
+        return _mq_bytes_error(what, max_messages, max_message_size)
+
+    return {**MQ_ERRORS, errno.EINVAL: shape, errno.EMFILE: queue_bytes}
+
+
+# What each of posix_ipc's exceptions can stand for (posix_ipc_module.c, 1.1 to 1.3):
+# it raises most failures with a fixed message and no errno. The class narrows the
+# errno down; the calling thread's errno, read at once, picks among the candidates;
+# if it is none of them, the class's own meaning stands (None: it cannot be told).
+_CANDIDATES: tuple[tuple[type[BaseException], frozenset[int], int | None], ...] = (
+    (posix_ipc.BusyError, frozenset({errno.EAGAIN, errno.ETIMEDOUT}), errno.EAGAIN),
+    (posix_ipc.SignalError, frozenset({errno.EINTR}), errno.EINTR),
+    (posix_ipc.PermissionsError, frozenset({errno.EACCES}), errno.EACCES),
+    # Also a closed descriptor (EBADF, EINVAL): the object is no longer there.
+    (posix_ipc.ExistentialError, frozenset({errno.EEXIST, errno.ENOENT}), errno.ENOENT),
+    (ValueError, frozenset({errno.EINVAL, errno.ENAMETOOLONG, errno.EMSGSIZE}), None),
+    (MemoryError, frozenset({errno.ENOMEM}), errno.ENOMEM),
+    (OSError, frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC}), None),
+)
+
+
+def posix_errno(exc: BaseException) -> int | None:
+    """The errno behind one of posix_ipc's exceptions, or None if it cannot be told.
+
+    Call it first thing in the ``except`` clause, in the thread that made the call: it
+    reads that thread's errno, which the next failing call would overwrite (a worker
+    thread translates its own failures before handing them over). That errno is
+    trusted only if it is one the exception's class can stand for. No message text is
+    read. Only failures pay for this: posix_ipc's BusyError (the hot paths' "would
+    block") is caught before anything comes here.
+    """
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
-    text = str(exc)
-    if isinstance(exc, posix_ipc.ExistentialError):
-        return errno.EEXIST if "already exists" in text else errno.ENOENT
-    if isinstance(exc, posix_ipc.PermissionsError):
-        return errno.EACCES
-    return _POSIX_IPC_ERRNO.get(text)
+    now = _libc.thread_errno()
+    for cls, codes, meaning in _CANDIDATES:
+        if isinstance(exc, cls):
+            return now if now in codes else meaning
+    return None
+
+
+def posix_error(exc: BaseException, what: str, overrides: Overrides | None = None) -> Exception:
+    """The one boundary (:func:`aioipc.errors.translate_os_error`) for an exception
+    from posix_ipc, its errno recovered by :func:`posix_errno` (so call it first thing
+    in the ``except`` clause). With no errno to give back none is invented: an
+    :exc:`IPCError`, not an ``OSError``.
+    """
+    return _translate(exc, posix_errno(exc), what, overrides)
+
+
+def _translate(
+    exc: BaseException, code: int | None, what: str, overrides: Overrides | None
+) -> Exception:
+    if code is None:
+        return IPCError(f"{what}: {type(exc).__name__}: {exc}")
+    error = exc if isinstance(exc, OSError) and exc.errno else OSError(code, os.strerror(code))
+    return translate_os_error(error, what, overrides)
 
 
 @contextmanager
@@ -199,29 +256,20 @@ def map_posix_errors(
     """The boundary around posix_ipc's calls that open, create or unlink ``name``.
 
     ``kind`` is "mq" or "sem"; ``shape`` (max_messages, max_message_size) is given when a
-    queue is being created, so that a limit it breaks can be named. posix_ipc loses the
-    errno; it is given back (see :func:`posix_ipc_errno`) on every error raised here.
+    queue is being created, so that a limit it breaks can be named.
     """
     what = f"POSIX {'message queue' if kind == 'mq' else 'semaphore'} {name}"
     try:
         yield
     except (posix_ipc.Error, OSError, ValueError, MemoryError) as exc:
-        code = posix_ipc_errno(exc)
-        if code is None:
-            if isinstance(exc, (ValueError, MemoryError)):
-                raise  # not posix_ipc's: a bug of ours, not the caller's
-            # No errno to give back, and none is invented: an IPCError, not an OSError.
-            raise IPCError(f"{what}: {exc}") from None
-        if code == errno.EINVAL:
-            if shape is not None:
-                diagnosis = _mq_shape_error(what, *shape)
-                if diagnosis is not None:
-                    raise diagnosis from None
-            raise ValueError(f"{what}: the kernel refused the parameters (EINVAL)") from None
-        if code == errno.ENAMETOOLONG:
-            raise ValueError(f"{what}: the name is too long (ENAMETOOLONG)") from None
-        error = exc if isinstance(exc, OSError) and exc.errno else OSError(code, str(exc))
-        raise posix_os_error(error, what, kind=kind, shape=shape) from None
+        code = posix_errno(exc)  # first: nothing may fail in between
+        if code is None and isinstance(exc, (ValueError, MemoryError)):
+            raise  # not posix_ipc's: a bug of ours, not the caller's
+        if shape is not None:
+            table = mq_create_errors(*shape)
+        else:
+            table = MQ_ERRORS if kind == "mq" else SEM_ERRORS
+        raise _translate(exc, code, what, table) from None
 
 
 def mqueue_exists(name: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import posix_ipc
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from ..abc import IPCAttribute, message_bytes
@@ -24,10 +24,11 @@ from ..errors import (
     IPCPermissionError,
     MessageTooLargeError,
     open_or_create,
+    translate_os_error,
 )
 from . import registry as _registry
 from .check import ID_MAX, LONG_MAX, check_int, check_mode, check_size
-from .posix_base import check_name, map_posix_errors, posix_os_error
+from .posix_base import MQ_ERRORS, check_name, map_posix_errors, posix_error
 from .wait import YIELD_EVERY, FdWaiter, Pacer
 
 __all__ = ["MessageQueue"]
@@ -121,7 +122,7 @@ class MessageQueue(ObjectStream[bytes]):
                 mq.unlink()  # we made it: leave no half-made queue behind
             mq.close()
             if isinstance(exc, OSError):
-                raise posix_os_error(exc, what, kind="mq") from exc
+                raise translate_os_error(exc, what, MQ_ERRORS) from exc
             raise
 
     @classmethod
@@ -252,7 +253,7 @@ class MessageQueue(ObjectStream[bytes]):
         try:
             os.fchmod(self._fd, value)
         except OSError as exc:
-            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change mode") from None
+            raise translate_os_error(exc, f"{self._what}: cannot change mode") from exc
 
     @property
     def uid(self) -> int:
@@ -280,7 +281,7 @@ class MessageQueue(ObjectStream[bytes]):
         try:
             os.fchown(self._fd, uid, gid)
         except OSError as exc:
-            raise IPCPermissionError(exc.errno, f"{self._what}: cannot change owner") from None
+            raise translate_os_error(exc, f"{self._what}: cannot change owner") from exc
 
     def fileno(self) -> int:
         """The queue descriptor (an fd the event loop can poll)."""
@@ -326,7 +327,7 @@ class MessageQueue(ObjectStream[bytes]):
         except posix_ipc.ExistentialError:
             raise ClosedResourceError(f"{self._what}: this handle is closed") from None
         except (posix_ipc.Error, OSError, ValueError) as exc:
-            raise BrokenResourceError(f"{self._what}: send failed: {exc}") from exc
+            raise posix_error(exc, self._what, MQ_ERRORS) from exc
 
     def send_nowait(self, item: bytes, *, priority: int = 0) -> None:
         """Send one message without waiting.
@@ -390,7 +391,7 @@ class MessageQueue(ObjectStream[bytes]):
         except posix_ipc.ExistentialError:
             raise ClosedResourceError(f"{self._what}: this handle is closed") from None
         except (posix_ipc.Error, OSError) as exc:
-            raise BrokenResourceError(f"{self._what}: receive failed: {exc}") from exc
+            raise posix_error(exc, self._what, MQ_ERRORS) from exc
         return data, priority
 
     def _check_receive(self) -> None:

@@ -12,10 +12,10 @@ import anyio
 import posix_ipc
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 
-from ..errors import IPCExistsError, IPCNotFoundError, open_or_create
+from ..errors import IPCExistsError, IPCNotFoundError, Overrides, open_or_create, translate_os_error
 from . import registry as _registry
 from .check import check_int, check_mode
-from .posix_base import check_name, map_posix_errors, posix_os_error
+from .posix_base import SEM_ERRORS, check_name, map_posix_errors, posix_error
 from .threads import Interrupted, Job, run_in_worker, stop_jobs
 
 __all__ = ["Semaphore", "unlink_semaphore"]
@@ -23,6 +23,26 @@ __all__ = ["Semaphore", "unlink_semaphore"]
 _PREFIX = len("sem.")
 #: The largest value of a POSIX semaphore (SEM_VALUE_MAX).
 VALUE_MAX: int = posix_ipc.SEMAPHORE_VALUE_MAX
+
+
+def _over_value_max(exc: OSError, what: str) -> Exception:
+    return ValueError(f"{what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})")
+
+
+def _invalid(exc: OSError, what: str) -> Exception:
+    # posix_ipc's ExistentialError on an open handle: sem_wait/sem_post said EINVAL.
+    return BrokenResourceError(
+        f"{what}: the kernel no longer takes this semaphore ({exc.strerror})"
+    )
+
+
+#: How the errnos of an operation on an open semaphore read.
+_OP_ERRORS: Overrides = {
+    **SEM_ERRORS,
+    errno.EOVERFLOW: _over_value_max,
+    errno.ENOENT: _invalid,
+    errno.EINVAL: _invalid,
+}
 
 
 class Semaphore:
@@ -69,7 +89,7 @@ class Semaphore:
             except OSError as exc:
                 sem.unlink()
                 sem.close()
-                raise posix_os_error(exc, what, kind="sem") from exc
+                raise translate_os_error(exc, what, SEM_ERRORS) from exc
             _registry.record("posix-sem", name, st=_stat_or_none(f"/dev/shm/sem.{name[1:]}"))
         return cls(sem, name)
 
@@ -145,7 +165,7 @@ class Semaphore:
         except posix_ipc.BusyError:
             return False
         except (posix_ipc.Error, OSError) as exc:
-            raise BrokenResourceError(f"{self._what}: {exc}") from exc
+            raise posix_error(exc, self._what, _OP_ERRORS) from exc
 
     def acquire_nowait(self) -> None:
         """Take a permit if one is free.
@@ -163,8 +183,7 @@ class Semaphore:
 
         Raises:
             anyio.ClosedResourceError: the handle is closed (also while waiting).
-            anyio.BrokenResourceError: the kernel refused the wait (posix_ipc's error is
-                in the message).
+            anyio.BrokenResourceError: the kernel refused the wait (its errno is named).
             aioipc.IPCError: a wait needs a worker thread and the interrupt signal handler
                 could not be installed (see :func:`aioipc.install_interrupt_handler`).
 
@@ -179,6 +198,7 @@ class Semaphore:
         if self._lock is None:
             self._lock = anyio.Lock()
         sem = self._sem
+        what = self._what
 
         def blocking(job: Job[bool]) -> bool:
             while True:
@@ -188,6 +208,9 @@ class Semaphore:
                     return True
                 except posix_ipc.SignalError:
                     continue
+                except posix_ipc.Error as exc:
+                    # Here, in the thread whose errno it is (see posix_base.posix_errno).
+                    raise posix_error(exc, what, _OP_ERRORS) from exc
 
         async with self._lock:
             self._check_open()
@@ -204,7 +227,7 @@ class Semaphore:
             except Interrupted:
                 raise ClosedResourceError(f"{self._what}: the handle was closed") from None
             except (posix_ipc.Error, OSError) as exc:
-                raise BrokenResourceError(f"{self._what}: {exc}") from exc
+                raise posix_error(exc, self._what, _OP_ERRORS) from exc
 
     def release(self) -> None:
         """Give a permit.
@@ -219,14 +242,8 @@ class Semaphore:
         # kernel's answer (EOVERFLOW, an OSError from posix_ipc) is the one to trust.
         try:
             self._sem.release()
-        except OSError as exc:
-            if exc.errno == errno.EOVERFLOW:
-                raise ValueError(
-                    f"{self._what}: the value would exceed SEM_VALUE_MAX ({VALUE_MAX})"
-                ) from None
-            raise posix_os_error(exc, self._what, kind="sem") from exc
-        except posix_ipc.Error as exc:
-            raise BrokenResourceError(f"{self._what}: release refused: {exc}") from exc
+        except (posix_ipc.Error, OSError) as exc:
+            raise posix_error(exc, self._what, _OP_ERRORS) from exc
 
     def unlink(self) -> None:
         """Remove the name; handles already open keep working.

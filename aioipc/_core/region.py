@@ -29,9 +29,11 @@ import sys
 from typing import Any, Self
 
 from ..errors import (
+    NOFOLLOW,
     IPCExistsError,
     IPCNotFoundError,
     IPCSystemError,
+    Overrides,
     open_or_create,
     translate_os_error,
 )
@@ -84,13 +86,15 @@ def reserve(fd: int, size: int, what: str, path: str, *, start: int = 0) -> None
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
-        if exc.errno == errno.ENOSPC:
-            raise IPCSystemError(
+
+        def no_room(exc: OSError, what: str) -> Exception:
+            return IPCSystemError(
                 errno.ENOSPC,
                 f"{what}: {_mount_point(path)} has no room for {size - start} bytes (ENOSPC)",
                 path,
-            ) from exc
-        raise translate_os_error(exc, what) from exc
+            )
+
+        raise translate_os_error(exc, what, {errno.ENOSPC: no_room}) from exc
 
 
 def _open_size(requested: int | None, actual: int, what: str) -> int:
@@ -243,7 +247,7 @@ class PosixSharedMemory(_MmapRegion):
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, NOFOLLOW) from exc
         handed = False
         try:
             os.fchmod(fd, mode)  # exactly mode, whatever the umask
@@ -281,7 +285,7 @@ class PosixSharedMemory(_MmapRegion):
         try:
             fd = os.open(path, flags)
         except OSError as exc:
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, NOFOLLOW) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -338,6 +342,14 @@ def unlink_shared_memory(name: str) -> None:
     except OSError as exc:
         raise translate_os_error(exc, f"POSIX shared memory {name}") from exc
     _registry.forget("posix-shm", name)
+
+
+def _symlink_path(exc: OSError, what: str) -> Exception:
+    # The caller's own path, not a shared directory: a symlink there is a bad argument.
+    return ValueError(f"{what}: is a symlink, which aioipc does not follow")
+
+
+_PATH_ERRORS: Overrides = {errno.ELOOP: _symlink_path}
 
 
 class MappedFile(_MmapRegion):
@@ -402,9 +414,7 @@ class MappedFile(_MmapRegion):
             else:
                 fd = os.open(p, base)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise ValueError(f"{what}: is a symlink, which aioipc does not follow") from exc
-            raise translate_os_error(exc, what) from exc
+            raise translate_os_error(exc, what, _PATH_ERRORS) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -538,6 +548,20 @@ class AnonymousMemory(_MmapRegion):
         self._fd = -1
 
 
+def _shmget_errors(size: int) -> Overrides:
+    """shmget's EINVAL when creating: the size is beyond shmmax (or the key's segment
+    is smaller)."""
+
+    def too_big(exc: OSError, what: str) -> Exception:
+        shmmax = read_sysctl("/proc/sys/kernel/shmmax", 0)
+        return ValueError(
+            f"{what}: size {size} is beyond the kernel's limit kernel.shmmax={shmmax}, "
+            "or a segment with that key exists with a smaller size"
+        )
+
+    return {errno.EINVAL: too_big}
+
+
 class SysVSharedMemory(SysVObject, SharedMemoryRegion):
     """A System V shared-memory segment, attached at a kernel-chosen address.
 
@@ -593,14 +617,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         try:
             shmid = _libc.shmget(key, size, _libc.IPC_CREAT | _libc.IPC_EXCL | (mode & 0o777))
         except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                shmmax = read_sysctl("/proc/sys/kernel/shmmax", 0)
-                raise ValueError(
-                    f"{cls._kind_name} key={key_repr(key)}: size {size} is beyond the "
-                    f"kernel's limit kernel.shmmax={shmmax}, or a segment with that key "
-                    "exists with a smaller size"
-                ) from exc
-            raise cls._lookup_error(exc, key, True) from exc
+            raise cls._lookup_error(exc, key, True, _shmget_errors(size)) from exc
         try:
             segment = cls(key, shmid, size, False)
         except BaseException:
@@ -643,11 +660,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
         try:
             ds = _libc.shmctl_stat(shmid)
         except OSError as exc:
-            if key is None and exc.errno in (errno.EINVAL, errno.EIDRM):
-                raise IPCNotFoundError(
-                    errno.ENOENT, f"{cls._kind_name} id={shmid}: does not exist"
-                ) from exc
-            raise cls._lookup_error(exc, key or 0, False) from exc
+            raise cls._lookup_error(exc, key or 0, False, ipc_id=shmid) from exc
         real_key = int(ds.perm.key) if key is None else key
         what = f"{cls._kind_name} key={key_repr(real_key)} id={shmid}"
         return cls(real_key, shmid, _open_size(size, int(ds.segsz), what), read_only)

@@ -29,6 +29,7 @@ from anyio.lowlevel import checkpoint
 
 from ..abc import IPCAttribute, message_bytes
 from ..errors import (
+    NOFOLLOW,
     IPCNotFoundError,
     IPCPermissionError,
     MessageTooLargeError,
@@ -198,7 +199,7 @@ def is_stale(name: str) -> bool:
         # O_NONBLOCK: a FIFO planted under the name must not hang us.
         fd = os.open(region, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise _open_error(exc, f"shared-memory ring {name}") from exc
+        raise translate_os_error(exc, f"shared-memory ring {name}", NOFOLLOW) from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             # Never call something else "stale": a cleaner would delete it.
@@ -232,18 +233,11 @@ def _readable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def _open_error(exc: OSError, what: str) -> Exception:
-    if exc.errno == errno.ELOOP:
-        # O_NOFOLLOW met a symlink: someone planted it in the shared directory.
-        return IPCPermissionError(errno.ELOOP, f"{what}: is a symlink, which aioipc never follows")
-    return translate_os_error(exc, what)
-
-
 def _open_bell(path: str, owner: int, what: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise _open_error(exc, f"{what}: doorbell {path}") from exc
+        raise translate_os_error(exc, f"{what}: doorbell {path}", NOFOLLOW) from exc
     st = os.fstat(fd)
     if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
         os.close(fd)
@@ -439,7 +433,7 @@ class _RingEnd:
             self._fd = os.open(region, flags)
             st = os.fstat(self._fd)
         except OSError as exc:
-            raise _open_error(exc, self._what) from exc
+            raise translate_os_error(exc, self._what, NOFOLLOW) from exc
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             # Its creator has not sized it yet.
             raise IPCNotFoundError(errno.ENOENT, f"{self._what}: still being created", region)

@@ -17,7 +17,13 @@ from typing import Any
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError
 
-from ..errors import IPCNotFoundError, translate_os_error
+from ..errors import (
+    ErrorFactory,
+    IPCNotFoundError,
+    IPCPermissionError,
+    Overrides,
+    translate_os_error,
+)
 from . import libc as _libc
 from . import registry as _registry
 from .check import ID_MAX, check_id, check_int, check_mode
@@ -127,13 +133,38 @@ class SysVObject:
         return check_id(ipc_id, cls._kind_name)
 
     @classmethod
-    def _lookup_error(cls, exc: OSError, key: int, creating: bool) -> Exception:
+    def _lookup_error(
+        cls,
+        exc: OSError,
+        key: int,
+        creating: bool,
+        overrides: Overrides | None = None,
+        *,
+        ipc_id: int | None = None,
+    ) -> Exception:
+        """A failed get by key, or IPC_STAT of an id: ENOENT names the other kinds that
+        have an object under that key; for an id (``ipc_id``), EINVAL and EIDRM say no
+        object has it; then ``overrides``."""
         what = f"{cls._kind_name} key={key_repr(key)}"
-        if exc.errno == errno.ENOENT and not creating:
-            others = other_kinds(key, cls._kind)
-            hint = f" (that key belongs to a {' and a '.join(others)})" if others else ""
-            return IPCNotFoundError(errno.ENOENT, f"{what}: does not exist{hint}")
-        return translate_os_error(exc, what)
+        table: dict[int, ErrorFactory] = {}
+        if ipc_id is not None:
+            what = f"{what} id={ipc_id}"
+
+            def no_such_id(exc: OSError, what: str) -> Exception:
+                return IPCNotFoundError(errno.ENOENT, f"{what}: does not exist")
+
+            table[errno.EINVAL] = table[errno.EIDRM] = no_such_id
+        elif not creating:
+
+            def not_found(exc: OSError, what: str) -> Exception:
+                others = other_kinds(key, cls._kind)
+                hint = f" (that key belongs to a {' and a '.join(others)})" if others else ""
+                return IPCNotFoundError(errno.ENOENT, f"{what}: does not exist{hint}")
+
+            table[errno.ENOENT] = not_found
+        if overrides is not None:
+            table.update(overrides)
+        return translate_os_error(exc, what, table)
 
     @property
     def key(self) -> int:
@@ -145,10 +176,28 @@ class SysVObject:
         """The kernel's identifier (what ``ipcs`` lists in the id column)."""
         return self._id
 
-    def _error(self, exc: OSError) -> Exception:
-        if exc.errno in (errno.EIDRM, errno.EINVAL) and self._gone():
-            return BrokenResourceError(f"{self._what}: the object was removed (EIDRM)")
-        return translate_os_error(exc, self._what)
+    def _error(self, exc: OSError, overrides: Overrides | None = None) -> Exception:
+        """The boundary for this handle's calls: EIDRM, and EINVAL once the object is gone,
+        say it was removed; ``overrides`` (one call's own errnos) come on top.
+
+        The table is made per error, not kept on the handle: bound methods stored on
+        ``self`` would make a cycle and delay ``__del__`` (the unclosed-handle warning).
+        """
+        table: dict[int, ErrorFactory] = {errno.EIDRM: self._removed, errno.EINVAL: self._removed}
+        if overrides is not None:
+            table.update(overrides)
+        return translate_os_error(exc, self._what, table)
+
+    def _removed(self, exc: OSError, what: str) -> Exception | None:
+        if self._gone():
+            return BrokenResourceError(f"{what}: the object was removed (EIDRM)")
+        return None
+
+    def _mode_denied(self, exc: OSError, what: str) -> Exception:
+        """EACCES, with the mode and owner that refused us."""
+        return IPCPermissionError(
+            exc.errno, f"{what}: permission denied (mode {oct(self.mode)}, owner uid {self.uid})"
+        )
 
     def _gone(self) -> bool:
         try:

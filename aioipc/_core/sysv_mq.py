@@ -14,7 +14,13 @@ from anyio import ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from ..abc import IPCAttribute, message_bytes
-from ..errors import IPCPermissionError, IPCSystemError, MessageTooLargeError, open_or_create
+from ..errors import (
+    IPCPermissionError,
+    IPCSystemError,
+    MessageTooLargeError,
+    Overrides,
+    open_or_create,
+)
 from . import libc as _libc
 from .check import LONG_MAX, check_int, check_mode, check_size
 from .libc import (
@@ -264,9 +270,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         try:
             _libc.msgctl_stat(qid)
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIDRM):
-                exc = OSError(errno.ENOENT, "no such queue")
-            raise cls._lookup_error(exc, key, False) from exc
+            raise cls._lookup_error(exc, key, False, ipc_id=qid) from exc
         return cls(key, qid, send_type=send_type, receive_type=receive_type)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -290,14 +294,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         try:
             _libc.msgctl(self._id, _libc.IPC_SET, ds)
         except OSError as exc:
-            if "qbytes" in fields and exc.errno == errno.EPERM:
-                limit = read_sysctl(_MSGMNB, 16384)
-                raise IPCPermissionError(
-                    errno.EPERM,
-                    f"{self._what}: max_bytes={fields['qbytes']} is above {_MSGMNB} = {limit}"
-                    ", which only a privileged process (CAP_SYS_RESOURCE) may exceed",
-                ) from exc
-            raise self._error(exc) from exc
+            raise self._error(exc, _set_errors(fields)) from exc
 
     @property
     def current_messages(self) -> int:
@@ -367,19 +364,20 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     # -- sending ----------------------------------------------------------------------
 
     def _send_error(self, exc: OSError, size: int) -> Exception:
-        if exc.errno == errno.EINVAL and not self._gone():
+        # EINVAL from msgsnd on a queue still there: the message is over its max_bytes.
+        def over_qbytes(exc: OSError, what: str) -> Exception | None:
+            removed = self._removed(exc, what)
+            if removed is not None:
+                return removed
             try:
                 qbytes = int(self._stat().qbytes)
             except OSError:
-                qbytes = -1
-            if size > qbytes >= 0:
-                return MessageTooLargeError(size, qbytes, f"max_bytes (msg_qbytes) of {self._what}")
-        if exc.errno == errno.EACCES:
-            mode = oct(self.mode)
-            return IPCPermissionError(
-                errno.EACCES, f"{self._what}: permission denied (mode {mode}, owner uid {self.uid})"
-            )
-        return self._error(exc)
+                return None
+            if size > qbytes:
+                return MessageTooLargeError(size, qbytes, f"max_bytes (msg_qbytes) of {what}")
+            return None
+
+        return self._error(exc, {errno.EINVAL: over_qbytes, errno.EACCES: self._mode_denied})
 
     def _prepare(self, item: object, type: int | None) -> tuple[int, bytes]:
         self._check_open()
@@ -545,19 +543,16 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             raise self._receive_error(exc, size) from exc
 
     def _receive_error(self, exc: OSError, size: int) -> Exception:
-        if exc.errno == errno.E2BIG:
+        def too_large(exc: OSError, what: str) -> Exception:
             return MessageTooLargeError(
                 size + 1,
                 size,
-                f"the receive size of {self._what} (pass truncate=True to cut it; "
+                f"the receive size of {what} (pass truncate=True to cut it; "
                 "the message stays in the queue)",
                 at_least=True,
             )
-        if exc.errno == errno.EACCES:
-            return IPCPermissionError(
-                errno.EACCES, f"{self._what}: permission denied (mode {oct(self.mode)})"
-            )
-        return self._error(exc)
+
+        return self._error(exc, {errno.E2BIG: too_large, errno.EACCES: self._mode_denied})
 
     def _receive_args(
         self, type: int | None, except_type: bool, truncate: bool, max_size: int | None
@@ -836,17 +831,35 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         except OSError as exc:
             if exc.errno == errno.ENOMSG:
                 raise WouldBlock from None
-            if exc.errno == errno.ENOSYS:
-                raise IPCSystemError(
-                    errno.ENOSYS,
-                    f"{self._what}: this kernel cannot copy a message without taking it "
-                    "(msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE)",
-                ) from exc
-            if exc.errno == errno.EACCES:
-                raise IPCPermissionError(
-                    errno.EACCES, f"{self._what}: permission denied (mode {oct(self.mode)})"
-                ) from exc
-            raise self._error(exc) from exc
+            raise self._error(exc, {**_PEEK_ERRORS, errno.EACCES: self._mode_denied}) from exc
+
+
+def _no_msg_copy(exc: OSError, what: str) -> Exception:
+    return IPCSystemError(
+        errno.ENOSYS,
+        f"{what}: this kernel cannot copy a message without taking it "
+        "(msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE)",
+    )
+
+
+_PEEK_ERRORS: Overrides = {errno.ENOSYS: _no_msg_copy}
+
+
+def _set_errors(fields: dict[str, int]) -> Overrides | None:
+    """IPC_SET's EPERM, when it raises max_bytes: the sysctl only privilege may pass."""
+    if "qbytes" not in fields:
+        return None
+    qbytes = fields["qbytes"]
+
+    def above_msgmnb(exc: OSError, what: str) -> Exception:
+        limit = read_sysctl(_MSGMNB, 16384)
+        return IPCPermissionError(
+            errno.EPERM,
+            f"{what}: max_bytes={qbytes} is above {_MSGMNB} = {limit}"
+            ", which only a privileged process (CAP_SYS_RESOURCE) may exceed",
+        )
+
+    return {errno.EPERM: above_msgmnb}
 
 
 def _fast_handle(key: int, qid: int, msgmax: int) -> Any:

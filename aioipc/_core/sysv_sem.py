@@ -12,7 +12,7 @@ from typing import Any, Self
 import anyio
 from anyio import ClosedResourceError, WouldBlock
 
-from ..errors import IPCSystemError, open_or_create
+from ..errors import IPCSystemError, Overrides, open_or_create
 from . import libc as _libc
 from .check import LONG_MAX, check_int, check_mode
 from .libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
@@ -89,9 +89,7 @@ class SemaphoreSet(SysVObject):
         try:
             return _libc.semget(key, size, flags)
         except OSError as exc:
-            if exc.errno == errno.EINVAL and creating:
-                raise _too_many(size, read_sysctl(_SEM, 32000)) from None
-            raise cls._lookup_error(exc, key, creating) from exc
+            raise cls._lookup_error(exc, key, creating, _get_errors(size, creating)) from exc
 
     @classmethod
     def create(
@@ -211,9 +209,7 @@ class SemaphoreSet(SysVObject):
         try:
             s = cls(key, sid, undo=undo)
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIDRM):
-                exc = OSError(errno.ENOENT, "no such semaphore set")
-            raise cls._lookup_error(exc, key, False) from exc
+            raise cls._lookup_error(exc, key, False, ipc_id=sid) from exc
         return s
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -304,14 +300,7 @@ class SemaphoreSet(SysVObject):
         return out
 
     def _op_error(self, exc: OSError) -> Exception:
-        if exc.errno == errno.ERANGE:
-            return ValueError(
-                f"{self._what}: the operation would take a value above SEMVMX ({SEMVMX})"
-            )
-        if exc.errno == errno.E2BIG:
-            semopm = _semopm()
-            return ValueError(f"{self._what}: more operations than semopm = {semopm} in one call")
-        return self._error(exc)
+        return self._error(exc, _OP_ERRORS)
 
     def _try(self, ops: list[tuple[int, int, int]]) -> bool:
         try:
@@ -399,6 +388,25 @@ class SemaphoreSet(SysVObject):
 
     def _rmid(self) -> None:
         _libc.semctl(self._id, 0, _libc.IPC_RMID)
+
+
+def _over_semvmx(exc: OSError, what: str) -> Exception:
+    return ValueError(f"{what}: the operation would take a value above SEMVMX ({SEMVMX})")
+
+
+def _over_semopm(exc: OSError, what: str) -> Exception:
+    return ValueError(f"{what}: more operations than semopm = {_semopm()} in one call")
+
+
+#: How semop's errnos read: ERANGE and E2BIG are a bad argument, not a system failure.
+_OP_ERRORS: Overrides = {errno.ERANGE: _over_semvmx, errno.E2BIG: _over_semopm}
+
+
+def _get_errors(size: int, creating: bool) -> Overrides | None:
+    """semget's EINVAL when creating: more semaphores than semmsl."""
+    if not creating:
+        return None
+    return {errno.EINVAL: lambda exc, what: _too_many(size, read_sysctl(_SEM, 32000))}
 
 
 def _reopen(cls: type[SemaphoreSet], sid: int, key: int, undo: bool) -> SemaphoreSet:

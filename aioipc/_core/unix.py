@@ -30,6 +30,7 @@ from ..errors import (
     IPCExistsError,
     IPCSystemError,
     MessageTooLargeError,
+    Overrides,
     map_errors,
     translate_os_error,
 )
@@ -102,6 +103,10 @@ def _address(path: str | os.PathLike[str]) -> tuple[str, str]:
 def _socket(kind: Kind, name: str) -> socket.socket:
     with map_errors(_what(kind, name)):
         return socket.socket(socket.AF_UNIX, _SOCK_TYPES[kind] | socket.SOCK_CLOEXEC)
+
+
+def _peer_gone(exc: OSError, what: str) -> Exception:
+    return anyio.BrokenResourceError(f"{what}: the peer is gone")
 
 
 def _check_kind(kind: object) -> Kind:
@@ -445,14 +450,19 @@ class UnixMessageChannel(ObjectStream[bytes]):
         except BlockingIOError:
             raise
         except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                limit = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-                raise MessageTooLargeError(
-                    len(data), limit, f"the socket's send buffer (SO_SNDBUF, {self._res.what})"
-                ) from exc
-            if exc.errno == errno.ECONNREFUSED:
-                raise anyio.BrokenResourceError(f"{self._res.what}: the peer is gone") from exc
-            raise translate_os_error(exc, self._res.what) from exc
+            raise translate_os_error(exc, self._res.what, self._send_errors(len(data))) from exc
+
+    def _send_errors(self, size: int) -> Overrides:
+        """EMSGSIZE names the send buffer; ECONNREFUSED on a send is a peer that went away
+        (its socket closed), not a listener that never was."""
+        sock = self._sock
+
+        def too_large(exc: OSError, what: str) -> Exception:
+            limit = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            source = f"the socket's send buffer (SO_SNDBUF, {what})"
+            return MessageTooLargeError(size, limit, source)
+
+        return {errno.EMSGSIZE: too_large, errno.ECONNREFUSED: _peer_gone}
 
     async def _send(self, data: bytes, fds: Collection[int] = (), address: Any = None) -> None:
         if self._tx_busy:
