@@ -24,7 +24,6 @@ from typing import Any, Literal, Protocol
 
 from anyio import (
     BrokenResourceError,
-    BusyResourceError,
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
@@ -45,7 +44,7 @@ from ..framing import (
     encode_chunks,
     encode_goodbye_chunk,
 )
-from .wait import YIELD_EVERY, FdWaiter, Pacer, running_asyncio_loop
+from .wait import AGAIN, Again, Busy, FdWaiter, Pacer, running_asyncio_loop, wait_until
 
 __all__ = [
     "Framing",
@@ -227,7 +226,6 @@ class _Receiver:
         "_busy",
         "_decoder",
         "_eof",
-        "_held",
         "_max_size",
         "_pacer",
         "_peer",
@@ -256,13 +254,11 @@ class _Receiver:
         self._peer = peer
         self._read = read or functools.partial(os.read, res.fd)
         self._pacer = Pacer()
-        self._busy = False
+        self._busy = Busy("receiving from")
         self._eof = False
         # Why the stream ended broken, once it has: every later receive says so again
         # rather than EndOfStream, which would tell the caller the peer finished.
         self._broken: str | None = None
-        # A frame taken out of the decoder by a receive that was then cancelled.
-        self._held: bytes | None = None
         # A FIFO reader opened before any writer reads b"" until one appears; that
         # b"" is not an end of stream. Readiness only fires once a writer has come.
         self._trust_eof = trust_first_eof
@@ -285,7 +281,7 @@ class _Receiver:
     @property
     def idle(self) -> bool:
         """True when nothing read from the fd is waiting in this process's buffers."""
-        return not self._busy and self._held is None and self._decoder.buffered == 0
+        return not self._busy.held and self._decoder.buffered == 0
 
     def owed_goodbyes(self) -> Owed:
         """What the decoder knows of the writers (who sent and owes a goodbye), for a
@@ -342,62 +338,42 @@ class _Receiver:
         self._trust_eof = True
         return self._fill()
 
-    def _next_frame(self) -> bytes | None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            return held
-        return self._decoder.next_frame()
+    async def _wait(self) -> None:
+        # On asyncio the readiness callback reads into the decoder itself (see
+        # FdWaiter.readable). Cancellation here leaves every byte read so far in the
+        # decoder, so the next receive continues the same frame: nothing is lost.
+        await self._res.waiter.readable(self._fill_after_wakeup)
+        self._trust_eof = True
 
-    def receive_nowait(self) -> bytes:
-        if self._res.closed:
-            raise ClosedResourceError
-        if self._busy:
-            raise BusyResourceError("receiving from")
-        frame = self._next_frame()
+    def _attempt(self) -> bytes | Again:
+        """The non-blocking receive: the next whole frame, or AGAIN."""
+        frame = self._decoder.next_frame()
         if frame is not None:
             return frame
         if self._eof:
             raise self._ended()
-        while self._fill():
+        while self._fill():  # each read may complete a frame; stop when the kernel is empty
             frame = self._decoder.next_frame()
             if frame is not None:
                 return frame
-        raise WouldBlock
+        return AGAIN
+
+    def receive_nowait(self) -> bytes:
+        if self._res.closed:
+            raise ClosedResourceError
+        with self._busy:
+            frame = self._attempt()
+        if frame is AGAIN:
+            raise WouldBlock
+        return frame
 
     async def receive(self) -> bytes:
         if self._res.closed:
             raise ClosedResourceError
-        if self._busy:
-            raise BusyResourceError("receiving from")
-        self._busy = True
-        try:
-            waited = False
-            while True:
-                frame = self._next_frame()
-                if frame is not None:
-                    if not waited:
-                        # A call that did not wait must still be a cancellation point.
-                        # If it is cancelled here, the frame is handed to the next
-                        # receive on this handle, so nothing is lost.
-                        try:
-                            await self._pacer.checkpoint()
-                        except BaseException:
-                            self._held = frame
-                            raise
-                    return frame
-                if self._eof:
-                    await self._pacer.checkpoint()
-                    raise self._ended()
-                if not self._fill():
-                    # Cancellation here leaves every byte read so far in the decoder,
-                    # so the next receive continues the same frame: nothing is lost.
-                    await self._res.waiter.readable(self._fill_after_wakeup)
-                    self._trust_eof = True
-                    self._pacer.waited()
-                    waited = True
-        finally:
-            self._busy = False
+        with self._busy:
+            # The checkpoint (every 16th call) comes before anything is taken from the
+            # decoder, so a cancelled receive consumed nothing.
+            return await wait_until(self._attempt, self._wait, self._pacer)
 
 
 _fork_generation = 0  # forks this process was made by (a new writer id after each)
@@ -482,7 +458,7 @@ class _Sender:
         self._max_size = max_size
         self._coalesce = coalesce and framing != "chunks"
         self._pacer = Pacer()
-        self._busy = False
+        self._busy = Busy("sending to")
         self._pending: list[Buffer] = []
         self._pending_size = 0
         self._corked = False
@@ -509,7 +485,7 @@ class _Sender:
     @property
     def busy(self) -> bool:
         """A task is in the middle of a send on this handle."""
-        return self._busy
+        return self._busy.held
 
     def _writer(self) -> int:
         if self._writer_generation != _fork_generation:
@@ -524,7 +500,7 @@ class _Sender:
 
         Never while a task is in the middle of a send: the goodbye would land inside its
         frame. Returns whether one was queued."""
-        if not (self.farewell and self._owes_goodbye) or self._busy or self._res.closed:
+        if not (self.farewell and self._owes_goodbye) or self._busy.held or self._res.closed:
             return False
         if self.framing == "frames" and self._spoke_forks != _forks:
             # Sent before a fork and not since: the other process's copy of this end
@@ -607,17 +583,21 @@ class _Sender:
         return True
 
     async def _write_all(self, bufs: list[Buffer], started: bool = False) -> None:
-        try:
-            while True:
+        """Write all of ``bufs``, waiting for room. The caller counted this call for the
+        pacer already (it is the rest of a send), so it does not count again."""
+
+        def attempt() -> Again | None:
+            nonlocal started
+            while bufs:  # as much as the kernel takes now
                 n = self._write_some(bufs)
-                if n:
-                    started = True
-                    _advance(bufs, n)
-                    if not bufs:
-                        return
-                    continue
-                await self._res.waiter.writable()
-                self._pacer.waited()
+                if not n:
+                    return AGAIN
+                started = True
+                _advance(bufs, n)
+            return None
+
+        try:
+            await wait_until(attempt, self._res.waiter.writable, self._pacer, paced=False)
         except BaseException:
             # Part of the frame is in the kernel already: the rest must follow it, or
             # the peer sees a corrupt stream. It goes back in front of the queue.
@@ -632,14 +612,9 @@ class _Sender:
         self._pending_size = 0
         await self._write_all(pending, started=True)
 
-    def _claim(self) -> None:
-        if self._busy:
-            raise BusyResourceError("sending to")
-        self._busy = True
-
-    def _release(self) -> None:
-        """End of a sending task's turn: whatever it left pending, the loop writes out."""
-        self._busy = False
+    def _end_turn(self) -> None:
+        """End of a sending task's turn: whatever it left pending, the loop writes out
+        (from a callback, which runs after the turn's busy guard is released)."""
         if self._pending and not self._corked and not self._res.closed:
             self._schedule_flush()
 
@@ -651,13 +626,13 @@ class _Sender:
 
     def _uncork(self) -> None:
         self._corked = False
-        if self._pending and not self._busy and not self._background_flush():
+        if self._pending and not self._busy.held and not self._background_flush():
             self._res.waiter.when_writable(self._background_flush)
 
     def _background_flush(self) -> bool:
         """Write what is pending without waiting; True when nothing is left to do here."""
-        if self._busy or self._res.closed:
-            return True  # a sending task owns the buffer now; its _release re-arms this
+        if self._busy.held or self._res.closed:
+            return True  # a sending task owns the buffer now; its _end_turn re-arms this
         try:
             done = self._try_write(self._pending)
         except Exception as exc:
@@ -676,89 +651,90 @@ class _Sender:
 
     def send_nowait(self, item: bytes) -> None:
         item = self._check(item)
-        self._claim()
-        try:
-            if self._pending and not self.flush_nowait():
-                raise WouldBlock
-            bufs = self._encode(item)
-            if not bufs:
-                return  # an empty raw message is no bytes at all
-            first = self._write_some(bufs)
-            if not first:
-                raise WouldBlock
-            _advance(bufs, first)
-            if not self._try_write(bufs):
-                # Some of it went out, so it must all go out: it is sent, and the rest
-                # is written by the loop, the next send, or aclose.
-                self._pending = bufs
-                self._pending_size = sum(map(len, bufs))
-        finally:
-            self._release()
+        with self._busy:
+            try:
+                if self._pending and not self.flush_nowait():
+                    raise WouldBlock
+                bufs = self._encode(item)
+                if not bufs:
+                    return  # an empty raw message is no bytes at all
+                first = self._write_some(bufs)
+                if not first:
+                    raise WouldBlock
+                _advance(bufs, first)
+                if not self._try_write(bufs):
+                    # Some of it went out, so it must all go out: it is sent, and the rest
+                    # is written by the loop, the next send, or aclose.
+                    self._pending = bufs
+                    self._pending_size = sum(map(len, bufs))
+            finally:
+                self._end_turn()
 
     async def send(self, item: bytes) -> None:
         item = self._check(item)
-        self._claim()
-        try:
-            pacer = self._pacer
-            pacer.count += 1
-            if pacer.count >= YIELD_EVERY:
-                pacer.count = 0
-                await checkpoint()
-            size = len(item)
-            if size > _JOIN_LIMIT or not self._coalesce:
+        with self._busy:
+            try:
+                if self._pacer.due():
+                    await checkpoint()  # before anything is committed: a cancel sends nothing
+                size = len(item)
+                if size > _JOIN_LIMIT or not self._coalesce:
+                    if self._pending:
+                        await self._drain()
+                    await self._write_all(self._encode(item))
+                    return
+                # The hot path for small messages: one buffer, at most one write().
+                data = _pack_header(size) + item if self.framing == "frames" else item
+                if self._corked and self._pending_size < _CORK_LIMIT:
+                    # Committed: it goes out with the rest of this burst.
+                    self._pending.append(data)
+                    self._pending_size += len(data)
+                    return
                 if self._pending:
                     await self._drain()
-                await self._write_all(self._encode(item))
-                return
-            # The hot path for small messages: one buffer, at most one write().
-            data = _pack_header(size) + item if self.framing == "frames" else item
-            if self._corked and self._pending_size < _CORK_LIMIT:
-                # Committed: it goes out with the rest of this burst.
-                self._pending.append(data)
-                self._pending_size += len(data)
-                return
-            if self._pending:
-                await self._drain()
-            n = self._write_some([data])
-            if n < len(data):
-                await self._write_all([memoryview(data)[n:]], started=n > 0)
-            if not self._corked:
-                self._schedule_flush()
-        finally:
-            self._release()
+                n = self._write_some([data])
+                if n < len(data):
+                    await self._write_all([memoryview(data)[n:]], started=n > 0)
+                if not self._corked:
+                    self._schedule_flush()
+            finally:
+                self._end_turn()
 
     async def send_first_with(self, payload: bytes, first_write: Callable[[bytes], int]) -> None:
         """Send ``payload`` as one message whose first write is ``first_write(payload)``
         (``sendmsg`` with ancillary data), after everything committed before it."""
-        self._claim()
-        try:
-            if self._pending:
-                await self._drain()
-            while True:
-                if self._res.closed:
-                    raise ClosedResourceError
-                try:
-                    sent = first_write(payload)
-                    break
-                except BlockingIOError:
-                    await self._res.waiter.writable()
-                except OSError as exc:
-                    raise translate_os_error(exc, self._res.what) from exc
-            if sent < len(payload):
-                await self._write_all([memoryview(payload)[sent:]], started=True)
-            else:
-                await checkpoint()
-        finally:
-            self._release()
+
+        def attempt() -> int | Again:
+            if self._res.closed:
+                raise ClosedResourceError
+            try:
+                return first_write(payload)
+            except BlockingIOError:
+                return AGAIN
+            except OSError as exc:
+                raise translate_os_error(exc, self._res.what) from exc
+
+        with self._busy:
+            try:
+                if self._pending:
+                    await self._drain()
+                sent = await wait_until(
+                    attempt, self._res.waiter.writable, self._pacer, paced=False
+                )
+                if sent < len(payload):
+                    await self._write_all([memoryview(payload)[sent:]], started=True)
+                else:
+                    await checkpoint()
+            finally:
+                self._end_turn()
 
     async def drain(self) -> None:
         """Wait until everything committed is in the kernel (cancellable)."""
-        self._claim()
-        try:
-            if self._pending:
-                await self._drain()
-        finally:
-            self._release()
+        with self._busy:
+            try:
+                if self._pending:
+                    await self._drain()
+            finally:
+                self._end_turn()
 
     async def flush_before_close(self, grace: float) -> None:
         """For aclose: best effort, for at most ``grace`` seconds, never raising. While a
@@ -768,18 +744,19 @@ class _Sender:
         self.queue_goodbye()
         if not self._pending or self._res.closed:
             return
-        if self._busy:
+        if self._busy.held:
             with contextlib.suppress(Exception):
                 self.flush_nowait()
             return
         from anyio import CancelScope, move_on_after
 
-        self._busy = True
-        try:
-            with CancelScope(shield=True), move_on_after(grace), contextlib.suppress(Exception):
-                await self._drain()
-        finally:
-            self._busy = False
+        with (
+            self._busy,
+            CancelScope(shield=True),
+            move_on_after(grace),
+            contextlib.suppress(Exception),
+        ):
+            await self._drain()
 
 
 def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> None:

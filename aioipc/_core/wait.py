@@ -135,6 +135,8 @@ async def wait_until(
     attempt: Callable[[], T | Again],
     wait: Callable[[], Awaitable[object]],
     pacer: Pacer,
+    *,
+    paced: bool = True,
 ) -> T:
     """The one "try, else wait" loop of aioipc.
 
@@ -143,12 +145,14 @@ async def wait_until(
     succeed (fd readiness, a ring doorbell, a worker thread) and may itself raise (end of
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
     without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
+    ``paced=False`` skips that first count, for a step of a call that already counted
+    itself (the rest of a message after its first write).
 
     Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
     attempt that succeeded and the return, so a cancelled call has taken nothing (as
     long as ``wait`` itself takes nothing, or gives back what it took).
     """
-    if pacer.due():
+    if paced and pacer.due():
         await checkpoint()
     while True:
         result = attempt()
@@ -205,8 +209,10 @@ class FdWaiter:
         "_fd",
         "_loop",
         "_prefetch",
+        "_read_busy",
         "_read_fut",
         "_reading",
+        "_write_busy",
         "_write_fut",
         "_writing",
     )
@@ -220,6 +226,8 @@ class FdWaiter:
         self._write_fut: asyncio.Future[None] | None = None
         self._reading = self._writing = False
         self._closed = False
+        self._read_busy = Busy("reading from")
+        self._write_busy = Busy("writing to")
 
     def _asyncio_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = running_asyncio_loop()
@@ -246,17 +254,16 @@ class FdWaiter:
             return
         if self._closed:
             raise ClosedResourceError
-        if self._read_fut is not None:
-            raise BusyResourceError("reading from")
-        fut = self._read_fut = loop.create_future()
-        self._prefetch = prefetch
-        if not self._reading:
-            loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
-        try:
-            await fut
-        finally:
-            self._read_fut = self._prefetch = None
+        with self._read_busy:
+            fut = self._read_fut = loop.create_future()
+            self._prefetch = prefetch
+            if not self._reading:
+                loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
+            try:
+                await fut
+            finally:
+                self._read_fut = self._prefetch = None
 
     async def writable(self) -> None:
         loop = self._asyncio_loop()
@@ -265,16 +272,15 @@ class FdWaiter:
             return
         if self._closed:
             raise ClosedResourceError
-        if self._write_fut is not None:
-            raise BusyResourceError("writing to")
-        fut = self._write_fut = loop.create_future()
-        if not self._writing:
-            loop.add_writer(self._fd, self._on_writable)
-            self._writing = True
-        try:
-            await fut
-        finally:
-            self._write_fut = None
+        with self._write_busy:
+            fut = self._write_fut = loop.create_future()
+            if not self._writing:
+                loop.add_writer(self._fd, self._on_writable)
+                self._writing = True
+            try:
+                await fut
+            finally:
+                self._write_fut = None
 
     def _on_readable(self) -> None:
         fut = self._read_fut
