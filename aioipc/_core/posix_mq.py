@@ -28,7 +28,7 @@ from ..errors import (
 from . import registry as _registry
 from .check import ID_MAX, LONG_MAX, check_int, check_mode, check_size
 from .posix_base import check_name, map_posix_errors, posix_os_error
-from .wait import YIELD_EVERY, FdWaiter, Pacer
+from .wait import AGAIN, Again, Busy, FdWaiter, Pacer, wait_until
 
 __all__ = ["MessageQueue"]
 
@@ -46,7 +46,10 @@ class MessageQueue(ObjectStream[bytes]):
 
     A full queue makes :meth:`send` wait (backpressure) and :meth:`send_nowait` raise
     WouldBlock. Waiting is readiness of the queue descriptor on the event loop: no
-    threads. Tasks of one handle that wait in the same direction take turns.
+    threads. One task at a time sends, and one receives, on a handle: a second
+    concurrent :meth:`send` (or receive) raises :exc:`anyio.BusyResourceError`, as on
+    every aioipc channel (docs/channels.md). Tasks that want to share a queue open a
+    handle each, or share one through a memory stream.
 
     The queue lives until :meth:`unlink` (and the last handle's close); closing a handle
     leaves it. Like an unlinked file, an unlinked queue keeps working for the handles
@@ -65,9 +68,9 @@ class MessageQueue(ObjectStream[bytes]):
         self._read = read
         self._write = write
         self._closed = False
-        self._pacer = Pacer()
-        self._receive_lock: anyio.Lock | None = None
-        self._send_lock: anyio.Lock | None = None
+        self._rx_pacer, self._tx_pacer = Pacer(), Pacer()
+        self._rx_busy = Busy("receiving from")
+        self._tx_busy = Busy("sending to")
 
     # -- construction -----------------------------------------------------------------
 
@@ -317,12 +320,14 @@ class MessageQueue(ObjectStream[bytes]):
             raise ValueError(f"priority must be in 0..{PRIORITY_MAX}, got {priority}")
         return data
 
-    def _try_send(self, data: bytes, priority: int) -> bool:
+    def _try_send(self, data: bytes, priority: int) -> Again | None:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this handle is closed")
         try:
             self._mq.send(data, None, priority)
-            return True
+            return None
         except posix_ipc.BusyError:
-            return False
+            return AGAIN
         except posix_ipc.ExistentialError:
             raise ClosedResourceError(f"{self._what}: this handle is closed") from None
         except (posix_ipc.Error, OSError, ValueError) as exc:
@@ -339,36 +344,26 @@ class MessageQueue(ObjectStream[bytes]):
             TypeError, ValueError: not bytes; priority outside 0..PRIORITY_MAX.
         """
         data = self._prepare(item, priority)
-        if not self._try_send(data, priority):
+        if self._try_send(data, priority) is AGAIN:
             raise WouldBlock
 
     async def send(self, item: bytes, *, priority: int = 0) -> None:
         """Send one message, waiting while the queue is full.
 
         Raises:
-            as :meth:`send_nowait`, except WouldBlock.
+            anyio.BusyResourceError: another task is already sending on this handle.
+            anyio.ClosedResourceError: this handle is closed (also while waiting).
+            as :meth:`send_nowait` otherwise, except WouldBlock.
 
         Cancellation: a cancelled send did not enqueue the message (the message is
         handed to the kernel in one call, after the last point where a cancellation
         can arrive).
         """
         data = self._prepare(item, priority)
-        pacer = self._pacer
-        pacer.count += 1
-        if pacer.count >= YIELD_EVERY:
-            pacer.count = 0
-            await anyio.lowlevel.checkpoint()
-        if self._try_send(data, priority):
-            return
-        if self._send_lock is None:
-            self._send_lock = anyio.Lock()
-        async with self._send_lock:
-            while True:
-                self._check_open()
-                if self._try_send(data, priority):
-                    self._pacer.waited()
-                    return
-                await self._waiter.writable()
+        with self._tx_busy:
+            await wait_until(
+                lambda: self._try_send(data, priority), self._waiter.writable, self._tx_pacer
+            )
 
     async def send_eof(self) -> None:
         """Not supported: a message queue has no end-of-stream marker.
@@ -382,11 +377,13 @@ class MessageQueue(ObjectStream[bytes]):
 
     # -- receiving --------------------------------------------------------------------
 
-    def _try_receive(self) -> tuple[bytes, int] | None:
+    def _try_receive(self) -> tuple[bytes, int] | Again:
+        if self._closed:
+            raise ClosedResourceError(f"{self._what}: this handle is closed")
         try:
             data, priority = self._mq.receive()
         except posix_ipc.BusyError:
-            return None
+            return AGAIN
         except posix_ipc.ExistentialError:
             raise ClosedResourceError(f"{self._what}: this handle is closed") from None
         except (posix_ipc.Error, OSError) as exc:
@@ -408,7 +405,7 @@ class MessageQueue(ObjectStream[bytes]):
         """
         self._check_receive()
         msg = self._try_receive()
-        if msg is None:
+        if msg is AGAIN:
             raise WouldBlock
         return msg
 
@@ -416,6 +413,7 @@ class MessageQueue(ObjectStream[bytes]):
         """Take the highest-priority message, waiting for one; return ``(data, priority)``.
 
         Raises:
+            anyio.BusyResourceError: another task is already receiving on this handle.
             anyio.ClosedResourceError: the handle is closed (also while waiting).
             aioipc.IPCPermissionError: a send-only handle.
 
@@ -423,29 +421,20 @@ class MessageQueue(ObjectStream[bytes]):
         taken in one call, after the last point where a cancellation can arrive).
         """
         self._check_receive()
-        pacer = self._pacer
-        pacer.count += 1
-        if pacer.count >= YIELD_EVERY:
-            pacer.count = 0
-            await anyio.lowlevel.checkpoint()
-        msg = self._try_receive()
-        if msg is not None:
-            return msg
-        if self._receive_lock is None:
-            self._receive_lock = anyio.Lock()
-        async with self._receive_lock:
-            while True:
-                self._check_open()
-                msg = self._try_receive()
-                if msg is not None:
-                    self._pacer.waited()
-                    return msg
-                await self._waiter.readable()
+        with self._rx_busy:
+            return await wait_until(self._try_receive, self._waiter.readable, self._rx_pacer)
 
     async def receive(self) -> bytes:
         """Receive the data of the highest-priority message (as :meth:`receive_message`).
 
         A queue never ends, so ``async for`` runs until the handle is closed.
+
+        Raises:
+            anyio.BusyResourceError: another task is already receiving on this handle.
+            anyio.ClosedResourceError: the handle is closed (also while waiting).
+            aioipc.IPCPermissionError: a send-only handle.
+
+        Cancellation: a cancelled receive took nothing from the queue.
         """
         return (await self.receive_message())[0]
 
