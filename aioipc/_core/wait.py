@@ -85,6 +85,13 @@ class Busy:
         #: True while a task is inside. Read it to ask "is anyone using this direction?".
         self.held = False
 
+    def refused(self) -> BusyResourceError:
+        """The error for a second task. For a hot path that inlines the guard as
+        ``if guard.held: raise guard.refused()``, ``guard.held = True``, and ``False`` in a
+        ``finally``: a ``with`` costs two Python-level calls, ~110 ns a message
+        (measured, see stream._Receiver.receive)."""
+        return BusyResourceError(self._action)
+
     def __enter__(self) -> None:
         if self.held:
             raise BusyResourceError(self._action)
