@@ -17,7 +17,6 @@ import functools
 import os
 import select
 import struct
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
@@ -44,7 +43,16 @@ from ..framing import (
     encode_chunks,
     encode_goodbye_chunk,
 )
-from .wait import AGAIN, Again, Busy, FdWaiter, Pacer, running_asyncio_loop, wait_until
+from .wait import (
+    AGAIN,
+    Again,
+    Busy,
+    FdWaiter,
+    Pacer,
+    running_asyncio_loop,
+    wait_fd_sync,
+    wait_until,
+)
 
 __all__ = [
     "Framing",
@@ -793,14 +801,7 @@ def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> No
         res.close()
         return
     with contextlib.suppress(Exception):
-        deadline = time.monotonic() + grace
-        poller = select.poll()
-        poller.register(res.fd, select.POLLOUT)
-        while not tx.flush_nowait() and not tx.busy:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            poller.poll(left * 1000)
+        wait_fd_sync(lambda: tx.flush_nowait() or tx.busy, res.fd, select.POLLOUT, grace)
     res.close()
 
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import select
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Final, TypeVar
@@ -48,6 +50,7 @@ __all__ = [
     "backoff_delays",
     "poll_until",
     "running_asyncio_loop",
+    "wait_fd_sync",
     "wait_until",
 ]
 
@@ -192,6 +195,22 @@ async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: fl
             return result
         await anyio.sleep(delay)
     raise AssertionError("unreachable: backoff_delays never ends")
+
+
+def wait_fd_sync(attempt: Callable[[], bool], fd: int, events: int, seconds: float) -> bool:
+    """The synchronous "try, else wait" loop, for code with no event loop (a ``close()``
+    in a finalizer or a child's exit): ``attempt()`` until it returns True, blocking this
+    thread in ``poll`` for ``events`` on ``fd`` in between, for at most ``seconds``.
+    Returns whether ``attempt`` succeeded before the deadline."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, events)
+    while not attempt():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        poller.poll(left * 1000)
+    return True
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
