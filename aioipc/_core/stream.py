@@ -299,11 +299,11 @@ class _Receiver:
             pacer = self._pacer
             if pacer.due():
                 await checkpoint()
-            else:
-                frame = self._attempt()
-                if frame is not AGAIN:
-                    return frame
-            return await wait_until(self._attempt, self._wait, pacer, paced=False)
+                return await wait_until(self._attempt, self._wait, pacer, paced=False)
+            frame = self._attempt()
+            if frame is not AGAIN:
+                return frame
+            return await wait_until(self._attempt, self._wait, pacer, paced=False, tried=True)
         finally:
             busy.held = False
 

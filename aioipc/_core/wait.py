@@ -147,6 +147,7 @@ async def wait_until(
     pacer: Pacer,
     *,
     paced: bool = True,
+    tried: bool = False,
 ) -> T:
     """The one "try, else wait" loop of aioipc.
 
@@ -156,7 +157,10 @@ async def wait_until(
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
     without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
     ``paced=False`` skips that first count, for a step of a call that already counted
-    itself (the rest of a message after its first write).
+    itself (the rest of a message after its first write). ``tried=True`` waits before
+    the first attempt: for a hot path that inlined the fast path
+    (``if not pacer.due(): r = attempt(); if r is not AGAIN: return r``) and saw AGAIN,
+    so that the slow path costs no second system call.
 
     Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
     attempt that succeeded and the return, so a cancelled call has taken nothing (as
@@ -164,6 +168,9 @@ async def wait_until(
     """
     if paced and pacer.due():
         await checkpoint()
+    if tried:
+        await wait()
+        pacer.waited()
     while True:
         result = attempt()
         if result is not AGAIN:
