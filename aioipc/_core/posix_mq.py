@@ -322,8 +322,6 @@ class MessageQueue(ObjectStream[bytes]):
         return data
 
     def _try_send(self, data: bytes, priority: int) -> Again | None:
-        if self._closed:
-            raise ClosedResourceError(f"{self._what}: this handle is closed")
         try:
             self._mq.send(data, None, priority)
             return None
@@ -370,18 +368,16 @@ class MessageQueue(ObjectStream[bytes]):
         busy.held = True
         try:
             pacer = self._tx_pacer
-            due = pacer.due()
-            if due:
+            if pacer.due():
                 await anyio.lowlevel.checkpoint()
-            elif self._try_send(data, priority) is not AGAIN:
-                return
-            await wait_until(
-                functools.partial(self._try_send, data, priority),
-                self._waiter.writable,
-                pacer,
-                paced=False,
-                tried=not due,
-            )
+            if self._try_send(data, priority) is AGAIN:
+                await wait_until(
+                    functools.partial(self._try_send, data, priority),
+                    self._waiter.writable,
+                    pacer,
+                    paced=False,
+                    tried=True,
+                )
         finally:
             busy.held = False
 
@@ -398,8 +394,6 @@ class MessageQueue(ObjectStream[bytes]):
     # -- receiving --------------------------------------------------------------------
 
     def _try_receive(self) -> tuple[bytes, int] | Again:
-        if self._closed:
-            raise ClosedResourceError(f"{self._what}: this handle is closed")
         try:
             data, priority = self._mq.receive()
         except posix_ipc.BusyError:
@@ -450,9 +444,6 @@ class MessageQueue(ObjectStream[bytes]):
             pacer = self._rx_pacer
             if pacer.due():
                 await anyio.lowlevel.checkpoint()
-                return await wait_until(
-                    self._try_receive, self._waiter.readable, pacer, paced=False
-                )
             msg = self._try_receive()
             if msg is not AGAIN:
                 return msg

@@ -299,7 +299,6 @@ class _Receiver:
             pacer = self._pacer
             if pacer.due():
                 await checkpoint()
-                return await wait_until(self._attempt, self._wait, pacer, paced=False)
             frame = self._attempt()
             if frame is not AGAIN:
                 return frame
