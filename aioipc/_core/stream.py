@@ -450,20 +450,23 @@ class _Sender:
     async def _write_all(self, bufs: list[Buffer], started: bool = False) -> None:
         """Write all of ``bufs``, waiting for room. The caller counted this call for the
         pacer already (it is the rest of a send), so it does not count again."""
-
-        def attempt() -> Again | None:
-            nonlocal started
-            while bufs:  # as much as the kernel takes now
-                n = self._write_some(bufs)
-                if not n:
-                    return AGAIN
-                started = True
-                _advance(bufs, n)
-            return None
-
+        # What bufs looks like before any write: _advance deletes what was written
+        # whole and replaces a buffer written in part, so a change shows progress.
+        count, first = len(bufs), bufs[0] if bufs else None
         try:
-            await wait_until(attempt, self._res.waiter.writable, self._pacer, paced=False)
+            # The engine's fast path inlined: most writes fit at once, and the coroutine
+            # of wait_until cost ~550 ns a FIFO send (measured in one process, 100,000
+            # 64-byte sends: 2.41 us before the engine, 2.98 us through it).
+            if not self._try_write(bufs):
+                await wait_until(
+                    lambda: None if self._try_write(bufs) else AGAIN,
+                    self._res.waiter.writable,
+                    self._pacer,
+                    paced=False,
+                    tried=True,
+                )
         except BaseException:
+            started = started or len(bufs) != count or (bool(bufs) and bufs[0] is not first)
             # Part of the frame is in the kernel already: the rest must follow it, or
             # the peer sees a corrupt stream. It goes back in front of the queue.
             if started and bufs and not self._res.closed:
