@@ -797,10 +797,15 @@ class Encoder:
         "_writer_id",
         "farewell",
         "framing",
+        "header",
     )
 
     def __init__(self, framing: Framing) -> None:
         self.framing = framing
+        #: The length prefix of a message as a function of its length, for a transport
+        #: that joins prefix and payload itself (:meth:`join` as a C call on a hot
+        #: path); None when the format has none (raw; chunks never join).
+        self.header: Callable[[int], bytes] | None = _pack_header if framing == "frames" else None
         self._writer_id = new_writer_id()
         self._writer_generation = _fork_generation
         self._owes_goodbye = False

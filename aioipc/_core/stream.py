@@ -349,6 +349,7 @@ class _Sender:
         "_corked",
         "_encoder",
         "_error",
+        "_header",
         "_max_size",
         "_pacer",
         "_pending",
@@ -373,6 +374,7 @@ class _Sender:
         self._error: Exception | None = None
         # The wire format, the FIFO writer id and the goodbye policy (aioipc.framing).
         self._encoder = Encoder(framing)
+        self._header = self._encoder.header
 
     @property
     def has_pending(self) -> bool:
@@ -557,7 +559,10 @@ class _Sender:
                 await self._write_all(self._encoder.encode(item))
                 return
             # The hot path for small messages: one buffer, at most one write().
-            data = self._encoder.join(item)
+            # Encoder.join, inlined through its header function: one Python call less
+            # a message (~50 ns of a ~1.2 us send, measured in one process).
+            header = self._header
+            data = header(size) + item if header is not None else item
             if self._corked and self._pending_size < _CORK_LIMIT:
                 # Committed: it goes out with the rest of this burst.
                 self._pending.append(data)
