@@ -42,6 +42,7 @@ import anyio
 from ._core import registry as _registry
 from ._core.check import check_mode
 from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel
+from ._core.wait import AGAIN, Again, poll_until
 from .errors import NOFOLLOW, IPCError, IPCExistsError, map_errors, translate_os_error
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size, check_max_partial_bytes
 
@@ -55,7 +56,8 @@ __all__ = [
     "unlink",
 ]
 
-_MAX_BACKOFF = 0.05
+# open_sender's wait for a reader: first and longest pause between attempts.
+_FIRST_BACKOFF, _MAX_BACKOFF = 0.001, 0.05
 
 
 class NotAFifoError(IPCError, ValueError):
@@ -224,18 +226,17 @@ async def open_sender(
     p = os.fspath(path)
     check_max_message_size(max_message_size, _what(p))
     await anyio.lowlevel.checkpoint()
-    delay = 0.001
-    while True:
+
+    def attempt() -> int | Again:
         try:
-            fd = _open(p, os.O_WRONLY)
+            return _open(p, os.O_WRONLY)
         except IPCError as exc:
             # ENXIO: no reader yet. The kernel has no event for "a reader opened".
             if getattr(exc, "errno", None) != errno.ENXIO:
                 raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
-            continue
-        break
+            return AGAIN
+
+    fd = await poll_until(attempt, first=_FIRST_BACKOFF, most=_MAX_BACKOFF)
     return FdSendChannel(
         FdResource(fd, _what(p)),
         mechanism="fifo",

@@ -35,15 +35,26 @@ the receiver hold ``writers x max_size`` bytes.
 :exc:`UncleanEndError` if a sender that sent messages did not say goodbye after its last
 one: it was killed, crashed, or closed its end without closing the channel. A sender that
 sent nothing leaves no trace, and needs no goodbye.
+
+**Strategies.** What aioipc's fd channels (pipes, FIFOs, unix stream sockets) know of
+their wire format lives here too, so that the transport only moves bytes and waits:
+:class:`Encoder` (a sender's format, its FIFO writer id, and the goodbye it owes),
+:func:`make_decoder` (a receiver's format, :class:`RawDecoder` for ``framing=False``)
+and :class:`EndPolicy` (what an end of file means: a FIFO's false end before any
+writer came, and the verdict, finished or killed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, NoReturn, Protocol
+
+from anyio import BrokenResourceError, EndOfStream
 
 from ._core.check import LONG_MAX, check_int
 from .errors import MessageTooLargeError, ProtocolError
@@ -58,10 +69,16 @@ __all__ = [
     "MAX_FRAME_LENGTH",
     "MAX_PARTIAL_WRITERS",
     "PIPE_BUF",
-    "Owed",
+    "Buffer",
     "ChunkDecoder",
+    "Decoder",
+    "Encoder",
+    "EndPolicy",
     "FrameDecoder",
     "FrameTooLargeError",
+    "Framing",
+    "Owed",
+    "RawDecoder",
     "UncleanEndError",
     "check_max_message_size",
     "check_max_partial_bytes",
@@ -69,6 +86,8 @@ __all__ = [
     "encode_chunks",
     "encode_goodbye_chunk",
     "encode_header",
+    "make_decoder",
+    "new_writer_id",
 ]
 
 _log = logging.getLogger(__name__)
@@ -107,6 +126,8 @@ _PIECE_COST = 64
 _MESSAGE_COST = 256
 
 _header = struct.Struct("!I")
+# Only for lengths already checked against max_message_size (< 2**31).
+_pack_header = _header.pack
 _chunk_header = struct.Struct("!QI")
 # Below this, a partial frame stays in the flat buffer; above it, the decoder collects the
 # payload as a list of pieces and joins them once, so a large frame is copied once, not
@@ -117,6 +138,13 @@ _BIG_FRAME = 64 * 1024
 #: Writers that owe a goodbye (ids) and how many more were forgotten: what a decoder
 #: knows of the writers beyond the bytes it holds, handed on with the stream.
 Owed = tuple[tuple[int, ...], int]
+
+#: The wire formats of aioipc's fd channels. ``"frames"``: the length prefix (pipes, unix
+#: stream sockets); ``"chunks"``: PIPE_BUF-atomic chunks with writer ids (FIFOs);
+#: ``"raw"``: bytes as they come, one receive per read (``framing=False``).
+Framing = Literal["frames", "chunks", "raw"]
+#: What an encoder hands to the transport: buffers to write in order.
+Buffer = bytes | memoryview
 
 
 class FrameTooLargeError(MessageTooLargeError, ProtocolError):
@@ -606,3 +634,247 @@ class ChunkDecoder:
                     "cannot be vouched for"
                 )
             raise UncleanEndError(said)
+
+
+# --------------------------------------------------------------- the strategies
+
+
+class Decoder(Protocol):
+    """What a receiving transport needs of a decoder (:func:`make_decoder`)."""
+
+    last_flags: int
+
+    @property
+    def buffered(self) -> int: ...
+
+    def feed(self, data: bytes) -> None: ...
+    def next_frame(self) -> bytes | None: ...
+    def wanted(self) -> int: ...
+    def check_eof(self) -> None: ...
+    def owed_goodbyes(self) -> Owed: ...
+    def expect_goodbyes(self, owed: Owed) -> None: ...
+
+
+class RawDecoder:
+    """Passes each read through as one message: the ``framing=False`` mode."""
+
+    __slots__ = ("_chunk", "last_flags")
+
+    def __init__(self) -> None:
+        self._chunk: bytes | None = None
+        self.last_flags = 0
+
+    def feed(self, data: bytes) -> None:
+        self._chunk = data
+
+    def next_frame(self) -> bytes | None:
+        chunk, self._chunk = self._chunk, None
+        return chunk
+
+    @property
+    def buffered(self) -> int:
+        return len(self._chunk) if self._chunk else 0
+
+    def wanted(self) -> int:
+        return 0
+
+    def check_eof(self) -> None:
+        return None
+
+    def owed_goodbyes(self) -> Owed:
+        return (), 0
+
+    def expect_goodbyes(self, owed: Owed) -> None:
+        return None
+
+
+def make_decoder(framing: Framing, max_size: int, max_partial: int | None = None) -> Decoder:
+    """The decoder of a wire format (``max_partial``: the chunk decoder's bound)."""
+    if framing == "frames":
+        return FrameDecoder(max_size)
+    if framing == "chunks":
+        return ChunkDecoder(max_size, max_partial)
+    return RawDecoder()
+
+
+class EndPolicy:
+    """What an end of file means to a receiver: the end-of-stream rules, with no I/O.
+
+    * A FIFO reader opened before any writer reads ``b""`` until a writer appears: that
+      is no end of stream. Until a writer has shown itself (:meth:`writer_seen`: data
+      came, or the fd became readable), an empty read is the end only if the transport
+      says a writer came and went (``is_end``'s question, a POLLHUP on a FIFO).
+    * At the end, the decoder's verdict (:meth:`conclude`): :exc:`anyio.EndOfStream` if
+      every writer that sent messages said goodbye after its last one,
+      :exc:`anyio.BrokenResourceError` naming ``peer`` if one went away without it or
+      in the middle of a message. The verdict stands: :meth:`verdict` raises it again.
+    """
+
+    __slots__ = ("_broken", "_decoder", "_peer", "_what", "ended", "trusted")
+
+    def __init__(
+        self, decoder: Decoder, what: str, *, trust_first_eof: bool = True, peer: str = "the peer"
+    ) -> None:
+        self._decoder = decoder
+        self._what = what
+        # Who sends to us, for the end-of-stream messages ("the peer (pid 4242)").
+        self._peer = peer
+        #: False while a FIFO reader has seen no writer (its b"" is no end of stream).
+        self.trusted = trust_first_eof
+        #: True once the end of stream was reached.
+        self.ended = False
+        # Why the stream ended broken, once it has: every later receive says so again
+        # rather than EndOfStream, which would tell the caller the peer finished.
+        self._broken: str | None = None
+
+    def writer_seen(self) -> None:
+        """Data came, or readiness fired: a writer has come, so an empty read is the end."""
+        self.trusted = True
+
+    def is_end(self, writer_came_and_went: Callable[[], bool]) -> bool:
+        """An empty read happened: is it the end of stream? ``writer_came_and_went`` asks
+        the transport, and only while no writer has been seen."""
+        return self.trusted or writer_came_and_went()
+
+    def conclude(self) -> NoReturn:
+        """The stream has ended: raise the verdict (and remember it)."""
+        self.ended = True
+        try:
+            self._decoder.check_eof()
+        except UncleanEndError as exc:
+            self._broken = (
+                f"{self._what}: {self._peer} went away without closing the channel: killed, "
+                f"crashed, or its end was closed without aclose() ({exc})"
+            )
+            raise BrokenResourceError(self._broken) from exc
+        except ProtocolError as exc:
+            self._broken = (
+                f"{self._what}: {self._peer} closed or died in the middle of a message ({exc})"
+            )
+            raise BrokenResourceError(self._broken) from exc
+        raise EndOfStream
+
+    def verdict(self) -> Exception:
+        """What a receive after the end raises: the same verdict, afresh (one exception
+        object raised again would grow its traceback)."""
+        return EndOfStream() if self._broken is None else BrokenResourceError(self._broken)
+
+
+_fork_generation = 0  # forks this process was made by (a new writer id after each)
+_forks = 0  # forks this process took part in, as parent or child
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation, _forks
+    _fork_generation += 1
+    _forks += 1
+
+
+def _after_fork_in_parent() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child, after_in_parent=_after_fork_in_parent)
+
+
+def new_writer_id() -> int:
+    """An id for the chunked format, unique among the writers of a FIFO. Random, not
+    derived from the pid: processes in different pid namespaces can share a pid."""
+    return int.from_bytes(os.urandom(8), "big")
+
+
+class Encoder:
+    """A sender's side of a wire format, with no I/O: encodes messages, keeps the FIFO
+    writer id (a new one in a forked child), and decides when a goodbye is owed.
+
+    A goodbye is owed by a handle that tried to send since its last goodbye
+    (:meth:`spoke`): a parent that merely hands its copy of the write end to a child must
+    not write into the child's stream. On a length-prefixed stream a goodbye owed for
+    messages sent before a fork is forgiven (the other process's copy may be in the
+    middle of a frame, which a goodbye from here would corrupt); a FIFO goodbye chunk is
+    atomic and carries this writer's own id, so it is always safe. See docs/channels.md,
+    "End of stream: finished, or killed?".
+    """
+
+    __slots__ = (
+        "_owes_goodbye",
+        "_spoke_forks",
+        "_writer_generation",
+        "_writer_id",
+        "farewell",
+        "framing",
+        "header",
+    )
+
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        #: The length prefix of a message as a function of its length, for a transport
+        #: that joins prefix and payload itself (:meth:`join` as a C call on a hot
+        #: path); None when the format has none (raw; chunks never join).
+        self.header: Callable[[int], bytes] | None = _pack_header if framing == "frames" else None
+        self._writer_id = new_writer_id()
+        self._writer_generation = _fork_generation
+        self._owes_goodbye = False
+        # _forks when the debt was last made: a fork since then makes a copy of this
+        # handle in another process, which may be writing a frame of its own.
+        self._spoke_forks = _forks
+        #: False when this end must never write a goodbye: it was handed to another
+        #: process, which speaks for that end now (length-prefixed framing only).
+        self.farewell = framing != "raw"
+
+    @property
+    def writer_id(self) -> int:
+        """This writer's id in the chunked format; a new one after a fork."""
+        if self._writer_generation != _fork_generation:
+            # A forked child shares this object with its parent: it needs its own id,
+            # or the receiver would splice the two processes' chunks together.
+            self._writer_id = new_writer_id()
+            self._writer_generation = _fork_generation
+        return self._writer_id
+
+    def spoke(self) -> None:
+        """The handle is sending: from now on it owes a goodbye."""
+        self._owes_goodbye = True
+        self._spoke_forks = _forks
+
+    def encode(self, item: bytes) -> list[Buffer]:
+        """``item`` as buffers to write in order (chunks: one atomic write each)."""
+        if self.framing == "frames":
+            return [_pack_header(len(item)), memoryview(item)] if item else [_pack_header(0)]
+        if self.framing == "chunks":
+            return list(encode_chunks(item, self.writer_id))
+        return [memoryview(item)] if item else []
+
+    def join(self, item: bytes) -> bytes:
+        """A small message as one buffer, for one write (length prefix or raw only)."""
+        return _pack_header(len(item)) + item if self.framing == "frames" else item
+
+    def take_goodbye(self) -> bytes | None:
+        """The goodbye to write after everything committed so far, if one is owed (it is
+        then paid); None if none is owed or it would be unsafe."""
+        if not (self.farewell and self._owes_goodbye):
+            return None
+        if self.framing == "frames" and self._spoke_forks != _forks:
+            # Sent before a fork and not since: only a handle that sends again after
+            # the fork (then it is the writer) owes one.
+            return None
+        self._owes_goodbye = False
+        return GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self.writer_id)
+
+    def hand_over(self) -> bool:
+        """The handle is being pickled for another process; returns whether the copy
+        there owes the goodbye for what this one sent.
+
+        On a length-prefixed stream the copy speaks for the end now: a goodbye from here
+        could land inside a frame it is writing, so this end writes none and the copy
+        inherits the debt. A FIFO writer's goodbye is one atomic chunk with this
+        writer's own id (the copy gets a new one), so it still says its own."""
+        if self.framing != "frames":
+            return False
+        self.farewell = False
+        return self._owes_goodbye
+
+    def inherit_goodbye(self, owed: bool) -> None:
+        """The other half of :meth:`hand_over`, in the process the handle went to."""
+        self._owes_goodbye = owed

@@ -26,9 +26,9 @@ import os
 from typing import Literal, overload
 
 from ._core.check import INT_MAX, check_fd, check_int
-from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel, Framing
+from ._core.stream import FdReceiveChannel, FdResource, FdSendChannel
 from .errors import map_errors
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, check_max_message_size
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, Framing, check_max_message_size
 
 __all__ = [
     "DEFAULT_PIPE_SIZE",

@@ -816,14 +816,16 @@ async def test_a_handlers_stray_cancelled_error_ends_only_its_connection(
 
 
 SERVER_AT_EMFILE_FOR_EVER = """
-    import logging, os, resource, sys, time, anyio
+    import logging, os, re, resource, sys, time, anyio
     from aioipc import unix
+    from aioipc._core import unix as core
+    core._ACCEPT_LOG_SECONDS = 0.3  # the rate limit of the warning, shortened for the test
     warnings = []
     five = None
     class Count(logging.Handler):
         def emit(self, record):
             warnings.append(record)
-            if len(warnings) == 5:
+            if len(warnings) == 3:
                 five.set()
     logging.getLogger("aioipc.unix").addHandler(Count(logging.WARNING))
     path = sys.argv[1]
@@ -850,9 +852,14 @@ SERVER_AT_EMFILE_FOR_EVER = """
             await anyio.to_thread.run_sync(sys.stdin.readline)  # a client waits by now
             start, cpu = time.monotonic(), time.process_time()
             with anyio.fail_after(60):
-                await five.wait()  # five failed accepts, five warnings
+                await five.wait()  # three warnings, each after several failed accepts
             elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
+            counts = [
+                int(re.search(r"\\((\\d+) failed accept", w.getMessage()).group(1))
+                for w in warnings
+            ]
             print(f"{len(warnings)} warnings, {cpu:.3f} s CPU in {elapsed:.2f} s", flush=True)
+            print(" ".join(map(str, counts)), flush=True)
             with anyio.fail_after(60):
                 await listener.aclose()  # must end serve() though accept keeps failing
     anyio.run(main)
@@ -871,6 +878,12 @@ async def test_serve_at_emfile_for_ever_ends_when_the_listener_closes(short_tmp:
             _, _, cpu, _, _, _, elapsed, _ = line.split()
             # It waits between attempts: no busy loop (a spinning one would use ~all of it).
             assert float(cpu) < float(elapsed) / 2, line
+            # The warning is rate-limited: the first failure says so at once, later lines
+            # come at most once per interval and count the retries in between (0.3 s of
+            # retries every 0.1 s: about 3).
+            counts = [int(n) for n in (await server.line(TIMEOUT)).split()]
+            assert counts[0] == 1, counts
+            assert all(n >= 2 for n in counts[1:]), counts
             await server.expect("serve returned", TIMEOUT)
         await server.finish(seconds=TIMEOUT)
 

@@ -34,9 +34,9 @@ from anyio import EndOfStream, WouldBlock
 
 import aioipc
 from aioipc import IPCAttribute, fifo
-from aioipc._core.stream import FdReceiveChannel, FdSendChannel, _new_writer_id
+from aioipc._core.stream import FdReceiveChannel, FdSendChannel
 from aioipc.fifo import NotAFifoError
-from aioipc.framing import MAX_CHUNK_PAYLOAD, PIPE_BUF
+from aioipc.framing import MAX_CHUNK_PAYLOAD, PIPE_BUF, new_writer_id
 from tests._assert import same
 from tests._fds import TIMEOUT, links_to
 from tests._peer import Peer, spawn
@@ -1080,7 +1080,7 @@ async def test_failed_keep_alive_open_leaves_no_fd_on_the_fifo(short_tmp: Path) 
 
 def test_fifo_writer_ids_are_random_not_derived_from_the_pid() -> None:
     # Guards: FIFO writer ids came from the pid, so same-pid writers could collide
-    ids = [_new_writer_id() for _ in range(64)]
+    ids = [new_writer_id() for _ in range(64)]
     assert len(set(ids)) == len(ids)
     assert all(i >> 32 != os.getpid() for i in ids)
     assert all(0 <= i < 1 << 64 for i in ids)

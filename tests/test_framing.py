@@ -8,6 +8,7 @@ from collections.abc import Callable
 from itertools import pairwise
 
 import pytest
+from anyio import BrokenResourceError, EndOfStream
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -21,12 +22,15 @@ from aioipc.framing import (
     MAX_CHUNK_PAYLOAD,
     PIPE_BUF,
     ChunkDecoder,
+    Encoder,
+    EndPolicy,
     FrameDecoder,
     FrameTooLargeError,
     UncleanEndError,
     encode_chunks,
     encode_goodbye_chunk,
     encode_header,
+    make_decoder,
 )
 
 #: The size above which the decoder collects a frame as a list of pieces (the "big frame"
@@ -795,3 +799,120 @@ def test_each_writer_that_spoke_must_say_goodbye() -> None:
     dec.feed(encode_goodbye_chunk(2))
     assert dec.next_frame() is None
     dec.check_eof()
+
+
+# ------------------------------------------- the strategies: Encoder and EndPolicy
+
+
+def _through_fork(child: Callable[[], bytes]) -> bytes:
+    """Run ``child()`` in a forked child (a real fork, as gunicorn and multiprocessing do)
+    and return what it returned; the parent's state is left as it was."""
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(w, child())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return data
+
+
+def test_encoder_owes_a_goodbye_only_after_it_spoke_and_pays_it_once() -> None:
+    for framing, bye in (("frames", GOODBYE_FRAME), ("chunks", None)):
+        enc = Encoder(framing)  # type: ignore[arg-type]
+        assert enc.take_goodbye() is None  # sent nothing: needs no goodbye
+        enc.spoke()
+        got = enc.take_goodbye()
+        assert got == (bye if bye is not None else encode_goodbye_chunk(enc.writer_id))
+        assert enc.take_goodbye() is None  # paid
+    raw = Encoder("raw")
+    raw.spoke()
+    assert raw.take_goodbye() is None  # raw bytes have no goodbye
+
+
+def test_encoder_formats() -> None:
+    frames, chunks, raw = Encoder("frames"), Encoder("chunks"), Encoder("raw")
+    assert b"".join(frames.encode(b"abc")) == struct.pack("!I", 3) + b"abc"
+    assert b"".join(frames.encode(b"")) == struct.pack("!I", 0)
+    assert frames.join(b"abc") == struct.pack("!I", 3) + b"abc"
+    assert chunks.encode(b"abc") == encode_chunks(b"abc", chunks.writer_id)
+    assert raw.encode(b"") == []
+    assert raw.join(b"abc") == b"abc"
+    decoder = make_decoder("frames", 16)
+    decoder.feed(b"".join(frames.encode(b"abc")))
+    assert decoder.next_frame() == b"abc"
+
+
+def test_a_handed_over_length_prefixed_encoder_leaves_the_goodbye_to_the_copy() -> None:
+    enc = Encoder("frames")
+    enc.spoke()
+    assert enc.hand_over() is True  # the copy in the other process owes it
+    assert enc.take_goodbye() is None  # and this end never writes one
+    copy = Encoder("frames")
+    copy.inherit_goodbye(True)
+    assert copy.take_goodbye() == GOODBYE_FRAME
+    fifo = Encoder("chunks")
+    fifo.spoke()
+    assert fifo.hand_over() is False  # a FIFO writer still says its own goodbye
+    assert fifo.take_goodbye() == encode_goodbye_chunk(fifo.writer_id)
+
+
+def test_a_fork_forgives_a_frames_goodbye_and_renews_a_fifo_writer_id() -> None:
+    frames, fifo = Encoder("frames"), Encoder("chunks")
+    frames.spoke()
+    fifo.spoke()
+    parent_id = fifo.writer_id
+
+    def in_child() -> bytes:
+        forgiven = frames.take_goodbye() is None
+        return b"%d %d" % (forgiven, fifo.writer_id)
+
+    forgiven, child_id = _through_fork(in_child).split()
+    assert forgiven == b"1"  # the child did not send since the fork
+    assert int(child_id) != parent_id  # its chunks must not splice into the parent's
+    assert fifo.writer_id == parent_id
+    assert frames.take_goodbye() is None  # forgiven in the parent as well
+    frames.spoke()  # sending again after the fork: this process is the writer
+    assert frames.take_goodbye() == GOODBYE_FRAME
+
+
+def test_end_policy_a_fifo_reader_before_any_writer_sees_no_false_end() -> None:
+    end = EndPolicy(make_decoder("chunks", 64), "FIFO /x", trust_first_eof=False)
+    assert not end.is_end(lambda: False)  # b"" and nobody came yet: keep waiting
+    assert end.is_end(lambda: True)  # a writer came and went
+    end.writer_seen()
+    assert end.is_end(lambda: pytest.fail("no need to ask once a writer was seen"))
+
+
+def test_end_policy_verdicts_stand() -> None:
+    clean = EndPolicy(make_decoder("frames", 64), "pipe")
+    with pytest.raises(EndOfStream):
+        clean.conclude()
+    assert clean.ended
+    assert isinstance(clean.verdict(), EndOfStream)
+
+    decoder = make_decoder("frames", 64)
+    decoder.feed(struct.pack("!I", 1) + b"x")
+    assert decoder.next_frame() == b"x"
+    killed = EndPolicy(decoder, "pipe (read end)", peer="the writer")
+    with pytest.raises(BrokenResourceError, match="the writer went away without closing"):
+        killed.conclude()
+    again = killed.verdict()
+    assert isinstance(again, BrokenResourceError)
+    assert "pipe (read end): the writer went away" in str(again)
+
+    cut = make_decoder("frames", 64)
+    cut.feed(struct.pack("!I", 5) + b"ab")
+    assert cut.next_frame() is None
+    with pytest.raises(BrokenResourceError, match="in the middle of a message"):
+        EndPolicy(cut, "pipe").conclude()

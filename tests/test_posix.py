@@ -33,7 +33,7 @@ from uuid import uuid4
 
 import anyio
 import pytest
-from anyio import ClosedResourceError, WouldBlock
+from anyio import BusyResourceError, ClosedResourceError, WouldBlock
 from anyio.lowlevel import checkpoint
 
 import aioipc
@@ -778,13 +778,12 @@ async def test_mq_aclose_wakes_waiting_tasks_and_later_calls_fail() -> None:
         rx = MessageQueue.open(empty.name, write=False)
         tx = MessageQueue.open(full.name, read=False)
         try:
-            # Two tasks per direction: one waits on the fd, the other for its turn.
-            outcomes = [Outcome() for _ in range(4)]
+            # One task per direction waits on the fd (a second one would be refused as
+            # busy: see test_mq_second_concurrent_*).
+            outcomes = [Outcome() for _ in range(2)]
             async with anyio.create_task_group() as tg:
-                tg.start_soon(capture, outcomes[0], rx.receive)
-                tg.start_soon(capture, outcomes[1], rx.receive_message)
-                tg.start_soon(capture, outcomes[2], lambda: tx.send(b"a"))
-                tg.start_soon(capture, outcomes[3], lambda: tx.send(b"b", priority=9))
+                tg.start_soon(capture, outcomes[0], rx.receive_message)
+                tg.start_soon(capture, outcomes[1], lambda: tx.send(b"b", priority=9))
                 await anyio.wait_all_tasks_blocked()
                 assert not any(o.finished.is_set() for o in outcomes)
                 await rx.aclose()
@@ -824,19 +823,46 @@ async def test_mq_aclose_wakes_waiting_tasks_and_later_calls_fail() -> None:
 
 
 @pytest.mark.asyncio
-async def test_mq_tasks_of_one_handle_take_turns() -> None:
-    # MessageQueue documents turn-taking (not BusyResourceError) for concurrent use.
+async def test_mq_second_concurrent_receive_on_one_handle_is_busy() -> None:
+    # The one concurrency rule of every channel (docs/channels.md): a second receive
+    # while another task's receive waits raises; the first still gets its message.
     async with fresh_queue(**SMALL) as q:
-        firsts = [Outcome() for _ in range(3)]
+        first = Outcome()
         async with anyio.create_task_group() as tg:
-            for outcome in firsts:
-                tg.start_soon(capture, outcome, q.receive)
-                await anyio.wait_all_tasks_blocked()
+            tg.start_soon(capture, first, q.receive_message)
+            await anyio.wait_all_tasks_blocked()
+            for second in (q.receive, q.receive_message):
+                with anyio.fail_after(5), pytest.raises(BusyResourceError):
+                    await second()
             async with MessageQueue.open(q.name) as other:
-                for i in range(3):
-                    other.send_nowait(b"%d" % i)
-            await finished(firsts, 5)
-        assert [o.value for o in firsts] == [b"0", b"1", b"2"]
+                other.send_nowait(b"for the first", priority=3)
+                other.send_nowait(b"for the next")
+            await finished([first], 5)
+        assert first.error is None
+        assert first.value == (b"for the first", 3)
+        # The refused calls took nothing: the second message is still there, alone.
+        assert q.receive_message_nowait() == (b"for the next", 0)
+        with pytest.raises(WouldBlock):
+            q.receive_nowait()
+
+
+@pytest.mark.asyncio
+async def test_mq_second_concurrent_send_on_one_handle_is_busy() -> None:
+    async with fresh_queue(max_messages=1, max_message_size=64) as q:
+        q.send_nowait(b"fills the queue")
+        first = Outcome()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(capture, first, lambda: q.send(b"waits for room", priority=1))
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5), pytest.raises(BusyResourceError):
+                await q.send(b"refused")
+            assert q.receive_message_nowait() == (b"fills the queue", 0)  # room for one
+            await finished([first], 5)
+        assert first.error is None
+        # The waiting send got its turn; the refused one enqueued nothing.
+        assert q.receive_message_nowait() == (b"waits for room", 1)
+        with pytest.raises(WouldBlock):
+            q.receive_nowait()
 
 
 # The Channel contract, the busy rule and pacing: tests/test_conformance.py (posix-mq).

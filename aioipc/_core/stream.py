@@ -17,36 +17,40 @@ import functools
 import os
 import select
 import socket
-import struct
-import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from anyio import (
     BrokenResourceError,
-    BusyResourceError,
     ClosedResourceError,
-    EndOfStream,
     WouldBlock,
 )
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 from anyio.lowlevel import checkpoint
 
 from ..abc import IPCAttribute
-from ..errors import ProtocolError, translate_os_error
+from ..errors import translate_os_error
 from ..framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    GOODBYE_FRAME,
-    ChunkDecoder,
-    FrameDecoder,
+    Buffer,
+    Encoder,
+    EndPolicy,
+    Framing,
     Owed,
-    UncleanEndError,
     check_size,
-    encode_chunks,
-    encode_goodbye_chunk,
+    make_decoder,
 )
-from .wait import YIELD_EVERY, FdWaiter, Pacer, running_asyncio_loop
+from .wait import (
+    AGAIN,
+    Again,
+    Busy,
+    FdWaiter,
+    Pacer,
+    running_asyncio_loop,
+    wait_fd_sync,
+    wait_until,
+)
 
 __all__ = [
     "Framing",
@@ -54,10 +58,6 @@ __all__ = [
     "FdSendChannel",
     "FdChannel",
 ]
-
-#: ``"frames"``: 4-byte length prefix; ``"chunks"``: PIPE_BUF-atomic chunks (FIFOs);
-#: ``"raw"``: bytes as they come, one receive per read.
-Framing = Literal["frames", "chunks", "raw"]
 
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 16 * 1024 * 1024
@@ -69,64 +69,6 @@ _CORK_LIMIT = 64 * 1024
 _IOV_MAX = 1024
 # How long aclose() and close() wait for room for what was committed and the goodbye.
 _CLOSE_GRACE = 1.0
-# Only for lengths already checked against max_message_size (< 2**31).
-_pack_header = struct.Struct("!I").pack
-Buffer = bytes | memoryview
-
-
-class _Decoder(Protocol):
-    last_flags: int
-
-    @property
-    def buffered(self) -> int: ...
-
-    def feed(self, data: bytes) -> None: ...
-    def next_frame(self) -> bytes | None: ...
-    def wanted(self) -> int: ...
-    def check_eof(self) -> None: ...
-    def owed_goodbyes(self) -> Owed: ...
-    def expect_goodbyes(self, owed: Owed) -> None: ...
-
-
-class _RawDecoder:
-    """Passes each read through as one message: the ``framing=False`` mode."""
-
-    __slots__ = ("_chunk", "last_flags")
-
-    def __init__(self) -> None:
-        self._chunk: bytes | None = None
-        self.last_flags = 0
-
-    def feed(self, data: bytes) -> None:
-        self._chunk = data
-
-    def next_frame(self) -> bytes | None:
-        chunk, self._chunk = self._chunk, None
-        return chunk
-
-    @property
-    def buffered(self) -> int:
-        return len(self._chunk) if self._chunk else 0
-
-    def wanted(self) -> int:
-        return 0
-
-    def check_eof(self) -> None:
-        return None
-
-    def owed_goodbyes(self) -> Owed:
-        return (), 0
-
-    def expect_goodbyes(self, owed: Owed) -> None:
-        return None
-
-
-def _make_decoder(framing: Framing, max_size: int, max_partial: int | None) -> _Decoder:
-    if framing == "frames":
-        return FrameDecoder(max_size)
-    if framing == "chunks":
-        return ChunkDecoder(max_size, max_partial)
-    return _RawDecoder()
 
 
 class FdResource:
@@ -229,17 +171,13 @@ class _Receiver:
     """The receive half: read, decode, and the end-of-stream rules."""
 
     __slots__ = (
-        "_broken",
         "_busy",
         "_decoder",
-        "_eof",
-        "_held",
+        "_end",
         "_max_size",
         "_pacer",
-        "_peer",
         "_read",
         "_res",
-        "_trust_eof",
         "framing",
     )
 
@@ -257,21 +195,13 @@ class _Receiver:
         self._res = res
         self.framing = framing
         self._max_size = max_size
-        self._decoder = _make_decoder(framing, max_size, max_partial)
-        # Who sends to us, for the end-of-stream messages ("the peer (pid 4242)").
-        self._peer = peer
-        self._read = read or functools.partial(os.read, res.fd)
-        self._pacer = Pacer()
-        self._busy = False
-        self._eof = False
-        # Why the stream ended broken, once it has: every later receive says so again
-        # rather than EndOfStream, which would tell the caller the peer finished.
-        self._broken: str | None = None
-        # A frame taken out of the decoder by a receive that was then cancelled.
-        self._held: bytes | None = None
+        self._decoder = make_decoder(framing, max_size, max_partial)
         # A FIFO reader opened before any writer reads b"" until one appears; that
         # b"" is not an end of stream. Readiness only fires once a writer has come.
-        self._trust_eof = trust_first_eof
+        self._end = EndPolicy(self._decoder, res.what, trust_first_eof=trust_first_eof, peer=peer)
+        self._read = read or functools.partial(os.read, res.fd)
+        self._pacer = Pacer()
+        self._busy = Busy("receiving from")
 
     @property
     def last_flags(self) -> int:
@@ -286,12 +216,12 @@ class _Receiver:
     @property
     def trusts_eof(self) -> bool:
         """False while a FIFO reader has not yet seen any writer."""
-        return self._trust_eof
+        return self._end.trusted
 
     @property
     def idle(self) -> bool:
         """True when nothing read from the fd is waiting in this process's buffers."""
-        return not self._busy and self._held is None and self._decoder.buffered == 0
+        return not self._busy.held and self._decoder.buffered == 0
 
     def owed_goodbyes(self) -> Owed:
         """What the decoder knows of the writers (who sent and owes a goodbye), for a
@@ -316,118 +246,70 @@ class _Receiver:
         except OSError as exc:
             raise translate_os_error(exc, res.what) from exc
         if data:
-            self._trust_eof = True
+            self._end.writer_seen()
             self._decoder.feed(data)
             return True
-        if not self._trust_eof and not _writer_came_and_went(res.fd):
+        if not self._end.is_end(functools.partial(_writer_came_and_went, res.fd)):
             return False
-        self._eof = True
-        try:
-            self._decoder.check_eof()
-        except UncleanEndError as exc:
-            self._broken = (
-                f"{res.what}: {self._peer} went away without closing the channel: killed, "
-                f"crashed, or its end was closed without aclose() ({exc})"
-            )
-            raise BrokenResourceError(self._broken) from exc
-        except ProtocolError as exc:
-            self._broken = (
-                f"{res.what}: {self._peer} closed or died in the middle of a message ({exc})"
-            )
-            raise BrokenResourceError(self._broken) from exc
-        raise EndOfStream
-
-    def _ended(self) -> Exception:
-        """What a receive after the end of stream raises: the same verdict, afresh (one
-        exception object raised again would grow its traceback)."""
-        return EndOfStream() if self._broken is None else BrokenResourceError(self._broken)
+        self._end.conclude()
 
     def _fill_after_wakeup(self) -> bool:
         # A FIFO becomes readable only once a writer has come: from now on an empty
         # read is a real end of stream.
-        self._trust_eof = True
+        self._end.writer_seen()
         return self._fill()
 
-    def _next_frame(self) -> bytes | None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            return held
-        return self._decoder.next_frame()
+    async def _wait(self) -> None:
+        # On asyncio the readiness callback reads into the decoder itself (see
+        # FdWaiter.readable). Cancellation here leaves every byte read so far in the
+        # decoder, so the next receive continues the same frame: nothing is lost.
+        await self._res.waiter.readable(self._fill_after_wakeup)
+        self._end.writer_seen()
+
+    def _attempt(self) -> bytes | Again:
+        """The non-blocking receive: the next whole frame, or AGAIN."""
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            return frame
+        if self._end.ended:
+            raise self._end.verdict()
+        while self._fill():  # each read may complete a frame; stop when the kernel is empty
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+        return AGAIN
 
     def receive_nowait(self) -> bytes:
         if self._res.closed:
             raise ClosedResourceError
-        if self._busy:
-            raise BusyResourceError("receiving from")
-        frame = self._next_frame()
-        if frame is not None:
-            return frame
-        if self._eof:
-            raise self._ended()
-        while self._fill():
-            frame = self._decoder.next_frame()
-            if frame is not None:
-                return frame
-        raise WouldBlock
+        with self._busy:
+            frame = self._attempt()
+        if frame is AGAIN:
+            raise WouldBlock
+        return frame
 
     async def receive(self) -> bytes:
         if self._res.closed:
             raise ClosedResourceError
-        if self._busy:
-            raise BusyResourceError("receiving from")
-        self._busy = True
+        # The engine inlined (its busy guard and its fast path): measured in one process,
+        # 200,000 64-byte receives of frames already in the pipe, `with self._busy:` plus
+        # `await wait_until(...)` cost ~300 ns a receive more (1.02 -> 1.33 us).
+        busy = self._busy
+        if busy.held:
+            raise busy.refused()
+        busy.held = True
         try:
-            waited = False
-            while True:
-                frame = self._next_frame()
-                if frame is not None:
-                    if not waited:
-                        # A call that did not wait must still be a cancellation point.
-                        # If it is cancelled here, the frame is handed to the next
-                        # receive on this handle, so nothing is lost.
-                        try:
-                            await self._pacer.checkpoint()
-                        except BaseException:
-                            self._held = frame
-                            raise
-                    return frame
-                if self._eof:
-                    await self._pacer.checkpoint()
-                    raise self._ended()
-                if not self._fill():
-                    # Cancellation here leaves every byte read so far in the decoder,
-                    # so the next receive continues the same frame: nothing is lost.
-                    await self._res.waiter.readable(self._fill_after_wakeup)
-                    self._trust_eof = True
-                    self._pacer.waited()
-                    waited = True
+            # The checkpoint (every 16th call) comes before anything is taken from the
+            # decoder, so a cancelled receive consumed nothing.
+            pacer = self._pacer
+            if pacer.due():
+                await checkpoint()
+            frame = self._attempt()
+            if frame is not AGAIN:
+                return frame
+            return await wait_until(self._attempt, self._wait, pacer, paced=False, tried=True)
         finally:
-            self._busy = False
-
-
-_fork_generation = 0  # forks this process was made by (a new writer id after each)
-_forks = 0  # forks this process took part in, as parent or child
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation, _forks
-    _fork_generation += 1
-    _forks += 1
-
-
-def _after_fork_in_parent() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child, after_in_parent=_after_fork_in_parent)
-
-
-def _new_writer_id() -> int:
-    """An id for the chunked format, unique among the writers of a FIFO. Random, not
-    derived from the pid: processes in different pid namespaces can share a pid."""
-    return int.from_bytes(os.urandom(8), "big")
+            busy.held = False
 
 
 def _advance(bufs: list[Buffer], n: int) -> None:
@@ -466,17 +348,14 @@ class _Sender:
         "_busy",
         "_coalesce",
         "_corked",
+        "_encoder",
         "_error",
+        "_header",
         "_max_size",
-        "_owes_goodbye",
         "_pacer",
         "_pending",
         "_pending_size",
         "_res",
-        "_spoke_forks",
-        "_writer_generation",
-        "_writer_id",
-        "farewell",
         "framing",
     )
 
@@ -488,25 +367,15 @@ class _Sender:
         self._max_size = max_size
         self._coalesce = coalesce and framing != "chunks"
         self._pacer = Pacer()
-        self._busy = False
+        self._busy = Busy("sending to")
         self._pending: list[Buffer] = []
         self._pending_size = 0
         self._corked = False
         # An error the background flush met; the next send raises it.
         self._error: Exception | None = None
-        self._writer_id = _new_writer_id()
-        self._writer_generation = _fork_generation
-        # A goodbye is owed by a handle that tried to send since its last goodbye (a
-        # send_eof cancelled after queueing one leaves the channel usable): a parent that
-        # merely hands its copy of the write end to a child must not write into the
-        # child's stream.
-        self._owes_goodbye = False
-        # _forks when the debt was last made: a fork since then makes a copy of this
-        # handle in another process, which may be writing a frame of its own.
-        self._spoke_forks = _forks
-        #: False when this handle must never write a goodbye: it was handed to another
-        #: process, which speaks for that end now (length-prefixed framing only).
-        self.farewell = framing != "raw"
+        # The wire format, the FIFO writer id and the goodbye policy (aioipc.framing).
+        self._encoder = Encoder(framing)
+        self._header = self._encoder.header
 
     @property
     def has_pending(self) -> bool:
@@ -515,59 +384,29 @@ class _Sender:
     @property
     def busy(self) -> bool:
         """A task is in the middle of a send on this handle."""
-        return self._busy
-
-    def _writer(self) -> int:
-        if self._writer_generation != _fork_generation:
-            # A forked child shares this object with its parent: it needs its own id,
-            # or the receiver would splice the two processes' chunks together.
-            self._writer_id = _new_writer_id()
-            self._writer_generation = _fork_generation
-        return self._writer_id
+        return self._busy.held
 
     def queue_goodbye(self) -> bool:
         """Commit the goodbye (after everything committed so far) if one is owed.
 
         Never while a task is in the middle of a send: the goodbye would land inside its
         frame. Returns whether one was queued."""
-        if not (self.farewell and self._owes_goodbye) or self._busy or self._res.closed:
+        if self._busy.held or self._res.closed:
             return False
-        if self.framing == "frames" and self._spoke_forks != _forks:
-            # Sent before a fork and not since: the other process's copy of this end
-            # may be in the middle of a frame, which a goodbye from here would corrupt.
-            # Only a handle that sends again after the fork (then it is the writer)
-            # owes one. A FIFO goodbye chunk is atomic and carries this handle's own
-            # id, so it is always safe.
+        bye = self._encoder.take_goodbye()
+        if bye is None:
             return False
-        self._owes_goodbye = False
-        bye = GOODBYE_FRAME if self.framing == "frames" else encode_goodbye_chunk(self._writer())
         self._pending.append(bye)
         self._pending_size += len(bye)
         return True
 
     def hand_over(self) -> bool:
-        """This handle is being pickled for another process; returns whether the copy
-        there owes the goodbye for what this one sent.
-
-        On a length-prefixed stream the copy speaks for the end now: a goodbye from here
-        could land inside a frame it is writing, so this handle writes none and the copy
-        inherits the debt. A FIFO writer's goodbye is one atomic chunk with this
-        handle's own id (the copy gets a new one), so it still says its own."""
-        if self.framing != "frames":
-            return False
-        self.farewell = False
-        return self._owes_goodbye
+        """This handle is being pickled for another process (see Encoder.hand_over)."""
+        return self._encoder.hand_over()
 
     def inherit_goodbye(self, owed: bool) -> None:
         """The other half of :meth:`hand_over`, in the process the handle went to."""
-        self._owes_goodbye = owed
-
-    def _encode(self, item: bytes) -> list[Buffer]:
-        if self.framing == "frames":
-            return [_pack_header(len(item)), memoryview(item)] if item else [_pack_header(0)]
-        if self.framing == "chunks":
-            return list(encode_chunks(item, self._writer()))
-        return [memoryview(item)] if item else []
+        self._encoder.inherit_goodbye(owed)
 
     def _check(self, item: bytes) -> bytes:
         """Raise if the handle cannot send ``item``; return it as immutable bytes."""
@@ -576,8 +415,7 @@ class _Sender:
         if self._error is not None:
             # A fresh exception each time: re-raising one object would grow its traceback.
             raise BrokenResourceError(str(self._error)) from self._error
-        self._owes_goodbye = True
-        self._spoke_forks = _forks
+        self._encoder.spoke()
         if type(item) is not bytes:
             if not isinstance(item, (bytearray, memoryview)):
                 raise TypeError(f"a channel sends bytes, not {type(item).__name__}")
@@ -613,18 +451,25 @@ class _Sender:
         return True
 
     async def _write_all(self, bufs: list[Buffer], started: bool = False) -> None:
+        """Write all of ``bufs``, waiting for room. The caller counted this call for the
+        pacer already (it is the rest of a send), so it does not count again."""
+        # What bufs looks like before any write: _advance deletes what was written
+        # whole and replaces a buffer written in part, so a change shows progress.
+        count, first = len(bufs), bufs[0] if bufs else None
         try:
-            while True:
-                n = self._write_some(bufs)
-                if n:
-                    started = True
-                    _advance(bufs, n)
-                    if not bufs:
-                        return
-                    continue
-                await self._res.waiter.writable()
-                self._pacer.waited()
+            # The engine's fast path inlined: most writes fit at once, and the coroutine
+            # of wait_until cost ~550 ns a FIFO send (measured in one process, 100,000
+            # 64-byte sends: 2.41 us before the engine, 2.98 us through it).
+            if not self._try_write(bufs):
+                await wait_until(
+                    lambda: None if self._try_write(bufs) else AGAIN,
+                    self._res.waiter.writable,
+                    self._pacer,
+                    paced=False,
+                    tried=True,
+                )
         except BaseException:
+            started = started or len(bufs) != count or (bool(bufs) and bufs[0] is not first)
             # Part of the frame is in the kernel already: the rest must follow it, or
             # the peer sees a corrupt stream. It goes back in front of the queue.
             if started and bufs and not self._res.closed:
@@ -638,14 +483,9 @@ class _Sender:
         self._pending_size = 0
         await self._write_all(pending, started=True)
 
-    def _claim(self) -> None:
-        if self._busy:
-            raise BusyResourceError("sending to")
-        self._busy = True
-
-    def _release(self) -> None:
-        """End of a sending task's turn: whatever it left pending, the loop writes out."""
-        self._busy = False
+    def _end_turn(self) -> None:
+        """End of a sending task's turn: whatever it left pending, the loop writes out
+        (from a callback, which runs after the turn's busy guard is released)."""
         if self._pending and not self._corked and not self._res.closed:
             self._schedule_flush()
 
@@ -657,13 +497,13 @@ class _Sender:
 
     def _uncork(self) -> None:
         self._corked = False
-        if self._pending and not self._busy and not self._background_flush():
+        if self._pending and not self._busy.held and not self._background_flush():
             self._res.waiter.when_writable(self._background_flush)
 
     def _background_flush(self) -> bool:
         """Write what is pending without waiting; True when nothing is left to do here."""
-        if self._busy or self._res.closed:
-            return True  # a sending task owns the buffer now; its _release re-arms this
+        if self._busy.held or self._res.closed:
+            return True  # a sending task owns the buffer now; its _end_turn re-arms this
         try:
             done = self._try_write(self._pending)
         except Exception as exc:
@@ -682,42 +522,48 @@ class _Sender:
 
     def send_nowait(self, item: bytes) -> None:
         item = self._check(item)
-        self._claim()
-        try:
-            if self._pending and not self.flush_nowait():
-                raise WouldBlock
-            bufs = self._encode(item)
-            if not bufs:
-                return  # an empty raw message is no bytes at all
-            first = self._write_some(bufs)
-            if not first:
-                raise WouldBlock
-            _advance(bufs, first)
-            if not self._try_write(bufs):
-                # Some of it went out, so it must all go out: it is sent, and the rest
-                # is written by the loop, the next send, or aclose.
-                self._pending = bufs
-                self._pending_size = sum(map(len, bufs))
-        finally:
-            self._release()
+        with self._busy:
+            try:
+                if self._pending and not self.flush_nowait():
+                    raise WouldBlock
+                bufs = self._encoder.encode(item)
+                if not bufs:
+                    return  # an empty raw message is no bytes at all
+                first = self._write_some(bufs)
+                if not first:
+                    raise WouldBlock
+                _advance(bufs, first)
+                if not self._try_write(bufs):
+                    # Some of it went out, so it must all go out: it is sent, and the rest
+                    # is written by the loop, the next send, or aclose.
+                    self._pending = bufs
+                    self._pending_size = sum(map(len, bufs))
+            finally:
+                self._end_turn()
 
     async def send(self, item: bytes) -> None:
         item = self._check(item)
-        self._claim()
+        # The busy guard inlined, as in _Receiver.receive: `with self._busy:` cost ~110 ns
+        # a send (measured in one process, 200,000 64-byte sends into a pipe: 1.17 us
+        # before the engine, 1.37 us through it, 1.3 us with the guard inlined).
+        busy = self._busy
+        if busy.held:
+            raise busy.refused()
+        busy.held = True
         try:
-            pacer = self._pacer
-            pacer.count += 1
-            if pacer.count >= YIELD_EVERY:
-                pacer.count = 0
-                await checkpoint()
+            if self._pacer.due():
+                await checkpoint()  # before anything is committed: a cancel sends nothing
             size = len(item)
             if size > _JOIN_LIMIT or not self._coalesce:
                 if self._pending:
                     await self._drain()
-                await self._write_all(self._encode(item))
+                await self._write_all(self._encoder.encode(item))
                 return
             # The hot path for small messages: one buffer, at most one write().
-            data = _pack_header(size) + item if self.framing == "frames" else item
+            # Encoder.join, inlined through its header function: one Python call less
+            # a message (~50 ns of a ~1.2 us send, measured in one process).
+            header = self._header
+            data = header(size) + item if header is not None else item
             if self._corked and self._pending_size < _CORK_LIMIT:
                 # Committed: it goes out with the rest of this burst.
                 self._pending.append(data)
@@ -731,40 +577,47 @@ class _Sender:
             if not self._corked:
                 self._schedule_flush()
         finally:
-            self._release()
+            busy.held = False
+            # _end_turn inlined: one call less a message (~50 ns; see above).
+            if self._pending and not self._corked and not self._res.closed:
+                self._schedule_flush()
 
     async def send_first_with(self, payload: bytes, first_write: Callable[[bytes], int]) -> None:
         """Send ``payload`` as one message whose first write is ``first_write(payload)``
         (``sendmsg`` with ancillary data), after everything committed before it."""
-        self._claim()
-        try:
-            if self._pending:
-                await self._drain()
-            while True:
-                if self._res.closed:
-                    raise ClosedResourceError
-                try:
-                    sent = first_write(payload)
-                    break
-                except BlockingIOError:
-                    await self._res.waiter.writable()
-                except OSError as exc:
-                    raise translate_os_error(exc, self._res.what) from exc
-            if sent < len(payload):
-                await self._write_all([memoryview(payload)[sent:]], started=True)
-            else:
-                await checkpoint()
-        finally:
-            self._release()
+
+        def attempt() -> int | Again:
+            if self._res.closed:
+                raise ClosedResourceError
+            try:
+                return first_write(payload)
+            except BlockingIOError:
+                return AGAIN
+            except OSError as exc:
+                raise translate_os_error(exc, self._res.what) from exc
+
+        with self._busy:
+            try:
+                if self._pending:
+                    await self._drain()
+                sent = await wait_until(
+                    attempt, self._res.waiter.writable, self._pacer, paced=False
+                )
+                if sent < len(payload):
+                    await self._write_all([memoryview(payload)[sent:]], started=True)
+                else:
+                    await checkpoint()
+            finally:
+                self._end_turn()
 
     async def drain(self) -> None:
         """Wait until everything committed is in the kernel (cancellable)."""
-        self._claim()
-        try:
-            if self._pending:
-                await self._drain()
-        finally:
-            self._release()
+        with self._busy:
+            try:
+                if self._pending:
+                    await self._drain()
+            finally:
+                self._end_turn()
 
     async def flush_before_close(self, grace: float) -> None:
         """For aclose: best effort, for at most ``grace`` seconds, never raising. While a
@@ -774,18 +627,19 @@ class _Sender:
         self.queue_goodbye()
         if not self._pending or self._res.closed:
             return
-        if self._busy:
+        if self._busy.held:
             with contextlib.suppress(Exception):
                 self.flush_nowait()
             return
         from anyio import CancelScope, move_on_after
 
-        self._busy = True
-        try:
-            with CancelScope(shield=True), move_on_after(grace), contextlib.suppress(Exception):
-                await self._drain()
-        finally:
-            self._busy = False
+        with (
+            self._busy,
+            CancelScope(shield=True),
+            move_on_after(grace),
+            contextlib.suppress(Exception),
+        ):
+            await self._drain()
 
 
 def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> None:
@@ -799,14 +653,7 @@ def _close_sync(res: FdResource, tx: _Sender, grace: float = _CLOSE_GRACE) -> No
         res.close()
         return
     with contextlib.suppress(Exception):
-        deadline = time.monotonic() + grace
-        poller = select.poll()
-        poller.register(res.fd, select.POLLOUT)
-        while not tx.flush_nowait() and not tx.busy:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            poller.poll(left * 1000)
+        wait_fd_sync(lambda: tx.flush_nowait() or tx.busy, res.fd, select.POLLOUT, grace)
     res.close()
 
 

@@ -6,19 +6,20 @@ import array
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import mmap
 import os
 import socket
 import stat
 import struct
+import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
 from anyio import (
-    BusyResourceError,
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
@@ -44,7 +45,7 @@ from ..framing import (
 from . import registry as _registry
 from .check import ID_MAX, INT_MAX, check_fd, check_int, check_mode
 from .stream import FdChannel, FdResource
-from .wait import Pacer
+from .wait import AGAIN, Again, Busy, Pacer, poll_until, wait_until
 
 __all__ = [
     "Kind",
@@ -76,6 +77,11 @@ _MAX_HELD_FDS = 2 * MAX_FDS
 # An accept that fails for want of fds or memory leaves the client in the backlog, and the
 # socket stays readable: serve() sleeps this long instead of spinning (as trio does).
 _ACCEPT_RETRY_SECONDS = 0.1
+# ... and says so at most once per this many seconds, with the count since the last line:
+# at EMFILE for ever, a line per retry would flood the log.
+_ACCEPT_LOG_SECONDS = 5.0
+# A connect to a listener whose backlog is full: unix sockets give no event for room.
+_CONNECT_RETRY_FIRST, _CONNECT_RETRY_MOST = 0.001, 0.01
 _ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _log = logging.getLogger("aioipc.unix")  # the public module's name: what users configure
 
@@ -335,7 +341,8 @@ class UnixMessageChannel(ObjectStream[bytes]):
         self._anc_size = _ANC_SIZE + (
             _CRED_SIZE if kind == "seqpacket" or self._allowed is not None else 0
         )
-        self._rx_busy = self._tx_busy = False
+        self._rx_busy = Busy("receiving from")
+        self._tx_busy = Busy("sending to")
         self._rx_pacer, self._tx_pacer = Pacer(), Pacer()
         self._eof = False
         self._fd_queue: deque[list[int]] = deque()
@@ -394,24 +401,19 @@ class UnixMessageChannel(ObjectStream[bytes]):
                 return uid in self._allowed
         return False
 
+    def _try_receive(self) -> bytes | Again:
+        if self._eof:
+            raise EndOfStream
+        try:
+            return self._recv_one()
+        except BlockingIOError:
+            return AGAIN
+
     async def _receive(self) -> bytes:
         if self._res.closed:
             raise ClosedResourceError
-        if self._rx_busy:
-            raise BusyResourceError("receiving from")
-        self._rx_busy = True
-        try:
-            await self._rx_pacer.checkpoint()
-            while True:
-                if self._eof:
-                    raise EndOfStream
-                try:
-                    return self._recv_one()
-                except BlockingIOError:
-                    await self._res.waiter.readable()
-                    self._rx_pacer.waited()
-        finally:
-            self._rx_busy = False
+        with self._rx_busy:
+            return await wait_until(self._try_receive, self._res.waiter.readable, self._rx_pacer)
 
     async def receive(self) -> bytes:
         """Wait for and return the next message (fds sent with it are closed)."""
@@ -465,22 +467,18 @@ class UnixMessageChannel(ObjectStream[bytes]):
         return {errno.EMSGSIZE: too_large, errno.ECONNREFUSED: _peer_gone}
 
     async def _send(self, data: bytes, fds: Collection[int] = (), address: Any = None) -> None:
-        if self._tx_busy:
-            raise BusyResourceError("sending to")
         check_size(len(data), self._max_size)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self._tx_busy = True
-        try:
-            await self._tx_pacer.checkpoint()
-            while True:
-                try:
-                    self._send_one(data, anc, address)
-                    return
-                except BlockingIOError:
-                    await self._res.waiter.writable()
-                    self._tx_pacer.waited()
-        finally:
-            self._tx_busy = False
+
+        def attempt() -> Again | None:
+            try:
+                self._send_one(data, anc, address)
+            except BlockingIOError:
+                return AGAIN
+            return None
+
+        with self._tx_busy:
+            await wait_until(attempt, self._res.waiter.writable, self._tx_pacer)
 
     async def send(self, item: bytes) -> None:
         """Send one message, waiting while the socket's buffer is full."""
@@ -488,13 +486,12 @@ class UnixMessageChannel(ObjectStream[bytes]):
 
     def send_nowait(self, item: bytes) -> None:
         """Send one message if there is room now, else raise :exc:`anyio.WouldBlock`."""
-        if self._tx_busy:
-            raise BusyResourceError("sending to")
         check_size(len(item), self._max_size)
-        try:
-            self._send_one(item, [], self._reply_address())
-        except BlockingIOError:
-            raise WouldBlock from None
+        with self._tx_busy:
+            try:
+                self._send_one(item, [], self._reply_address())
+            except BlockingIOError:
+                raise WouldBlock from None
 
     def _reply_address(self) -> Any:
         """Where a send without an address goes: the connected peer (None)."""
@@ -693,7 +690,8 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
         self._framing = framing
         self._max_size = max_message_size
         self._allowed = allowed_uids
-        self._busy = False
+        self._busy = Busy("accepting on")
+        self._pacer = Pacer()
         #: Connections refused because the peer's uid was not allowed.
         self.rejected: int = 0
 
@@ -717,12 +715,46 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
             )
         return cast(_C_co, chan)  # listen()'s overloads tie the kind to the channel class
 
+    def _try_accept(self) -> socket.socket | Again:
+        """One non-blocking accept: an allowed connection, or AGAIN."""
+        if self._res.closed:
+            raise ClosedResourceError
+        try:
+            conn, _ = self._sock.accept()
+        except BlockingIOError:
+            return AGAIN
+        except OSError as exc:
+            raise translate_os_error(exc, self._res.what) from exc
+        if self._allowed is not None and _peercred(conn)[1] not in self._allowed:
+            self.rejected += 1
+            conn.close()
+            return AGAIN  # the next client, if any, keeps the socket readable
+        return conn
+
+    async def _accept(self, retry: _ResourceRetry | None) -> _C_co:
+        with self._busy:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if retry is None:
+                conn = await wait_until(self._try_accept, self._res.waiter.readable, self._pacer)
+            else:
+                conn = await wait_until(
+                    functools.partial(retry.attempt, self._try_accept),
+                    functools.partial(retry.wait, self._res.waiter.readable),
+                    self._pacer,
+                )
+            conn.setblocking(False)
+            try:
+                return self._wrap(conn)
+            except BaseException:
+                conn.close()
+                raise
+
     async def accept(self) -> _C_co:
         """Wait for the next allowed connection and return it as a channel.
 
         Raises:
             anyio.ClosedResourceError: the listener was closed.
-            anyio.BusyResourceError: another task is already accepting.
+            anyio.BusyResourceError: another task is already accepting (or serving).
             aioipc.IPCSystemError: the process or system is out of file descriptors
                 (EMFILE naming RLIMIT_NOFILE, ENFILE) or memory; the client stays in the
                 backlog.
@@ -730,33 +762,7 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
         Cancellation: a cancelled ``accept`` accepted nothing; a waiting client stays in
         the backlog for the next ``accept``.
         """
-        if self._busy:
-            raise BusyResourceError("accepting on")
-        self._busy = True
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                if self._res.closed:
-                    raise ClosedResourceError
-                try:
-                    conn, _ = self._sock.accept()
-                except BlockingIOError:
-                    await self._res.waiter.readable()
-                    continue
-                except OSError as exc:
-                    raise translate_os_error(exc, self._res.what) from exc
-                if self._allowed is not None and _peercred(conn)[1] not in self._allowed:
-                    self.rejected += 1
-                    conn.close()
-                    continue
-                conn.setblocking(False)
-                try:
-                    return self._wrap(conn)
-                except BaseException:
-                    conn.close()
-                    raise
-        finally:
-            self._busy = False
+        return await self._accept(None)
 
     async def serve(
         self,
@@ -776,8 +782,10 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
         cancels the server and every other connection.
 
         Running out of file descriptors or memory in ``accept`` (EMFILE, ENFILE, ENOBUFS,
-        ENOMEM) does not end it either: it is logged, and accepting goes on after
-        0.1 s, once other connections may have closed; the client waits in the backlog.
+        ENOMEM) does not end it either: accepting goes on after 0.1 s, once other
+        connections may have closed; the client waits in the backlog. It is logged as a
+        warning at most once every 5 s, with the count of failed accepts since the last
+        such line.
 
         Returns when the listener is closed. Raises what ``accept`` raises for any other
         reason. Cancellation: cancelling ``serve`` cancels every connection's handler
@@ -802,19 +810,14 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
                         pid if pid is not None else "unknown",
                     )
 
+        retry = _ResourceRetry()
         async with anyio.create_task_group() as own:
             tg = task_group or own
-            while True:
+            while True:  # the server's life: one connection per turn, not a retry loop
                 try:
-                    chan = await self.accept()
+                    chan = await self._accept(retry)
                 except ClosedResourceError:
                     return
-                except IPCSystemError as exc:
-                    if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
-                        raise
-                    _log.warning("%s; retrying in %g s", exc.strerror or exc, _ACCEPT_RETRY_SECONDS)
-                    await anyio.sleep(_ACCEPT_RETRY_SECONDS)
-                    continue
                 tg.start_soon(run, chan)
 
     async def aclose(self) -> None:
@@ -822,6 +825,54 @@ class UnixListener(Listener[_C_co], Generic[_C_co]):
         await self._res.aclose()
         self._unlink()
         await anyio.lowlevel.checkpoint()
+
+
+class _ResourceRetry:
+    """How serve() takes an accept that failed for want of fds or memory: as a "try
+    again later" for the wait engine, whose wait is then a pause of
+    :data:`_ACCEPT_RETRY_SECONDS` rather than readiness (the socket stays readable: the
+    client is still in the backlog). Logs at most one warning per
+    :data:`_ACCEPT_LOG_SECONDS`, with the count of failures since the last one."""
+
+    __slots__ = ("_failures", "_logged_at", "_pause")
+
+    def __init__(self) -> None:
+        self._pause = False
+        self._failures = 0
+        self._logged_at: float | None = None
+
+    def attempt(self, try_accept: Callable[[], socket.socket | Again]) -> socket.socket | Again:
+        try:
+            return try_accept()
+        except IPCSystemError as exc:
+            if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                raise
+            self._failed(exc)
+            return AGAIN
+
+    def _failed(self, exc: IPCSystemError) -> None:
+        self._pause = True
+        self._failures += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < _ACCEPT_LOG_SECONDS:
+            return
+        _log.warning(
+            "%s; retrying in %g s (%d failed accept(s) since the last such warning; at "
+            "most one per %g s)",
+            exc.strerror or exc,
+            _ACCEPT_RETRY_SECONDS,
+            self._failures,
+            _ACCEPT_LOG_SECONDS,
+        )
+        self._logged_at = now
+        self._failures = 0
+
+    async def wait(self, readable: Callable[[], Awaitable[None]]) -> None:
+        if self._pause:
+            self._pause = False
+            await anyio.sleep(_ACCEPT_RETRY_SECONDS)
+        else:
+            await readable()
 
 
 def _stray_cancellation(exc: BaseException) -> bool:
@@ -1027,15 +1078,17 @@ async def connect(
         sock.setblocking(False)
         if kind == "dgram":
             sock.bind("")  # autobind: an abstract address the endpoint can reply to
-        while True:
+
+        def attempt() -> Again | None:
             try:
                 sock.connect(address)
-                break
             except BlockingIOError:
-                # The listener's backlog is full; unix sockets give no event for room.
-                await anyio.sleep(0.001)
+                return AGAIN  # the listener's backlog is full
             except OSError as exc:
                 raise translate_os_error(exc, _what(kind, name)) from exc
+            return None
+
+        await poll_until(attempt, first=_CONNECT_RETRY_FIRST, most=_CONNECT_RETRY_MOST)
         await anyio.lowlevel.checkpoint()
         if kind == "stream":
             return UnixChannel(sock, name, framing=framing, max_message_size=max_message_size)
