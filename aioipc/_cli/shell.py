@@ -33,6 +33,7 @@ from anyio import (
 from anyio.lowlevel import current_token
 
 from .. import fifo, unix
+from .._core.wait import AGAIN, apoll_until
 from ..abc import IPCAttribute
 from ..errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
 from ..url import Address, FifoAddress, SysVQueueAddress, connect, listen, parse_url
@@ -133,16 +134,16 @@ async def _connect(url: str, wait: float) -> Any:
     """``connect(url)``, retried while the object does not exist yet or nobody listens,
     for up to ``wait`` seconds (the kernel has no event for either)."""
     deadline = anyio.current_time() + wait
-    delay = 0.005
-    while True:
+
+    async def attempt() -> Any:
         try:
             return await connect(url)
         except (IPCNotFoundError, IPCConnectionRefusedError):
-            left = deadline - anyio.current_time()
-            if left <= 0:
+            if anyio.current_time() >= deadline:
                 raise
-        await anyio.sleep(min(delay, left))
-        delay = min(delay * 2, 0.1)
+            return AGAIN
+
+    return await apoll_until(attempt, first=0.005, most=0.1)
 
 
 def _read_stdin(mode: StdinMode, chunk: int) -> Iterator[bytes]:
@@ -266,17 +267,22 @@ async def _pump(
     chan: Any, out: _Output, left: int | None, *, ring_follow: bool = False
 ) -> int | None:
     """Print messages until end of stream or until ``left`` reaches 0; return ``left``."""
+
+    async def receive() -> Any:
+        try:
+            return await chan.receive()
+        except (EndOfStream, BrokenResourceError):
+            if not ring_follow:
+                raise
+            # The ring's sender closed (or died): poll for the next one to attach (a ring
+            # has no event for "a sender attached" that a receiver could wait on).
+            return AGAIN
+
     while left is None or left > 0:
         try:
-            message = await chan.receive()
-        except (EndOfStream, BrokenResourceError) as exc:
-            if not ring_follow:
-                if isinstance(exc, EndOfStream):
-                    return left
-                raise
-            # The ring's sender closed (or died): wait for the next one to attach.
-            await anyio.sleep(_RING_FOLLOW_POLL)
-            continue
+            message = await apoll_until(receive, first=_RING_FOLLOW_POLL, most=_RING_FOLLOW_POLL)
+        except EndOfStream:
+            return left
         out.write(message)
         if left is not None:
             left -= 1

@@ -44,6 +44,7 @@ __all__ = [
     "AGAIN",
     "YIELD_EVERY",
     "Again",
+    "apoll_until",
     "Busy",
     "FdWaiter",
     "Pacer",
@@ -209,6 +210,19 @@ async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: fl
     """
     for delay in backoff_delays(first, most):
         result = attempt()
+        if result is not AGAIN:
+            return result
+        await anyio.sleep(delay)
+    raise AssertionError("unreachable: backoff_delays never ends")
+
+
+async def apoll_until(
+    attempt: Callable[[], Awaitable[T | Again]], *, first: float, most: float
+) -> T:
+    """:func:`poll_until` for an attempt that is itself a coroutine (an ``open`` or a
+    ``connect`` of a whole channel, in the command). Same schedule, same cancellation."""
+    for delay in backoff_delays(first, most):
+        result = await attempt()
         if result is not AGAIN:
             return result
         await anyio.sleep(delay)
