@@ -77,17 +77,22 @@ class Busy:
     concurrent receive (or send) on one handle raises; it never queues behind the first.
     """
 
-    __slots__ = ("_action", "held")
+    __slots__ = ("_action", "_message", "held")
 
-    def __init__(self, action: str) -> None:
+    def __init__(self, action: str, message: str | None = None) -> None:
         #: anyio's wording: "Another task is already {action} this resource".
         self._action = action
+        #: If given, the whole message instead, so that it can name the object.
+        self._message = message
         #: True while a task is inside. Read it to ask "is anyone using this direction?".
         self.held = False
 
     def __enter__(self) -> None:
         if self.held:
-            raise BusyResourceError(self._action)
+            exc = BusyResourceError(self._action)
+            if self._message is not None:
+                exc.args = (self._message,)
+            raise exc
         self.held = True
 
     def __exit__(
