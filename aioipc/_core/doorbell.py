@@ -62,7 +62,7 @@ class Doorbell:
         my_waiting: int,
         peer_state: int,
         peer_pid_index: int,
-        peer_position: int,
+        peer_position: Callable[[memoryview], int],
         peer_role: str,
         spin: float,
         check_open: Callable[[], None],
@@ -236,7 +236,7 @@ class Doorbell:
         # to NONE, so NONE after we saw the peer attached, or after it moved its
         # position, is forged. Otherwise it has not come yet: its attach rings our
         # doorbell.
-        if state == STATE_NONE and not self.peer_seen and not self._hq[self._peer_position]:
+        if state == STATE_NONE and not self.peer_seen and not self._peer_position(self._hq):
             return None
         return f"the {self._peer_role} ({self.peer_pid_text()}) died without closing"
 

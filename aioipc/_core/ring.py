@@ -59,6 +59,7 @@ import threading
 from collections.abc import Callable
 
 from ..errors import ProtocolError
+from .check import LONG_MAX, check_int
 from .wait import AGAIN, Again
 
 MAGIC = int.from_bytes(b"aioipcRG", "little")
@@ -81,6 +82,43 @@ _MESSAGE_WORD = KIND_MESSAGE << 32
 _LOW32 = 0xFFFFFFFF
 
 
+# The region file is the header and the data: its size must fit an off_t.
+MAX_CAPACITY = (LONG_MAX - HEADER_SIZE) & ~7
+
+
+def check_capacity(capacity: object, what: str) -> int:
+    """A ring's capacity: an int, a multiple of 8, ``MIN_CAPACITY..MAX_CAPACITY``.
+
+    Raises:
+        TypeError: not an int.
+        ValueError: out of range or not a multiple of 8.
+    """
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        check_int(capacity, "capacity", minimum=MIN_CAPACITY, maximum=MAX_CAPACITY, what=what)
+    assert isinstance(capacity, int)
+    if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % 8:
+        raise ValueError(
+            f"{what}: capacity must be a multiple of 8 and at least "
+            f"{MIN_CAPACITY} bytes (at most {MAX_CAPACITY}), not {capacity}"
+        )
+    return capacity
+
+
+def region_size(capacity: int) -> int:
+    """Bytes of the region file of a ring of ``capacity`` data bytes."""
+    return HEADER_SIZE + capacity
+
+
+def published_head(hq: memoryview) -> int:
+    """The producer's published position (bytes ever published)."""
+    return int(hq[Q_HEAD])
+
+
+def published_tail(hq: memoryview) -> int:
+    """The consumer's published position (bytes ever consumed)."""
+    return int(hq[Q_TAIL])
+
+
 def record_size(length: int) -> int:
     """Bytes a record of a ``length``-byte message takes in the data area."""
     return RECORD_HEADER + ((length + 7) & ~7)
@@ -88,6 +126,16 @@ def record_size(length: int) -> int:
 
 def max_message_size(capacity: int) -> int:
     return capacity // 2 - RECORD_HEADER
+
+
+def header_views(buf: mmap.mmap | bytearray) -> tuple[memoryview, memoryview]:
+    """The header of a region (or of a copy of its first ``HEADER_SIZE`` bytes) as u64
+    and u32 views; the caller releases them."""
+    mv = memoryview(buf)
+    try:
+        return mv[:HEADER_SIZE].cast("Q"), mv[:HEADER_SIZE].cast("I")
+    finally:
+        mv.release()
 
 
 def init_header(hq: memoryview, hi: memoryview, capacity: int, flags: int) -> None:
