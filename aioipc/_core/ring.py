@@ -275,7 +275,10 @@ class RingReader(_Side):
             ProtocolError: ``head`` or a record word is impossible.
         """
         cap = self.capacity
-        while True:
+        # At most one pad comes before a message: after it the next record starts at 0,
+        # and a pad there would span the whole lap (refused below). Three rounds bound
+        # the walk whatever the bytes say.
+        for _ in range(3):
             used = head - self.tail
             if used == 0:
                 return -1, 0
@@ -293,6 +296,7 @@ class RingReader(_Side):
             if kind != KIND_PAD or length != cap - idx - RECORD_HEADER or cap - idx > used:
                 raise self._corrupt(f"record kind {kind} length {length}")
             self.tail += cap - idx
+        raise self._corrupt("pad records in a row")
 
     def has_data(self) -> bool:
         """True if the producer published past our tail (a message, a pad or garbage:
