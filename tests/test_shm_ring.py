@@ -22,6 +22,7 @@ import random
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -1145,3 +1146,61 @@ async def test_idle_receiver_uses_no_cpu(new_ring: Callable[[], str]) -> None:
         await tx.send(b"wake up")
         await peer.expect(f"got {b'wake up'.hex()}")
         await peer.finish()
+
+
+# ================================================================ spin and the pacing rule
+
+
+@pytest.mark.asyncio
+async def test_spinning_receiver_still_lets_other_tasks_run(new_ring: Callable[[], str]) -> None:
+    """A receiver with ``spin`` whose every message arrives while it busy-polls still
+    checkpoints at least every YIELD_EVERY calls, so another task on its loop runs: a
+    spin that found the message is not a wait (it never yields to the loop)."""
+    name = new_ring()
+    count = 48
+    ran = 0
+    taken = threading.Event()
+    failed: list[BaseException] = []
+
+    async def other() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await checkpoint()
+
+    rx = ShmReceiver.create(name, 4096, spin=0.5)
+    tx = ShmSender.open(name)
+
+    def produce() -> None:
+        # One message at a time, each sent only once the last was taken: the receiver
+        # always finds the ring empty and gets its message while it spins (this thread
+        # gets the GIL from the spinning one at the interpreter's switch interval).
+        try:
+            for i in range(count):
+                tx.send_nowait(i.to_bytes(8, "little"))
+                if not taken.wait(30):
+                    raise TimeoutError("the receiver took nothing for 30 s")
+                taken.clear()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=produce)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            ran = 0  # counted from here: other() has not run yet
+            thread.start()
+            with anyio.fail_after(60):
+                for i in range(count):
+                    assert await rx.receive() == i.to_bytes(8, "little")
+                    taken.set()
+                    if i == 2 * 16:
+                        # Two pacing periods: other() must have had its turn by now.
+                        assert ran > 0, "the spinning receiver never yielded to the loop"
+            tg.cancel_scope.cancel()
+    finally:
+        taken.set()
+        thread.join(30)
+        tx.close()
+        rx.close()
+    assert not failed, failed

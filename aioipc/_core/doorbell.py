@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import time
 from collections.abc import Callable
 
 import anyio
@@ -24,7 +23,7 @@ import anyio
 from ..errors import translate_os_error
 from .ring import STATE_CLOSED, STATE_NONE
 from .shm_lock import is_locked, pid_lock_holder, region_closes, take_pid_lock
-from .wait import FdWaiter
+from .wait import SPUN, FdWaiter, Spun, spin_until
 
 # How often a side whose peer cannot wake it at its death looks at the peer's lock.
 PEER_CHECK_INTERVAL = 0.25
@@ -242,28 +241,28 @@ class Doorbell:
 
     # -- sleeping -------------------------------------------------------------------------
 
-    async def wait(self, ready: Callable[[], bool], check_peer: Callable[[], None]) -> None:
+    async def wait(self, ready: Callable[[], bool], check_peer: Callable[[], None]) -> Spun | None:
         """Sleep on our doorbell until ``ready()`` may be true. The protocol: say we may
         sleep, fence, look again, and only then sleep (docs/shared-memory.md, "The
         wake-up protocol"). ``check_peer`` raises if the peer is gone; it runs once the
         pidfd watch is in place, so that a death after it wakes the sleep.
 
+        With ``spin``, busy-polls ``ready()`` that long first; if it comes true then,
+        returns :data:`~aioipc._core.wait.SPUN` (no checkpoint happened).
+
         Raises: what ``check_peer`` raises; anyio.ClosedResourceError if this end is
         closed meanwhile. Cancellation: nothing was taken (this only waits).
         """
         hi = self._hi
-        if self._spin:
-            deadline = time.perf_counter() + self._spin
-            while time.perf_counter() < deadline:
-                if ready():
-                    return
+        if self._spin and spin_until(ready, self._spin):
+            return SPUN
         flag = self._my_waiting
         hi[flag] = 1
         self.asleep = True
         self.fence()
         try:
             if ready():
-                return
+                return None
             self.retake_pid_lock_if_lost()
             self._watch_peer()  # first: a death after this wakes the sleep below
             self._poll_peer = False
@@ -286,6 +285,7 @@ class Doorbell:
             self.asleep = False
             if self._ep.closed is False:
                 hi[flag] = 0
+        return None
 
     def _forget_fired_pidfd(self) -> None:
         """A woken sleeper found nothing to do: if it was the peer's pidfd that fired

@@ -74,7 +74,7 @@ from .shm_lock import (
     try_lock,
     unlock,
 )
-from .wait import AGAIN, Again, Busy, Pacer, wait_until
+from .wait import AGAIN, Again, Busy, Pacer, Spun, wait_until
 
 __all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
 
@@ -587,9 +587,9 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             raise self._view_busy()
         return self._reader.take()
 
-    async def _wait_for_data(self) -> None:
+    async def _wait_for_data(self) -> Spun | None:
         self._at_empty(cached=True)
-        await self._bell.wait(self._reader.has_data, self._check_peer_before_sleep)
+        return await self._bell.wait(self._reader.has_data, self._check_peer_before_sleep)
 
     def receive_nowait(self) -> bytes:
         """The next message if one is waiting.
@@ -912,9 +912,9 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             writer.reload()
         return writer
 
-    async def _wait_for_room(self, size: int) -> None:
+    async def _wait_for_room(self, size: int) -> Spun | None:
         ready = functools.partial(self._writer.has_room, size)
-        await self._bell.wait(ready, self._check_peer_before_sleep)
+        return await self._bell.wait(ready, self._check_peer_before_sleep)
 
     def send_nowait(self, item: bytes) -> None:
         """Send ``item`` if the ring has room now.
@@ -1021,8 +1021,8 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             sent = self._ready_to_write().put_many(batch, sent)
             return True if sent == len(batch) else AGAIN
 
-        async def wait() -> None:
-            await self._wait_for_room(len(batch[sent]))
+        async def wait() -> Spun | None:
+            return await self._wait_for_room(len(batch[sent]))
 
         try:
             with self._busy_guard:

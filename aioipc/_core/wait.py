@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Final, TypeVar
@@ -44,10 +45,13 @@ __all__ = [
     "Again",
     "Busy",
     "FdWaiter",
+    "SPUN",
     "Pacer",
+    "Spun",
     "backoff_delays",
     "poll_until",
     "running_asyncio_loop",
+    "spin_until",
     "wait_until",
 ]
 
@@ -67,6 +71,18 @@ class Again(enum.Enum):
 
 #: The one "try again later" answer of every non-blocking attempt the engine drives.
 AGAIN: Final = Again.AGAIN
+
+
+class Spun(enum.Enum):
+    """What a ``wait`` returns when it came back without yielding to the event loop."""
+
+    SPUN = 0
+
+
+#: Returned by a ``wait`` given to :func:`wait_until` that ended without yielding to the
+#: loop (a busy-poll saw the condition come true): it was no checkpoint, so the pacer
+#: keeps counting and the next due call checkpoints.
+SPUN: Final = Spun.SPUN
 
 
 class Busy:
@@ -147,7 +163,8 @@ async def wait_until(
     :data:`AGAIN` when it would have to wait. ``wait`` waits until trying again may
     succeed (fd readiness, a ring doorbell, a worker thread) and may itself raise (end of
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
-    without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
+    without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint, unless
+    it returns :data:`SPUN` (it never yielded).
 
     Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
     attempt that succeeded and the return, so a cancelled call has taken nothing (as
@@ -159,8 +176,18 @@ async def wait_until(
         result = attempt()
         if result is not AGAIN:
             return result
-        await wait()
-        pacer.waited()
+        if await wait() is not SPUN:
+            pacer.waited()
+
+
+def spin_until(ready: Callable[[], bool], seconds: float) -> bool:
+    """Busy-poll ``ready()`` for up to ``seconds``; True as soon as it is. Holds the
+    thread (and the event loop) meanwhile: opt-in low latency only, never a default."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if ready():
+            return True
+    return False
 
 
 def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[float]:
