@@ -268,35 +268,37 @@ class RingReader(_Side):
 
     def next_record(self, head: int) -> tuple[int, int]:
         """``(offset in the data, length)`` of the next message if ``head`` is past the
-        tail, else ``(-1, 0)``. Pad records are skipped (the tail moves past them,
-        unpublished).
+        tail, else ``(-1, 0)``. A pad record before it is skipped (the tail moves past
+        it, unpublished); on ProtocolError the tail is where it was.
 
         Raises:
             ProtocolError: ``head`` or a record word is impossible.
         """
         cap = self.capacity
-        # At most one pad comes before a message: after it the next record starts at 0,
-        # and a pad there would span the whole lap (refused below). Three rounds bound
-        # the walk whatever the bytes say.
-        for _ in range(3):
-            used = head - self.tail
-            if used == 0:
-                return -1, 0
-            if not 0 < used <= cap:
-                raise self._corrupt(f"head {head} is {used} bytes from the tail")
-            idx = self.tail % cap
-            word = self.dq[idx >> 3]
-            length = word & _LOW32
-            kind = word >> 32
-            if kind == KIND_MESSAGE:
-                size = RECORD_HEADER + ((length + 7) & ~7)
-                if size > used or idx + size > cap:
-                    raise self._corrupt(f"message of {length} bytes overruns the data")
-                return idx + RECORD_HEADER, length
-            if kind != KIND_PAD or length != cap - idx - RECORD_HEADER or cap - idx > used:
-                raise self._corrupt(f"record kind {kind} length {length}")
-            self.tail += cap - idx
-        raise self._corrupt("pad records in a row")
+        tail = self.tail
+        used = head - tail
+        if used == 0:
+            return -1, 0
+        if not 0 < used <= cap:
+            raise self._corrupt(f"head {head} is {used} bytes from the tail")
+        idx = tail % cap
+        word = self.dq[idx >> 3]
+        length = word & _LOW32
+        if word >> 32 == KIND_MESSAGE:
+            size = RECORD_HEADER + ((length + 7) & ~7)
+            if size > used or idx + size > cap:
+                raise self._corrupt(f"message of {length} bytes overruns the data")
+            return idx + RECORD_HEADER, length
+        if word >> 32 != KIND_PAD or length != cap - idx - RECORD_HEADER or cap - idx > used:
+            raise self._corrupt(f"record kind {word >> 32} length {length}")
+        # A pad: the next record starts at 0. No recursion beyond one level: a pad at 0
+        # would span the whole lap, more than the bytes left after this one.
+        self.tail = tail + cap - idx
+        try:
+            return self.next_record(head)
+        except ProtocolError:
+            self.tail = tail
+            raise
 
     def has_data(self) -> bool:
         """True if the producer published past our tail (a message, a pad or garbage:
@@ -333,11 +335,7 @@ class RingReader(_Side):
                 return msg
         elif used == 0:
             return AGAIN
-        try:
-            off, length = self.next_record(self.hq[Q_HEAD])
-        except ProtocolError:
-            self.tail = tail  # skipped pads are not consumed either
-            raise
+        off, length = self.next_record(self.hq[Q_HEAD])
         if off < 0:
             # Only pads were there: consumed, so that the producer gets the room back.
             self.publish()
@@ -357,11 +355,9 @@ class RingReader(_Side):
         next_record = self.next_record
         before = len(out)
         for _ in range(max_count):
-            tail = self.tail
             try:
                 off, length = next_record(head)
             except ProtocolError:
-                self.tail = tail
                 break
             if off < 0:
                 break
@@ -378,12 +374,7 @@ class RingReader(_Side):
         Raises:
             ProtocolError: the ring is corrupt.
         """
-        tail = self.tail
-        try:
-            off, length = self.next_record(self.hq[Q_HEAD])
-        except ProtocolError:
-            self.tail = tail
-            raise
+        off, length = self.next_record(self.hq[Q_HEAD])
         if off < 0:
             return AGAIN
         self._view_size = RECORD_HEADER + ((length + 7) & ~7)
@@ -391,9 +382,14 @@ class RingReader(_Side):
 
     def release_view(self) -> None:
         """Consume and publish the message :meth:`view` returned."""
-        self.tail += self._view_size
+        self.tail = tail = self.tail + self._view_size
         self._view_size = 0
-        self.publish()
+        # The publish step (see publish), inline on the zero-copy hot path.
+        self.hq[Q_TAIL] = tail
+        if self._facq(False):
+            self._frel()
+        if self.hi[I_PWAITING]:
+            self.wake_peer()
 
     def publish(self) -> None:
         """The consumer's publish step: store the tail, fence, wake a sleeping producer."""
@@ -427,7 +423,7 @@ class RingWriter(_Side):
         self.head: int = self.hq[Q_HEAD]
         self.tail_seen: int = self.hq[Q_TAIL]
         self._reserved_at = -1
-        self._reserved_size = 0
+        self._reserved_size = 0  # the reserved message's record size
 
     def views(self) -> list[memoryview]:
         return [self.data, *super().views()]
@@ -570,19 +566,34 @@ class RingWriter(_Side):
         Raises:
             ProtocolError: the consumer's tail is impossible.
         """
-        at = self.head
-        off = self._claim(length)
-        if off < 0:
-            return AGAIN
-        self._reserved_at = at
-        self._reserved_size = length
+        head = self.head
+        cap = self.capacity
+        idx = head % cap
+        rec = RECORD_HEADER + ((length + 7) & ~7)
+        # The common case (room up to the end of the data) first, as in put.
+        if idx + rec <= cap and (
+            head + rec - self.tail_seen <= cap or head + rec - self.refresh_tail() <= cap
+        ):
+            self.dq[idx >> 3] = length | _MESSAGE_WORD
+            off = idx + RECORD_HEADER
+        else:
+            off = self._claim(length)
+            if off < 0:
+                return AGAIN
+        self._reserved_at = head
+        self._reserved_size = rec
         return self.data[off : off + length]
 
     def commit(self) -> None:
         """Publish the message :meth:`reserve` handed out."""
-        self.head += RECORD_HEADER + ((self._reserved_size + 7) & ~7)
+        self.head = head = self.head + self._reserved_size
         self._reserved_at = -1
-        self.publish()
+        # The publish step (see publish), inline on the zero-copy hot path.
+        self.hq[Q_HEAD] = head
+        if self._facq(False):
+            self._frel()
+        if self.hi[I_CWAITING]:
+            self.wake_peer()
 
     def abandon(self) -> None:
         """Forget the message :meth:`reserve` handed out: the consumer never sees it."""
