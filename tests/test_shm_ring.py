@@ -14,6 +14,7 @@ fails the test if anything was: every test cleans up after itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import importlib.util
 import mmap
@@ -1204,3 +1205,20 @@ async def test_spinning_receiver_still_lets_other_tasks_run(new_ring: Callable[[
         tx.close()
         rx.close()
     assert not failed, failed
+
+
+def test_a_dropped_end_closes_at_once(new_ring: Callable[[], str]) -> None:
+    """An end nobody closed closes when its last reference goes (with a ResourceWarning),
+    without waiting for the cycle collector: its parts hold no reference back to it."""
+    name = new_ring()
+    gc.disable()
+    try:
+        rx = ShmReceiver.create(name, 4096)
+        tx = ShmSender.open(name)
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            del tx
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            del rx
+        assert existing(name) == []
+    finally:
+        gc.enable()

@@ -19,6 +19,7 @@ import select
 from collections.abc import Callable
 
 import anyio
+from anyio import ClosedResourceError
 
 from ..errors import translate_os_error
 from .ring import STATE_CLOSED, STATE_NONE
@@ -45,8 +46,7 @@ class Doorbell:
     ``hi`` and ``hq`` are the ring header's u32 and u64 views; the indexes name this
     end's waiting flag, the peer's state, pid and position fields. ``peer_lock`` is the
     peer's OFD lock byte, ``pid_byte`` this end's classic pid lock and ``peer_pid_byte``
-    the peer's (-1: none / not watched). ``check_open`` raises ClosedResourceError once
-    the end is closed.
+    the peer's (-1: none / not watched).
     """
 
     def __init__(
@@ -62,9 +62,9 @@ class Doorbell:
         peer_state: int,
         peer_pid_index: int,
         peer_position: Callable[[memoryview], int],
+        role: str,
         peer_role: str,
         spin: float,
-        check_open: Callable[[], None],
     ) -> None:
         self.what = what
         self.fd = fd
@@ -78,7 +78,10 @@ class Doorbell:
         self._peer_position = peer_position
         self._peer_role = peer_role
         self._spin = spin
-        self._check_open = check_open
+        self._role = role
+        # Set by close(). The Doorbell keeps no reference to its end, so that an end
+        # nobody closed is freed (and closed by its __del__) at its last reference.
+        self.closed = False
         #: The ring's full memory barrier (the ring side's ``fence``), set by the end once
         #: its ring side exists.
         self.fence: Callable[[], None] = _no_fence_yet
@@ -276,14 +279,15 @@ class Doorbell:
                     await self.waiter.readable(self._drain_in_callback)
             else:
                 await self.waiter.readable(self._drain_in_callback)
-            self._check_open()
+            if self.closed:
+                raise ClosedResourceError(f"{self.what}: this {self._role} is closed")
             if not self._drained:
                 self._drain()
             if not ready():
                 self._forget_fired_pidfd()  # woken for nothing: was it the pidfd?
         finally:
             self.asleep = False
-            if self._ep.closed is False:
+            if not self.closed:
                 hi[flag] = 0
         return None
 
@@ -297,6 +301,7 @@ class Doorbell:
     def close(self) -> None:
         """Wake this end's sleeping task with ClosedResourceError and let go of the epoll
         set and the pidfd. The caller closes the doorbell fds."""
+        self.closed = True
         self.waiter.close()
         if self._pidfd >= 0:
             os.close(self._pidfd)

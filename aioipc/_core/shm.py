@@ -18,7 +18,7 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Self
 
@@ -236,9 +236,9 @@ class _RingEnd:
                 peer_state=self._peer_state,
                 peer_pid_index=self._peer_pid_index,
                 peer_position=self._peer_position,
+                role=self._role,
                 peer_role=self._peer_role,
                 spin=float(spin),
-                check_open=self._check_open,
             )
             self._claim()
             # Once the peer was seen attached (its lock held), a free lock means it is
@@ -555,6 +555,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             "receiving from",
             f"receiving from {self._what}: another task is already waiting",
         )
+
         self._view_open = False
         self._hi[I_CPID] = os.getpid()
         self._hi[I_CWAITING] = 0  # a previous receiver may have died asleep
@@ -581,15 +582,20 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     def _view_busy(self) -> BusyResourceError:
         return _busy(f"receiving from {self._what} while a receive_view is open")
 
+    def _wait_for_data(self) -> Callable[[], Awaitable[Spun | None]]:
+        """How a receive waits (wait_until's ``wait``). Doorbell.wait calls
+        _check_peer_before_sleep, which raises at the end of the stream, before it
+        sleeps (after a spin, if any). Made per call: stored, it would tie the end to
+        itself and keep an end nobody closed alive until the cycle collector runs."""
+        return functools.partial(
+            self._bell.wait, self._reader.has_data, self._check_peer_before_sleep
+        )
+
     def _attempt_take(self) -> bytes | Again:
         self._check_open()
         if self._view_open:
             raise self._view_busy()
         return self._reader.take()
-
-    async def _wait_for_data(self) -> Spun | None:
-        self._at_empty(cached=True)
-        return await self._bell.wait(self._reader.has_data, self._check_peer_before_sleep)
 
     def receive_nowait(self) -> bytes:
         """The next message if one is waiting.
@@ -637,14 +643,12 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             msg = self._reader.take()
             if msg is not AGAIN:
                 return msg
-        return await self._receive_waiting()
-
-    async def _receive_waiting(self) -> bytes:
+        # Otherwise wait_until, in this frame (one coroutine less per wait).
         self._check_open()
         with self._busy_guard:
             self._slow += 1
             try:
-                return await wait_until(self._attempt_take, self._wait_for_data, self._pacer)
+                return await wait_until(self._attempt_take, self._wait_for_data(), self._pacer)
             finally:
                 self._slow -= 1
 
@@ -693,7 +697,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
         with self._busy_guard:
             self._slow += 1
             try:
-                view = await wait_until(self._attempt_view, self._wait_for_data, self._pacer)
+                view = await wait_until(self._attempt_view, self._wait_for_data(), self._pacer)
             finally:
                 self._slow -= 1
         return self._opened_view(view)
@@ -911,9 +915,10 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             writer.reload()
         return writer
 
-    async def _wait_for_room(self, size: int) -> Spun | None:
+    def _wait_for_room(self, size: int) -> Callable[[], Awaitable[Spun | None]]:
+        """How a send of ``size`` bytes waits (wait_until's ``wait``)."""
         ready = functools.partial(self._writer.has_room, size)
-        return await self._bell.wait(ready, self._check_peer_before_sleep)
+        return functools.partial(self._bell.wait, ready, self._check_peer_before_sleep)
 
     def send_nowait(self, item: bytes) -> None:
         """Send ``item`` if the ring has room now.
@@ -993,9 +998,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             self._slow += 1
             try:
                 async with self._send_lock():
-                    await wait_until(
-                        attempt, functools.partial(self._wait_for_room, size), self._pacer
-                    )
+                    await wait_until(attempt, self._wait_for_room(size), self._pacer)
             finally:
                 self._slow -= 1
 
@@ -1021,8 +1024,8 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
             sent = self._ready_to_write().put_many(batch, sent)
             return True if sent == len(batch) else AGAIN
 
-        async def wait() -> Spun | None:
-            return await self._wait_for_room(len(batch[sent]))
+        def wait() -> Awaitable[Spun | None]:
+            return self._wait_for_room(len(batch[sent]))()
 
         try:
             with self._busy_guard:
@@ -1074,9 +1077,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
                 await lock_cm.__aenter__()
                 self._lock_cm = lock_cm
                 try:
-                    view = await wait_until(
-                        attempt, functools.partial(self._wait_for_room, size), self._pacer
-                    )
+                    view = await wait_until(attempt, self._wait_for_room(size), self._pacer)
                 except BaseException:
                     await self._release_send_lock()
                     raise
