@@ -94,8 +94,10 @@ def check_capacity(capacity: object, what: str) -> int:
         ValueError: out of range or not a multiple of 8.
     """
     if isinstance(capacity, bool) or not isinstance(capacity, int):
-        check_int(capacity, "capacity", minimum=MIN_CAPACITY, maximum=MAX_CAPACITY, what=what)
-    assert isinstance(capacity, int)
+        # check_int words the TypeError (and raises it: this returns nothing).
+        return check_int(
+            capacity, "capacity", minimum=MIN_CAPACITY, maximum=MAX_CAPACITY, what=what
+        )
     if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % 8:
         raise ValueError(
             f"{what}: capacity must be a multiple of 8 and at least "
