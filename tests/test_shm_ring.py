@@ -1222,3 +1222,31 @@ def test_a_dropped_end_closes_at_once(new_ring: Callable[[], str]) -> None:
         assert existing(name) == []
     finally:
         gc.enable()
+
+
+def test_sender_closing_between_two_looks_is_the_end_of_stream(new_ring: Callable[[], str]) -> None:
+    """The receiver, finding the ring empty, looks at the sender's state and then asks
+    whether the sender is gone. A sender that closes in between is a clean end of
+    stream, not a death. (The close is made to happen exactly there by a profile hook
+    on the second look; seen in the benchmark as 'BrokenResourceError: ...: closed'.)"""
+    name = new_ring()
+    rx = ShmReceiver.create(name, 4096)
+    tx = ShmSender.open(name)
+    closed_at: list[str] = []
+
+    def close_the_sender_there(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == "peer_gone" and not closed_at:
+            closed_at.append(frame.f_code.co_name)
+            tx.close()
+
+    try:
+        sys.setprofile(close_the_sender_there)
+        try:
+            with pytest.raises(EndOfStream):
+                rx.receive_nowait()
+        finally:
+            sys.setprofile(None)
+        assert closed_at == ["peer_gone"]
+    finally:
+        tx.close()
+        rx.close()

@@ -570,14 +570,22 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
 
     def _at_empty(self, cached: bool = False) -> None:
         """Raise EndOfStream/BrokenResourceError if an empty ring will stay empty."""
-        if self._hi[I_PSTATE] == STATE_CLOSED:
-            # The sender publishes its last head before it says closed: look once more.
-            if not self._reader.has_data():
-                raise EndOfStream
-        elif not self._multi:
+        closed = self._hi[I_PSTATE] == STATE_CLOSED
+        if not closed:
+            if self._multi:
+                return
             why = self._bell.peer_gone(cached)
-            if why is not None and not self._reader.has_data():
-                raise BrokenResourceError(f"{self._what}: {why}")
+            if why is None:
+                return
+            # "closed": the sender closed since we looked above, cleanly.
+            closed = why == "closed"
+            if not closed:
+                if not self._reader.has_data():
+                    raise BrokenResourceError(f"{self._what}: {why}")
+                return
+        # The sender publishes its last head before it says closed: look once more.
+        if not self._reader.has_data():
+            raise EndOfStream
 
     def _view_busy(self) -> BusyResourceError:
         return _busy(f"receiving from {self._what} while a receive_view is open")
