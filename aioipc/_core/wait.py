@@ -47,10 +47,13 @@ __all__ = [
     "apoll_until",
     "Busy",
     "FdWaiter",
+    "SPUN",
     "Pacer",
+    "Spun",
     "backoff_delays",
     "poll_until",
     "running_asyncio_loop",
+    "spin_until",
     "wait_fd_sync",
     "wait_until",
 ]
@@ -73,6 +76,18 @@ class Again(enum.Enum):
 AGAIN: Final = Again.AGAIN
 
 
+class Spun(enum.Enum):
+    """What a ``wait`` returns when it came back without yielding to the event loop."""
+
+    SPUN = 0
+
+
+#: Returned by a ``wait`` given to :func:`wait_until` that ended without yielding to the
+#: loop (a busy-poll saw the condition come true): it was no checkpoint, so the pacer
+#: keeps counting and the next due call checkpoints.
+SPUN: Final = Spun.SPUN
+
+
 class Busy:
     """The one busy guard: one direction of one handle, used by one task at a time.
 
@@ -81,11 +96,13 @@ class Busy:
     concurrent receive (or send) on one handle raises; it never queues behind the first.
     """
 
-    __slots__ = ("_action", "held")
+    __slots__ = ("_action", "_message", "held")
 
-    def __init__(self, action: str) -> None:
+    def __init__(self, action: str, message: str | None = None) -> None:
         #: anyio's wording: "Another task is already {action} this resource".
         self._action = action
+        #: If given, the whole message instead, so that it can name the object.
+        self._message = message
         #: True while a task is inside. Read it to ask "is anyone using this direction?".
         self.held = False
 
@@ -94,11 +111,14 @@ class Busy:
         ``if guard.held: raise guard.refused()``, ``guard.held = True``, and ``False`` in a
         ``finally``: a ``with`` costs two Python-level calls, ~110 ns a message
         (measured, see stream._Receiver.receive)."""
-        return BusyResourceError(self._action)
+        exc = BusyResourceError(self._action)
+        if self._message is not None:
+            exc.args = (self._message,)
+        return exc
 
     def __enter__(self) -> None:
         if self.held:
-            raise BusyResourceError(self._action)
+            raise self.refused()
         self.held = True
 
     def __exit__(
@@ -157,7 +177,8 @@ async def wait_until(
     :data:`AGAIN` when it would have to wait. ``wait`` waits until trying again may
     succeed (fd readiness, a ring doorbell, a worker thread) and may itself raise (end of
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
-    without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
+    without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint, unless
+    it returns :data:`SPUN` (it spun on the thread and never yielded).
     ``paced=False`` skips that first count, for a step of a call that already counted
     itself (the rest of a message after its first write). ``tried=True`` skips the first
     attempt: for a hot path that inlined the fast path
@@ -184,11 +205,21 @@ async def wait_until(
         if result is not AGAIN:
             return result
     while True:
-        await wait()
-        pacer.waited()
+        if await wait() is not SPUN:
+            pacer.waited()
         result = attempt()
         if result is not AGAIN:
             return result
+
+
+def spin_until(ready: Callable[[], bool], seconds: float) -> bool:
+    """Busy-poll ``ready()`` for up to ``seconds``; True as soon as it is. Holds the
+    thread (and the event loop) meanwhile: opt-in low latency only, never a default."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if ready():
+            return True
+    return False
 
 
 def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[float]:
