@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 from collections.abc import Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,7 +18,7 @@ from . import libc as _libc
 from .check import LONG_MAX, check_int, check_mode
 from .libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from .sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
-from .threads import Interrupted, Job, run_in_worker
+from .threads import Interrupted, Job, Workers, run_in_worker
 
 __all__ = ["Semaphore", "SemaphoreSet"]
 
@@ -78,7 +79,7 @@ class SemaphoreSet(SysVObject):
         SysVObject.__init__(self, key, sid)
         self._undo = undo
         self._remove_on_close = remove_on_close
-        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
+        self._jobs = Workers()
         self._size = int(self._stat().nsems)
         self._closed = False
 
@@ -362,14 +363,8 @@ class SemaphoreSet(SysVObject):
         stuck: list[bool] = []
 
         def blocking(job: Job[bool]) -> bool:
-            while True:
-                job.check()
-                try:
-                    _libc.semop(sid, prepared)
-                    return True
-                except OSError as exc:
-                    if exc.errno != errno.EINTR:
-                        raise
+            job.call(partial(_libc.semop, sid, prepared))
+            return True
 
         def undo_late(_: bool) -> None:
             try:
@@ -382,7 +377,7 @@ class SemaphoreSet(SysVObject):
             await run_in_worker(
                 blocking,
                 on_late_result=undo_late,
-                jobs=self._jobs,
+                workers=self._jobs,
                 before_start=self._check_open,
                 poll=lambda: True if self._try(prepared) else None,
             )
@@ -428,7 +423,10 @@ class Semaphore(SemaphoreSet):
         self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
     ) -> None:
         self._held = 0
-        self._lock: anyio.Lock | None = None
+        # Tasks of one handle wait in turn, holding one worker thread between them.
+        # fast_acquire: a free lock costs no extra trip through the event loop (the
+        # acquire has checkpointed already; the wait is one).
+        self._lock = anyio.Lock(fast_acquire=True)
         super().__init__(key, sid, undo=undo, remove_on_close=remove_on_close)
 
     @classmethod
@@ -496,11 +494,11 @@ class Semaphore(SemaphoreSet):
         prepared = self._ops([(0, -1)], None)
         await anyio.lowlevel.checkpoint_if_cancelled()
         if not self._try(prepared):
-            if self._lock is None:
-                self._lock = anyio.Lock()
+            # Not a retry loop: the worker's semop applies the operation itself.
+            queued = self._lock.locked()
             async with self._lock:
                 self._check_open()  # closed while this task queued for the lock
-                if not self._try(prepared):
+                if not (queued and self._try(prepared)):
                     await self._wait(prepared)
         else:
             await anyio.lowlevel.cancel_shielded_checkpoint()

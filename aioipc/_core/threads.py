@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -39,12 +40,14 @@ from anyio import CancelScope, CapacityLimiter
 from anyio.lowlevel import RunVar, current_token
 
 from ..errors import IPCError
+from .wait import AGAIN, Again, backoff_delays, poll_until
 
 __all__ = [
     "DEFAULT_WORKER_THREADS",
     "INTERRUPT_SIGNAL",
     "Interrupted",
     "Job",
+    "Workers",
     "install_interrupt_handler",
     "interrupt_all",
     "run_in_worker",
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Tokens of aioipc's worker limiter per event loop: at most this many blocked kernel calls.
 DEFAULT_WORKER_THREADS = 16
@@ -85,6 +89,9 @@ def _no_op(signum: int, frame: object) -> None:
 
 
 _handler_installed = False
+# The C function under signal.getsignal, which converts its answer to an enum on every
+# call: 0.1 us instead of 0.8 us, on a check made before every blocking call.
+_getsignal: Callable[[int], object] = importlib.import_module("_signal").getsignal
 
 
 def install_interrupt_handler() -> None:
@@ -158,6 +165,21 @@ class Job(Generic[T]):
         if self.cancelled:
             raise Interrupted
 
+    def call(
+        self,
+        blocking: Callable[[], R],
+        interrupted: type[BaseException] | tuple[type[BaseException], ...] = InterruptedError,
+    ) -> R:
+        """The worker side's one loop: ``blocking()`` until it returns, checking after
+        every signal (``interrupted``: what the call raises on EINTR) whether the job was
+        cancelled, and before the first call (the signal may have come before it)."""
+        while True:
+            self.check()
+            try:
+                return blocking()
+            except interrupted:
+                pass
+
     def run(self) -> None:
         with self.lock:
             self.thread_id = threading.get_ident()
@@ -206,8 +228,8 @@ class _Interrupter:
                     signal.pthread_kill(tid, INTERRUPT_SIGNAL)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(_RESIGNAL_SECONDS)
+        for delay in backoff_delays(_RESIGNAL_SECONDS, _RESIGNAL_SECONDS):
+            time.sleep(delay)
             with self._lock:
                 self._jobs = {j for j in self._jobs if not j.finished}
                 if not self._jobs:
@@ -218,55 +240,148 @@ class _Interrupter:
                 self._signal(job)
 
 
-class _Pool:
-    """Worker threads, started on demand and ended after a short idle time."""
+class _Thread:
+    """One warm worker thread: runs a job, then parks on its handle's :class:`Workers`
+    until that handle needs it again, for at most ``_IDLE_SECONDS``.
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
+    Parked, it waits on a plain lock (no CPU). Handing it the next job is one lock
+    release: no pool queue and no idle bookkeeping on the way.
+    """
 
-    def submit(self, job: Job[Any]) -> None:
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                self._queue.put(job)
-                return
+    __slots__ = ("_wake", "job", "owner")
+
+    def __init__(self, owner: Workers, job: Job[Any]) -> None:
+        #: The handle it is parked on or runs a job for (changed only under _park_lock).
+        self.owner = owner
+        self.job: Job[Any] | None = job
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held while parked or running: give() releases it
+
+    def start(self) -> None:
         try:
-            threading.Thread(
-                target=self._work, args=(job,), name="aioipc-worker", daemon=True
-            ).start()
+            threading.Thread(target=self._main, name="aioipc-worker", daemon=True).start()
         except RuntimeError as exc:
             raise IPCError(f"aioipc could not start a worker thread: {exc}") from exc
 
-    def _work(self, job: Job[Any] | None) -> None:
+    def give(self, job: Job[Any] | None) -> None:
+        """Wake the parked thread with ``job`` (None: end)."""
+        self.job = job
+        self._wake.release()
+
+    def _main(self) -> None:
         while True:
-            if job is not None:
-                job.run()
-            with self._lock:
-                self._idle += 1
+            job = self.job
+            if job is None:
+                return
+            self.job = None
+            job.run()
+            if not self.owner._park(self):
+                return
+            if not self._wake.acquire(timeout=_IDLE_SECONDS):
+                if self.owner._unpark(self):
+                    return
+                # Taken for a job just as the idle time ran out: its give() is coming.
+                self._wake.acquire()
+
+
+# Parked threads of every handle, under one lock (threads park and are taken rarely
+# compared with the blocking calls they make).
+_park_lock = threading.Lock()
+_parked: list[_Thread] = []
+#: At most this many threads are parked at once in a process, whatever the number of
+#: handles: beyond it a thread ends after its job, as a pool thread would.
+MAX_PARKED_THREADS = DEFAULT_WORKER_THREADS
+_fork_generation = 0
+
+
+class Workers:
+    """One handle's worker threads and the tasks that wait through them.
+
+    ``jobs`` holds the running :class:`Job` objects and the cancel scopes of tasks
+    queued for a worker token, so that closing the handle reaches all of them
+    (:func:`interrupt_all`, :func:`stop_jobs`). A thread whose job is done stays parked
+    here for the handle's next blocking call (a warm thread: handing it the call is one
+    lock release). A handle with no parked thread of its own takes another handle's
+    before it starts a new one, so the process never has more worker threads than it
+    had jobs running at once (at most the limiter's tokens per event loop). A parked
+    thread ends after ``_IDLE_SECONDS`` unused, when its handle closes, or at once if
+    :data:`MAX_PARKED_THREADS` threads are parked already.
+    """
+
+    __slots__ = ("_closed", "_generation", "_idle", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: set[Job[Any] | CancelScope] = set()
+        self._idle: list[_Thread] = []
+        self._closed = False
+        self._generation = _fork_generation
+
+    def __bool__(self) -> bool:
+        """True while a job runs or a task queues for a worker token."""
+        return bool(self.jobs)
+
+    def _submit(self, job: Job[Any]) -> None:
+        thread = None
+        if _parked:
+            with _park_lock:
+                if self._generation != _fork_generation:
+                    self._idle.clear()  # a forked child: those threads do not exist here
+                    self._generation = _fork_generation
+                if self._idle:
+                    thread = self._idle.pop()
+                    _parked.remove(thread)
+                elif _parked:
+                    thread = _parked.pop()
+                    thread.owner._idle.remove(thread)
+                    thread.owner = self
+        if thread is not None:
+            thread.give(job)
+        else:
+            _Thread(self, job).start()
+
+    def _park(self, thread: _Thread) -> bool:
+        with _park_lock:
+            if self._closed or len(_parked) >= MAX_PARKED_THREADS:
+                return False
+            if self._generation != _fork_generation:
+                self._idle.clear()
+                self._generation = _fork_generation
+            self._idle.append(thread)
+            _parked.append(thread)
+            return True
+
+    def _unpark(self, thread: _Thread) -> bool:
+        """Called by a thread whose idle time ran out: False if it was just taken."""
+        with _park_lock:
             try:
-                job = self._queue.get(timeout=_IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    # A submit may have counted on this thread in the meantime: take
-                    # its job, or leave (never block outside the lock: another idle
-                    # thread may take that job first).
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        self._idle -= 1
-                        return
+                _parked.remove(thread)
+            except ValueError:
+                return False
+            thread.owner._idle.remove(thread)
+            return True
+
+    def close(self) -> None:
+        """End the parked threads; threads still running end after their job."""
+        with _park_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            if self._generation != _fork_generation:
+                return
+            for thread in idle:
+                _parked.remove(thread)
+        for thread in idle:
+            thread.give(None)
 
 
 _interrupter = _Interrupter()
-_pool = _Pool()
 
 
 def _reset_after_fork() -> None:
-    global _interrupter, _pool
+    global _interrupter, _park_lock, _parked, _fork_generation
     _interrupter = _Interrupter()
-    _pool = _Pool()
+    _park_lock = threading.Lock()
+    _parked = []
+    _fork_generation += 1
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -321,16 +436,17 @@ class _Waker:
 async def run_in_worker(
     fn: Callable[[Job[T]], T],
     *,
+    workers: Workers,
     on_late_result: Callable[[T], None] | None = None,
     late_note: str | None = None,
-    jobs: set[Any] | None = None,
     before_start: Callable[[], None] | None = None,
     poll: Callable[[], T | None] | None = None,
 ) -> T:
-    """Run ``fn`` on an aioipc worker thread and return its result.
+    """Run ``fn`` on one of ``workers``' threads (a warm one if it has one) and return
+    its result.
 
-    ``jobs``, if given, is the handle's set of running jobs, so that closing the handle
-    can interrupt them (:func:`interrupt_all`). ``before_start`` runs once the task holds
+    ``workers`` is the handle's :class:`Workers`, so that closing the handle can
+    interrupt the job (:func:`interrupt_all`). ``before_start`` runs once the task holds
     a worker token, right before the job starts (the handle checks it is still open: it
     may have been closed while the task queued for the token).
 
@@ -341,20 +457,21 @@ async def run_in_worker(
     thread, and threads stay bounded.
 
     Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
-    :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
-    if it completed anyway, its result goes to ``on_late_result`` and ``late_note`` is
-    added to the cancellation exception before it propagates.
+    :func:`interrupt_all`; :exc:`aioipc.IPCError` if the interrupt handler is missing
+    and cannot be installed. Cancellation: the job is interrupted and awaited
+    (shielded); if it completed anyway, its result goes to ``on_late_result`` and
+    ``late_note`` is added to the cancellation exception before it propagates.
     """
-    if not _handler_installed or signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
-        # Checked every time: with the default action restored, our interrupt would
-        # terminate the process.
+    # Checked on every call, because with the default action restored our interrupt
+    # would terminate the process.
+    if _getsignal(INTERRUPT_SIGNAL) is not _no_op:
         _reinstall()
     limiter = worker_limiter()
     try:
         limiter.acquire_nowait()
     except anyio.WouldBlock:
         try:
-            await _queue_for_token(limiter, jobs, poll)
+            await _queue_for_token(limiter, workers, poll)
         except _Polled as polled:
             return polled.value  # type: ignore[return-value]
     try:
@@ -363,22 +480,15 @@ async def run_in_worker(
         waker = _Waker()
         waker.arm()
         job: Job[T] = Job(fn, waker.notify)
-        if jobs is not None:
-            jobs.add(job)
+        jobs = workers.jobs
+        jobs.add(job)
         try:
-            _pool.submit(job)
+            workers._submit(job)
             try:
                 await waker.wait()
             except BaseException as exc:
                 job.interrupt()
-                while not job.finished:
-                    waker.arm()
-                    if job.finished:
-                        break
-                    # A second native asyncio cancel must not make us abandon the job:
-                    # its result would be lost. It ends within a millisecond or two.
-                    with contextlib.suppress(BaseException), CancelScope(shield=True):
-                        await waker.wait()
+                await _until_finished(job, waker)
                 if job.error is None:
                     if on_late_result is not None:
                         on_late_result(job.result)  # type: ignore[arg-type]
@@ -386,13 +496,27 @@ async def run_in_worker(
                         exc.add_note(late_note)
                 raise
         finally:
-            if jobs is not None:
-                jobs.discard(job)
+            jobs.discard(job)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
     finally:
         limiter.release()
+
+
+async def _until_finished(job: Job[Any], waker: _Waker) -> None:
+    """Wait, shielded, until an interrupted job has finished (a millisecond or two).
+
+    A second native asyncio cancel must not make us abandon the job: its result would
+    be lost. Not a retry loop: each pass waits for the job's one notification, armed
+    before ``finished`` is read so that it cannot be missed.
+    """
+    while not job.finished:
+        waker.arm()
+        if job.finished:
+            return
+        with contextlib.suppress(BaseException), CancelScope(shield=True):
+            await waker.wait()
 
 
 class _Polled(Exception):
@@ -403,56 +527,68 @@ class _Polled(Exception):
 
 
 async def _queue_for_token(
-    limiter: CapacityLimiter, jobs: set[Any] | None, poll: Callable[[], Any] | None
+    limiter: CapacityLimiter, workers: Workers, poll: Callable[[], Any] | None
 ) -> None:
     # Registered while it queues, so that closing the handle wakes this task at once
     # instead of when some other handle's worker frees up.
     queued = CancelScope()
-    if jobs is not None:
-        jobs.add(queued)
-    delay = 0.001
+    got = False
+
+    async def take_token(delay: float) -> None:
+        nonlocal got
+        with anyio.move_on_after(delay):
+            await limiter.acquire()
+            got = True
+
+    def attempt() -> bool | Again:
+        if got:
+            return True
+        if poll is not None:
+            value = poll()
+            if value is not None:
+                raise _Polled(value)
+        return AGAIN
+
+    workers.jobs.add(queued)
     try:
         with queued:
-            while True:
-                with anyio.move_on_after(delay):
-                    await limiter.acquire()
-                    return
-                if poll is not None:
-                    value = poll()
-                    if value is not None:
-                        raise _Polled(value)
-                delay = min(delay * 2, 0.05)
+            await poll_until(attempt, first=0.001, most=0.05, sleep=take_token)
     finally:
-        if jobs is not None:
-            jobs.discard(queued)
+        workers.jobs.discard(queued)
         if queued.cancelled_caught:
             raise Interrupted
 
 
 def _reinstall() -> None:
     global _handler_installed
-    if _handler_installed and signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
+    if _handler_installed and _getsignal(INTERRUPT_SIGNAL) is not _no_op:
         _handler_installed = False
     install_interrupt_handler()
 
 
-def interrupt_all(jobs: set[Any]) -> None:
-    """Interrupt every running job in ``jobs``, and wake the tasks still queued for a
-    worker token (a handle is closing)."""
-    for job in list(jobs):
+def interrupt_all(workers: Workers) -> None:
+    """Interrupt every running job of ``workers``, wake the tasks still queued for a
+    worker token, and end the parked threads (a handle is closing)."""
+    workers.close()
+    for job in list(workers.jobs):
         if isinstance(job, CancelScope):
             job.cancel()
         else:
             job.interrupt()
 
 
-async def stop_jobs(jobs: set[Any]) -> None:
-    """Interrupt ``jobs`` and wait (shielded, at most a second) until their tasks are done.
+def _none_left(workers: Workers) -> Again | None:
+    return AGAIN if workers.jobs else None
 
-    Each job wakes its own task, which then drops it from ``jobs``; polling that set every
-    millisecond is simpler than a second wake-up path, and it lasts a millisecond or two.
+
+async def stop_jobs(workers: Workers) -> None:
+    """Interrupt ``workers`` and wait (shielded, at most a second) until their tasks are
+    done.
+
+    Each job wakes its own task, which then drops it from ``workers.jobs``; polling that
+    set every millisecond is simpler than a second wake-up path, and it lasts a
+    millisecond or two.
     """
-    interrupt_all(jobs)
+    interrupt_all(workers)
     with CancelScope(shield=True), anyio.move_on_after(1):
-        while jobs:  # noqa: ASYNC110
-            await anyio.sleep(0.001)
+        await poll_until(partial(_none_left, workers), first=0.001, most=0.001)

@@ -135,6 +135,8 @@ async def wait_until(
     attempt: Callable[[], T | Again],
     wait: Callable[[], Awaitable[object]],
     pacer: Pacer,
+    *,
+    tried: bool = False,
 ) -> T:
     """The one "try, else wait" loop of aioipc.
 
@@ -144,11 +146,17 @@ async def wait_until(
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
     without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
 
+    ``tried=True`` says the caller's own inlined fast path has just made the first
+    attempt (after its pacing check) and it said :data:`AGAIN`: start with the wait.
+
     Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
     attempt that succeeded and the return, so a cancelled call has taken nothing (as
     long as ``wait`` itself takes nothing, or gives back what it took).
     """
-    if pacer.due():
+    if tried:
+        await wait()
+        pacer.waited()
+    elif pacer.due():
         await checkpoint()
     while True:
         result = attempt()
@@ -169,9 +177,19 @@ def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[f
         delay = min(delay * factor, most)
 
 
-async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: float) -> T:
+async def poll_until(
+    attempt: Callable[[], T | Again],
+    *,
+    first: float,
+    most: float,
+    sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
+) -> T:
     """The one polling loop: ``attempt()`` until it returns something other than
     :data:`AGAIN`, sleeping on the :func:`backoff_delays` schedule in between.
+
+    ``sleep(delay)`` is how the loop passes each delay: :func:`anyio.sleep` unless the
+    caller can also be woken by something else meanwhile (the worker threads' token
+    queue waits for a token for at most ``delay``).
 
     Cancellation: at any sleep; an attempt that succeeded is returned, never dropped.
     """
@@ -179,7 +197,7 @@ async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: fl
         result = attempt()
         if result is not AGAIN:
             return result
-        await anyio.sleep(delay)
+        await sleep(delay)
     raise AssertionError("unreachable: backoff_delays never ends")
 
 
