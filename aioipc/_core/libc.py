@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "msgctl",
     "msgget",
     "msgrcv",
+    "msgwait",
     "msgsnd",
     "semctl",
     "semctl_stat",
@@ -250,6 +252,19 @@ def msgrcv(qid: int, rbuf: ReceiveBuffer, size: int, mtype: int, flags: int) -> 
         raise _error()
     got_type = ctypes.c_long.from_address(rbuf.addr).value
     return got_type, ctypes.string_at(rbuf.addr + _LONG, n)
+
+
+def msgwait(qid: int, rbuf: ReceiveBuffer, mtype: int, flags: int) -> tuple[int, bytes] | None:
+    """Block until a message matching ``mtype`` is queued and leave it there: a msgrcv of
+    size 0 without MSG_NOERROR, which the kernel answers with E2BIG (returned as None,
+    with no exception on this hot path) -- except for a zero-length message, which fits
+    and is taken (returned)."""
+    n: int = _msgrcv(qid, rbuf.addr, 0, mtype, flags)
+    if n < 0:
+        if ctypes.get_errno() == errno.E2BIG:
+            return None
+        raise _error()
+    return ctypes.c_long.from_address(rbuf.addr).value, b""
 
 
 def msgctl_stat(qid: int) -> MsqidDs:

@@ -685,13 +685,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             # A zero-size buffer: the kernel says E2BIG when a matching message is there
             # and leaves it in the queue, so the worker waits without taking anything. A
             # cancelled receive then took nothing, even if this process dies right after.
-            try:
-                # Only a zero-length message fits: that one is taken.
-                return job.call(partial(_libc.msgrcv, qid, wait_buf, 0, selector, wait_flags))
-            except OSError as exc:
-                if exc.errno == errno.E2BIG:
-                    return None
-                raise
+            return job.call(partial(_libc.msgwait, qid, wait_buf, selector, wait_flags))
 
         async def wait() -> None:
             try:

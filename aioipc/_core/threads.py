@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +40,7 @@ from anyio import CancelScope, CapacityLimiter
 from anyio.lowlevel import RunVar, current_token
 
 from ..errors import IPCError
-from .wait import AGAIN, Again, backoff_delays, poll_until
+from .wait import AGAIN, Again, backoff_delays, poll_until, running_asyncio_loop
 
 __all__ = [
     "DEFAULT_WORKER_THREADS",
@@ -68,6 +68,9 @@ _IDLE_SECONDS = 0.5
 _RESIGNAL_SECONDS = 0.001
 
 _limiter: RunVar[CapacityLimiter] = RunVar("aioipc_worker_limiter")
+# The asyncio loop that last asked and its limiter, as one tuple (one atomic reference
+# for loops on other threads): RunVar.get costs 1.8 us here, on every blocking call.
+_last_limiter: tuple[object, CapacityLimiter] | None = None
 
 
 def worker_limiter() -> CapacityLimiter:
@@ -76,12 +79,19 @@ def worker_limiter() -> CapacityLimiter:
     Set ``worker_limiter().total_tokens`` to allow more (or fewer) kernel calls to block
     at once. Tasks beyond it wait for a token, holding no thread.
     """
+    global _last_limiter
+    loop = running_asyncio_loop()
+    last = _last_limiter
+    if loop is not None and last is not None and last[0] is loop:
+        return last[1]
     try:
-        return _limiter.get()
+        limiter = _limiter.get()
     except LookupError:
         limiter = CapacityLimiter(DEFAULT_WORKER_THREADS)
         _limiter.set(limiter)
-        return limiter
+    if loop is not None:
+        _last_limiter = (loop, limiter)
+    return limiter
 
 
 def _no_op(signum: int, frame: object) -> None:
@@ -181,6 +191,7 @@ class Job(Generic[T]):
                 pass
 
     def run(self) -> None:
+        """Run the function on this thread; the thread then calls :meth:`notify`."""
         with self.lock:
             self.thread_id = threading.get_ident()
         try:
@@ -191,7 +202,10 @@ class Job(Generic[T]):
             with self.lock:
                 self.thread_id = None
                 self.finished = True
-            self._notify()
+
+    def notify(self) -> None:
+        """Wake the task that waits for the job (after :meth:`run`)."""
+        self._notify()
 
     def interrupt(self) -> None:
         """Mark the job cancelled and knock its thread out of the blocking call."""
@@ -275,7 +289,13 @@ class _Thread:
                 return
             self.job = None
             job.run()
-            if not self.owner._park(self):
+            # Parked before the task is woken, so that the notification is the last
+            # thing this thread does holding the GIL: the loop thread, woken by it,
+            # then finds the GIL free instead of sleeping until we let it go (measured
+            # here: 27 us from notification to the loop's callback, 12 us after).
+            parked = self.owner._park(self)
+            job.notify()
+            if not parked:
                 return
             if not self._wake.acquire(timeout=_IDLE_SECONDS):
                 if self.owner._unpark(self):
@@ -407,12 +427,12 @@ class _Waker:
         else:
             self._event = anyio.Event()
 
-    async def wait(self) -> None:
+    def wait(self) -> Awaitable[object]:
+        # The future itself on asyncio: no coroutine frame to go through on the way back.
         if self._fut is not None:
-            await self._fut
-        else:
-            assert self._event is not None
-            await self._event.wait()
+            return self._fut
+        assert self._event is not None
+        return self._event.wait()
 
     def _fire(self) -> None:
         fut = self._fut
@@ -467,19 +487,21 @@ async def run_in_worker(
     if _getsignal(INTERRUPT_SIGNAL) is not _no_op:
         _reinstall()
     limiter = worker_limiter()
+    waker = _Waker()
+    job: Job[T] = Job(fn, waker.notify)
     try:
-        limiter.acquire_nowait()
+        # On behalf of the job: anyio's acquire_nowait looks the current task up first
+        # (0.9 us of the 1.2 us it costs here).
+        limiter.acquire_on_behalf_of_nowait(job)
     except anyio.WouldBlock:
         try:
-            await _queue_for_token(limiter, workers, poll)
+            await _queue_for_token(limiter, job, workers, poll)
         except _Polled as polled:
             return polled.value  # type: ignore[return-value]
     try:
         if before_start is not None:
             before_start()
-        waker = _Waker()
         waker.arm()
-        job: Job[T] = Job(fn, waker.notify)
         jobs = workers.jobs
         jobs.add(job)
         try:
@@ -501,7 +523,7 @@ async def run_in_worker(
             raise job.error
         return job.result  # type: ignore[return-value]
     finally:
-        limiter.release()
+        limiter.release_on_behalf_of(job)
 
 
 async def _until_finished(job: Job[Any], waker: _Waker) -> None:
@@ -527,7 +549,7 @@ class _Polled(Exception):
 
 
 async def _queue_for_token(
-    limiter: CapacityLimiter, workers: Workers, poll: Callable[[], Any] | None
+    limiter: CapacityLimiter, borrower: object, workers: Workers, poll: Callable[[], Any] | None
 ) -> None:
     # Registered while it queues, so that closing the handle wakes this task at once
     # instead of when some other handle's worker frees up.
@@ -537,7 +559,7 @@ async def _queue_for_token(
     async def take_token(delay: float) -> None:
         nonlocal got
         with anyio.move_on_after(delay):
-            await limiter.acquire()
+            await limiter.acquire_on_behalf_of(borrower)
             got = True
 
     def attempt() -> bool | Again:
