@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import sysv_ipc
-from anyio import ClosedResourceError, WouldBlock
+from anyio import BusyResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from ..abc import IPCAttribute, message_bytes
@@ -458,7 +458,14 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         taken it already when the cancellation arrived; then the cancellation exception
         carries a note saying the message was sent.
         """
-        with self._tx_busy:
+        # The busy guard inlined (Busy's own __enter__/__exit__ are two Python calls):
+        # 0.4 us of the 3.5 us a send and a receive cost together, measured here with
+        # 200-message bursts in one process; see the sysv-mq 64B row of bench_queues.
+        busy = self._tx_busy
+        if busy.held:
+            raise BusyResourceError("sending to")
+        busy.held = True
+        try:
             fast = self._fast
             pacer = self._pacer
             if fast is not None and type is None and item.__class__ is bytes and not self._closed:
@@ -485,6 +492,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     return
             self._check_fits(len(data))
             await self._send_waiting(mtype, data)
+        finally:
+            busy.held = False
 
     async def _send_waiting(self, mtype: int, data: bytes) -> None:
         """The queue was full: wait on a worker thread, whose blocking msgsnd sends the
@@ -746,7 +755,12 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             # The common call, in as few Python steps as the contract allows: the engine's
             # fast path inlined, since this path is most of the per-message cost once the
             # kernel call is sysv_ipc's (bench_queues' sysv-mq 64B row measures it).
-            with self._rx_busy:
+            # The busy guard inlined, as in send() (same measurement).
+            busy = self._rx_busy
+            if busy.held:
+                raise BusyResourceError("receiving from")
+            busy.held = True
+            try:
                 if self._pacer.due():
                     await anyio.lowlevel.checkpoint()
                 try:
@@ -758,6 +772,8 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                     return msg[1]
                 except (sysv_ipc.Error, OSError, ValueError, OverflowError):
                     pass  # the general path repeats the call and says exactly what is wrong
+            finally:
+                busy.held = False
         selector = self._receive_type if type is None else type
         return (
             await self.receive_message(

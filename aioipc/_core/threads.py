@@ -4,11 +4,16 @@
 Callers try the no-wait form first (``IPC_NOWAIT``, ``sem_trywait``) and come here only
 when it would really block. This module is the only place aioipc starts threads.
 
-* **Bounded.** A blocking call runs on a thread of aioipc's own pool, and only while the
-  task holds a token of aioipc's own :class:`anyio.CapacityLimiter`
-  (:func:`worker_limiter`, :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's
-  default limiter, which the application's ``to_thread`` calls share, is never touched: a
-  thousand tasks waiting on a queue cannot starve the application's own threads.
+* **Bounded.** A blocking call runs on an aioipc worker thread only while the task holds
+  a token of aioipc's own :class:`anyio.CapacityLimiter` (:func:`worker_limiter`,
+  :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's default limiter, which
+  the application's ``to_thread`` calls share, is never touched: a thousand tasks
+  waiting on a queue cannot starve the application's own threads.
+* **Warm.** A thread whose call is done parks on its handle's :class:`Workers` for that
+  handle's next call, which then costs one lock release (no thread start, no pool
+  queue). A handle with no parked thread takes another's before it starts one, so there
+  are never more threads than calls that were blocked at once. Parked threads end after
+  half a second unused, or when their handle closes.
 * **Interruptible.** The System V calls are never restarted after a signal handler runs
   (signal(7)), and ``sem_wait`` returns ``EINTR`` too. To cancel a blocked call the task
   marks the job cancelled and sends :data:`INTERRUPT_SIGNAL` to its thread with
