@@ -51,6 +51,9 @@ __all__ = [
     "semctl_stat",
     "semget",
     "semop",
+    "semop_array",
+    "semop_errno",
+    "sembufs",
     "shmat",
     "shmctl",
     "shmdt",
@@ -294,9 +297,28 @@ def semget(key: int, nsems: int, flags: int) -> int:
 
 def semop(sid: int, ops: list[tuple[int, int, int]]) -> None:
     """Apply ``ops`` [(index, delta, flags)] atomically as one semop."""
-    arr = (Sembuf * len(ops))(*(Sembuf(*op) for op in ops))
-    if _semop(sid, arr, len(ops)) < 0:
+    semop_array(sid, sembufs(ops))
+
+
+def sembufs(ops: list[tuple[int, int, int]]) -> ctypes.Array[Sembuf]:
+    """``ops`` [(index, delta, flags)] as the struct sembuf array semop takes, to build
+    once and pass to :func:`semop_array` / :func:`semop_errno` many times (building it
+    is most of what a no-wait semop costs from Python: 3.6 us against 1.5 us here)."""
+    return (Sembuf * len(ops))(*(Sembuf(*op) for op in ops))
+
+
+def semop_array(sid: int, arr: ctypes.Array[Sembuf]) -> None:
+    """semop with a prepared array; raises OSError."""
+    if _semop(sid, arr, len(arr)) < 0:
         raise _error()
+
+
+def semop_errno(sid: int, arr: ctypes.Array[Sembuf]) -> int:
+    """semop with a prepared array; 0, or the errno (no exception: EAGAIN is the common
+    answer of a no-wait try)."""
+    if _semop(sid, arr, len(arr)) < 0:
+        return ctypes.get_errno()
+    return 0
 
 
 def semctl(sid: int, num: int, cmd: int, arg: int | ctypes.Array[Any] | Any = 0) -> int:

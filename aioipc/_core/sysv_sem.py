@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import os
 from collections.abc import Sequence
 from functools import partial
 from types import TracebackType
@@ -315,13 +316,17 @@ class SemaphoreSet(SysVObject):
         return self._error(exc)
 
     def _try(self, ops: list[tuple[int, int, int]]) -> bool:
-        try:
-            _libc.semop(self._id, [(i, d, f | IPC_NOWAIT) for i, d, f in ops])
+        return self._try_array(_libc.sembufs([(i, d, f | IPC_NOWAIT) for i, d, f in ops]))
+
+    def _try_array(self, nowait: ctypes.Array[_libc.Sembuf]) -> bool:
+        """One no-wait semop of a prepared array; False if it would have to wait."""
+        err = _libc.semop_errno(self._id, nowait)
+        if err == 0:
             return True
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                return False
-            raise self._op_error(exc) from exc
+        if err == errno.EAGAIN:
+            return False
+        exc = OSError(err, os.strerror(err))
+        raise self._op_error(exc) from exc
 
     def op_nowait(self, ops: Sequence[tuple[int, int]], *, undo: bool | None = None) -> None:
         """Apply ``ops`` [(index, delta), ...] atomically if that needs no waiting.
@@ -357,13 +362,26 @@ class SemaphoreSet(SysVObject):
             return
         await self._wait(prepared)
 
-    async def _wait(self, prepared: list[tuple[int, int, int]]) -> None:
+    async def _wait(
+        self,
+        prepared: list[tuple[int, int, int]],
+        arrays: tuple[ctypes.Array[_libc.Sembuf], ctypes.Array[_libc.Sembuf]] | None = None,
+    ) -> None:
+        """Wait on a worker thread whose blocking semop applies ``prepared`` itself.
+        ``arrays``: the (blocking, no-wait) sembuf arrays of ``prepared``, if the caller
+        keeps them built."""
         sid = self._id
         inverse = [(i, -d, f) for i, d, f in prepared if d]
         stuck: list[bool] = []
+        if arrays is None:
+            arrays = (
+                _libc.sembufs(prepared),
+                _libc.sembufs([(i, d, f | IPC_NOWAIT) for i, d, f in prepared]),
+            )
+        block, nowait = arrays
 
         def blocking(job: Job[bool]) -> bool:
-            job.call(partial(_libc.semop, sid, prepared))
+            job.call(partial(_libc.semop_array, sid, block))
             return True
 
         def undo_late(_: bool) -> None:
@@ -379,7 +397,7 @@ class SemaphoreSet(SysVObject):
                 on_late_result=undo_late,
                 workers=self._jobs,
                 before_start=self._check_open,
-                poll=lambda: True if self._try(prepared) else None,
+                poll=lambda: True if self._try_array(nowait) else None,
             )
         except Interrupted:
             raise ClosedResourceError(f"{self._what}: the handle was closed") from None
@@ -423,6 +441,15 @@ class Semaphore(SemaphoreSet):
         self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
     ) -> None:
         self._held = 0
+        # The sembuf arrays of acquire (wait, no-wait) and release (with and without
+        # SEM_UNDO), built once: building them costs more than the semop itself.
+        flag = SEM_UNDO if undo else 0
+        self._take = (
+            _libc.sembufs([(0, -1, flag)]),
+            _libc.sembufs([(0, -1, flag | IPC_NOWAIT)]),
+        )
+        self._give_undo = _libc.sembufs([(0, 1, SEM_UNDO)])
+        self._give_plain = _libc.sembufs([(0, 1, 0)])
         # Tasks of one handle wait in turn, holding one worker thread between them.
         # fast_acquire: a free lock costs no extra trip through the event loop (the
         # acquire has checkpointed already; the wait is one).
@@ -477,7 +504,9 @@ class Semaphore(SemaphoreSet):
             anyio.ClosedResourceError: the handle is closed.
             anyio.BrokenResourceError: the semaphore was removed.
         """
-        self.op_nowait([(0, -1)])
+        self._check_open()
+        if not self._try_array(self._take[1]):
+            raise WouldBlock
         self._held += self._undo
 
     async def acquire(self) -> None:
@@ -491,15 +520,16 @@ class Semaphore(SemaphoreSet):
         as the cancellation arrived is given back). Tasks of one handle wait in turn,
         holding one worker thread between them.
         """
-        prepared = self._ops([(0, -1)], None)
+        self._check_open()
+        take = self._take
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if not self._try(prepared):
+        if not self._try_array(take[1]):
             # Not a retry loop: the worker's semop applies the operation itself.
             queued = self._lock.locked()
             async with self._lock:
                 self._check_open()  # closed while this task queued for the lock
-                if not (queued and self._try(prepared)):
-                    await self._wait(prepared)
+                if not (queued and self._try_array(take[1])):
+                    await self._wait([(0, -1, SEM_UNDO if self._undo else 0)], take)
         else:
             await anyio.lowlevel.cancel_shielded_checkpoint()
         self._held += self._undo
@@ -515,7 +545,7 @@ class Semaphore(SemaphoreSet):
         undo = self._held > 0
         self._check_open()
         try:
-            _libc.semop(self._id, [(0, 1, SEM_UNDO if undo else 0)])
+            _libc.semop_array(self._id, self._give_undo if undo else self._give_plain)
         except OSError as exc:
             raise self._op_error(exc) from exc
         if undo:
