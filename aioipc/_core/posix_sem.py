@@ -255,7 +255,6 @@ class Semaphore:
         if not getattr(self, "_closed", True):
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
             self._closed = True
-            self._jobs.close()  # its parked worker thread ends now
             self._sem.close()
 
     def __repr__(self) -> str:

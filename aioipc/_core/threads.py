@@ -9,11 +9,11 @@ when it would really block. This module is the only place aioipc starts threads.
   :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's default limiter, which
   the application's ``to_thread`` calls share, is never touched: a thousand tasks
   waiting on a queue cannot starve the application's own threads.
-* **Warm.** A thread whose call is done parks on its handle's :class:`Workers` for that
-  handle's next call, which then costs one lock release (no thread start, no pool
-  queue). A handle with no parked thread takes another's before it starts one, so there
-  are never more threads than calls that were blocked at once. Parked threads end after
-  half a second unused, or when their handle closes.
+* **Pooled.** Threads are started on demand, reused for the next call of any handle and
+  end after half a second idle, so there are never more than calls that were blocked at
+  once. (A warm thread parked per handle and woken with a lock release was tried for
+  issue 11: measured with a two-process ping-pong it was slower than this pool's
+  queue, 124-263 us a SysV queue round trip against 96-209 us, so it was dropped.)
 * **Interruptible.** The System V calls are never restarted after a signal handler runs
   (signal(7)), and ``sem_wait`` returns ``EINTR`` too. To cancel a blocked call the task
   marks the job cancelled and sends :data:`INTERRUPT_SIGNAL` to its thread with
@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import queue
 import signal
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio import CancelScope, CapacityLimiter
-from anyio.lowlevel import RunVar, current_token
+from anyio.lowlevel import RunVar, checkpoint, current_token
 
 from ..errors import IPCError
 from .wait import AGAIN, Again, backoff_delays, poll_until, running_asyncio_loop
@@ -259,154 +260,77 @@ class _Interrupter:
                 self._signal(job)
 
 
-class _Thread:
-    """One warm worker thread: runs a job, then parks on its handle's :class:`Workers`
-    until that handle needs it again, for at most ``_IDLE_SECONDS``.
+class _Pool:
+    """Worker threads, started on demand and ended after a short idle time."""
 
-    Parked, it waits on a plain lock (no CPU). Handing it the next job is one lock
-    release: no pool queue and no idle bookkeeping on the way.
-    """
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
 
-    __slots__ = ("_wake", "job", "owner")
-
-    def __init__(self, owner: Workers, job: Job[Any]) -> None:
-        #: The handle it is parked on or runs a job for (changed only under _park_lock).
-        self.owner = owner
-        self.job: Job[Any] | None = job
-        self._wake = threading.Lock()
-        self._wake.acquire()  # held while parked or running: give() releases it
-
-    def start(self) -> None:
+    def submit(self, job: Job[Any]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._queue.put(job)
+                return
         try:
-            threading.Thread(target=self._main, name="aioipc-worker", daemon=True).start()
+            threading.Thread(
+                target=self._work, args=(job,), name="aioipc-worker", daemon=True
+            ).start()
         except RuntimeError as exc:
             raise IPCError(f"aioipc could not start a worker thread: {exc}") from exc
 
-    def give(self, job: Job[Any] | None) -> None:
-        """Wake the parked thread with ``job`` (None: end)."""
-        self.job = job
-        self._wake.release()
-
-    def _main(self) -> None:
+    def _work(self, job: Job[Any] | None) -> None:
         while True:
-            job = self.job
-            if job is None:
-                return
-            self.job = None
-            job.run()
-            # Parked before the task is woken, so that the notification is the last
-            # thing this thread does holding the GIL: the loop thread, woken by it,
-            # then finds the GIL free instead of sleeping until we let it go (measured
-            # here: 27 us from notification to the loop's callback, 12 us after).
-            parked = self.owner._park(self)
-            job.notify()
-            if not parked:
-                return
-            if not self._wake.acquire(timeout=_IDLE_SECONDS):
-                if self.owner._unpark(self):
-                    return
-                # Taken for a job just as the idle time ran out: its give() is coming.
-                self._wake.acquire()
-
-
-# Parked threads of every handle, under one lock (threads park and are taken rarely
-# compared with the blocking calls they make).
-_park_lock = threading.Lock()
-_parked: list[_Thread] = []
-#: At most this many threads are parked at once in a process, whatever the number of
-#: handles: beyond it a thread ends after its job, as a pool thread would.
-MAX_PARKED_THREADS = DEFAULT_WORKER_THREADS
-_fork_generation = 0
+            if job is not None:
+                job.run()
+                job.notify()
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._queue.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # A submit may have counted on this thread in the meantime: take
+                    # its job, or leave (never block outside the lock: another idle
+                    # thread may take that job first).
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
 
 
 class Workers:
-    """One handle's worker threads and the tasks that wait through them.
+    """One handle's jobs on aioipc's worker threads, and the tasks that wait for one.
 
     ``jobs`` holds the running :class:`Job` objects and the cancel scopes of tasks
     queued for a worker token, so that closing the handle reaches all of them
-    (:func:`interrupt_all`, :func:`stop_jobs`). A thread whose job is done stays parked
-    here for the handle's next blocking call (a warm thread: handing it the call is one
-    lock release). A handle with no parked thread of its own takes another handle's
-    before it starts a new one, so the process never has more worker threads than it
-    had jobs running at once (at most the limiter's tokens per event loop). A parked
-    thread ends after ``_IDLE_SECONDS`` unused, when its handle closes, or at once if
-    :data:`MAX_PARKED_THREADS` threads are parked already.
+    (:func:`interrupt_all`, :func:`stop_jobs`).
     """
 
-    __slots__ = ("_closed", "_generation", "_idle", "jobs")
+    __slots__ = ("jobs",)
 
     def __init__(self) -> None:
         self.jobs: set[Job[Any] | CancelScope] = set()
-        self._idle: list[_Thread] = []
-        self._closed = False
-        self._generation = _fork_generation
 
     def __bool__(self) -> bool:
         """True while a job runs or a task queues for a worker token."""
         return bool(self.jobs)
 
     def _submit(self, job: Job[Any]) -> None:
-        thread = None
-        if _parked:
-            with _park_lock:
-                if self._generation != _fork_generation:
-                    self._idle.clear()  # a forked child: those threads do not exist here
-                    self._generation = _fork_generation
-                if self._idle:
-                    thread = self._idle.pop()
-                    _parked.remove(thread)
-                elif _parked:
-                    thread = _parked.pop()
-                    thread.owner._idle.remove(thread)
-                    thread.owner = self
-        if thread is not None:
-            thread.give(job)
-        else:
-            _Thread(self, job).start()
-
-    def _park(self, thread: _Thread) -> bool:
-        with _park_lock:
-            if self._closed or len(_parked) >= MAX_PARKED_THREADS:
-                return False
-            if self._generation != _fork_generation:
-                self._idle.clear()
-                self._generation = _fork_generation
-            self._idle.append(thread)
-            _parked.append(thread)
-            return True
-
-    def _unpark(self, thread: _Thread) -> bool:
-        """Called by a thread whose idle time ran out: False if it was just taken."""
-        with _park_lock:
-            try:
-                _parked.remove(thread)
-            except ValueError:
-                return False
-            thread.owner._idle.remove(thread)
-            return True
-
-    def close(self) -> None:
-        """End the parked threads; threads still running end after their job."""
-        with _park_lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            if self._generation != _fork_generation:
-                return
-            for thread in idle:
-                _parked.remove(thread)
-        for thread in idle:
-            thread.give(None)
+        _pool.submit(job)
 
 
+_pool = _Pool()
 _interrupter = _Interrupter()
 
 
 def _reset_after_fork() -> None:
-    global _interrupter, _park_lock, _parked, _fork_generation
+    global _interrupter, _pool
     _interrupter = _Interrupter()
-    _park_lock = threading.Lock()
-    _parked = []
-    _fork_generation += 1
+    _pool = _Pool()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -467,13 +391,17 @@ async def run_in_worker(
     before_start: Callable[[], None] | None = None,
     poll: Callable[[], T | None] | None = None,
 ) -> T:
-    """Run ``fn`` on one of ``workers``' threads (a warm one if it has one) and return
-    its result.
+    """Run ``fn`` on an aioipc worker thread for the handle whose :class:`Workers` is
+    ``workers`` and return its result.
 
     ``workers`` is the handle's :class:`Workers`, so that closing the handle can
     interrupt the job (:func:`interrupt_all`). ``before_start`` runs once the task holds
     a worker token, right before the job starts (the handle checks it is still open: it
     may have been closed while the task queued for the token).
+
+    ``poll`` (the caller's no-wait try, returning None when it would block) is tried
+    once more after one trip through the event loop before any thread is used: a peer
+    that answers within that trip costs no thread hop at all.
 
     When every token is taken (the limiter's threads all wait on other objects), the task
     does not just queue: every 1 ms, doubling up to 50 ms, it calls ``poll`` (the
@@ -487,6 +415,17 @@ async def run_in_worker(
     (shielded); if it completed anyway, its result goes to ``on_late_result`` and
     ``late_note`` is added to the cancellation exception before it propagates.
     """
+    if poll is not None:
+        # A bounded spin before the hop: one trip through the event loop, then the no-wait
+        # try again. When the peer answers within that trip (both processes still on a
+        # CPU), this saves a thread wake-up and a loop wake-up, which cost tens of us
+        # each on a VM whose idle vCPUs halt: measured here with a semaphore ping-pong
+        # on an idle machine, 17-150 us a round trip with it, 140-200 us without. Where
+        # it does not pay it costs one loop iteration (~6 us here) before the wait.
+        await checkpoint()
+        value = poll()
+        if value is not None:
+            return value
     # Checked on every call, because with the default action restored our interrupt
     # would terminate the process.
     if _getsignal(INTERRUPT_SIGNAL) is not _no_op:
@@ -595,8 +534,7 @@ def _reinstall() -> None:
 
 def interrupt_all(workers: Workers) -> None:
     """Interrupt every running job of ``workers``, wake the tasks still queued for a
-    worker token, and end the parked threads (a handle is closing)."""
-    workers.close()
+    worker token (a handle is closing)."""
     for job in list(workers.jobs):
         if isinstance(job, CancelScope):
             job.cancel()
