@@ -525,7 +525,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
                 raise self._send_error(exc, len(data)) from exc
             sent = True
 
-        await wait_until(attempt, wait, self._pacer, tried=True)
+        await wait_until(attempt, wait, self._pacer, paced=False, tried=True)
 
     async def send_eof(self) -> None:
         """Not supported: a message queue has no end-of-stream marker.
@@ -712,7 +712,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             if msg is not None:
                 got.append(msg)  # a zero-length message the wait took, or a polled one
 
-        return await wait_until(attempt, wait, self._pacer, tried=tried)
+        return await wait_until(attempt, wait, self._pacer, paced=not tried, tried=tried)
 
     def _put_back(self, msg: Message | None) -> None:
         """A cancelled receive's worker finished anyway; ``msg`` is what it took.

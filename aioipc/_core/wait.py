@@ -136,7 +136,9 @@ async def wait_until(
     wait: Callable[[], Awaitable[object]],
     pacer: Pacer,
     *,
+    paced: bool = True,
     tried: bool = False,
+    yields: int = 0,
 ) -> T:
     """The one "try, else wait" loop of aioipc.
 
@@ -145,25 +147,37 @@ async def wait_until(
     succeed (fd readiness, a ring doorbell, a worker thread) and may itself raise (end of
     stream, a dead peer, cancellation). Every :data:`YIELD_EVERY`-th call that completes
     without waiting checkpoints first (:class:`Pacer`); a wait is a checkpoint.
-
-    ``tried=True`` says the caller's own inlined fast path has just made the first
-    attempt (after its pacing check) and it said :data:`AGAIN`: start with the wait.
+    ``paced=False`` skips that first count, for a step of a call that already counted
+    itself (the rest of a message after its first write). ``tried=True`` skips the first
+    attempt: for a hot path that inlined the fast path
+    (``if not pacer.due(): r = attempt(); if r is not AGAIN: return r``) and saw AGAIN,
+    so that the slow path costs no second system call. ``yields`` first yields to the
+    event loop that many times (a checkpoint each), trying again after each, before it
+    waits: when the answer usually comes within a loop iteration (a ping-pong peer), it
+    spares the loop a sleep in ``epoll_wait`` and the process a wake-up.
 
     Cancellation: delivered only at a checkpoint or inside ``wait``, never between an
     attempt that succeeded and the return, so a cancelled call has taken nothing (as
     long as ``wait`` itself takes nothing, or gives back what it took).
     """
-    if tried:
-        await wait()
-        pacer.waited()
-    elif pacer.due():
+    if paced and pacer.due():
         await checkpoint()
-    while True:
+    if not tried:
         result = attempt()
         if result is not AGAIN:
             return result
+    for _ in range(yields):
+        await checkpoint()
+        pacer.waited()
+        result = attempt()
+        if result is not AGAIN:
+            return result
+    while True:
         await wait()
         pacer.waited()
+        result = attempt()
+        if result is not AGAIN:
+            return result
 
 
 def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[float]:
