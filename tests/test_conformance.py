@@ -156,8 +156,6 @@ class Kind:
     two_way: bool = False
     #: The keyword arguments of check_one_way_channel / check_two_way_channel.
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: A queue: a second concurrent receive or send waits on an anyio.Lock today.
-    queue: bool = False
     #: Checks the kind cannot take, each with its reason where the kind is defined.
     skip: tuple[str, ...] = ()
 
@@ -335,7 +333,6 @@ KINDS: dict[str, Kind] = {
             "eof_on_sender_close": False,
             "broken_on_receiver_close": False,
         },
-        queue=True,
     ),
     "sysv-mq": Kind(
         sysv_queues,
@@ -344,7 +341,6 @@ KINDS: dict[str, Kind] = {
             "eof_on_sender_close": False,
             "broken_on_receiver_close": False,
         },
-        queue=True,
     ),
     "shm-ring": Kind(
         _ring(RING_CAPACITY),
@@ -408,20 +404,13 @@ def run_checks(
     anyio.run(main, backend=backend, backend_options=backend_options)
 
 
-def matrix(*, queues_busy: bool = False) -> list[Any]:
-    """Every (kind, backend) pair; ``queues_busy``: the queue kinds are expected to fail."""
-    cases = []
-    for kind_name, kind in KINDS.items():
-        marks = []
-        if queues_busy and kind.queue and kind_name.startswith("sysv"):
-            marks.append(
-                pytest.mark.xfail(strict=True, reason="until the i11-engine/i11-threads merge")
-            )
-        for backend_name in BACKENDS:
-            cases.append(
-                pytest.param(kind_name, backend_name, id=f"{kind_name}-{backend_name}", marks=marks)
-            )
-    return cases
+def matrix() -> list[Any]:
+    """Every (kind, backend) pair."""
+    return [
+        pytest.param(kind_name, backend_name, id=f"{kind_name}-{backend_name}")
+        for kind_name in KINDS
+        for backend_name in BACKENDS
+    ]
 
 
 @pytest.fixture
@@ -439,7 +428,7 @@ def test_contract(kind_name: str, backend_name: str, place: Place) -> None:
     run_checks(kind_name, backend_name, place, leave_out=(*BUSY_CHECKS, *PACING_CHECKS))
 
 
-@pytest.mark.parametrize(("kind_name", "backend_name"), matrix(queues_busy=True))
+@pytest.mark.parametrize(("kind_name", "backend_name"), matrix())
 def test_busy_rule(kind_name: str, backend_name: str, place: Place) -> None:
     """aioipc's one concurrency rule (docs/channels.md): a second concurrent receive, or
     a second concurrent send, on one handle raises anyio.BusyResourceError on every

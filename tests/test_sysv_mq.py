@@ -434,8 +434,13 @@ async def test_types_beyond_a_c_int(tmp_path: Path, keyed: bool) -> None:
 
 @pytest.mark.asyncio
 async def test_selectors_on_the_wait_path() -> None:
-    """A waiting receive with a selector takes only its type; others stay queued."""
-    async with new_queue() as q, anyio.create_task_group() as tg:
+    """A waiting receive with a selector takes only its type; others stay queued. Two
+    receives wait at once through two handles (one handle receives in one task)."""
+    async with (
+        new_queue() as q,
+        MessageQueue.from_id(q.id) as other,
+        anyio.create_task_group() as tg,
+    ):
         only_seven, not_seven, lowest = Outcome(), Outcome(), Outcome()
         tg.start_soon(only_seven.run, lambda: q.receive_message(7))
         await anyio.wait_all_tasks_blocked()
@@ -446,7 +451,7 @@ async def test_selectors_on_the_wait_path() -> None:
         assert q.receive_message_nowait() == (2, b"for anyone")
 
         tg.start_soon(not_seven.run, lambda: q.receive_message(7, except_type=True))
-        tg.start_soon(lowest.run, lambda: q.receive_message(-3))
+        tg.start_soon(lowest.run, lambda: other.receive_message(-3))
         await anyio.wait_all_tasks_blocked()
         await q.send(b"seven again", type=7)
         await q.send(b"eight", type=8)
@@ -482,11 +487,12 @@ async def test_truncate_and_too_long_for_max_size() -> None:
         with pytest.raises(ValueError, match="max_size"):
             await q.receive(max_size=-1)
 
-        # The same on the wait path: the worker's msgrcv reports it.
-        async with anyio.create_task_group() as tg:
+        # The same on the wait path: the worker's msgrcv reports it (two handles: one
+        # receive waits per handle).
+        async with MessageQueue.from_id(q.id) as other, anyio.create_task_group() as tg:
             cut, refused = Outcome(), Outcome()
             tg.start_soon(cut.run, lambda: q.receive(type=1, truncate=True, max_size=3))
-            tg.start_soon(refused.run, lambda: q.receive(type=2, max_size=3))
+            tg.start_soon(refused.run, lambda: other.receive(type=2, max_size=3))
             await anyio.wait_all_tasks_blocked()
             await q.send(b"abcdef", type=1)
             await q.send(b"ghijkl", type=2)
@@ -751,8 +757,8 @@ async def cancel_a_parked_receive(q: MessageQueue) -> None:
     """Start a receive on the (empty) queue, wait until a worker thread runs its msgrcv,
     then cancel it.
 
-    White box: the handle's ``_jobs`` (running Jobs, and cancel scopes of tasks queued
-    for a worker) shows when a worker thread has started the job (``thread_id`` is set
+    White box: the handle's ``_jobs.jobs`` (running Jobs, and cancel scopes of tasks
+    queued for a worker) shows when a worker thread has started the job (``thread_id`` is set
     while it runs). anyio.wait_all_tasks_blocked() would do without
     it, but it sleeps 0.1 s whenever a task is runnable: far too slow for hundreds of rounds.
     """
@@ -766,7 +772,7 @@ async def cancel_a_parked_receive(q: MessageQueue) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(receive)
         with anyio.fail_after(5):
-            while not any(getattr(job, "thread_id", None) is not None for job in q._jobs):
+            while not any(getattr(job, "thread_id", None) is not None for job in q._jobs.jobs):
                 await anyio.lowlevel.checkpoint()
         scope.cancel()
     assert not got, f"a receive on an empty queue returned {got}"
@@ -886,24 +892,30 @@ async def test_stashed_message_that_cannot_be_put_back_warns() -> None:
 @pytest.mark.parametrize("how", ["ipcrm", "remove"])
 async def test_removal_wakes_every_waiter(how: str) -> None:
     async with new_queue(max_bytes=10) as q, anyio.create_task_group() as tg:
-        other = MessageQueue.from_id(q.id)
+        # One receive waits per handle (a second one would raise BusyResourceError).
+        others = [MessageQueue.from_id(q.id) for _ in range(6)]
+        other = others[0]
         sender = MessageQueue.from_id(q.id)
         try:
             sender.send_nowait(bytes(10), type=9)  # full: the next send waits
             calls: list[Callable[[], Awaitable[object]]] = [
-                *(lambda: q.receive(type=3) for _ in range(3)),  # one thread, two on the lock
-                lambda: q.receive(type=4),
-                lambda: q.receive_message(-2),
-                lambda: q.receive(type=9, except_type=True),
+                lambda: q.receive(type=3),
+                lambda: others[1].receive(type=4),
+                lambda: others[2].receive_message(-2),
+                lambda: others[3].receive(type=9, except_type=True),
+                lambda: others[4].receive(type=3),
+                lambda: others[5].receive(type=7),
                 lambda: other.receive(type=3),
-                lambda: other.receive(type=7),
                 lambda: sender.send(b"no room"),
+                lambda: q.send(b"no room 2"),  # a send and a receive on one handle
             ]
             outcomes = [Outcome() for _ in calls]
             for outcome, call in zip(outcomes, calls, strict=True):
                 tg.start_soon(outcome.run, call)
             await anyio.wait_all_tasks_blocked()
-            assert not any(o.done.is_set() for o in outcomes)
+            assert not any(o.done.is_set() for o in outcomes), [
+                (i, repr(o.error)) for i, o in enumerate(outcomes) if o.done.is_set()
+            ]
             if how == "ipcrm":
                 await anyio.run_process(["ipcrm", "-q", str(q.id)])
             else:
@@ -920,7 +932,8 @@ async def test_removal_wakes_every_waiter(how: str) -> None:
             with pytest.raises(BrokenResourceError, match="removed"):
                 _ = q.current_messages
         finally:
-            await other.aclose()
+            for handle in others:
+                await handle.aclose()
             await sender.aclose()
 
 
@@ -950,14 +963,17 @@ async def test_aclose_wakes_waiters_and_their_threads_end() -> None:
         q = MessageQueue.from_id(owner.id)  # not the owner: the queue stays after aclose
         try:
             before = await settled_thread_count()
-            outcomes = [Outcome() for _ in range(5)]
+            owner.max_bytes = 1
+            owner.send_nowait(b"f", type=9)  # full: a send waits
+            outcomes = [Outcome(), Outcome()]
             async with anyio.create_task_group() as tg:
-                for t, outcome in enumerate(outcomes, 1):  # one selector each: five threads
-                    tg.start_soon(outcome.run, lambda t=t: q.receive(type=t))
+                # One receive and one send wait on the handle: two threads.
+                tg.start_soon(outcomes[0].run, lambda: q.receive(type=1))
+                tg.start_soon(outcomes[1].run, lambda: q.send(b"n", type=2))
                 await anyio.wait_all_tasks_blocked()
                 # By name only: ``before`` may count another library's idle threads,
                 # which can end at any moment.
-                assert aioipc_threads() >= 5
+                assert aioipc_threads() >= 2
                 with anyio.fail_after(1):
                     await q.aclose()
                 await wait_all(outcomes, 1)
@@ -967,6 +983,8 @@ async def test_aclose_wakes_waiters_and_their_threads_end() -> None:
             await wait_for_threads(before, 1.5)
             assert aioipc_threads() == 0
             assert proc_row(owner.id) is not None
+            assert owner.receive_message_nowait() == (9, b"f")  # the send sent nothing
+            owner.max_bytes = 100
             await owner.send(b"still usable", type=2)
             assert owner.receive_nowait() == b"still usable"
             with pytest.raises(ClosedResourceError):
@@ -980,28 +998,81 @@ async def test_aclose_wakes_waiters_and_their_threads_end() -> None:
 
 
 @pytest.mark.asyncio
-async def test_aclose_wakes_every_waiter_of_one_selector() -> None:
-    """Tasks of one selector share one worker: only the first waits in it, the others
-    queue for the handle's lock. aclose must wake those too (it did not before 3fb979b:
-    they took the lock after the close and started a new msgrcv that nobody stopped)."""
+async def test_a_second_concurrent_receive_raises_busy_and_the_first_loses_nothing() -> None:
+    """One task receives on a handle at a time, as on every aioipc channel: a second
+    receive (any method, any selector) raises BusyResourceError at once instead of
+    queueing; the first still gets every message, in order."""
+    async with new_queue() as q, MessageQueue.from_id(q.id) as sender:
+        first = Outcome()
+        got: list[bytes] = []
+
+        async def receive_three() -> list[bytes]:
+            for _ in range(3):
+                got.append(await q.receive())
+            return got
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run, receive_three)
+            await anyio.wait_all_tasks_blocked()  # waiting in a worker thread
+            # At once: before, these queued behind the first on a lock (fail_after ends
+            # that wait).
+            with anyio.fail_after(5):
+                with pytest.raises(anyio.BusyResourceError):
+                    await q.receive()
+                with pytest.raises(anyio.BusyResourceError):
+                    await q.receive_message(5)
+                with pytest.raises(anyio.BusyResourceError):
+                    await q.receive(type=2, except_type=True)
+            for i in range(3):
+                await sender.send(num(i))
+            await wait_all([first], 5)
+        assert first.value == [num(0), num(1), num(2)]
+        assert q.current_messages == 0
+
+
+@pytest.mark.asyncio
+async def test_a_second_concurrent_send_raises_busy_and_the_first_loses_nothing() -> None:
+    async with new_queue(max_bytes=2) as q, MessageQueue.from_id(q.id) as receiver:
+        q.send_nowait(num(0)[:2])  # full: the next send waits
+        first = Outcome()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run, lambda: q.send(b"ab"))
+            await anyio.wait_all_tasks_blocked()  # waiting in a worker thread
+            with anyio.fail_after(5):
+                with pytest.raises(anyio.BusyResourceError):
+                    await q.send(b"cd")
+                with pytest.raises(anyio.BusyResourceError):
+                    await q.send(b"ef", type=3)
+            assert receiver.receive_nowait() == num(0)[:2]
+            await wait_all([first], 5)
+        assert first.error is None
+        assert receiver.receive_nowait() == b"ab"
+        with pytest.raises(WouldBlock):
+            receiver.receive_nowait()
+
+
+@pytest.mark.asyncio
+async def test_successive_waits_reuse_one_worker_thread_which_ends_after_close() -> None:
+    """Five waits in a row are served by one worker thread (no thread start per wait),
+    and no aioipc thread is left once the handle is closed and the idle time is over."""
     async with new_queue() as owner:
+        before = await settled_thread_count()
         q = MessageQueue.from_id(owner.id)
-        outcomes = [Outcome() for _ in range(3)]
         try:
-            async with anyio.create_task_group() as tg:
-                for outcome in outcomes:
-                    tg.start_soon(outcome.run, q.receive)
-                await anyio.wait_all_tasks_blocked()
-                try:
-                    with anyio.fail_after(1):
-                        await q.aclose()
-                    await wait_all(outcomes, 1)
-                finally:
-                    tg.cancel_scope.cancel()
+            for i in range(5):
+                async with anyio.create_task_group() as tg:
+                    got = Outcome()
+                    tg.start_soon(got.run, q.receive)
+                    await anyio.wait_all_tasks_blocked()  # waiting through a worker
+                    await owner.send(num(i))
+                    await wait_all([got], 5)
+                assert got.value == num(i)
+                assert aioipc_threads() == 1  # the same thread, idle between waits
         finally:
             await q.aclose()
-        for outcome in outcomes:
-            assert isinstance(outcome.error, ClosedResourceError), outcome.error
+        # Idle workers end after 0.5 s (generous on a loaded machine).
+        await wait_for_threads(before, 3)
+        assert aioipc_threads() == 0
 
 
 @pytest.mark.asyncio
@@ -1009,7 +1080,8 @@ async def test_a_thousand_waiters_hold_a_bounded_number_of_threads() -> None:
     limiter = aioipc.worker_limiter()
     default_limiter = anyio.to_thread.current_default_thread_limiter()
     async with new_queue() as owner:
-        handles = [MessageQueue.from_id(owner.id) for _ in range(50)]
+        # One waiting receive per handle (a second one on a handle raises BusyResourceError).
+        handles = [MessageQueue.from_id(owner.id) for _ in range(1000)]
         try:
             before = await settled_thread_count()
             ceiling = before + int(limiter.total_tokens) + 2  # + the interrupter, + slack
@@ -1030,10 +1102,8 @@ async def test_a_thousand_waiters_hold_a_bounded_number_of_threads() -> None:
                     await anyio.sleep(0.005)
 
             async with anyio.create_task_group() as tg:
-                for _ in range(500):
-                    tg.start_soon(waiter, owner)  # one handle, one selector
-                for i in range(500):
-                    tg.start_soon(waiter, handles[i % 50])  # fifty handles
+                for handle in handles:
+                    tg.start_soon(waiter, handle)
                 tg.start_soon(monitor)
                 await anyio.wait_all_tasks_blocked()
                 assert limiter.borrowed_tokens == limiter.total_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..errors import IPCExistsError, IPCNotFoundError, Overrides, open_or_create
 from . import registry as _registry
 from .check import check_int, check_mode
 from .posix_base import SEM_ERRORS, check_name, map_posix_errors, posix_error
-from .threads import Interrupted, Job, run_in_worker, stop_jobs
+from .threads import Interrupted, Job, Workers, run_in_worker, stop_jobs
 
 __all__ = ["Semaphore", "unlink_semaphore"]
 
@@ -62,8 +63,11 @@ class Semaphore:
         self._name = name
         self._what = f"POSIX semaphore {name}"
         self._closed = False
-        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
-        self._lock: anyio.Lock | None = None
+        self._jobs = Workers()
+        # Tasks of one handle wait in turn, holding one worker thread between them.
+        # fast_acquire: a free lock costs no extra trip through the event loop (the
+        # acquire has checkpointed already; the wait is one).
+        self._lock = anyio.Lock(fast_acquire=True)
 
     @classmethod
     def _open(cls, name: str, flags: int, mode: int = 0o600, value: int = 0) -> Semaphore:
@@ -195,39 +199,28 @@ class Semaphore:
         if self._try():
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        sem = self._sem
-        what = self._what
-
-        def blocking(job: Job[bool]) -> bool:
-            while True:
-                job.check()
-                try:
-                    sem.acquire()
-                    return True
-                except posix_ipc.SignalError:
-                    continue
-                except posix_ipc.Error as exc:
-                    # Here, in the thread whose errno it is (see posix_base.posix_errno).
-                    raise posix_error(exc, what, _OP_ERRORS) from exc
-
+        # Not a retry loop: the worker's sem_wait takes the permit itself.
+        queued = self._lock.locked()
         async with self._lock:
-            self._check_open()
-            if self._try():
-                return
-            try:
-                await run_in_worker(
-                    blocking,
-                    on_late_result=lambda _: sem.release(),
-                    jobs=self._jobs,
-                    before_start=self._check_open,
-                    poll=lambda: True if self._try() else None,
-                )
-            except Interrupted:
-                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-            except (posix_ipc.Error, OSError) as exc:
-                raise posix_error(exc, self._what, _OP_ERRORS) from exc
+            self._check_open()  # closed while this task queued for the lock
+            if queued and self._try():
+                return  # a permit came while this task queued for the lock
+            await self._wait()
+
+    async def _wait(self) -> None:
+        sem = self._sem
+        try:
+            await run_in_worker(
+                partial(_sem_wait, sem, self._what),
+                on_late_result=lambda _: sem.release(),
+                workers=self._jobs,
+                before_start=self._check_open,
+                poll=lambda: True if self._try() else None,
+            )
+        except Interrupted:
+            raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+        except (posix_ipc.Error, OSError) as exc:
+            raise posix_error(exc, self._what, _OP_ERRORS) from exc
 
     def release(self) -> None:
         """Give a permit.
@@ -279,6 +272,16 @@ class Semaphore:
 
     def __repr__(self) -> str:
         return f"<aioipc {self._what}{' closed' if self._closed else ''}>"
+
+
+def _sem_wait(sem: posix_ipc.Semaphore, what: str, job: Job[bool]) -> bool:
+    """A worker's blocking sem_wait (posix_ipc raises SignalError on EINTR)."""
+    try:
+        job.call(sem.acquire, posix_ipc.SignalError)
+    except posix_ipc.Error as exc:
+        # Here, in the thread whose errno it is (see posix_base.posix_errno).
+        raise posix_error(exc, what, _OP_ERRORS) from exc
+    return True
 
 
 def _chmod_created(name: str, mode: int) -> None:

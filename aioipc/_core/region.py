@@ -42,6 +42,7 @@ from . import registry as _registry
 from .check import check_fd, check_mode, check_size
 from .posix_base import check_name
 from .sysv_base import SysVObject, check_key, key_repr, read_sysctl
+from .threads import Workers
 
 __all__ = [
     "AnonymousMemory",
@@ -575,7 +576,7 @@ class SysVSharedMemory(SysVObject, SharedMemoryRegion):
     def __init__(self, key: int, shmid: int, size: int, read_only: bool) -> None:
         SysVObject.__init__(self, key, shmid)
         SharedMemoryRegion.__init__(self, size, read_only)
-        self._jobs: set[Any] = set()
+        self._jobs = Workers()  # none ever runs: SysVObject.aclose stops them
         self._remove_on_close = False
         try:
             self._addr = _libc.shmat(shmid, _libc.SHM_RDONLY if read_only else 0)

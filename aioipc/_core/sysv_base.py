@@ -27,7 +27,7 @@ from ..errors import (
 from . import libc as _libc
 from . import registry as _registry
 from .check import ID_MAX, check_id, check_int, check_mode
-from .threads import interrupt_all, stop_jobs
+from .threads import Workers, interrupt_all, stop_jobs
 
 __all__ = ["IPC_PRIVATE", "SysVObject", "check_key", "ftok", "key_repr", "read_sysctl"]
 
@@ -290,9 +290,9 @@ class SysVObject:
                 setattr(ds, name, value)
 
     # -- lifecycle shared by queues and semaphore sets -----------------------------------
-    # Subclasses set ``_jobs`` (their running worker jobs) and ``_remove_on_close``.
+    # Subclasses set ``_jobs`` (their worker threads and jobs) and ``_remove_on_close``.
 
-    _jobs: set[Any]
+    _jobs: Workers
     _remove_on_close: bool
 
     def _rmid(self) -> None:

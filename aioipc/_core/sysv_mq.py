@@ -6,11 +6,12 @@ import contextlib
 import errno
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
 import sysv_ipc
-from anyio import ClosedResourceError, WouldBlock
+from anyio import BusyResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import ObjectStream
 
 from ..abc import IPCAttribute, message_bytes
@@ -33,8 +34,8 @@ from .libc import (
     MSG_QBYTES_MAX,
 )
 from .sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
-from .threads import Interrupted, Job, run_in_worker
-from .wait import YIELD_EVERY, Pacer
+from .threads import Interrupted, Job, Workers, run_in_worker
+from .wait import AGAIN, Again, Busy, Pacer, wait_until
 
 __all__ = ["MessageQueue"]
 
@@ -98,8 +99,13 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
     block does it wait on one of aioipc's worker threads (see :mod:`aioipc._core.threads`).
     A receive's worker waits with a zero-size buffer, which the kernel answers with
     E2BIG once a matching message is there, leaving it queued; the task then takes it
-    with the no-wait call. Tasks of one handle that wait with the same selector share
-    one thread.
+    with the no-wait call.
+
+    One task at a time per direction: a second task that calls a receive method while
+    another task's receive on the same handle is in progress (or a send while a send
+    is) gets :exc:`anyio.BusyResourceError`, as on every aioipc channel. Tasks that
+    must receive concurrently (say, with different type selectors) use one handle each
+    (:meth:`open` or :meth:`from_id` again: handles are cheap).
 
     Construct with :meth:`create`, :meth:`open` or :meth:`open_or_create`. Closing a
     handle does not remove the queue (it outlives every process): call :meth:`remove`,
@@ -126,10 +132,14 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         self._remove_on_close = remove_on_close
         self._msgmax = read_sysctl(_MSGMAX, 8192)
         self._rbuf = _libc.ReceiveBuffer(self._msgmax)
+        # What the worker's zero-size msgrcv writes the type into; one receive waits at
+        # a time per handle (_rx_busy), so one buffer serves them all.
+        self._wait_buf = _libc.ReceiveBuffer(0)
         self._fast = fast if fast is not None else _fast_handle(key, qid, self._msgmax)
         self._stash: list[Message] = []
-        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
-        self._locks: dict[tuple[int, int], anyio.Lock] = {}
+        self._jobs = Workers()
+        self._rx_busy = Busy("receiving from")
+        self._tx_busy = Busy("sending to")
         self._pacer = Pacer()
         self._closed = False
 
@@ -440,63 +450,80 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
 
         Raises:
             as :meth:`send_nowait`, except WouldBlock.
+            anyio.BusyResourceError: another task is sending on this handle.
 
         Cancellation: a cancelled send did not enqueue the message, unless the kernel had
         taken it already when the cancellation arrived; then the cancellation exception
         carries a note saying the message was sent.
         """
-        fast = self._fast
-        if fast is not None and type is None and item.__class__ is bytes and not self._closed:
-            # The common call in as few Python steps as the contract allows.
-            if len(item) > self._msgmax:
-                raise MessageTooLargeError(len(item), self._msgmax, _MSGMAX)
-            mtype, data = self._send_type, item
+        # The busy guard inlined (Busy's own __enter__/__exit__ are two Python calls):
+        # 0.4 us of the 3.5 us a send and a receive cost together, measured here with
+        # 200-message bursts in one process; see the sysv-mq 64B row of bench_queues.
+        busy = self._tx_busy
+        if busy.held:
+            raise BusyResourceError("sending to")
+        busy.held = True
+        try:
+            fast = self._fast
             pacer = self._pacer
-            pacer.count += 1
-            if pacer.count >= YIELD_EVERY:
-                pacer.count = 0
-                await anyio.lowlevel.checkpoint()
-            try:
-                fast.send(data, False, mtype)
-                return
-            except sysv_ipc.BusyError:
-                full = True
-            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
-                full = not self._try_send(mtype, data)  # repeats it, and says why it failed
-            if not full:
-                return
-        else:
-            mtype, data = self._prepare(item, type)
-            await self._pacer.checkpoint()
-            if self._try_send(mtype, data):
-                return
-        self._check_fits(len(data))
+            if fast is not None and type is None and item.__class__ is bytes and not self._closed:
+                # The common call in as few Python steps as the contract allows: the
+                # engine's fast path inlined (bench_queues' sysv-mq 64B row measures it).
+                if len(item) > self._msgmax:
+                    raise MessageTooLargeError(len(item), self._msgmax, _MSGMAX)
+                mtype, data = self._send_type, item
+                if pacer.due():
+                    await anyio.lowlevel.checkpoint()
+                try:
+                    fast.send(data, False, mtype)
+                    return
+                except sysv_ipc.BusyError:
+                    pass
+                except (sysv_ipc.Error, OSError, ValueError, OverflowError):
+                    if self._try_send(mtype, data):  # repeats it, and says why it failed
+                        return
+            else:
+                mtype, data = self._prepare(item, type)
+                if pacer.due():
+                    await anyio.lowlevel.checkpoint()
+                if self._try_send(mtype, data):
+                    return
+            self._check_fits(len(data))
+            await self._send_waiting(mtype, data)
+        finally:
+            busy.held = False
+
+    async def _send_waiting(self, mtype: int, data: bytes) -> None:
+        """The queue was full: wait on a worker thread, whose blocking msgsnd sends the
+        message itself (so once it returns, nothing is sent again)."""
         qid = self._id
+        sent = False
+
+        def attempt() -> bool | Again:
+            return True if sent or self._try_send(mtype, data) else AGAIN
 
         def blocking(job: Job[bool]) -> bool:
-            while True:
-                job.check()
-                try:
-                    _libc.msgsnd(qid, mtype, data, 0)
-                    return True
-                except OSError as exc:
-                    if exc.errno != errno.EINTR:
-                        raise
+            job.call(partial(_libc.msgsnd, qid, mtype, data, 0))
+            return True
 
-        self._pacer.waited()
-        try:
-            await run_in_worker(
-                blocking,
-                jobs=self._jobs,
-                before_start=self._check_open,
-                poll=lambda: True if self._try_send(mtype, data) else None,
-                late_note=f"aioipc: the message was sent to {self._what} before the "
-                "cancellation took effect",
-            )
-        except Interrupted:
-            raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-        except OSError as exc:
-            raise self._send_error(exc, len(data)) from exc
+        async def wait() -> None:
+            nonlocal sent
+            try:
+                await run_in_worker(
+                    blocking,
+                    workers=self._jobs,
+                    before_start=self._check_open,
+                    poll=lambda: True if self._try_send(mtype, data) else None,
+                    late_note=f"aioipc: the message was sent to {self._what} before the "
+                    "cancellation took effect",
+                )
+            except Interrupted:
+                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+            except OSError as exc:
+                raise self._send_error(exc, len(data)) from exc
+            sent = True
+
+        await wait_until(attempt, wait, self._pacer, paced=False, tried=True)
 
     async def send_eof(self) -> None:
         """Not supported: a message queue has no end-of-stream marker.
@@ -617,6 +644,7 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         Selection as :meth:`receive_message_nowait`.
 
         Raises:
+            anyio.BusyResourceError: another task is receiving on this handle.
             anyio.ClosedResourceError: the handle is closed (also while waiting).
             anyio.BrokenResourceError: the queue was removed (also while waiting).
             aioipc.MessageTooLargeError: the message is larger than ``max_size``.
@@ -633,68 +661,53 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
         (behind the messages queued after it), or, only if the queue is full at that
         instant, kept for this handle's next matching receive (and put back on close).
         """
-        selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
-        await self._pacer.checkpoint()
-        msg = self._try_receive(selector, flags, size)
-        if msg is not None:
-            return msg
-        return await self._receive_waiting(selector, flags, size)
+        with self._rx_busy:
+            selector, flags, size = self._receive_args(type, except_type, truncate, max_size)
+            return await self._receive_waiting(selector, flags, size, tried=False)
 
-    async def _receive_waiting(self, selector: int, flags: int, size: int) -> Message:
-        # Tasks with the same selector queue up behind one lock, so they hold one thread.
-        lock = self._locks.get((selector, flags))
-        if lock is None:
-            lock = self._locks[(selector, flags)] = anyio.Lock()
+    async def _receive_waiting(
+        self, selector: int, flags: int, size: int, *, tried: bool
+    ) -> Message:
+        """The engine's loop over the no-wait receive and a worker thread's wait (the
+        caller holds ``_rx_busy``)."""
         qid = self._id
+        wait_buf = self._wait_buf
         # Never MSG_NOERROR here: it would take the message, cut to nothing.
         wait_flags = flags & MSG_EXCEPT
+        got: list[Message] = []
+
+        def attempt() -> Message | Again:
+            # Taken here, on the event loop's side, and returned with no await in
+            # between: nothing can cancel the task while it holds the message. (After a
+            # wake-up another process may have taken it first: then we wait again.)
+            if got:
+                return got.pop()
+            msg = self._try_receive(selector, flags, size)
+            return AGAIN if msg is None else msg
 
         def blocking(job: Job[Message | None]) -> Message | None:
             # A zero-size buffer: the kernel says E2BIG when a matching message is there
             # and leaves it in the queue, so the worker waits without taking anything. A
             # cancelled receive then took nothing, even if this process dies right after.
-            rbuf = _libc.ReceiveBuffer(0)
-            while True:
-                job.check()
-                try:
-                    # Only a zero-length message fits: that one is taken.
-                    return _libc.msgrcv(qid, rbuf, 0, selector, wait_flags)
-                except OSError as exc:
-                    if exc.errno == errno.E2BIG:
-                        return None
-                    if exc.errno != errno.EINTR:
-                        raise
+            return job.call(partial(_libc.msgwait, qid, wait_buf, selector, wait_flags))
 
-        try:
-            async with lock:
-                self._check_open()  # closed while this task queued for the lock
-                self._pacer.waited()
-                while True:
-                    # Taken here, on the event loop's side, and returned with no await in
-                    # between: nothing can cancel the task while it holds the message.
-                    # (Someone may have been served while we queued for the lock; after
-                    # a wake-up another process may have taken it first: wait again.)
-                    msg = self._try_receive(selector, flags, size)
-                    if msg is not None:
-                        return msg
-                    try:
-                        msg = await run_in_worker(
-                            blocking,
-                            on_late_result=self._put_back,
-                            jobs=self._jobs,
-                            before_start=self._check_open,
-                            poll=lambda: self._try_receive(selector, flags, size),
-                        )
-                    except Interrupted:
-                        raise ClosedResourceError(f"{self._what}: the handle was closed") from None
-                    except OSError as exc:
-                        raise self._receive_error(exc, size) from exc
-                    if msg is not None:
-                        return msg  # a zero-length message the wait took, or a polled one
-        finally:
-            # One lock per selector in use, not per selector ever used.
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop((selector, flags), None)
+        async def wait() -> None:
+            try:
+                msg = await run_in_worker(
+                    blocking,
+                    workers=self._jobs,
+                    on_late_result=self._put_back,
+                    before_start=self._check_open,
+                    poll=lambda: self._try_receive(selector, flags, size),
+                )
+            except Interrupted:
+                raise ClosedResourceError(f"{self._what}: the handle was closed") from None
+            except OSError as exc:
+                raise self._receive_error(exc, size) from exc
+            if msg is not None:
+                got.append(msg)  # a zero-length message the wait took, or a polled one
+
+        return await wait_until(attempt, wait, self._pacer, paced=not tried, tried=tried)
 
     def _put_back(self, msg: Message | None) -> None:
         """A cancelled receive's worker finished anyway; ``msg`` is what it took.
@@ -734,19 +747,28 @@ class MessageQueue(SysVObject, ObjectStream[bytes]):
             and not (except_type or truncate or self._stash or self._closed)
             and max_size is None
         ):
-            # The common call, in as few Python steps as the contract allows: this path
-            # is most of the per-message cost once the kernel call is sysv_ipc's.
-            pacer = self._pacer
-            pacer.count += 1
-            if pacer.count >= YIELD_EVERY:
-                pacer.count = 0
-                await anyio.lowlevel.checkpoint()
+            # The common call, in as few Python steps as the contract allows: the engine's
+            # fast path inlined, since this path is most of the per-message cost once the
+            # kernel call is sysv_ipc's (bench_queues' sysv-mq 64B row measures it).
+            # The busy guard inlined, as in send() (same measurement).
+            busy = self._rx_busy
+            if busy.held:
+                raise BusyResourceError("receiving from")
+            busy.held = True
             try:
-                return fast.receive(False, self._receive_type)[0]  # type: ignore[no-any-return]
-            except sysv_ipc.BusyError:
-                return (await self._receive_waiting(self._receive_type, 0, self._msgmax))[1]
-            except (sysv_ipc.Error, OSError, ValueError, OverflowError):
-                pass  # the general path repeats the call and says exactly what is wrong
+                if self._pacer.due():
+                    await anyio.lowlevel.checkpoint()
+                try:
+                    return fast.receive(False, self._receive_type)[0]  # type: ignore[no-any-return]
+                except sysv_ipc.BusyError:
+                    msg = await self._receive_waiting(
+                        self._receive_type, 0, self._msgmax, tried=True
+                    )
+                    return msg[1]
+                except (sysv_ipc.Error, OSError, ValueError, OverflowError):
+                    pass  # the general path repeats the call and says exactly what is wrong
+            finally:
+                busy.held = False
         selector = self._receive_type if type is None else type
         return (
             await self.receive_message(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import os
 from collections.abc import Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,7 +19,7 @@ from . import libc as _libc
 from .check import LONG_MAX, check_int, check_mode
 from .libc import IPC_CREAT, IPC_EXCL, IPC_NOWAIT, SEM_UNDO
 from .sysv_base import IPC_PRIVATE, SysVObject, check_key, key_repr, read_sysctl
-from .threads import Interrupted, Job, run_in_worker
+from .threads import Interrupted, Job, Workers, run_in_worker
 
 __all__ = ["Semaphore", "SemaphoreSet"]
 
@@ -78,7 +80,7 @@ class SemaphoreSet(SysVObject):
         SysVObject.__init__(self, key, sid)
         self._undo = undo
         self._remove_on_close = remove_on_close
-        self._jobs: set[Any] = set()  # running Jobs and tasks queued for a worker
+        self._jobs = Workers()
         self._size = int(self._stat().nsems)
         self._closed = False
 
@@ -303,13 +305,17 @@ class SemaphoreSet(SysVObject):
         return self._error(exc, _OP_ERRORS)
 
     def _try(self, ops: list[tuple[int, int, int]]) -> bool:
-        try:
-            _libc.semop(self._id, [(i, d, f | IPC_NOWAIT) for i, d, f in ops])
+        return self._try_array(_libc.sembufs([(i, d, f | IPC_NOWAIT) for i, d, f in ops]))
+
+    def _try_array(self, nowait: ctypes.Array[_libc.Sembuf]) -> bool:
+        """One no-wait semop of a prepared array; False if it would have to wait."""
+        err = _libc.semop_errno(self._id, nowait)
+        if err == 0:
             return True
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                return False
-            raise self._op_error(exc) from exc
+        if err == errno.EAGAIN:
+            return False
+        exc = OSError(err, os.strerror(err))
+        raise self._op_error(exc) from exc
 
     def op_nowait(self, ops: Sequence[tuple[int, int]], *, undo: bool | None = None) -> None:
         """Apply ``ops`` [(index, delta), ...] atomically if that needs no waiting.
@@ -345,20 +351,27 @@ class SemaphoreSet(SysVObject):
             return
         await self._wait(prepared)
 
-    async def _wait(self, prepared: list[tuple[int, int, int]]) -> None:
+    async def _wait(
+        self,
+        prepared: list[tuple[int, int, int]],
+        arrays: tuple[ctypes.Array[_libc.Sembuf], ctypes.Array[_libc.Sembuf]] | None = None,
+    ) -> None:
+        """Wait on a worker thread whose blocking semop applies ``prepared`` itself.
+        ``arrays``: the (blocking, no-wait) sembuf arrays of ``prepared``, if the caller
+        keeps them built."""
         sid = self._id
         inverse = [(i, -d, f) for i, d, f in prepared if d]
         stuck: list[bool] = []
+        if arrays is None:
+            arrays = (
+                _libc.sembufs(prepared),
+                _libc.sembufs([(i, d, f | IPC_NOWAIT) for i, d, f in prepared]),
+            )
+        block, nowait = arrays
 
         def blocking(job: Job[bool]) -> bool:
-            while True:
-                job.check()
-                try:
-                    _libc.semop(sid, prepared)
-                    return True
-                except OSError as exc:
-                    if exc.errno != errno.EINTR:
-                        raise
+            job.call(partial(_libc.semop_array, sid, block))
+            return True
 
         def undo_late(_: bool) -> None:
             try:
@@ -371,9 +384,9 @@ class SemaphoreSet(SysVObject):
             await run_in_worker(
                 blocking,
                 on_late_result=undo_late,
-                jobs=self._jobs,
+                workers=self._jobs,
                 before_start=self._check_open,
-                poll=lambda: True if self._try(prepared) else None,
+                poll=lambda: True if self._try_array(nowait) else None,
             )
         except Interrupted:
             raise ClosedResourceError(f"{self._what}: the handle was closed") from None
@@ -436,7 +449,19 @@ class Semaphore(SemaphoreSet):
         self, key: int, sid: int, *, undo: bool = True, remove_on_close: bool = False
     ) -> None:
         self._held = 0
-        self._lock: anyio.Lock | None = None
+        # The sembuf arrays of acquire (wait, no-wait) and release (with and without
+        # SEM_UNDO), built once: building them costs more than the semop itself.
+        flag = SEM_UNDO if undo else 0
+        self._take = (
+            _libc.sembufs([(0, -1, flag)]),
+            _libc.sembufs([(0, -1, flag | IPC_NOWAIT)]),
+        )
+        self._give_undo = _libc.sembufs([(0, 1, SEM_UNDO)])
+        self._give_plain = _libc.sembufs([(0, 1, 0)])
+        # Tasks of one handle wait in turn, holding one worker thread between them.
+        # fast_acquire: a free lock costs no extra trip through the event loop (the
+        # acquire has checkpointed already; the wait is one).
+        self._lock = anyio.Lock(fast_acquire=True)
         super().__init__(key, sid, undo=undo, remove_on_close=remove_on_close)
 
     @classmethod
@@ -487,7 +512,9 @@ class Semaphore(SemaphoreSet):
             anyio.ClosedResourceError: the handle is closed.
             anyio.BrokenResourceError: the semaphore was removed.
         """
-        self.op_nowait([(0, -1)])
+        self._check_open()
+        if not self._try_array(self._take[1]):
+            raise WouldBlock
         self._held += self._undo
 
     async def acquire(self) -> None:
@@ -501,15 +528,16 @@ class Semaphore(SemaphoreSet):
         as the cancellation arrived is given back). Tasks of one handle wait in turn,
         holding one worker thread between them.
         """
-        prepared = self._ops([(0, -1)], None)
+        self._check_open()
+        take = self._take
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if not self._try(prepared):
-            if self._lock is None:
-                self._lock = anyio.Lock()
+        if not self._try_array(take[1]):
+            # Not a retry loop: the worker's semop applies the operation itself.
+            queued = self._lock.locked()
             async with self._lock:
                 self._check_open()  # closed while this task queued for the lock
-                if not self._try(prepared):
-                    await self._wait(prepared)
+                if not (queued and self._try_array(take[1])):
+                    await self._wait([(0, -1, SEM_UNDO if self._undo else 0)], take)
         else:
             await anyio.lowlevel.cancel_shielded_checkpoint()
         self._held += self._undo
@@ -525,7 +553,7 @@ class Semaphore(SemaphoreSet):
         undo = self._held > 0
         self._check_open()
         try:
-            _libc.semop(self._id, [(0, 1, SEM_UNDO if undo else 0)])
+            _libc.semop_array(self._id, self._give_undo if undo else self._give_plain)
         except OSError as exc:
             raise self._op_error(exc) from exc
         if undo:

@@ -4,11 +4,16 @@
 Callers try the no-wait form first (``IPC_NOWAIT``, ``sem_trywait``) and come here only
 when it would really block. This module is the only place aioipc starts threads.
 
-* **Bounded.** A blocking call runs on a thread of aioipc's own pool, and only while the
-  task holds a token of aioipc's own :class:`anyio.CapacityLimiter`
-  (:func:`worker_limiter`, :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's
-  default limiter, which the application's ``to_thread`` calls share, is never touched: a
-  thousand tasks waiting on a queue cannot starve the application's own threads.
+* **Bounded.** A blocking call runs on an aioipc worker thread only while the task holds
+  a token of aioipc's own :class:`anyio.CapacityLimiter` (:func:`worker_limiter`,
+  :data:`DEFAULT_WORKER_THREADS` tokens per event loop). anyio's default limiter, which
+  the application's ``to_thread`` calls share, is never touched: a thousand tasks
+  waiting on a queue cannot starve the application's own threads.
+* **Pooled.** Threads are started on demand, reused for the next call of any handle and
+  end after half a second idle, so there are never more than calls that were blocked at
+  once. (A warm thread parked per handle and woken with a lock release was tried for
+  issue 11: measured with a two-process ping-pong it was slower than this pool's
+  queue, 124-263 us a SysV queue round trip against 96-209 us, so it was dropped.)
 * **Interruptible.** The System V calls are never restarted after a signal handler runs
   (signal(7)), and ``sem_wait`` returns ``EINTR`` too. To cancel a blocked call the task
   marks the job cancelled and sends :data:`INTERRUPT_SIGNAL` to its thread with
@@ -26,25 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio import CancelScope, CapacityLimiter
-from anyio.lowlevel import RunVar, current_token
+from anyio.lowlevel import RunVar, checkpoint, current_token
 
 from ..errors import IPCError
+from .wait import AGAIN, Again, backoff_delays, poll_until, running_asyncio_loop
 
 __all__ = [
     "DEFAULT_WORKER_THREADS",
     "INTERRUPT_SIGNAL",
     "Interrupted",
     "Job",
+    "Workers",
     "install_interrupt_handler",
     "interrupt_all",
     "run_in_worker",
@@ -53,6 +62,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Tokens of aioipc's worker limiter per event loop: at most this many blocked kernel calls.
 DEFAULT_WORKER_THREADS = 16
@@ -64,6 +74,9 @@ _IDLE_SECONDS = 0.5
 _RESIGNAL_SECONDS = 0.001
 
 _limiter: RunVar[CapacityLimiter] = RunVar("aioipc_worker_limiter")
+# The asyncio loop that last asked and its limiter, as one tuple (one atomic reference
+# for loops on other threads): RunVar.get costs 1.8 us here, on every blocking call.
+_last_limiter: tuple[object, CapacityLimiter] | None = None
 
 
 def worker_limiter() -> CapacityLimiter:
@@ -72,12 +85,19 @@ def worker_limiter() -> CapacityLimiter:
     Set ``worker_limiter().total_tokens`` to allow more (or fewer) kernel calls to block
     at once. Tasks beyond it wait for a token, holding no thread.
     """
+    global _last_limiter
+    loop = running_asyncio_loop()
+    last = _last_limiter
+    if loop is not None and last is not None and last[0] is loop:
+        return last[1]
     try:
-        return _limiter.get()
+        limiter = _limiter.get()
     except LookupError:
         limiter = CapacityLimiter(DEFAULT_WORKER_THREADS)
         _limiter.set(limiter)
-        return limiter
+    if loop is not None:
+        _last_limiter = (loop, limiter)
+    return limiter
 
 
 def _no_op(signum: int, frame: object) -> None:
@@ -85,6 +105,9 @@ def _no_op(signum: int, frame: object) -> None:
 
 
 _handler_installed = False
+# The C function under signal.getsignal, which converts its answer to an enum on every
+# call: 0.1 us instead of 0.8 us, on a check made before every blocking call.
+_getsignal: Callable[[int], object] = importlib.import_module("_signal").getsignal
 
 
 def install_interrupt_handler() -> None:
@@ -158,7 +181,23 @@ class Job(Generic[T]):
         if self.cancelled:
             raise Interrupted
 
+    def call(
+        self,
+        blocking: Callable[[], R],
+        interrupted: type[BaseException] | tuple[type[BaseException], ...] = InterruptedError,
+    ) -> R:
+        """The worker side's one loop: ``blocking()`` until it returns, checking after
+        every signal (``interrupted``: what the call raises on EINTR) whether the job was
+        cancelled, and before the first call (the signal may have come before it)."""
+        while True:
+            self.check()
+            try:
+                return blocking()
+            except interrupted:
+                pass
+
     def run(self) -> None:
+        """Run the function on this thread; the thread then calls :meth:`notify`."""
         with self.lock:
             self.thread_id = threading.get_ident()
         try:
@@ -169,7 +208,10 @@ class Job(Generic[T]):
             with self.lock:
                 self.thread_id = None
                 self.finished = True
-            self._notify()
+
+    def notify(self) -> None:
+        """Wake the task that waits for the job (after :meth:`run`)."""
+        self._notify()
 
     def interrupt(self) -> None:
         """Mark the job cancelled and knock its thread out of the blocking call."""
@@ -206,8 +248,8 @@ class _Interrupter:
                     signal.pthread_kill(tid, INTERRUPT_SIGNAL)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(_RESIGNAL_SECONDS)
+        for delay in backoff_delays(_RESIGNAL_SECONDS, _RESIGNAL_SECONDS):
+            time.sleep(delay)
             with self._lock:
                 self._jobs = {j for j in self._jobs if not j.finished}
                 if not self._jobs:
@@ -243,6 +285,7 @@ class _Pool:
         while True:
             if job is not None:
                 job.run()
+                job.notify()
             with self._lock:
                 self._idle += 1
             try:
@@ -259,8 +302,29 @@ class _Pool:
                         return
 
 
-_interrupter = _Interrupter()
+class Workers:
+    """One handle's jobs on aioipc's worker threads, and the tasks that wait for one.
+
+    ``jobs`` holds the running :class:`Job` objects and the cancel scopes of tasks
+    queued for a worker token, so that closing the handle reaches all of them
+    (:func:`interrupt_all`, :func:`stop_jobs`).
+    """
+
+    __slots__ = ("jobs",)
+
+    def __init__(self) -> None:
+        self.jobs: set[Job[Any] | CancelScope] = set()
+
+    def __bool__(self) -> bool:
+        """True while a job runs or a task queues for a worker token."""
+        return bool(self.jobs)
+
+    def _submit(self, job: Job[Any]) -> None:
+        _pool.submit(job)
+
+
 _pool = _Pool()
+_interrupter = _Interrupter()
 
 
 def _reset_after_fork() -> None:
@@ -292,12 +356,12 @@ class _Waker:
         else:
             self._event = anyio.Event()
 
-    async def wait(self) -> None:
+    def wait(self) -> Awaitable[object]:
+        # The future itself on asyncio: no coroutine frame to go through on the way back.
         if self._fut is not None:
-            await self._fut
-        else:
-            assert self._event is not None
-            await self._event.wait()
+            return self._fut
+        assert self._event is not None
+        return self._event.wait()
 
     def _fire(self) -> None:
         fut = self._fut
@@ -321,18 +385,23 @@ class _Waker:
 async def run_in_worker(
     fn: Callable[[Job[T]], T],
     *,
+    workers: Workers,
     on_late_result: Callable[[T], None] | None = None,
     late_note: str | None = None,
-    jobs: set[Any] | None = None,
     before_start: Callable[[], None] | None = None,
     poll: Callable[[], T | None] | None = None,
 ) -> T:
-    """Run ``fn`` on an aioipc worker thread and return its result.
+    """Run ``fn`` on an aioipc worker thread for the handle whose :class:`Workers` is
+    ``workers`` and return its result.
 
-    ``jobs``, if given, is the handle's set of running jobs, so that closing the handle
-    can interrupt them (:func:`interrupt_all`). ``before_start`` runs once the task holds
+    ``workers`` is the handle's :class:`Workers`, so that closing the handle can
+    interrupt the job (:func:`interrupt_all`). ``before_start`` runs once the task holds
     a worker token, right before the job starts (the handle checks it is still open: it
     may have been closed while the task queued for the token).
+
+    ``poll`` (the caller's no-wait try, returning None when it would block) is tried
+    once more after one trip through the event loop before any thread is used: a peer
+    that answers within that trip costs no thread hop at all.
 
     When every token is taken (the limiter's threads all wait on other objects), the task
     does not just queue: every 1 ms, doubling up to 50 ms, it calls ``poll`` (the
@@ -341,44 +410,51 @@ async def run_in_worker(
     thread, and threads stay bounded.
 
     Raises whatever ``fn`` raises; :exc:`Interrupted` if the job was interrupted by
-    :func:`interrupt_all`. Cancellation: the job is interrupted and awaited (shielded);
-    if it completed anyway, its result goes to ``on_late_result`` and ``late_note`` is
-    added to the cancellation exception before it propagates.
+    :func:`interrupt_all`; :exc:`aioipc.IPCError` if the interrupt handler is missing
+    and cannot be installed. Cancellation: the job is interrupted and awaited
+    (shielded); if it completed anyway, its result goes to ``on_late_result`` and
+    ``late_note`` is added to the cancellation exception before it propagates.
     """
-    if not _handler_installed or signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
-        # Checked every time: with the default action restored, our interrupt would
-        # terminate the process.
+    if poll is not None:
+        # A bounded spin before the hop: one trip through the event loop, then the no-wait
+        # try again. When the peer answers within that trip (both processes still on a
+        # CPU), this saves a thread wake-up and a loop wake-up, which cost tens of us
+        # each on a VM whose idle vCPUs halt: measured here with a semaphore ping-pong
+        # on an idle machine, 17-150 us a round trip with it, 140-200 us without. Where
+        # it does not pay it costs one loop iteration (~6 us here) before the wait.
+        await checkpoint()
+        value = poll()
+        if value is not None:
+            return value
+    # Checked on every call, because with the default action restored our interrupt
+    # would terminate the process.
+    if _getsignal(INTERRUPT_SIGNAL) is not _no_op:
         _reinstall()
     limiter = worker_limiter()
+    waker = _Waker()
+    job: Job[T] = Job(fn, waker.notify)
     try:
-        limiter.acquire_nowait()
+        # On behalf of the job: anyio's acquire_nowait looks the current task up first
+        # (0.9 us of the 1.2 us it costs here).
+        limiter.acquire_on_behalf_of_nowait(job)
     except anyio.WouldBlock:
         try:
-            await _queue_for_token(limiter, jobs, poll)
+            await _queue_for_token(limiter, job, workers, poll)
         except _Polled as polled:
             return polled.value  # type: ignore[return-value]
     try:
         if before_start is not None:
             before_start()
-        waker = _Waker()
         waker.arm()
-        job: Job[T] = Job(fn, waker.notify)
-        if jobs is not None:
-            jobs.add(job)
+        jobs = workers.jobs
+        jobs.add(job)
         try:
-            _pool.submit(job)
+            workers._submit(job)
             try:
                 await waker.wait()
             except BaseException as exc:
                 job.interrupt()
-                while not job.finished:
-                    waker.arm()
-                    if job.finished:
-                        break
-                    # A second native asyncio cancel must not make us abandon the job:
-                    # its result would be lost. It ends within a millisecond or two.
-                    with contextlib.suppress(BaseException), CancelScope(shield=True):
-                        await waker.wait()
+                await _until_finished(job, waker)
                 if job.error is None:
                     if on_late_result is not None:
                         on_late_result(job.result)  # type: ignore[arg-type]
@@ -386,13 +462,27 @@ async def run_in_worker(
                         exc.add_note(late_note)
                 raise
         finally:
-            if jobs is not None:
-                jobs.discard(job)
+            jobs.discard(job)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
     finally:
-        limiter.release()
+        limiter.release_on_behalf_of(job)
+
+
+async def _until_finished(job: Job[Any], waker: _Waker) -> None:
+    """Wait, shielded, until an interrupted job has finished (a millisecond or two).
+
+    A second native asyncio cancel must not make us abandon the job: its result would
+    be lost. Not a retry loop: each pass waits for the job's one notification, armed
+    before ``finished`` is read so that it cannot be missed.
+    """
+    while not job.finished:
+        waker.arm()
+        if job.finished:
+            return
+        with contextlib.suppress(BaseException), CancelScope(shield=True):
+            await waker.wait()
 
 
 class _Polled(Exception):
@@ -403,56 +493,67 @@ class _Polled(Exception):
 
 
 async def _queue_for_token(
-    limiter: CapacityLimiter, jobs: set[Any] | None, poll: Callable[[], Any] | None
+    limiter: CapacityLimiter, borrower: object, workers: Workers, poll: Callable[[], Any] | None
 ) -> None:
     # Registered while it queues, so that closing the handle wakes this task at once
     # instead of when some other handle's worker frees up.
     queued = CancelScope()
-    if jobs is not None:
-        jobs.add(queued)
-    delay = 0.001
+    got = False
+
+    async def take_token(delay: float) -> None:
+        nonlocal got
+        with anyio.move_on_after(delay):
+            await limiter.acquire_on_behalf_of(borrower)
+            got = True
+
+    def attempt() -> bool | Again:
+        if got:
+            return True
+        if poll is not None:
+            value = poll()
+            if value is not None:
+                raise _Polled(value)
+        return AGAIN
+
+    workers.jobs.add(queued)
     try:
         with queued:
-            while True:
-                with anyio.move_on_after(delay):
-                    await limiter.acquire()
-                    return
-                if poll is not None:
-                    value = poll()
-                    if value is not None:
-                        raise _Polled(value)
-                delay = min(delay * 2, 0.05)
+            await poll_until(attempt, first=0.001, most=0.05, sleep=take_token)
     finally:
-        if jobs is not None:
-            jobs.discard(queued)
+        workers.jobs.discard(queued)
         if queued.cancelled_caught:
             raise Interrupted
 
 
 def _reinstall() -> None:
     global _handler_installed
-    if _handler_installed and signal.getsignal(INTERRUPT_SIGNAL) is not _no_op:
+    if _handler_installed and _getsignal(INTERRUPT_SIGNAL) is not _no_op:
         _handler_installed = False
     install_interrupt_handler()
 
 
-def interrupt_all(jobs: set[Any]) -> None:
-    """Interrupt every running job in ``jobs``, and wake the tasks still queued for a
+def interrupt_all(workers: Workers) -> None:
+    """Interrupt every running job of ``workers``, wake the tasks still queued for a
     worker token (a handle is closing)."""
-    for job in list(jobs):
+    for job in list(workers.jobs):
         if isinstance(job, CancelScope):
             job.cancel()
         else:
             job.interrupt()
 
 
-async def stop_jobs(jobs: set[Any]) -> None:
-    """Interrupt ``jobs`` and wait (shielded, at most a second) until their tasks are done.
+def _none_left(workers: Workers) -> Again | None:
+    return AGAIN if workers.jobs else None
 
-    Each job wakes its own task, which then drops it from ``jobs``; polling that set every
-    millisecond is simpler than a second wake-up path, and it lasts a millisecond or two.
+
+async def stop_jobs(workers: Workers) -> None:
+    """Interrupt ``workers`` and wait (shielded, at most a second) until their tasks are
+    done.
+
+    Each job wakes its own task, which then drops it from ``workers.jobs``; polling that
+    set every millisecond is simpler than a second wake-up path, and it lasts a
+    millisecond or two.
     """
-    interrupt_all(jobs)
+    interrupt_all(workers)
     with CancelScope(shield=True), anyio.move_on_after(1):
-        while jobs:  # noqa: ASYNC110
-            await anyio.sleep(0.001)
+        await poll_until(partial(_none_left, workers), first=0.001, most=0.001)

@@ -233,9 +233,19 @@ def backoff_delays(first: float, most: float, factor: float = 2.0) -> Iterator[f
         delay = min(delay * factor, most)
 
 
-async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: float) -> T:
+async def poll_until(
+    attempt: Callable[[], T | Again],
+    *,
+    first: float,
+    most: float,
+    sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
+) -> T:
     """The one polling loop: ``attempt()`` until it returns something other than
     :data:`AGAIN`, sleeping on the :func:`backoff_delays` schedule in between.
+
+    ``sleep(delay)`` is how the loop passes each delay: :func:`anyio.sleep` unless the
+    caller can also be woken by something else meanwhile (the worker threads' token
+    queue waits for a token for at most ``delay``).
 
     Cancellation: at any sleep; an attempt that succeeded is returned, never dropped.
     """
@@ -243,7 +253,7 @@ async def poll_until(attempt: Callable[[], T | Again], *, first: float, most: fl
         result = attempt()
         if result is not AGAIN:
             return result
-        await anyio.sleep(delay)
+        await sleep(delay)
     raise AssertionError("unreachable: backoff_delays never ends")
 
 

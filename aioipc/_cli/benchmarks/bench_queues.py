@@ -13,11 +13,20 @@ Rows (mechanism x implementation):
 * Semaphores: ping-pong between two processes over two semaphores: ``aioipc``
   (``aioipc.posix.Semaphore``), ``aioipc-sysv`` (``aioipc.sysv.Semaphore``, undo=False:
   signals), ``sync`` (posix_ipc), ``executor`` (posix_ipc acquire in run_in_executor).
+* ``floor`` (SysV MQ and semaphores): what waiting through a thread costs at the least.
+  A bare Python thread loops in the blocking call (sysv_ipc ``receive``: ``msgrcv``;
+  posix_ipc ``acquire``: ``sem_wait``) and hands each result to the asyncio loop with
+  ``call_soon_threadsafe``, nothing else; sends are direct calls on the loop (a SysV
+  send blocks the loop only while the queue is full). aioipc's
+  worker-thread rows are compared with it and with the blocking call (``sync``).
 
 Tests: ``rtt`` -- ping-pong, one process sends on queue 1, the other echoes on queue 2;
 median of the timed round trips in µs (after a warm-up), every reply checked. ``small``
 -- one-way throughput, the receiver checks the index of every message and times from
-its "go" to the last message. Several interleaved rounds; each figure is the median.
+its "go" to the last message. ``idle`` (aioipc rows) -- a receiver (an acquirer) waits
+for 1 s on an object nobody sends to; the CPU seconds its process used (all threads,
+``time.process_time``) per second of waiting: a waiter parked in a worker thread must
+cost nothing. Several interleaved rounds; each figure is the median.
 
 Usage: python benchmarks/bench_queues.py [--quick] [--rounds N] [--only PATTERN] [--json F]
 """
@@ -39,6 +48,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 SIZE = 64
+#: How long the ``idle`` test's receiver waits with nothing to receive.
+IDLE_SECONDS = 1.0
 _POSIX_SHAPE = {"max_messages": 10, "max_message_size": 8192}
 
 
@@ -65,10 +76,12 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("sysv-mq", "aioipc"),
     ("sysv-mq", "sync"),
     ("sysv-mq", "executor"),
+    ("sysv-mq", "floor"),
     ("sem", "aioipc"),
     ("sem", "aioipc-sysv"),
     ("sem", "sync"),
     ("sem", "executor"),
+    ("sem", "floor"),
 )
 
 
@@ -179,6 +192,59 @@ def _executor_ops(
     return asend, areceive, close
 
 
+def _floor_ops(
+    obj: _Objects, role: str
+) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], Awaitable[bytes]], Callable[[], None]]:
+    """The floor: one thread per process blocked in msgrcv / sem_wait, each result handed
+    to the loop with call_soon_threadsafe; sends are no-wait calls. Nothing else."""
+    import threading
+
+    out, inp = (0, 1) if role == "b" else (1, 0)
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    if obj.mech == "sysv-mq":
+        import sysv_ipc
+
+        so = sysv_ipc.MessageQueue(obj.keys[out])
+        si = sysv_ipc.MessageQueue(obj.keys[inp])
+
+        def send(b: bytes) -> None:
+            so.send(b)  # blocks only when the queue is full (the one-way test)
+
+        def wait() -> bytes:
+            return si.receive()[0]  # type: ignore[no-any-return]
+
+        def close() -> None:
+            pass
+    else:
+        import posix_ipc
+
+        po = posix_ipc.Semaphore(obj.names[out])
+        pi = posix_ipc.Semaphore(obj.names[inp])
+
+        def send(b: bytes) -> None:
+            po.release()
+
+        def wait() -> bytes:
+            pi.acquire()
+            return b""
+
+        def close() -> None:
+            pass  # the waiter may still be in sem_wait: the process exit closes them
+
+    def waiter() -> None:
+        # A daemon thread: the process exits with it still blocked after the last message.
+        while True:
+            loop.call_soon_threadsafe(got.put_nowait, wait())
+
+    threading.Thread(target=waiter, daemon=True).start()
+
+    async def asend(b: bytes) -> None:
+        send(b)
+
+    return asend, got.get, close
+
+
 # -- the roles ------------------------------------------------------------------------------
 
 
@@ -234,8 +300,9 @@ async def _async_role(
     obj: _Objects, impl: str, test: str, role: str, n: int, ctl: Connection, warm: int
 ) -> dict[str, Any]:
     close: Callable[[], Awaitable[None]]
-    if impl == "executor":
-        send, receive, sync_close = _executor_ops(obj, role)
+    if impl in ("executor", "floor"):
+        ops = _executor_ops if impl == "executor" else _floor_ops
+        send, receive, sync_close = ops(obj, role)
 
         async def close_executor() -> None:
             sync_close()
@@ -245,6 +312,17 @@ async def _async_role(
         send, receive, close = await _aioipc_ops(obj, role, impl)
     loop = asyncio.get_running_loop()
     try:
+        if test == "idle":
+            if role == "b":
+                return {}  # nobody sends
+            import anyio
+
+            wall, cpu = time.perf_counter(), time.process_time()
+            with anyio.move_on_after(IDLE_SECONDS):
+                await receive()
+                raise AssertionError("something arrived on the idle object")
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            return {"cpu_s_per_s": cpu / wall}
         if test == "rtt":
             if role == "a":
                 ctl.send_bytes(b"ready")
@@ -290,7 +368,7 @@ def _child(
     try:
         if impl == "sync":
             res = _sync_role(obj, impl, test, role, n, ctl, warm)
-        elif impl == "executor":
+        elif impl in ("executor", "floor"):
             res = asyncio.run(_async_role(obj, impl, test, role, n, ctl, warm))
         else:
             import anyio
@@ -371,7 +449,8 @@ def measure(mech: str, impl: str, test: str, counts: Counts) -> float:
             if "error" in res:
                 raise RuntimeError(f"{mech}/{impl}/{test}: {res['error']}")
         merged = {**results[0]["ok"], **results[1]["ok"]}
-        return float(merged["rtt_us"] if test == "rtt" else merged["msgs_per_s"])
+        key = {"rtt": "rtt_us", "small": "msgs_per_s", "idle": "cpu_s_per_s"}[test]
+        return float(merged[key])
     finally:
         for p in procs:
             if p.is_alive():
@@ -388,8 +467,10 @@ def run(
     for rnd in range(counts.rounds):
         order = rows if rnd % 2 == 0 else list(reversed(rows))
         for mech, impl in order:
-            for test in ("rtt", "small"):
+            for test in ("rtt", "small", "idle"):
                 if mech == "sem" and test == "small":
+                    continue
+                if test == "idle" and not impl.startswith("aioipc"):
                     continue
                 v = measure(mech, impl, test, counts)
                 samples.setdefault((mech, impl, test), []).append(v)
@@ -428,12 +509,12 @@ TARGETS = (
         20,
     ),
     (
-        "SysV MQ 64B: aioipc / sync (>= 0.5x)",
+        "SysV MQ 64B: aioipc / sync (>= 0.8x)",
         "sysv-mq/aioipc",
         "sysv-mq/sync",
         "small",
         "rate",
-        0.5,
+        0.8,
     ),
     (
         "SysV MQ RTT: aioipc / executor (<= 0.7x)",
@@ -443,21 +524,61 @@ TARGETS = (
         "time",
         0.7,
     ),
-    ("semaphore RTT: aioipc posix / sync", "sem/aioipc", "sem/sync", "rtt", "time", None),
-    ("semaphore RTT: aioipc sysv / sync", "sem/aioipc-sysv", "sem/sync", "rtt", "time", None),
+    (
+        "SysV MQ RTT: aioipc / floor (<= 1.15x)",
+        "sysv-mq/aioipc",
+        "sysv-mq/floor",
+        "rtt",
+        "time",
+        1.15,
+    ),
+    ("SysV MQ RTT: aioipc / sync (<= 1.5x)", "sysv-mq/aioipc", "sysv-mq/sync", "rtt", "time", 1.5),
+    ("SysV MQ RTT: floor / sync", "sysv-mq/floor", "sysv-mq/sync", "rtt", "time", None),
+    (
+        "semaphore RTT: aioipc posix / floor (<= 1.15x)",
+        "sem/aioipc",
+        "sem/floor",
+        "rtt",
+        "time",
+        1.15,
+    ),
+    (
+        "semaphore RTT: aioipc sysv / floor (<= 1.15x)",
+        "sem/aioipc-sysv",
+        "sem/floor",
+        "rtt",
+        "time",
+        1.15,
+    ),
+    ("semaphore RTT: aioipc posix / sync (<= 1.5x)", "sem/aioipc", "sem/sync", "rtt", "time", 1.5),
+    (
+        "semaphore RTT: aioipc sysv / sync (<= 1.5x)",
+        "sem/aioipc-sysv",
+        "sem/sync",
+        "rtt",
+        "time",
+        1.5,
+    ),
+    ("semaphore RTT: floor / sync", "sem/floor", "sem/sync", "rtt", "time", None),
     ("semaphore RTT: aioipc posix / executor", "sem/aioipc", "sem/executor", "rtt", "time", None),
 )
 
+#: An idle waiter may use at most this many CPU seconds per second (timer and
+#: measurement noise; a polling waiter costs far more).
+IDLE_CPU_TARGET = 0.01
+
 
 def format_results(res: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'mechanism/implementation':28} {'RTT median µs':>14} {'64B msgs/s':>12}"]
+    head = f"{'mechanism/implementation':28} {'RTT median µs':>14} {'64B msgs/s':>12}"
+    lines = [f"{head} {'idle CPU s/s':>13}"]
     for mech, impl in ROWS:
         row = res.get(f"{mech}/{impl}")
         if row is None:
             continue
         rtt = f"{row['rtt']:.1f}" if "rtt" in row else "-"
         small = f"{row['small']:,.0f}" if "small" in row else "-"
-        lines.append(f"{mech + '/' + impl:28} {rtt:>14} {small:>12}")
+        idle = f"{row['idle']:.4f}" if "idle" in row else "-"
+        lines.append(f"{mech + '/' + impl:28} {rtt:>14} {small:>12} {idle:>13}")
     lines.append("")
     lines.append(f"{'ratio':48} {'value':>7} {'target':>8}  met")
     for label, num, den, test, kind, target in TARGETS:
@@ -473,6 +594,12 @@ def format_results(res: dict[str, dict[str, float]]) -> str:
             met = "yes" if ratio >= target else "NO"
         tgt = "" if target is None else f"{target:g}x"
         lines.append(f"{label:48} {ratio:6.2f}x {tgt:>8}  {met}")
+    idles = [(k, v["idle"]) for k, v in res.items() if "idle" in v]
+    if idles:
+        worst_key, worst = max(idles, key=lambda kv: kv[1])
+        met = "yes" if worst <= IDLE_CPU_TARGET else "NO"
+        label = f"idle waiter CPU s/s, worst ({worst_key})"
+        lines.append(f"{label:48} {worst:7.4f} {'<=' + str(IDLE_CPU_TARGET):>8}  {met}")
     return "\n".join(lines)
 
 
