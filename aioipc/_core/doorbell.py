@@ -250,8 +250,12 @@ class Doorbell:
         wake-up protocol"). ``check_peer`` raises if the peer is gone; it runs once the
         pidfd watch is in place, so that a death after it wakes the sleep.
 
-        With ``spin``, busy-polls ``ready()`` that long first; if it comes true then,
-        returns :data:`~aioipc._core.wait.SPUN` (no checkpoint happened).
+        Returns :data:`~aioipc._core.wait.SPUN` whenever it returns without having
+        yielded to the loop, so that the caller's pacer does not count it as a
+        checkpoint: with ``spin``, when ``ready()`` came true while busy-polling; and
+        when the look after the fence found it true (a peer that publishes at the rate
+        this end consumes would otherwise reset the pacer on every call, and a receive
+        loop would never checkpoint).
 
         Raises: what ``check_peer`` raises; anyio.ClosedResourceError if this end is
         closed meanwhile. Cancellation: nothing was taken (this only waits).
@@ -265,7 +269,7 @@ class Doorbell:
         self.fence()
         try:
             if ready():
-                return None
+                return SPUN  # never slept: not a checkpoint (see above)
             self.retake_pid_lock_if_lost()
             self._watch_peer()  # first: a death after this wakes the sleep below
             self._poll_peer = False

@@ -233,6 +233,14 @@ def thread_errno() -> int:
     return value
 
 
+def clear_thread_errno() -> None:
+    """Set the calling thread's C ``errno`` to 0, before a call whose failure
+    :func:`thread_errno` will read: posix_ipc raises some errors (a closed handle, a bad
+    argument) without making a system call, and the errno left by an earlier call must
+    not be taken for theirs."""
+    _errno_location().contents.value = 0
+
+
 def call(name: str, *args: Any) -> int:
     """Call the C library's ``name`` (for the few calls the standard library lacks,
     such as ``unshare``, ``mount`` or ``prctl``); raises OSError when it returns < 0."""

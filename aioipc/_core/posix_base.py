@@ -204,8 +204,13 @@ _CANDIDATES: tuple[tuple[type[BaseException], frozenset[int], int | None], ...] 
     (posix_ipc.BusyError, frozenset({errno.EAGAIN, errno.ETIMEDOUT}), errno.EAGAIN),
     (posix_ipc.SignalError, frozenset({errno.EINTR}), errno.EINTR),
     (posix_ipc.PermissionsError, frozenset({errno.EACCES}), errno.EACCES),
-    # Also a closed descriptor (EBADF, EINVAL): the object is no longer there.
-    (posix_ipc.ExistentialError, frozenset({errno.EEXIST, errno.ENOENT}), errno.ENOENT),
+    # Also a descriptor the kernel no longer accepts (EBADF, EINVAL from sem_wait,
+    # sem_post, mq_send, mq_receive): each mechanism's table says what that means.
+    (
+        posix_ipc.ExistentialError,
+        frozenset({errno.EEXIST, errno.ENOENT, errno.EBADF, errno.EINVAL}),
+        errno.ENOENT,
+    ),
     (ValueError, frozenset({errno.EINVAL, errno.ENAMETOOLONG, errno.EMSGSIZE}), None),
     (MemoryError, frozenset({errno.ENOMEM}), errno.ENOMEM),
     (OSError, frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC}), None),
@@ -259,6 +264,7 @@ def map_posix_errors(
     queue is being created, so that a limit it breaks can be named.
     """
     what = f"POSIX {'message queue' if kind == 'mq' else 'semaphore'} {name}"
+    _libc.clear_thread_errno()  # an earlier call's errno is not this block's
     try:
         yield
     except (posix_ipc.Error, OSError, ValueError, MemoryError) as exc:
@@ -270,7 +276,3 @@ def map_posix_errors(
         else:
             table = MQ_ERRORS if kind == "mq" else SEM_ERRORS
         raise _translate(exc, code, what, table) from None
-
-
-def mqueue_exists(name: str) -> bool:
-    return os.path.exists(f"/dev/mqueue{name}")

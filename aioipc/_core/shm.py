@@ -75,7 +75,7 @@ from .shm_lock import (
     try_lock,
     unlock,
 )
-from .wait import AGAIN, Again, Busy, Pacer, Spun, wait_until
+from .wait import AGAIN, Again, Busy, Pacer, Spun, busy_error, wait_until
 
 __all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
 
@@ -147,14 +147,6 @@ def _holder_text(fd: int, pid_byte: int, header_pid: int) -> str:
         if pid:
             return f"pid {pid}"
     return f"pid {header_pid} by the ring's header"
-
-
-def _busy(message: str) -> BusyResourceError:
-    # anyio's constructor words its message as "Another task is already {action} this
-    # resource"; ours names the ring and what is in the way.
-    exc = BusyResourceError("using")
-    exc.args = (message,)
-    return exc
 
 
 def _open_bell(path: str, owner: int, what: str) -> int:
@@ -410,7 +402,7 @@ class _RingEnd:
         holder = self._bell.claim_pid_lock()
         if holder:
             who = f"pid {holder}" if holder > 0 else "another process"
-            raise _busy(
+            raise busy_error(
                 f"{self._what}: {who} holds the {self._role}'s lock byte "
                 f"{self._bell.pid_byte}; it is not an aioipc end"
             )
@@ -531,7 +523,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
     def _claim(self) -> None:
         bell = self._bell
         if not try_lock(self._fd, LOCK_CONSUMER):
-            raise _busy(
+            raise busy_error(
                 f"receiving from {self._what}: another receiver ("
                 f"{_holder_text(self._fd, PID_CONSUMER, self._hi[I_CPID])}) is attached; "
                 "a ring has one receiver"
@@ -582,7 +574,7 @@ class ShmReceiver(_RingEnd, ObjectReceiveStream[bytes]):
             raise EndOfStream
 
     def _view_busy(self) -> BusyResourceError:
-        return _busy(f"receiving from {self._what} while a receive_view is open")
+        return busy_error(f"receiving from {self._what} while a receive_view is open")
 
     def _wait_for_data(self) -> Callable[[], Awaitable[Spun | None]]:
         """How a receive waits (wait_until's ``wait``). Doorbell.wait calls
@@ -815,7 +807,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
         if self._multi:
             try_lock(self._fd, LOCK_PRODUCERS, exclusive=False)
         elif not try_lock(self._fd, LOCK_PRODUCER):
-            raise _busy(
+            raise busy_error(
                 f"sending to {self._what}: another sender ("
                 f"{_holder_text(self._fd, PID_PRODUCER, self._hi[I_PPID])}) is attached; "
                 "create the ring with multi_producer=True for several"
@@ -906,7 +898,7 @@ class ShmSender(_RingEnd, ObjectSendStream[bytes]):
     def _check_send(self) -> None:
         self._check_open()
         if self._reserved:
-            raise _busy(f"sending to {self._what} while a reserve() is open")
+            raise busy_error(f"sending to {self._what} while a reserve() is open")
 
     def _ready_to_write(self) -> RingWriter:
         """What every write that is not on the fast path checks first."""

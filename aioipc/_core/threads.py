@@ -423,6 +423,11 @@ async def run_in_worker(
         # on an idle machine, 17-150 us a round trip with it, 140-200 us without. Where
         # it does not pay it costs one loop iteration (~6 us here) before the wait.
         await checkpoint()
+        if before_start is not None:
+            # The handle may have been closed during that trip; the job is not in
+            # ``workers`` yet, so aclose's stop_jobs did not wait for it, and a poll now
+            # would take a message or permit on a closed handle.
+            before_start()
         value = poll()
         if value is not None:
             return value

@@ -51,6 +51,7 @@ __all__ = [
     "Pacer",
     "Spun",
     "backoff_delays",
+    "busy_error",
     "poll_until",
     "running_asyncio_loop",
     "spin_until",
@@ -88,6 +89,15 @@ class Spun(enum.Enum):
 SPUN: Final = Spun.SPUN
 
 
+def busy_error(message: str) -> BusyResourceError:
+    """A BusyResourceError whose whole message is ours (naming the object and what is in
+    the way): anyio's constructor words it as "Another task is already {action} this
+    resource"."""
+    exc = BusyResourceError("using")
+    exc.args = (message,)
+    return exc
+
+
 class Busy:
     """The one busy guard: one direction of one handle, used by one task at a time.
 
@@ -111,10 +121,9 @@ class Busy:
         ``if guard.held: raise guard.refused()``, ``guard.held = True``, and ``False`` in a
         ``finally``: a ``with`` costs two Python-level calls, ~110 ns a message
         (measured, see stream._Receiver.receive)."""
-        exc = BusyResourceError(self._action)
         if self._message is not None:
-            exc.args = (self._message,)
-        return exc
+            return busy_error(self._message)
+        return BusyResourceError(self._action)
 
     def __enter__(self) -> None:
         if self.held:
@@ -151,11 +160,6 @@ class Pacer:
             self.count = 0
             return True
         return False
-
-    async def checkpoint(self) -> None:
-        """A full checkpoint on every :data:`YIELD_EVERY`-th call; otherwise nothing."""
-        if self.due():
-            await checkpoint()
 
     def waited(self) -> None:
         """Record that the caller just waited on the loop (which is a checkpoint)."""
