@@ -1014,3 +1014,43 @@ async def test_semaphore_set_larger_than_semopm_and_held_permits_on_close() -> N
     finally:
         await other.aclose()
         await sem.aclose()
+
+
+# ================================================ closed during the loop turn (review)
+
+
+@pytest.mark.asyncio
+async def test_close_during_the_turn_before_the_worker_takes_no_permit() -> None:
+    """acquire() on an empty semaphore gives the loop one turn before it hands the wait
+    to a worker thread, then tries once more. A handle closed during that turn must not
+    take a permit another process released meanwhile: the acquire raises
+    ClosedResourceError and the permit stays in the semaphore.
+
+    Before the fix: the try after the turn took the permit on the closed handle, and
+    acquire returned; the permit could never be released through that handle."""
+    sem = Semaphore.create(value=0, remove_on_close=False)
+    other = sem_from_id(sem.id)
+    outcome: list[str] = []
+
+    async def acquire() -> None:
+        try:
+            await sem.acquire()
+        except ClosedResourceError:
+            outcome.append("closed")
+        else:
+            outcome.append("acquired")
+
+    async def release_and_close() -> None:
+        other.release()  # "another process" releases while acquire takes its turn
+        await sem.aclose()
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(acquire)
+                tg.start_soon(release_and_close)
+        assert outcome == ["closed"]
+        assert other.value == 1, "the permit was taken by a closed handle"
+    finally:
+        other.remove()
+        await other.aclose()

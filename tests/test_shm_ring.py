@@ -1895,3 +1895,62 @@ def test_sender_closing_between_two_looks_is_the_end_of_stream(new_ring: Callabl
     finally:
         tx.close()
         rx.close()
+
+
+# ======================================================= the look after the fence (review)
+
+
+def test_a_message_found_in_the_look_after_the_fence_is_no_checkpoint(
+    new_ring: Callable[[], str],
+) -> None:
+    """A receive finds the ring empty, and its message arrives just as it prepares to
+    sleep: the look after the fence takes it, and the receive never yields. That must
+    count as a call that did not wait, so a loop of such receives still checkpoints every
+    YIELD_EVERY-th call and another task runs. (A peer publishing at the rate this end
+    consumes hits this on every call.) The message is published by a profile hook at the
+    entry of the doorbell's wait.
+
+    Before the fix: the wait counted as a checkpoint and reset the pacer, so the other
+    task never ran during 64 receives."""
+    name = new_ring()
+    sent: list[bytes] = []
+
+    async def main() -> None:
+        async with ShmReceiver.create(name, 4096) as rx, ShmSender.open(name) as tx:
+
+            def publish_there(frame: Any, event: str, arg: object) -> None:
+                if (
+                    event == "call"
+                    and frame.f_code.co_name == "wait"
+                    and frame.f_globals.get("__name__") == "aioipc._core.doorbell"
+                ):
+                    message = b"m%d" % len(sent)
+                    tx.send_nowait(message)
+                    sent.append(message)
+
+            ran = 0
+
+            async def other() -> None:
+                nonlocal ran
+                while True:
+                    await checkpoint()
+                    ran += 1
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(other)
+                await checkpoint()
+                before = ran
+                got = []
+                sys.setprofile(publish_there)
+                try:
+                    for _ in range(64):
+                        got.append(await rx.receive())
+                finally:
+                    sys.setprofile(None)
+                others_turns = ran - before
+                tg.cancel_scope.cancel()
+            assert len(sent) == 64
+            assert got == sent
+            assert others_turns >= 2, f"the other task ran {others_turns} times in 64 receives"
+
+    anyio.run(main)
