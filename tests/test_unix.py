@@ -35,6 +35,7 @@ from anyio.streams.stapled import StapledObjectStream
 
 import aioipc
 from aioipc import IPCAttribute, unix
+from aioipc._core.wait import YIELD_EVERY
 from aioipc.framing import MAX_FRAME_LENGTH
 from tests._assert import same
 from tests._fds import links_to, pipe_link, seeded_bytes
@@ -1718,3 +1719,38 @@ def test_failed_accept_never_closes_an_unrelated_fd_later_on_trio(short_tmp: Pat
 
     anyio.run(main, backend="trio")
     assert got == [b"hello"]
+
+
+# ================================================== send_fds and cancellation (review)
+
+
+@pytest.mark.asyncio
+async def test_send_fds_reports_a_cancellation_only_if_nothing_went_out(short_tmp: Path) -> None:
+    """send_fds in a scope already cancelled: either the message (with its fd) went out
+    and the call returns normally, or nothing went out and the cancellation is
+    delivered; never both, as for send().
+
+    Before the fix: the message went out and a checkpoint after it delivered the
+    cancellation, so the caller was told it was not sent."""
+    async with pair(str(short_tmp / "s.sock")) as (server, client):
+        outcomes = []
+        for i in range(2 * YIELD_EVERY):
+            r, w = os.pipe()
+            try:
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await client.send_fds(b"m%d" % i, [w])
+                went_out = not scope.cancelled_caught
+                if went_out:
+                    with anyio.fail_after(TIMEOUT):
+                        data, fds = await server.receive_fds()
+                    assert data == b"m%d" % i
+                    for fd in fds:
+                        os.close(fd)
+                outcomes.append(went_out)
+            finally:
+                os.close(r)
+                os.close(w)
+        with pytest.raises(WouldBlock):
+            server.receive_nowait()  # nothing went out that the sender was told had not
+        assert any(outcomes), "no send_fds in a cancelled scope went out"

@@ -600,13 +600,12 @@ class _Sender:
             try:
                 if self._pending:
                     await self._drain()
-                sent = await wait_until(
-                    attempt, self._res.waiter.writable, self._pacer, paced=False
-                )
+                # Paced like send(): the checkpoint comes before the first write, never
+                # after a message (and its fds) went out, which a cancellation delivered
+                # there would report as not sent.
+                sent = await wait_until(attempt, self._res.waiter.writable, self._pacer)
                 if sent < len(payload):
                     await self._write_all([memoryview(payload)[sent:]], started=True)
-                else:
-                    await checkpoint()
             finally:
                 self._end_turn()
 
