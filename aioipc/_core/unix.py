@@ -63,6 +63,7 @@ _SOCK_TYPES = {
     "dgram": socket.SOCK_DGRAM,
     "seqpacket": socket.SOCK_SEQPACKET,
 }
+_DROPPED_PER_TRY = 64
 #: Most file descriptors one message may carry (the kernel's SCM_MAX_FD).
 MAX_FDS = 253
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -369,7 +370,10 @@ class UnixMessageChannel(ObjectStream[bytes]):
         if self._res.closed:
             raise ClosedResourceError
         anc = self._anc_size
-        while True:
+        # At most this many datagrams from users this endpoint does not accept are dropped
+        # per try; then the caller waits for readiness, which is a checkpoint, so a
+        # local flood of them cannot hold the event loop.
+        for _ in range(_DROPPED_PER_TRY):
             try:
                 n, ancdata, _, sender = self._sock.recvmsg_into(
                     [self._buf], anc, socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC
@@ -392,6 +396,7 @@ class UnixMessageChannel(ObjectStream[bytes]):
             if fds:
                 self._fd_queue.append(fds)
             return self._buf[:n]
+        raise BlockingIOError
 
     def _uid_allowed(self, ancdata: list[tuple[int, int, bytes]]) -> bool:
         assert self._allowed is not None
