@@ -662,7 +662,7 @@ class RawDecoder:
 
     def __init__(self) -> None:
         self._chunk: bytes | None = None
-        self.last_flags = 0
+        self.last_flags: int = 0
 
     def feed(self, data: bytes) -> None:
         self._chunk = data
@@ -720,9 +720,9 @@ class EndPolicy:
         # Who sends to us, for the end-of-stream messages ("the peer (pid 4242)").
         self._peer = peer
         #: False while a FIFO reader has seen no writer (its b"" is no end of stream).
-        self.trusted = trust_first_eof
+        self.trusted: bool = trust_first_eof
         #: True once the end of stream was reached.
-        self.ended = False
+        self.ended: bool = False
         # Why the stream ended broken, once it has: every later receive says so again
         # rather than EndOfStream, which would tell the caller the peer finished.
         self._broken: str | None = None
@@ -821,7 +821,7 @@ class Encoder:
         self._spoke_forks = _forks
         #: False when this end must never write a goodbye: it was handed to another
         #: process, which speaks for that end now (length-prefixed framing only).
-        self.farewell = framing != "raw"
+        self.farewell: bool = framing != "raw"
 
     @property
     def writer_id(self) -> int:

@@ -34,13 +34,15 @@ from .wait import AGAIN, Again, Busy, FdWaiter, Pacer, wait_until
 
 __all__ = ["MessageQueue"]
 
-# A send to a full queue or a receive from an empty one yields to the event loop once
-# and tries again before it waits for readiness: the peer's answer often comes within
-# that loop iteration, which spares the loop a sleep in epoll_wait and the process a
-# wake-up. Measured (benchmarks/bench_queues.py --quick, posix-mq/aioipc, two runs each):
-# round trip 18.5 and 25.7 us with it (the turn-taking lock used to yield so), 70.2 and
-# 63.7 us without.
-_YIELDS = 1
+# A send to a full queue or a receive from an empty one yields to the event loop twice,
+# trying again after each turn, before it waits for readiness: the peer's answer often
+# comes within those turns, which spares the loop a sleep in epoll_wait and the process a
+# wake-up. Measured with the pre-issue-11 benchmarks/bench_queues.py (--quick --rounds 3,
+# posix-mq/aioipc round trip, two alternating runs each): 13.1 and 8.6 us with two turns,
+# 55.2 and 36.8 us with one, 23.4 and 16.8 us for the code before (whose turn-taking lock
+# yielded once). In one process (two tasks ping-ponging): 16.7 us with two, 48 us with
+# one, 24 us before. Where it does not pay it costs two loop iterations before the wait.
+_YIELDS = 2
 
 #: The highest priority a message can have (Linux: 32767).
 PRIORITY_MAX: int = posix_ipc.QUEUE_PRIORITY_MAX
