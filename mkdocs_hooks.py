@@ -21,25 +21,8 @@ from typing import Any
 
 from mkdocs.exceptions import PluginError
 
-#: The modules users import from (the issue's list; the testing helpers' own modules too).
-PUBLIC_MODULES = (
-    "aioipc",
-    "aioipc.abc",
-    "aioipc.codecs",
-    "aioipc.errors",
-    "aioipc.fifo",
-    "aioipc.framing",
-    "aioipc.lock",
-    "aioipc.pipes",
-    "aioipc.posix",
-    "aioipc.shm",
-    "aioipc.sysv",
-    "aioipc.unix",
-    "aioipc.url",
-    "aioipc.testing",
-    "aioipc.testing.conformance",
-    "aioipc.testing.leaks",
-)
+from aioipc._core.names import PUBLIC_MODULES
+
 _ID = re.compile(r'id="(aioipc\.[\w.]+)"')
 
 # ":meth:" right before the code span Markdown made of the role's `target`.

@@ -26,28 +26,11 @@ import pytest
 
 import aioipc
 from aioipc import codecs, unix
+from aioipc._core.names import PUBLIC_MODULES
 
 ROOT = Path(aioipc.__file__).resolve().parent.parent
 TIMEOUT = 15
 
-PUBLIC_MODULES = [
-    "aioipc",
-    "aioipc.abc",
-    "aioipc.codecs",
-    "aioipc.errors",
-    "aioipc.fifo",
-    "aioipc.framing",
-    "aioipc.lock",
-    "aioipc.pipes",
-    "aioipc.posix",
-    "aioipc.shm",
-    "aioipc.sysv",
-    "aioipc.unix",
-    "aioipc.url",
-    "aioipc.testing",
-    "aioipc.testing.conformance",
-    "aioipc.testing.leaks",
-]
 
 #: Public callables whose result is Any by nature: a message decoded by a codec is
 #: whatever the peer encoded (JSON, pickle and msgspec without ``type=`` have no type

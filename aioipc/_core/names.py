@@ -5,6 +5,27 @@ from __future__ import annotations
 import inspect
 from types import ModuleType
 
+#: The modules users import from: what the API page must document and what the type
+#: tests check (the one list; mkdocs_hooks.py and tests/test_types.py read it).
+PUBLIC_MODULES = (
+    "aioipc",
+    "aioipc.abc",
+    "aioipc.codecs",
+    "aioipc.errors",
+    "aioipc.fifo",
+    "aioipc.framing",
+    "aioipc.lock",
+    "aioipc.pipes",
+    "aioipc.posix",
+    "aioipc.shm",
+    "aioipc.sysv",
+    "aioipc.unix",
+    "aioipc.url",
+    "aioipc.testing",
+    "aioipc.testing.conformance",
+    "aioipc.testing.leaks",
+)
+
 
 def publish(module: ModuleType) -> None:
     """Give each class and function that ``module`` (a public module) exports from the
