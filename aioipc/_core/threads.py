@@ -285,9 +285,13 @@ class _Pool:
         while True:
             if job is not None:
                 job.run()
-                job.notify()
             with self._lock:
+                # Idle before the task hears that its job is done: the next holder of its
+                # token, which may submit at once, must find this thread rather than
+                # start another (the limiter bounds tokens, this keeps threads to them).
                 self._idle += 1
+            if job is not None:
+                job.notify()
             try:
                 job = self._queue.get(timeout=_IDLE_SECONDS)
             except queue.Empty:
