@@ -376,8 +376,12 @@ class LogWriter(_View):
         head, seq = hq[base], hq[base + 1]
         tail = hq[Q_TAIL]
         published = hq[Q_HEAD]
-        if head % 8 or tail % 8 or not 0 <= head - tail <= self.capacity:
+        # Positions and numbers never reach 2**63 (LONG_MAX): a forged one would
+        # overflow the u64 it is stored back into.
+        if head % 8 or tail % 8 or not 0 <= head - tail <= self.capacity or head > LONG_MAX:
             raise self.corrupt(f"committed head {head}, tail {tail}")
+        if seq > LONG_MAX:
+            raise self.corrupt(f"message number {seq}")
         if published != head:
             if not tail <= published < head:
                 raise self.corrupt(f"published head {published}, committed {head}")
