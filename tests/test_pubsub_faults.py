@@ -28,6 +28,7 @@ from ._topics import (
     numbered,
     on_asyncio,
     on_both_backends,
+    proc_state,
     spawn_child,
 )
 
@@ -126,6 +127,52 @@ def drain_nowait_lagging(sub: pubsub.Subscriber) -> list[bytes]:
             continue
         except WouldBlock:
             return out
+
+
+SLEEPING_SUBSCRIBER = """
+name, policy = sys.argv[1], sys.argv[2]
+
+async def main():
+    sub = await pubsub.subscribe(name, policy=policy)
+    say(f"ready {sub.slot}")
+    await sub.receive()  # asleep on its doorbell
+
+anyio.run(main)
+"""
+
+
+def write_syscalls() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("syscw:")).split()[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a subscriber killed while asleep in receive keeps its waiting byte "
+    "set and its slot active (only a block subscriber holding a publisher back is "
+    "reaped): every later publish rings its doorbell, a write() per message",
+)
+@pytest.mark.parametrize("policy", ["drop_oldest", "block"])
+@on_both_backends
+async def test_a_subscriber_killed_asleep_costs_publishers_nothing(
+    topic_name: str, policy: str
+) -> None:
+    with pubsub.Topic.create(topic_name, 1 << 16, max_subscribers=2, unlink_on_close=True) as topic:
+        pub = topic.publisher()
+        async with spawn_child(SLEEPING_SUBSCRIBER, topic_name, policy) as peer:
+            await peer.expect("ready 0")
+            with anyio.fail_after(LIMIT):
+                while proc_state(peer.pid) != "S":  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await peer.kill()
+        # the slot's lock went with the process: a new subscriber may take the slot
+        before = write_syscalls()
+        for n in range(500):
+            pub.send_nowait(numbered(0, n, 32))
+        rang = write_syscalls() - before
+        assert rang < 50, f"{rang} write() calls for 500 messages nobody is waiting for"
+        assert [s.slot for s in topic.subscribers()] == []
+        await pub.aclose()
 
 
 # -- a publisher killed holding the mutex ----------------------------------------------

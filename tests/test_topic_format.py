@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,9 @@ from aioipc import ProtocolError
 from aioipc._core import topic as T
 from aioipc._core.wait import AGAIN
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# AIOIPC_TEST_EXAMPLES=5000 for a soak; the suite runs 150.
+EXAMPLES = int(os.environ.get("AIOIPC_TEST_EXAMPLES", "150"))
+FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Records are 16 bytes + the payload rounded up to 8. A record ending 8 bytes before the
 # end of the data area leaves room for no record header: see
@@ -412,7 +415,7 @@ def test_readers_get_exactly_what_the_model_says(
         h.close()
 
 
-@settings(FAST, max_examples=40)
+@settings(FAST, max_examples=max(40, EXAMPLES // 4))
 @given(
     capacity=st.integers(16, 64).map(lambda k: 16 * k),
     data=st.data(),
