@@ -9,13 +9,26 @@ format's own model tests in test_topic_format.py.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
-from anyio import BrokenResourceError, BusyResourceError, EndOfStream, WouldBlock
+from anyio import (
+    BrokenResourceError,
+    BusyResourceError,
+    EndOfStream,
+    WouldBlock,
+)
 
-from aioipc import IPCExistsError, IPCNotFoundError, LaggedError, MessageTooLargeError, pubsub
+from aioipc import (
+    IPCExistsError,
+    IPCNotFoundError,
+    IPCSystemError,
+    LaggedError,
+    MessageTooLargeError,
+    pubsub,
+)
 
 from ._topics import (
     check,
@@ -191,6 +204,44 @@ async def test_bad_policy_and_start(topic_name: str) -> None:
         await pub.aclose()
 
 
+def test_a_topic_larger_than_dev_shm_fails_cleanly(topic_name: str) -> None:
+    free = os.statvfs("/dev/shm")
+    too_big = (free.f_bavail * free.f_frsize + (1 << 30)) & ~7
+    with pytest.raises(IPCSystemError, match="ENOSPC") as info:
+        pubsub.Topic.create(topic_name, too_big)
+    assert topic_name in str(info.value)
+    assert topic_files(topic_name) == []
+
+
+@on_both_backends
+async def test_one_task_at_a_time_per_handle(topic_name: str) -> None:
+    with pubsub.Topic.create(topic_name, 1024, max_subscribers=1, unlink_on_close=True) as topic:
+        sub = await topic.subscribe(policy="block")
+        pub = topic.publisher()
+        fill(pub, 0, 100)
+        sent = topic.counts()[0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pub.send, numbered(0, 999, 100))  # waits for the block subscriber
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(BusyResourceError):
+                await pub.send(b"second")
+            with pytest.raises(BusyResourceError):
+                pub.send_nowait(b"second")
+            tg.cancel_scope.cancel()
+        assert topic.counts()[0] == sent  # neither the cancelled nor the refused went
+        assert [check(m)[1] for m in drain_nowait(sub)] == list(range(sent))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sub.receive)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(BusyResourceError):
+                await sub.receive()
+            with pytest.raises(BusyResourceError):
+                sub.receive_nowait()
+            await pub.send(b"now")
+        for end in (pub, sub):
+            await end.aclose()
+
+
 # -- policies -------------------------------------------------------------------------
 
 
@@ -247,6 +298,132 @@ async def test_a_cancelled_blocked_send_publishes_nothing(topic_name: str) -> No
         assert drain_nowait(sub) == []
         for end in (pub, sub, watcher):
             await end.aclose()
+
+
+@on_both_backends
+async def test_closing_a_block_subscriber_releases_a_waiting_publisher(topic_name: str) -> None:
+    with pubsub.Topic.create(topic_name, 1024, max_subscribers=2, unlink_on_close=True) as topic:
+        sub = await topic.subscribe(policy="block")
+        pub = topic.publisher()
+        sent = fill(pub, 0, 100)
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pub.send, numbered(0, sent, 100))
+                await anyio.wait_all_tasks_blocked()
+                assert topic.counts()[0] == sent
+                await sub.aclose()  # wakes the publisher: no liveness poll needed
+        assert topic.counts()[0] == sent + 1
+        assert topic.subscribers() == []
+        await pub.aclose()
+
+
+CLOSE_WHILE_WAITING = """
+name, name2, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+from anyio import ClosedResourceError, WouldBlock
+
+async def main():
+    topic = pubsub.Topic.create(name, 1024, max_subscribers=2, unlink_on_close=True)
+    sub = await topic.subscribe(policy="block")
+    pub = topic.publisher()
+    sent = 0
+    try:
+        while True:
+            pub.send_nowait(numbered(0, sent, 100))
+            sent += 1
+    except WouldBlock:
+        pass
+    other = topic.publisher()
+    outcome = []
+
+    async def send():
+        try:
+            await pub.send(numbered(0, sent, 100))
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        await anyio.wait_all_tasks_blocked()
+        await pub.aclose()
+    say(f"send raised {outcome}")
+    for _ in range(sent):
+        sub.receive_nowait()
+    with anyio.fail_after(5):
+        await other.send(b"other")  # the closed publisher let go of the mutex
+    assert await sub.receive() == b"other"
+    say("other publisher went on")
+    # the thread's robust-mutex list is intact: another topic's mutex works
+    with pubsub.Topic.create(name2, 1024, unlink_on_close=True) as t2:
+        p2 = t2.publisher()
+        await p2.send(b"x")
+        await p2.aclose()
+    say("another topic works")
+    for end in (other, sub):
+        await end.aclose()
+    topic.close()
+
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Publisher.close() while its send waits for room unmaps the topic and "
+    "drops the Mutex with the publish mutex held: the send fails with ValueError/"
+    "AssertionError and never unlocks, other publishers wait forever, and the stale "
+    "entry on the thread's robust-mutex list segfaults the next lock in that thread",
+)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_closing_a_publisher_while_it_waits(topic_name: str, backend: str) -> None:
+    """Run in a child: the bug crashes the process that meets it."""
+
+    async def main() -> None:
+        with fresh_topic_name() as name2:
+            async with spawn_child(CLOSE_WHILE_WAITING, topic_name, name2, backend) as peer:
+                assert await peer.line() == "send raised ['ClosedResourceError']"
+                await peer.expect("other publisher went on")
+                await peer.expect("another topic works")
+                await peer.finish()
+
+    anyio.run(main)
+
+
+@on_both_backends
+async def test_lag_is_reported_per_subscriber(topic_name: str) -> None:
+    with pubsub.Topic.create(topic_name, 4096, max_subscribers=3, unlink_on_close=True) as topic:
+        a = await topic.subscribe(policy="block")
+        b = await topic.subscribe()
+        pub = topic.publisher()
+        for n in range(10):
+            await pub.send(numbered(0, n, 32))  # records of 48 bytes
+        for _ in range(4):
+            await a.receive()
+        lags = {
+            s.slot: (s.policy, s.lag_messages, s.lag_bytes, s.alive) for s in topic.subscribers()
+        }
+        assert lags == {a.slot: ("block", 6, 6 * 48, True), b.slot: ("drop_oldest", 10, 480, True)}
+        for end in (pub, a, b):
+            await end.aclose()
+
+
+@on_both_backends
+async def test_lagging_over_an_end_of_stream(topic_name: str) -> None:
+    """A drop_oldest subscriber that lost an end-of-stream among the messages it missed:
+    LaggedError first, then EndOfStream (the end is not lost with the messages)."""
+    with pubsub.Topic.create(topic_name, 512, max_subscribers=1, unlink_on_close=True) as topic:
+        sub = await topic.subscribe()
+        pub = topic.publisher()
+        await pub.send(numbered(0, 0, 32))
+        await pub.send_eof()
+        for n in range(1, 40):
+            await pub.send(numbered(0, n, 32))
+        with pytest.raises(LaggedError) as info:
+            await sub.receive()
+        assert info.value.missed > 0
+        with pytest.raises(EndOfStream):
+            await sub.receive()
+        await pub.aclose()
+        await sub.aclose()
 
 
 @on_both_backends
