@@ -30,7 +30,7 @@ from aioipc import (
     pubsub,
 )
 
-from ._topics import (
+from ._pubsub_helpers import (
     check,
     cpu_seconds,
     fresh_topic_name,

@@ -22,7 +22,7 @@ from anyio import EndOfStream, WouldBlock
 from aioipc import IPCError, LaggedError, ProtocolError, pubsub
 from aioipc._core import topic as T
 
-from ._topics import (
+from ._pubsub_helpers import (
     check,
     fresh_topic_name,
     numbered,
