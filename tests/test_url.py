@@ -223,7 +223,9 @@ async def test_a_scheme_registered_in_the_table_needs_no_other_change() -> None:
         assert parse_url("test+memory://x?capacity=5").capacity == 5  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=r"option spin= does not apply to test\+memory://"):
             parse_url("test+memory://x?spin=0")
-        with pytest.raises(ValueError, match=r"it is for .*shm://, shm\+duplex://, test\+memory://"):
+        with pytest.raises(
+            ValueError, match=r"it is for .*shm://, shm\+duplex://, test\+memory://"
+        ):
             parse_url("mq:///x?capacity=5")
         async with (
             await aioipc.listen("test+memory://x", codec="json") as rx,

@@ -426,7 +426,7 @@ class ShmDuplexListener(Listener[ShmDuplex]):
         self._what = f"shared-memory duplex listener {name}"
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         #: Connection requests refused (garbage, or whose client was gone).
-        self.refused = 0
+        self.refused: int = 0
 
     @classmethod
     def create(cls, name: str, *, mode: int = 0o600, spin: float = 0.0) -> ShmDuplexListener:
