@@ -264,6 +264,27 @@ async def test_a_client_process(name: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_several_client_processes_at_once(name: str) -> None:
+    """Four client processes connect at the same time (their requests contend for the
+    accept ring's send lock) and each checks 300 echoed messages."""
+
+    async def echo(chan: ShmDuplex) -> None:
+        async for message in chan:
+            await chan.send(b"echo " + message)
+
+    async with ShmDuplexListener.create(name) as listener, anyio.create_task_group() as server:
+        server.start_soon(listener.serve, echo)
+        with contextlib.ExitStack() as stack:
+            procs = [stack.enter_context(child(CLIENT, name, "300", "exit")) for _ in range(4)]
+            for proc in procs:
+                assert await line(proc) == "done"
+            for proc in procs:
+                assert await anyio.to_thread.run_sync(proc.wait, CHILD_LIMIT) == 0
+        server.cancel_scope.cancel()
+    assert listener.refused == 0
+
+
+@pytest.mark.asyncio
 async def test_a_sigkilled_client(name: str) -> None:
     """The server's receive, waiting when the client is SIGKILLed, raises
     BrokenResourceError; so does its next send."""
@@ -504,6 +525,40 @@ async def test_cancelled_accept_took_no_request(name: str) -> None:
             assert listener.refused == 0
     with pytest.raises(anyio.ClosedResourceError):
         await listener.accept()
+
+
+@pytest.mark.asyncio
+async def test_accept_cancelled_at_every_step_loses_no_client(name: str) -> None:
+    """Cancel accept() after 0, 1, 2 ... checkpoints while a client connects: the
+    client is never lost; either that accept() returned its channel, or the next one
+    does."""
+    with anyio.fail_after(LIMIT):
+        async with ShmDuplexListener.create(name) as listener:
+            for steps in range(30):
+                accepted: list[ShmDuplex] = []
+                clients: list[ShmDuplex] = []
+
+                async def accept(scope: anyio.CancelScope, into: list[ShmDuplex]) -> None:
+                    with scope:
+                        into.append(await listener.accept())
+
+                async def connect(into: list[ShmDuplex]) -> None:
+                    into.append(await ShmDuplex.connect(name, capacity=4096))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(connect, clients)
+                    scope = anyio.CancelScope()
+                    async with anyio.create_task_group() as accepting:
+                        accepting.start_soon(accept, scope, accepted)
+                        for _ in range(steps):
+                            await anyio.lowlevel.checkpoint()
+                        scope.cancel()
+                    if not accepted:
+                        accepted.append(await listener.accept())
+                async with clients[0] as c, accepted[0] as s:
+                    await c.send(b"%d" % steps)
+                    assert await s.receive() == b"%d" % steps
+            assert listener.refused == 0
 
 
 @pytest.mark.asyncio
