@@ -313,8 +313,8 @@ async def test_a_sigkilled_client(name: str) -> None:
 @pytest.mark.asyncio
 async def test_a_sigkilled_server(name: str) -> None:
     """A client whose listener process is SIGKILLed after accepting: its receive raises
-    BrokenResourceError. The dead listener's accept ring is stale and a new listener
-    takes the name over."""
+    BrokenResourceError. The dead listener's accept ring is stale: a connect to it is
+    refused at once, and a new listener takes the name over."""
     with child(SERVER, name) as proc:
         assert await line(proc) == "listening"
         with anyio.fail_after(LIMIT):
@@ -327,10 +327,47 @@ async def test_a_sigkilled_server(name: str) -> None:
                     await chan.receive()
         assert proc.wait(CHILD_LIMIT) == -signal.SIGKILL
     assert aioipc.shm.is_stale(name)
+    with pytest.raises(aioipc.IPCConnectionRefusedError, match="the listener is gone"):
+        await ShmDuplex.connect(name)
+    assert pair_files(name) == []
     async with ShmDuplexListener.create(name) as listener, connected(listener) as (c, s):
         await c.send(b"new")
         with anyio.fail_after(LIMIT):
             assert await s.receive() == b"new"
+
+
+IDLE_SERVER = """
+    import sys
+    from aioipc.shm import ShmDuplexListener
+
+    listener = ShmDuplexListener.create(sys.argv[1])
+    print("listening", flush=True)
+    sys.stdin.readline()  # never accepts; until SIGKILL
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_listener_killed_before_it_accepted(name: str) -> None:
+    """A client waiting for a listener that is SIGKILLed before it accepts: connect
+    raises IPCConnectionRefusedError (within 0.25 s of the death, far before its
+    timeout) and removes its pair; the next listener takes the stale name over."""
+    with child(IDLE_SERVER, name) as proc:
+        assert await line(proc) == "listening"
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as tg:
+
+                async def kill() -> None:
+                    await anyio.wait_all_tasks_blocked()  # connect waits for its welcome
+                    assert len(pair_files(name)) == 6
+                    proc.send_signal(signal.SIGKILL)
+
+                tg.start_soon(kill)
+                with pytest.raises(aioipc.IPCConnectionRefusedError, match="died"):
+                    await ShmDuplex.connect(name, accept_timeout=LIMIT * 10)
+        assert proc.wait(CHILD_LIMIT) == -signal.SIGKILL
+    assert pair_files(name) == []
+    assert aioipc.shm.is_stale(name)
+    ShmDuplexListener.create(name).close()
 
 
 DEAD_CLIENT = """

@@ -692,7 +692,10 @@ async def _handshake(
     try:
         with anyio.move_on_after(remaining()):
             await door.send(request)
-        remaining()
+    except BrokenResourceError as exc:
+        refused(f"the listener is gone ({exc})")
+    remaining()
+    try:
         while True:
             with anyio.move_on_after(min(PEER_CHECK_INTERVAL, remaining())):
                 data = await rx.receive()
@@ -701,9 +704,9 @@ async def _handshake(
             if gone is not None:
                 refused(f"the listener {gone} before it accepted")
     except BrokenResourceError as exc:
-        refused(f"the connection was given up: {exc}")
+        refused(f"the listener gave this connection up ({exc})")
     except EndOfStream:
-        refused("the listener gave up this connection before welcoming it")
+        refused("the listener gave this connection up before welcoming it")
     if Hello.decode(data, KIND_WELCOME, f"{what}: its welcome").token != token:
         raise ProtocolError(f"{what}: a welcome for another connection")
 
