@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import anyio
 import pytest
 from anyio import BrokenResourceError, EndOfStream
+from hypothesis import given
+from hypothesis import strategies as st
 
 import aioipc
 from aioipc import IPCAttribute
@@ -101,6 +103,31 @@ def test_hello_refuses_every_corrupt_byte() -> None:
                 Hello.decode(bad, KIND_REQUEST, "t")
 
 
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        # Mostly-valid records with a few bytes changed: they reach the later checks.
+        st.tuples(st.integers(0, 31), st.binary(min_size=1, max_size=4)).map(
+            lambda t: (
+                (request(bytes(8)) + bytes(4))[: t[0]]
+                + t[1]
+                + request(bytes(8))[t[0] + len(t[1]) :]
+            )
+        ),
+    ),
+    kind=st.sampled_from([KIND_REQUEST, KIND_WELCOME]),
+)
+def test_hello_decodes_only_what_it_encodes(data: bytes, kind: int) -> None:
+    """Any bytes: decode() raises ProtocolError, or returns the one record whose
+    encoding is exactly those bytes (nothing is silently ignored)."""
+    try:
+        hello = Hello.decode(data, kind, "t")
+    except aioipc.ProtocolError:
+        return
+    assert hello.kind == kind
+    assert hello.encode() == data
+
+
 @pytest.mark.parametrize(
     ("data", "text"),
     [
@@ -167,6 +194,35 @@ async def test_many_clients_at_once(name: str) -> None:
                     tg.start_soon(client, i)
             server.cancel_scope.cancel()
     assert peers == [os.getpid()] * clients
+
+
+@pytest.mark.asyncio
+async def test_serve_survives_a_failing_handler(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that raises ends its own connection only (logged with the peer's
+    pid); the next connection is served."""
+
+    async def handler(chan: ShmDuplex) -> None:
+        message = await chan.receive()
+        if message == b"boom":
+            raise RuntimeError("handler failed")
+        await chan.send(message)
+
+    with anyio.fail_after(LIMIT):
+        async with ShmDuplexListener.create(name) as listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handler)
+            async with await ShmDuplex.connect(name, capacity=4096) as chan:
+                await chan.send(b"boom")
+                with pytest.raises(EndOfStream):
+                    await chan.receive()
+            async with await ShmDuplex.connect(name, capacity=4096) as chan:
+                await chan.send(b"fine")
+                assert await chan.receive() == b"fine"
+            tg.cancel_scope.cancel()
+    failures = [r for r in caplog.records if "the handler raised" in r.getMessage()]
+    assert len(failures) == 1
+    assert f"peer pid {os.getpid()}" in failures[0].getMessage()
 
 
 @pytest.mark.asyncio
