@@ -72,6 +72,7 @@ from .shm import (
     unlink,
 )
 from .shm_lock import close_region
+from .unix import _stray_cancellation
 
 __all__ = [
     "ACCEPT_CAPACITY",
@@ -561,7 +562,6 @@ class ShmDuplexListener(Listener[ShmDuplex]):
         handler (unless they run in a ``task_group`` of the caller's) and accepts
         nothing more.
         """
-        from .unix import _stray_cancellation
 
         async def run(chan: ShmDuplex) -> None:
             async with chan:
