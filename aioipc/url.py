@@ -12,6 +12,7 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``sysvmq://KEY``          SysV queue, open or create              SysV queue, open
 ``sysvmq:///path?proj=N`` the same, key = ``ftok(path, N)``       the same
 ``shm://name``            create the ring, receive                 send into the ring
+``shm+duplex://name``     duplex listener (accept ring 0600)      two-way duplex channel
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; unix stream and FIFO), ``mode=0600`` (octal,
@@ -30,6 +31,12 @@ Shared-memory rings (``shm://name`` or ``shm:///name``): ``capacity=N`` (data by
 creation), ``multi_producer=1`` (on creation), ``spin=SECONDS`` (low-latency mode),
 ``create=0`` (``listen`` attaches to an existing ring), ``create=1`` (``connect`` creates
 the ring and removes it when the sender closes).
+
+Duplex shared-memory channels (``shm+duplex://name``): ``capacity=N`` (data bytes of each
+ring of the pair a ``connect`` makes), ``spin=SECONDS`` (either side),
+``accept_timeout=SECONDS`` (how long ``connect`` waits for the listener to accept;
+default 10, ``inf`` for ever);
+``mode=`` is the accept ring's (``listen``) or the pair's files' (``connect``).
 
 :func:`parse_url` checks every option before anything is opened (see docs/urls.md for
 the forms accepted): a value that does not parse or is out of range, an option given
@@ -58,6 +65,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 from . import fifo, posix, shm, sysv, unix
 from ._core.check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
 from ._core.libc import MSG_QBYTES_MAX
+from ._core.shm_duplex import DEFAULT_CONNECT_TIMEOUT
 from .abc import Listener
 from .codecs import _CODECS, Codec, CodecListener, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
@@ -68,6 +76,7 @@ __all__ = [
     "FifoAddress",
     "PosixQueueAddress",
     "ShmAddress",
+    "ShmDuplexAddress",
     "SysVQueueAddress",
     "UnixAddress",
     "connect",
@@ -156,6 +165,14 @@ def _spin(value: str, name: str, what: str) -> float:
     return check_seconds(seconds, name, what=what)
 
 
+def _timeout(value: str, name: str, what: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{what}: option {name}={value!r} is not seconds (like 2.5)") from None
+    return check_seconds(seconds, name, what=what, allow_inf=True)
+
+
 def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
     items = value.split(",")
     if "" in items:
@@ -185,7 +202,8 @@ def _codec_name(value: str, name: str, what: str) -> str:
 class Address:
     """A parsed aioipc URL: what every scheme has. Each scheme's own options are the
     fields of its subclass (:class:`UnixAddress`, :class:`FifoAddress`,
-    :class:`PosixQueueAddress`, :class:`SysVQueueAddress`, :class:`ShmAddress`)."""
+    :class:`PosixQueueAddress`, :class:`SysVQueueAddress`, :class:`ShmAddress`,
+    :class:`ShmDuplexAddress`)."""
 
     scheme: str
     path: str
@@ -260,6 +278,15 @@ class ShmAddress(Address):
     capacity: int = shm.DEFAULT_CAPACITY
     multi_producer: bool = False
     spin: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShmDuplexAddress(Address):
+    """``shm+duplex://``."""
+
+    capacity: int = shm.DEFAULT_CAPACITY
+    spin: float = 0.0
+    accept_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
 
 # -- the table -------------------------------------------------------------------------
@@ -559,6 +586,34 @@ _register(
         path=_slash_name,
     ),
     "shm",
+)
+
+
+# shm+duplex://
+
+
+async def _shm_duplex_connect(a: ShmDuplexAddress) -> _Sending:
+    return await shm.ShmDuplex.connect(
+        a.path, capacity=a.capacity, mode=a.mode, spin=a.spin, accept_timeout=a.accept_timeout
+    )
+
+
+async def _shm_duplex_listen(a: ShmDuplexAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    return shm.ShmDuplexListener.create(a.path, mode=a.mode, spin=a.spin)
+
+
+_register(
+    _Scheme(
+        ShmDuplexAddress,
+        {"capacity": _size(LONG_MAX), "spin": _spin, "accept_timeout": _timeout},
+        _shm_duplex_connect,
+        _shm_duplex_listen,
+        connects="two-way",
+        listens="listener",
+        path=_slash_name,
+    ),
+    "shm+duplex",
 )
 
 

@@ -27,6 +27,7 @@ from aioipc.url import (
     FifoAddress,
     PosixQueueAddress,
     ShmAddress,
+    ShmDuplexAddress,
     SysVQueueAddress,
     UnixAddress,
     parse_url,
@@ -44,6 +45,7 @@ TIMEOUT = 15
         ("mq:///x", PosixQueueAddress, "send_type"),
         ("sysvmq://1", SysVQueueAddress, "max_messages"),
         ("shm://r", ShmAddress, "max_size"),
+        ("shm+duplex://r", ShmDuplexAddress, "multi_producer"),
     ],
 )
 def test_each_scheme_parses_into_its_own_record(
@@ -67,6 +69,7 @@ def test_the_table_knows_every_scheme_and_its_shapes() -> None:
         "mq": ("two-way", "two-way"),
         "sysvmq": ("two-way", "two-way"),
         "shm": ("send", "receive"),
+        "shm+duplex": ("two-way", "listener"),
     }
 
 
@@ -105,12 +108,15 @@ async def _opened(scheme: str, short_tmp: Path, ring: str) -> AsyncIterator[str]
                 queue = aioipc.sysv.MessageQueue.open(aioipc.ftok(key_file, 7))
                 queue.remove()
                 await queue.aclose()
+    elif scheme == "shm+duplex":
+        yield f"shm+duplex://{ring[1:]}?capacity=4096"
     else:
         yield f"shm://{ring[1:]}?capacity=4096"
 
 
 @pytest.mark.parametrize(
-    "scheme", ["unix", "unix+seqpacket", "unix+dgram", "fifo", "mq", "sysvmq", "shm"]
+    "scheme",
+    ["unix", "unix+seqpacket", "unix+dgram", "fifo", "mq", "sysvmq", "shm", "shm+duplex"],
 )
 @pytest.mark.asyncio
 async def test_declared_shapes_are_what_real_objects_come_back_as(
@@ -123,16 +129,28 @@ async def test_declared_shapes_are_what_real_objects_come_back_as(
     ):
         assert _is(server, entry.listens), (scheme, type(server))
         with anyio.fail_after(TIMEOUT):
-            async with await aioipc.connect(address) as client:
+            accepted: list[anyio.abc.ObjectStream[bytes]] = []
+            async with anyio.create_task_group() as tg:
+                if isinstance(server, aioipc.Listener):
+                    # Concurrently: a shm+duplex connect returns once it was accepted.
+                    tg.start_soon(lambda: _accept_into(server, accepted))
+                client = await aioipc.connect(address)
+            async with client:
                 assert _is(client, entry.connects), (scheme, type(client))
                 if isinstance(server, anyio.abc.ObjectReceiveStream):
                     await client.send(b"shape")
                     assert await server.receive() == b"shape"
                 else:
-                    assert isinstance(server, aioipc.Listener)
-                    async with await server.accept() as accepted:
+                    async with accepted[0]:
                         await client.send(b"shape")
-                        assert await accepted.receive() == b"shape"
+                        assert await accepted[0].receive() == b"shape"
+
+
+async def _accept_into(
+    listener: aioipc.Listener[anyio.abc.ObjectStream[bytes]],
+    accepted: list[anyio.abc.ObjectStream[bytes]],
+) -> None:
+    accepted.append(await listener.accept())
 
 
 @pytest.mark.parametrize(
@@ -143,6 +161,7 @@ async def test_declared_shapes_are_what_real_objects_come_back_as(
         ("listen", "fifo://{tmp}/f", "two-way", "fifo:// gives a receive-only channel"),
         ("listen", "fifo://{tmp}/f", "listener", "not a listener"),
         ("listen", "shm://{ring}", "listener", "shm:// gives a receive-only channel"),
+        ("listen", "shm+duplex://{ring}", "receive", "shm\\+duplex:// gives a listener"),
         ("listen", "unix://{tmp}/s.sock", "receive", "unix:// gives a listener"),
         ("listen", "unix://{tmp}/s.sock", "two-way", "not a two-way channel"),
         ("listen", "unix+dgram://{tmp}/s.sock", "listener", "gives a two-way channel"),
@@ -204,7 +223,9 @@ async def test_a_scheme_registered_in_the_table_needs_no_other_change() -> None:
         assert parse_url("test+memory://x?capacity=5").capacity == 5  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=r"option spin= does not apply to test\+memory://"):
             parse_url("test+memory://x?spin=0")
-        with pytest.raises(ValueError, match=r"it is for .*shm://, test\+memory://"):
+        with pytest.raises(
+            ValueError, match=r"it is for .*shm://, shm\+duplex://, test\+memory://"
+        ):
             parse_url("mq:///x?capacity=5")
         async with (
             await aioipc.listen("test+memory://x", codec="json") as rx,
