@@ -1,7 +1,8 @@
 """``aioipc rm``: remove one IPC object, or every stale one aioipc made.
 
 Removing is refused, unless forced, for anything but a stale object of aioipc's: one in
-aioipc's registry (or a ring) whose creator is dead and that nobody holds. An IPC object
+aioipc's registry (or a ring) whose creator is dead and that nobody holds, or a topic of
+aioipc's that nobody has open (topics outlive their creators by design). An IPC object
 outlives its processes by design, and the command cannot know what another program
 still means to do with it, so removing one of those is the caller's decision, stated
 with ``--force``.
@@ -321,7 +322,7 @@ def _utf8(name: str) -> bool:
 
 
 def _delete(row: IPCObject, mqueue: str | None) -> None:
-    from .. import posix, shm
+    from .. import posix, pubsub, shm
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
@@ -340,6 +341,7 @@ def _delete(row: IPCObject, mqueue: str | None) -> None:
         "posix-sem": posix.unlink_semaphore,
         "posix-mq": posix.unlink_message_queue,
         "shm-ring": shm.unlink,
+        "topic": pubsub.unlink,  # the log and its doorbells, and its registry entry
         "fifo": lambda name: _unlink_at(name, row),
         "unix-socket": lambda name: _unlink_at(name, row),
     }
