@@ -27,7 +27,7 @@ def new_topic() -> Iterator[Callable[[], str]]:
     names: list[str] = []
 
     def make() -> str:
-        name = f"/aioipc-test-topic-{uuid4().hex[:12]}"
+        name = f"/aioipc-test-cli-topic-{uuid4().hex[:12]}"
         names.append(name)
         return name
 
