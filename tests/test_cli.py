@@ -481,3 +481,42 @@ def test_help_lists_the_commands() -> None:
     out = ok(aioipc("--help")).decode()
     for command in ("demo", "send", "recv"):
         assert command in out
+
+
+# ----------------------------------------------------------------- demo: pub/sub
+
+
+def test_demo_pubsub_row_checks_every_message_at_three_subscribers() -> None:
+    """A size above the default topic's largest message: the topic is made to fit."""
+    args = ("--mechanism", "pubsub", "--count", "300", "--round-trips", "10", "--size", "600000")
+    out = ok(aioipc("demo", *args)).decode()
+    # A rich table ("│ pubsub │ 300 │ ...") or plain columns, whichever is installed.
+    rows = [line.replace("│", " ").split() for line in out.splitlines()]
+    (row,) = [r for r in rows if r and r[0] == "pubsub"]
+    assert row[1] == "300", row
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith("aioipc-demo-")]
+
+
+@pytest.mark.asyncio
+async def test_demo_pubsub_subscriber_reports_a_missing_message(
+    new_topic: Callable[[], str],
+) -> None:
+    """The child's check, fed a burst with a gap: it says which number it expected."""
+    from aioipc._cli.demo_pubsub import _index
+
+    down, up = new_topic(), new_topic()
+    with (
+        pubsub.Topic.create(down, 4096, max_subscribers=1) as down_topic,
+        pubsub.Topic.create(up, 4096, max_subscribers=1) as up_topic,
+    ):
+        async with await up_topic.subscribe("block") as replies, down_topic.publisher() as pub:
+            cmd = [sys.executable, "-m", "aioipc._cli.demo", "child", "pubsub", down, up, "0"]
+            async with await anyio.open_process(cmd) as child:
+                with anyio.fail_after(LIMIT):
+                    assert await replies.receive() == b"hello\x00"  # it has subscribed
+                    await pub.send(b"burst" + _index.pack(3) + _index.pack(8))
+                    for number in (0, 2):
+                        await pub.send(_index.pack(number) + bytes(4))
+                    report = await replies.receive()
+                    assert report == b"fail\x00expected message 1 of 8 bytes, got 2 of 8"
+                    assert await child.wait() == 1
