@@ -358,7 +358,7 @@ def scan_dev_shm(
                         *(
                             os.path.join(directory, e)
                             for e in stats
-                            if e != entry and _topic_of(e) == entry
+                            if _topic_of(e) == entry and not stat.S_ISREG(stats[e].st_mode)
                         ),
                     ),
                     **common,

@@ -268,7 +268,8 @@ class _Changed(Exception):
 
 def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
     """Raise _Changed unless ``row`` still names the object that was listed (and, for a
-    stale one, a SysV segment is still detached): the last check before removing it.
+    stale one, a SysV segment is still detached and a topic still unopened): the last
+    check before removing it.
     """
     if row.id is not None:
         try:
@@ -289,6 +290,15 @@ def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
         raise _Changed("does not exist") from None
     if (st.st_dev, st.st_ino) != (row.dev, row.ino):
         raise _Changed("another object was made under its name since it was listed")
+    if stale and row.kind == "topic" and row.name is not None:
+        from .. import pubsub
+
+        try:
+            opened = not pubsub.is_stale(row.name)
+        except Exception:  # no longer a topic, or gone: _delete says which
+            opened = False
+        if opened:
+            raise _Changed("a process opened it since it was listed")
 
 
 def _unlink_at(path: str, row: IPCObject) -> None:
