@@ -13,6 +13,8 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``sysvmq:///path?proj=N`` the same, key = ``ftok(path, N)``       the same
 ``shm://name``            create the ring, receive                 send into the ring
 ``shm+duplex://name``     duplex listener (accept ring 0600)      two-way duplex channel
+``pubsub://name``         topic, open or create; a subscriber     topic, open or create; a
+                                                                  publisher
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; unix stream and FIFO), ``mode=0600`` (octal,
@@ -37,6 +39,10 @@ ring of the pair a ``connect`` makes), ``spin=SECONDS`` (either side),
 ``accept_timeout=SECONDS`` (how long ``connect`` waits for the listener to accept;
 default 10, ``inf`` for ever);
 ``mode=`` is the accept ring's (``listen``) or the pair's files' (``connect``).
+Topics (``pubsub://name``): ``capacity=N`` and ``max_subscribers=N`` (on creation; checked
+against an existing topic), ``policy=block|drop_oldest|disconnect`` and
+``start=now|oldest`` (``listen`` only). Both ends open the topic or create it; neither
+ever removes it (``aioipc.pubsub.unlink``, ``aioipc rm``).
 
 :func:`parse_url` checks every option before anything is opened (see docs/urls.md for
 the forms accepted): a value that does not parse or is out of range, an option given
@@ -62,7 +68,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 
-from . import fifo, posix, shm, sysv, unix
+from . import fifo, posix, pubsub, shm, sysv, unix
+from ._core import topic as _topic
 from ._core.check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
 from ._core.libc import MSG_QBYTES_MAX
 from ._core.shm_duplex import DEFAULT_CONNECT_TIMEOUT
@@ -75,6 +82,7 @@ __all__ = [
     "Expect",
     "FifoAddress",
     "PosixQueueAddress",
+    "PubSubAddress",
     "ShmAddress",
     "ShmDuplexAddress",
     "SysVQueueAddress",
@@ -187,6 +195,24 @@ def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
     return tuple(uids)
 
 
+def _choice(*choices: str) -> Callable[[str, str, str], str]:
+    def parse(value: str, name: str, what: str) -> str:
+        if value not in choices:
+            raise ValueError(
+                f"{what}: option {name}={value!r}: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def _topic_capacity(value: str, name: str, what: str) -> int:
+    capacity = _integer(value, name, what, _topic.MIN_CAPACITY, _topic.MAX_CAPACITY)
+    if capacity % 16:
+        raise ValueError(f"{what}: option {name}={value}: a multiple of 16 bytes is needed")
+    return capacity
+
+
 def _codec_name(value: str, name: str, what: str) -> str:
     if value not in _CODECS:
         raise ValueError(
@@ -287,6 +313,16 @@ class ShmDuplexAddress(Address):
     capacity: int = shm.DEFAULT_CAPACITY
     spin: float = 0.0
     accept_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+class PubSubAddress(Address):
+    """``pubsub://``. ``None``: not given (the defaults, and nothing checked against an
+    existing topic)."""
+
+    capacity: int | None = None
+    max_subscribers: int | None = None
+    policy: pubsub.Policy | None = None
+    start: pubsub.Start | None = None
 
 
 # -- the table -------------------------------------------------------------------------
@@ -603,6 +639,35 @@ async def _shm_duplex_listen(a: ShmDuplexAddress) -> _Listening:
     return shm.ShmDuplexListener.create(a.path, mode=a.mode, spin=a.spin)
 
 
+# pubsub://
+
+
+def _open_topic(a: PubSubAddress) -> pubsub.Topic:
+    # Whoever comes first creates it; nobody removes it: a topic is named and outlives
+    # its ends, like a queue (aioipc.pubsub.unlink, `aioipc rm topic NAME`).
+    return pubsub.Topic.open_or_create(
+        a.path, a.capacity, max_subscribers=a.max_subscribers, mode=a.mode
+    )
+
+
+async def _pubsub_connect(a: PubSubAddress) -> _Sending:
+    for option in ("policy", "start"):
+        if getattr(a, option) is not None:
+            raise ValueError(
+                f"URL 'pubsub://{a.path}': option {option}= is a subscriber's: it applies "
+                "to listen(), not to connect() (a publisher)"
+            )
+    await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
+    with _open_topic(a) as topic:
+        return topic.publisher()
+
+
+async def _pubsub_listen(a: PubSubAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    with _open_topic(a) as topic:
+        return await topic.subscribe(a.policy or "drop_oldest", a.start or "now")
+
+
 _register(
     _Scheme(
         ShmDuplexAddress,
@@ -614,6 +679,25 @@ _register(
         path=_slash_name,
     ),
     "shm+duplex",
+)
+
+
+_register(
+    _Scheme(
+        PubSubAddress,
+        {
+            "capacity": _topic_capacity,
+            "max_subscribers": _ranged(1, _topic.MAX_SUBSCRIBERS),
+            "policy": _choice("block", "drop_oldest", "disconnect"),
+            "start": _choice("now", "oldest"),
+        },
+        _pubsub_connect,
+        _pubsub_listen,
+        connects="send",
+        listens="receive",
+        path=_slash_name,
+    ),
+    "pubsub",
 )
 
 
@@ -738,12 +822,13 @@ async def connect(
 
     Every scheme's ``connect`` gives a channel that sends; ``expect="two-way"`` types it
     as a two-way channel (unix sockets, queues) and refuses a scheme whose sender is
-    one-way (``fifo://``, ``shm://``) before opening anything. Items are ``bytes``, or
-    the codec's objects with a codec (the ``codec`` argument or ``?codec=``).
+    one-way (``fifo://``, ``shm://``, ``pubsub://``) before opening anything. Items are
+    ``bytes``, or the codec's objects with a codec (the ``codec`` argument or ``?codec=``).
 
     Raises:
         ValueError: the URL is malformed or names an unknown scheme or option; the
-            scheme does not give what ``expect`` asks for.
+            scheme does not give what ``expect`` asks for; an existing topic has another
+            ``capacity`` or ``max_subscribers`` than the URL says.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError, aioipc.IPCConnectionRefusedError:
             as the mechanism's own ``connect``/``open_sender``.
 
@@ -779,20 +864,25 @@ async def listen(
     """Open the receiving/listening side of the object at ``url`` (see the module table).
 
     What comes back depends on the scheme: a receive-only channel (``fifo://``,
-    ``shm://``), a two-way channel (queues, ``unix+dgram://``) or a listener (``unix://``,
-    ``unix+seqpacket://``). ``expect="receive"``, ``"two-way"`` or ``"listener"`` types
-    the result and refuses, before opening anything, a URL whose scheme gives something
-    else. With a codec, a listener's channels come wrapped (a
-    :class:`aioipc.codecs.CodecListener`).
+    ``shm://``, ``pubsub://``: a subscriber), a two-way channel (queues,
+    ``unix+dgram://``) or a listener (``unix://``, ``unix+seqpacket://``).
+    ``expect="receive"``, ``"two-way"`` or ``"listener"`` types the result and refuses,
+    before opening anything, a URL whose scheme gives something else. With a codec, a
+    listener's channels come wrapped (a :class:`aioipc.codecs.CodecListener`).
 
     Raises:
         ValueError: the URL is malformed or names an unknown scheme or option; the
-            scheme does not give what ``expect`` asks for.
+            scheme does not give what ``expect`` asks for; an existing topic has another
+            ``capacity`` or ``max_subscribers`` than the URL says.
         aioipc.IPCExistsError: a live listener holds the address.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError: the directory is missing or
             not writable.
+        anyio.BusyResourceError: every subscriber slot of the topic is taken.
+        aioipc.ProtocolError: the ``pubsub://`` name is a file that is not a topic.
 
-    Cancellation: ``listen`` does not wait; a cancelled call leaves nothing open.
+    Cancellation: ``listen`` does not wait (but for ``pubsub://``, a moment, for a
+    publisher in the middle of a publish); a cancelled call leaves nothing open (a topic
+    it created stays: topics outlive their ends).
     """
     addr, entry = _look_up(url, "listen", expect, ("receive", "two-way", "listener"))
     c = _codec(addr, codec)
