@@ -2,7 +2,7 @@
 a publisher killed while it holds the publish mutex, cancellation at random moments
 of publish and receive, and a raw peer writing garbage into the mapping.
 
-Every message is self-checking (tests/_topics.py: numbered(), check()): a torn or
+Every message is self-checking (tests/_pubsub_helpers.py: numbered(), check()): a torn or
 partial message fails the test wherever it shows up.
 """
 
@@ -146,12 +146,6 @@ def write_syscalls() -> int:
         return int(next(line for line in f if line.startswith("syscw:")).split()[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a subscriber killed while asleep in receive keeps its waiting byte "
-    "set and its slot active (only a block subscriber holding a publisher back is "
-    "reaped): every later publish rings its doorbell, a write() per message",
-)
 @pytest.mark.parametrize("policy", ["drop_oldest", "block"])
 @on_both_backends
 async def test_a_subscriber_killed_asleep_costs_publishers_nothing(
@@ -166,11 +160,13 @@ async def test_a_subscriber_killed_asleep_costs_publishers_nothing(
                     await anyio.sleep(0.01)
             await peer.kill()
         # the slot's lock went with the process: a new subscriber may take the slot
+        # Publishers ring a sleeper's doorbell at every commit and check that it lives
+        # every 64 rings: a bounded cost, not one write() per message.
         before = write_syscalls()
-        for n in range(500):
+        for n in range(2000):
             pub.send_nowait(numbered(0, n, 32))
         rang = write_syscalls() - before
-        assert rang < 50, f"{rang} write() calls for 500 messages nobody is waiting for"
+        assert rang <= 2 * 64, f"{rang} write() calls for 2000 messages nobody waits for"
         assert [s.slot for s in topic.subscribers()] == []
         await pub.aclose()
 
@@ -236,7 +232,6 @@ async def main():
     say("go")
     n = 0
     while True:
-        # records of a multiple of 16 bytes (see test_topic_format.py's 8-byte-gap bug)
         await pub.send(numbered(tag, n, 16 * (1 + (n * 37) % 150) - n % 8))
         n += 1
 
@@ -539,7 +534,7 @@ async def test_forged_positions_in_a_live_topic(topic_name: str) -> None:
             # below the committed head is what a publisher killed between its commit
             # point and storing the head leaves: the next publisher finishes the commit
             await pub.send(numbered(0, 2, 40))
-            assert get_u64(mm, 64) == head + 56
+            assert get_u64(mm, 64) == head + T.record_size(40)
         assert [check(m) for m in drain_nowait(sub)] == [(0, 1), (0, 2)]
         for end in (pub, sub):
             await end.aclose()
@@ -568,7 +563,7 @@ async def test_a_forged_record_at_the_cursor(topic_name: str, field: str, forge:
         await pub.send(numbered(0, 1, 40))
         for sub in subs:
             assert check(await sub.receive()) == (0, 0)
-        at = data_off + 16 + 40  # the second record
+        at = data_off + T.record_size(40)  # the second record
         with raw_map(topic_name) as mm:
             word, seq = get_u64(mm, at), get_u64(mm, at + 8)
             target = at + 8 if field == "number" else at
