@@ -602,3 +602,22 @@ def test_forged_counters_at_the_top_of_u64(head: int, seq: int) -> None:
             r.release()
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("index", [T.Q_GEN, T.Q_EPOCH], ids=["gen", "epoch"])
+def test_forged_counters_that_wrap(index: int) -> None:
+    """The commit counter and the block epoch at 2**64 - 1 (forged): they wrap; storing
+    2**64 raised ValueError from a publish or a subscribe."""
+    h = Harness(256, 2)
+    try:
+        h.subscribe(T.BLOCK, False)
+        h.w.hq[index] = 2**64 - 1
+        for n in range(20):
+            while h.publish(16 * (n % 4)) >= 0:
+                h.take(0)
+            h.take(0)
+        h.subscribe(T.DROP_OLDEST, True)
+        h.unsubscribe(0)
+        h.check_totals()
+    finally:
+        h.close()

@@ -108,6 +108,7 @@ KIND_MESSAGE, KIND_PAD, KIND_EOF = 1, 2, 3
 _LOW32 = 0xFFFFFFFF
 _MESSAGE_WORD = KIND_MESSAGE << 32
 _NO_FLOOR = 1 << 64
+_U64 = (1 << 64) - 1
 
 
 def data_offset(max_subscribers: int) -> int:
@@ -314,7 +315,7 @@ class _View:
         self.si[ii + S_STATE] = FREE
         self.wb[i] = 0
         if was_block:
-            self.hq[Q_EPOCH] += 1
+            self.hq[Q_EPOCH] = (self.hq[Q_EPOCH] + 1) & _U64
 
     def sleepers(self) -> list[int]:
         """Slots whose waiting byte is set. Call after a fence that follows the commit."""
@@ -521,7 +522,7 @@ class LogWriter(_View):
         then the head subscribers read. The caller then fences (unlocking the mutex
         does) and rings :meth:`sleepers`."""
         hq = self.hq
-        g = hq[Q_GEN] + 1
+        g = (hq[Q_GEN] + 1) & _U64  # wraps (only a forged counter gets there)
         base = Q_PAIR + 2 * (g & 1)
         hq[base] = self.head
         hq[base + 1] = self.seq
@@ -551,7 +552,7 @@ class LogWriter(_View):
         self.wb[slot] = 0
         self.si[ii + S_STATE] = ACTIVE
         if policy == BLOCK:
-            self.hq[Q_EPOCH] += 1
+            self.hq[Q_EPOCH] = (self.hq[Q_EPOCH] + 1) & _U64
         return finished
 
 
