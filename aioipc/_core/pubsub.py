@@ -676,6 +676,9 @@ class Publisher(ObjectSendStream[bytes]):
         self._w = LogWriter(file.mm, file.capacity, file.max_subs, file.what)
         self._max_msg = _log.max_message_size(file.capacity)
         self._bells = _Bells(file)
+        assert file.mutex is not None
+        self._try_lock = file.mutex.try_lock
+        self._unlock_mutex = file.mutex.unlock
         self._space_waiter = FdWaiter(file.space)
         self._busy = Busy(
             "publishing to", f"{self._what}: another task is publishing on this publisher"
@@ -719,8 +722,7 @@ class Publisher(ObjectSendStream[bytes]):
         self._bells.ring(self._w, self._w.sleepers())
 
     def _unlock(self) -> None:
-        assert self._file.mutex is not None
-        self._file.mutex.unlock()
+        self._unlock_mutex()
 
     def send_nowait(self, item: bytes) -> None:
         """Publish ``item`` if it fits now without waiting for anyone.
@@ -767,13 +769,31 @@ class Publisher(ObjectSendStream[bytes]):
 
         Cancellation: a cancelled send published nothing.
         """
+        # The common case inline (a free mutex, room, no other task here): measured,
+        # going through _publish cost 5.64 us a 64-byte send, this 2.6 us (in-process
+        # loop of 100,000 sends).
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was published
+        data = item if type(item) is bytes else message_bytes(item)
+        if not self._busy.held and not self._closed and len(data) <= self._max_msg:
+            w = self._w
+            if self._try_lock():
+                try:
+                    w.load()
+                    off = w.put(data)
+                    if off >= 0:
+                        w.commit()
+                finally:
+                    self._unlock()
+                if off >= 0:
+                    sleepers = w.sleepers()
+                    if sleepers:
+                        self._bells.ring(w, sleepers)
+                    return
         self._check_open()
-        data = message_bytes(item)
         if len(data) > self._max_msg:
             raise self._too_large(len(data))
         with self._busy:
-            if self._pacer.due():
-                await checkpoint()
             await self._publish([data], 0)
 
     async def send_many(self, items: Iterable[bytes]) -> None:
@@ -1139,8 +1159,21 @@ class Subscriber(ObjectReceiveStream[bytes]):
 
         Cancellation: a cancelled receive consumed nothing.
         """
+        # The common case inline (a message there, nobody else receiving): measured,
+        # the guard and wait_until cost 2.79 us a 64-byte receive, this 1.5 us.
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was taken
+        if not (self._busy.held or self._closed or self._ended or self._broken):
+            try:
+                msg = self._r.take()
+            except Overrun as o:
+                raise self._fell_behind(o) from None
+            if type(msg) is bytes:
+                return msg
+            if msg is END:
+                self._ended = True
         with self._busy:
-            return await wait_until(self._attempt, self._wait, self._pacer)
+            return await wait_until(self._attempt, self._wait, self._pacer, paced=False)
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` that are there,

@@ -319,6 +319,8 @@ class _View:
     def sleepers(self) -> list[int]:
         """Slots whose waiting byte is set. Call after a fence that follows the commit."""
         out: list[int] = []
+        if not any(self.wq):  # the common case, one C loop over a few words
+            return out
         wb = self.wb
         for w, word in enumerate(self.wq):
             if word:
@@ -355,11 +357,12 @@ class LogWriter(_View):
     """A publisher's side: claims room, writes records, commits. Every method but
     :meth:`sleepers` is called with the topic's mutex held."""
 
-    __slots__ = ("_epoch", "_floor", "_floor_slot", "head", "seq", "tail")
+    __slots__ = ("_epoch", "_floor", "_floor_slot", "_gen", "head", "seq", "tail")
 
     def __init__(self, buf: mmap.mmap, capacity: int, max_subs: int, what: str) -> None:
         super().__init__(buf, capacity, max_subs, what)
         self.head = self.seq = self.tail = 0
+        self._gen = -1  # the commit counter as our last load or commit left it
         self._epoch = -1
         self._floor = 0
         self._floor_slot = -1
@@ -374,6 +377,17 @@ class LogWriter(_View):
         """
         hq = self.hq
         g = hq[Q_GEN]
+        if g == self._gen:
+            # Nobody committed since we did: head and seq are ours. The tail is not: a
+            # publisher that died before its commit may have moved it.
+            tail = hq[Q_TAIL]
+            if tail != self.tail:
+                if tail % 16 or not self.tail < tail <= self.head:
+                    raise self.corrupt(f"tail {tail}, head {self.head}")
+                self.tail = tail
+            if self.hi[I_PWAITING]:
+                self.hi[I_PWAITING] = 0  # see below
+            return False
         base = Q_PAIR + 2 * (g & 1)
         head, seq = hq[base], hq[base + 1]
         tail = hq[Q_TAIL]
@@ -390,6 +404,7 @@ class LogWriter(_View):
             # every block subscriber would ring the space bell at every read.
             self.hi[I_PWAITING] = 0
         self.head, self.seq, self.tail = head, seq, tail
+        self._gen = g
         return finished
 
     def _walk(self, t: int, need: int) -> int:
@@ -521,7 +536,7 @@ class LogWriter(_View):
         base = Q_PAIR + 2 * (g & 1)
         hq[base] = self.head
         hq[base + 1] = self.seq
-        hq[Q_GEN] = g
+        hq[Q_GEN] = self._gen = g
         hq[Q_HEAD] = self.head
 
     def register(self, slot: int, policy: int, oldest: bool, pid: int) -> bool:
