@@ -66,6 +66,7 @@ from .wait import (
     backoff_delays,
     busy_error,
     poll_until,
+    running_asyncio_loop,
     wait_until,
 )
 
@@ -213,27 +214,40 @@ def _ring_bell(fd: int) -> None:
         os.write(fd, b"\x01")
 
 
-# A publisher rings a sleeping subscriber's doorbell at every commit until it wakes; a
-# subscriber that died asleep never does. Every this many rings of one slot, ask the
-# kernel whether its subscriber lives (one fcntl), and free the slot if not.
+# A subscriber that died asleep leaves its waiting byte set for ever. Every this many
+# times a publisher finds one slot asleep, it asks the kernel whether its subscriber
+# lives (one fcntl), and frees the slot if not.
 _CHECK_EVERY = 64
 
 
 class _Bells:
-    """The subscribers' doorbells one handle rings: the fds it opened, and how many
-    times it rang each slot since it last checked that slot's subscriber is alive."""
+    """The subscribers' doorbells one handle rings: the fds it opened, the sleep of each
+    slot it rang last (a subscriber is rung once a sleep, however many commits come
+    while it wakes up), and how often it found each slot asleep since it last checked
+    that its subscriber is alive."""
 
-    __slots__ = ("_fds", "_file", "_rings")
+    __slots__ = ("_fds", "_file", "_rung", "_seen")
 
     def __init__(self, file: _File) -> None:
         self._file = file
         self._fds: dict[int, int] = {}
-        self._rings: dict[int, int] = {}
+        self._rung: dict[int, int] = {}
+        self._seen: dict[int, int] = {}
 
     def ring(self, view: _log._View, slots: list[int]) -> None:
         """Ring ``slots`` (after a commit and a full fence: the sleepers then)."""
         file = self._file
         for i in slots:
+            n = self._seen.get(i, 0) + 1
+            if n >= _CHECK_EVERY:
+                n = 0
+                if not file.slot_alive(i) and file.reap(view, i):
+                    self._seen[i] = 0
+                    continue
+            self._seen[i] = n
+            sleep = view.sleep_id(i)
+            if self._rung.get(i) == sleep:
+                continue  # rung already for this sleep: it is waking up
             fd = self._fds.get(i)
             if fd is None:
                 try:
@@ -243,12 +257,7 @@ class _Bells:
                     continue
                 self._fds[i] = fd
             _ring_bell(fd)
-            n = self._rings.get(i, 0) + 1
-            if n >= _CHECK_EVERY:
-                n = 0
-                if not file.slot_alive(i):
-                    file.reap(view, i)
-            self._rings[i] = n
+            self._rung[i] = sleep
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -677,6 +686,7 @@ class Publisher(ObjectSendStream[bytes]):
         self._max_msg = _log.max_message_size(file.capacity)
         self._bells = _Bells(file)
         assert file.mutex is not None
+        self._ring_pending = False
         self._try_lock = file.mutex.try_lock
         self._unlock_mutex = file.mutex.unlock
         self._space_waiter = FdWaiter(file.space)
@@ -718,8 +728,31 @@ class Publisher(ObjectSendStream[bytes]):
 
     def _ring_sleepers(self) -> None:
         """After a commit and a full fence (the unlock is one): wake the subscribers
-        that said they may sleep."""
-        self._bells.ring(self._w, self._w.sleepers())
+        that said they may sleep.
+
+        Under asyncio (and uvloop) the doorbells are rung at the event loop's next turn,
+        not at once: a burst of sends within one turn (a send loop checkpoints every
+        16th send) then rings each sleeper once, and a subscriber wakes to a batch
+        instead of once a message. Measured with one publisher and four subscriber
+        processes on two cores: sleeping and waking once a message held fan-out to
+        about 31,000 messages/s per subscriber. Nothing is lost by waiting: a
+        subscriber still flagged then is rung then; one that flags itself later sees
+        the commit when it looks again (the wake-up protocol). With no loop (a thread),
+        or under trio, they are rung at once.
+        """
+        if self._ring_pending or not self._w.any_sleeper():
+            return
+        loop = running_asyncio_loop()
+        if loop is None:
+            self._flush_rings()
+            return
+        self._ring_pending = True
+        loop.call_soon(self._flush_rings)
+
+    def _flush_rings(self) -> None:
+        self._ring_pending = False
+        if not self._closed:
+            self._bells.ring(self._w, self._w.sleepers())
 
     def _unlock(self) -> None:
         self._unlock_mutex()
@@ -786,9 +819,8 @@ class Publisher(ObjectSendStream[bytes]):
                 finally:
                     self._unlock()
                 if off >= 0:
-                    sleepers = w.sleepers()
-                    if sleepers:
-                        self._bells.ring(w, sleepers)
+                    if not self._ring_pending and w.any_sleeper():
+                        self._ring_sleepers()
                     return
         self._check_open()
         if len(data) > self._max_msg:
@@ -953,6 +985,8 @@ class Publisher(ObjectSendStream[bytes]):
     def close(self) -> None:
         if self._closed:
             return
+        if self._ring_pending:
+            self._flush_rings()  # before the doorbells close
         self._closed = True
         self._space_waiter.close()
         self._bells.close()

@@ -39,6 +39,8 @@ a dead one, holding the slot's lock)::
     8    cursor     u64      the position of the next record it reads
     16   seq        u64      the number of the next message it expects
     24   pid        u32      for ``aioipc ls`` only (liveness is the slot's lock)
+    28   sleeps     u32      bumped before each time it sets its waiting byte, so that a
+                             publisher rings each sleep once (:meth:`_View.sleep_id`)
 
 A record starts at a multiple of 16: a u64 word ``length | kind << 32``, a u64 message
 number, then ``length`` bytes padded to 16. (16, not 8: then the room left before the end
@@ -97,7 +99,7 @@ Q_GEN, Q_PAIR, Q_EPOCH = 16, 17, 21
 I_VERSION, I_FLAGS, I_MAX_SUBS, I_PWAITING = 2, 3, 8, 48
 
 # slot fields: u32 index (from the slot's u32 base), u64 index (from its u64 base)
-S_STATE, S_POLICY, S_PID = 0, 1, 6
+S_STATE, S_POLICY, S_PID, S_SLEEPS = 0, 1, 6, 7
 S_CURSOR, S_SEQ = 1, 2
 FREE, ACTIVE = 0, 1
 BLOCK, DROP_OLDEST, DISCONNECT = 1, 2, 3
@@ -315,6 +317,16 @@ class _View:
         self.wb[i] = 0
         if was_block:
             self.hq[Q_EPOCH] += 1
+
+    def sleep_id(self, i: int) -> int:
+        """Which sleep of slot ``i``'s subscriber its waiting byte stands for. Read after
+        the byte: the subscriber stores this first, and loads are not reordered."""
+        sleeps: int = self.si[i * SLOT_SIZE // 4 + S_SLEEPS]
+        return sleeps
+
+    def any_sleeper(self) -> bool:
+        """Whether any waiting byte is set (after a fence that follows the commit)."""
+        return any(self.wq)
 
     def sleepers(self) -> list[int]:
         """Slots whose waiting byte is set. Call after a fence that follows the commit."""
@@ -608,7 +620,12 @@ class LogReader(_View):
         return self.hq[Q_HEAD] != self.cursor
 
     def set_waiting(self, on: bool) -> None:
-        self.wb[self.slot] = 1 if on else 0
+        if on:
+            ii = self.slot * SLOT_SIZE // 4 + S_SLEEPS
+            self.si[ii] = (self.si[ii] + 1) & 0xFFFFFFFF
+            self.wb[self.slot] = 1
+        else:
+            self.wb[self.slot] = 0
 
     def _publish(self) -> None:
         """Store the cursor; a ``block`` subscriber then fences and wakes a publisher
