@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys as _sys
 
-from . import abc, codecs, errors, fifo, framing, lock, pipes, posix, shm, sysv, unix, url
+from . import abc, codecs, errors, fifo, framing, lock, pipes, posix, pubsub, shm, sysv, unix, url
 from ._core.names import publish as _publish
 from ._core.region import AnonymousMemory as AnonymousMemory
 from ._core.region import MappedFile as MappedFile
@@ -24,6 +24,7 @@ from .errors import IPCExistsError as IPCExistsError
 from .errors import IPCNotFoundError as IPCNotFoundError
 from .errors import IPCPermissionError as IPCPermissionError
 from .errors import IPCSystemError as IPCSystemError
+from .errors import LaggedError as LaggedError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import ProtocolError as ProtocolError
 from .framing import FrameTooLargeError as FrameTooLargeError
@@ -60,6 +61,7 @@ __all__ = [
     "IPCNotFoundError",
     "IPCPermissionError",
     "IPCSystemError",
+    "LaggedError",
     "Listener",
     "Lock",
     "MessageTooLargeError",
@@ -83,6 +85,7 @@ __all__ = [
     "pipe",
     "pipes",
     "posix",
+    "pubsub",
     "shm",
     "sysv",
     "unix",
@@ -92,7 +95,21 @@ __all__ = [
 
 # The mechanism modules first: a class two of them export (FdSendChannel: pipes, fifo) is
 # at home in the first; the package itself last, for what only it exports.
-for _module in (pipes, fifo, unix, posix, sysv, shm, abc, codecs, errors, framing, lock, url):
+for _module in (
+    pipes,
+    fifo,
+    unix,
+    posix,
+    sysv,
+    shm,
+    pubsub,
+    abc,
+    codecs,
+    errors,
+    framing,
+    lock,
+    url,
+):
     _publish(_module)
 _publish(_sys.modules[__name__])
 del _module

@@ -47,6 +47,7 @@ __all__ = [
     "IPCNotFoundError",
     "IPCPermissionError",
     "IPCSystemError",
+    "LaggedError",
     "MessageTooLargeError",
     "ProtocolError",
     "NOFOLLOW",
@@ -99,6 +100,22 @@ class MessageTooLargeError(IPCError, ValueError):
         self.size = size
         self.limit = limit
         self.source = source
+
+
+class LaggedError(IPCError):
+    """A ``drop_oldest`` subscriber fell more than its topic's capacity behind.
+
+    The messages it missed are gone; the receive after this one continues from the
+    oldest message the topic still retains.
+
+    Attributes:
+        missed: how many messages it missed (exact: the counts of successive
+            LaggedErrors add up to every message it did not receive).
+    """
+
+    def __init__(self, missed: int, message: str) -> None:
+        super().__init__(message)
+        self.missed = missed
 
 
 class ProtocolError(IPCError):

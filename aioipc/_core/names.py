@@ -17,6 +17,7 @@ PUBLIC_MODULES = (
     "aioipc.lock",
     "aioipc.pipes",
     "aioipc.posix",
+    "aioipc.pubsub",
     "aioipc.shm",
     "aioipc.sysv",
     "aioipc.unix",

@@ -155,6 +155,7 @@ KINDS = (
     "posix-sem",
     "posix-mq",
     "shm-ring",
+    "topic",
     "fifo",
     "unix-socket",
 )
