@@ -278,11 +278,11 @@ async def _open_unix(spec: _Spec) -> _End:
     url = "unix://" + os.path.join(spec.res["dir"], "fanout.sock")
     end = _End()
     if spec.role == "sub":
-        chan = await aioipc.connect(url)
+        chan: Any = await aioipc.connect(url)
         end.closers.append(chan.aclose)
         end.receive = chan.receive
         return end
-    listener = await aioipc.listen(url)
+    listener: Any = await aioipc.listen(url)
     end.closers.append(listener.aclose)
     chans: list[Any] = []
 
@@ -411,9 +411,9 @@ _OPENERS: dict[str, Callable[[_Spec], Awaitable[_End]]] = {
 # ---------------------------------------------------------------------------------------
 
 
-async def _recv_ctl(ctl: Connection, timeout: float = HANDSHAKE_TIMEOUT) -> Any:
+async def _recv_ctl(ctl: Connection) -> Any:
     """The parent's next message, without blocking the event loop."""
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(HANDSHAKE_TIMEOUT):
         while not ctl.poll():
             await anyio.wait_readable(ctl.fileno())
     return ctl.recv()
@@ -502,12 +502,14 @@ async def _publisher(spec: _Spec) -> dict[str, Any]:
                 await anyio.sleep(PROBE_INTERVAL)
         if ctl.recv() != ("go",):
             raise RuntimeError("expected 'go' from the parent")
+        cpu = time.process_time()
         start = time.perf_counter_ns()
         await send(_marker(START, start))
         result: dict[str, Any] = {"start_ns": start}
         if spec.test in THROUGHPUT:
             result["sent"] = await _publish_throughput(end, spec)
             result["end_ns"] = time.perf_counter_ns()
+            result["cpu_s"] = time.process_time() - cpu
         elif spec.test.startswith("lat"):
             result.update(await _publish_latency(end, spec))
         if spec.test != "idle":
@@ -551,6 +553,8 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
     fb = int.from_bytes
     clock = time.perf_counter_ns
     expected = lost = last = 0
+    batch: Sequence[bytes]
+    cpu = time.process_time()
     ended = False
     window = spec.counts.duration + spec.counts.grace
     with anyio.CancelScope(deadline=anyio.current_time() + HANDSHAKE_TIMEOUT) as scope:
@@ -573,6 +577,7 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
                         break
                     if seq == START:
                         scope.deadline = anyio.current_time() + window
+                        cpu = time.process_time()
                 elif seq > expected:
                     if len(msg) != size:
                         raise _length_error(seq, len(msg), size)
@@ -590,6 +595,7 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
         "next": expected,
         "last_ns": last,
         "ended": ended,
+        "cpu_s": time.process_time() - cpu,
     }
 
 
@@ -600,6 +606,7 @@ async def _sink_big(end: _End, spec: _Spec) -> dict[str, Any]:
     tail = TAIL
     clock = time.perf_counter_ns
     count = last = 0
+    cpu = time.process_time()
     window = spec.counts.duration + spec.counts.grace
     zero_copy = spec.system == "aioipc-topic-zc"
     receive = end.receive
@@ -636,7 +643,15 @@ async def _sink_big(end: _End, spec: _Spec) -> dict[str, Any]:
                 break
             elif seq == START:
                 scope.deadline = anyio.current_time() + window
-    return {"received": count, "lost": 0, "next": count, "last_ns": last, "ended": ended}
+                cpu = time.process_time()
+    return {
+        "received": count,
+        "lost": 0,
+        "next": count,
+        "last_ns": last,
+        "ended": ended,
+        "cpu_s": time.process_time() - cpu,
+    }
 
 
 async def _sink_latency(end: _End, spec: _Spec) -> dict[str, Any]:
@@ -956,7 +971,9 @@ class _Children:
         while pending:
             ready = wait_connections(list(pending), timeout=max(deadline - time.monotonic(), 0))
             if not ready:
-                raise MeasurementError(f"timed out waiting for {what} from {sorted(pending.values())}")
+                raise MeasurementError(
+                    f"timed out waiting for {what} from {sorted(pending.values())}"
+                )
             for conn in ready:
                 assert isinstance(conn, Connection)
                 name = pending.pop(conn)
@@ -1041,8 +1058,9 @@ def _result(
                 if seq >= counts.latency_warmup:
                     worst[seq] = max(worst.get(seq, 0), ns)
         expected = counts.latency_count
-        missing = sum(expected - sum(1 for q in s["samples_ns"] if q >= counts.latency_warmup)
-                      for s in subs)
+        missing = sum(
+            expected - sum(1 for q in s["samples_ns"] if q >= counts.latency_warmup) for s in subs
+        )
         if missing and not system.lossy:
             raise MeasurementError(f"{missing} latency messages did not arrive")
         if not worst:
@@ -1071,6 +1089,12 @@ def _result(
         "delivered": fewest / sent,
         "seconds": seconds,
         "publish_per_s": sent / ((pub["end_ns"] - pub["start_ns"]) / 1e9),
+        # CPU per message: where the time goes (publisher per message sent, subscriber
+        # per message received, averaged over the subscribers).
+        "publisher_cpu_us": pub["cpu_s"] / sent * 1e6,
+        "subscriber_cpu_us": statistics.mean(
+            s["cpu_s"] / s["received"] * 1e6 for s in subs if s["received"]
+        ),
     }
     if test == "1MiB":
         figure["value"] = sum(received) * SIZES["1MiB"] / seconds / 1e9  # aggregate GB/s
@@ -1191,9 +1215,7 @@ def run_benchmarks(
             else:
                 row["skipped"][test] = note
     # idle is measured once: a sleeping process's CPU time does not need rounds.
-    steps = [
-        (r, s, t) for r in range(counts.rounds) for s, t in work if t != "idle" or r == 0
-    ]
+    steps = [(r, s, t) for r in range(counts.rounds) for s, t in work if t != "idle" or r == 0]
     try:
         for n, (round_no, system, test) in enumerate(
             sorted(steps, key=lambda x: (x[0], _order(x, work)))
@@ -1232,9 +1254,8 @@ def run_benchmarks(
                 row["details"][f"{test}_p99_us"] = statistics.median(f["p99_us"] for f in figures)
             if test in THROUGHPUT:
                 row["details"][f"{test}_delivered"] = min(f["delivered"] for f in figures)
-                row["details"][f"{test}_publish_per_s"] = statistics.median(
-                    f["publish_per_s"] for f in figures
-                )
+                for what in ("publish_per_s", "publisher_cpu_us", "subscriber_cpu_us"):
+                    row["details"][f"{test}_{what}"] = statistics.median(f[what] for f in figures)
     after = _dev_shm("aioipc-bench-ps-")
     result: dict[str, Any] = {
         "counts": asdict(counts),
@@ -1266,22 +1287,49 @@ RATIOS: tuple[tuple[str, str, str, str | None, str | None, str, float | None], .
     ("64B: topic / Redis", "aioipc-topic", "64B", "redis", "64B", "rate", 10.0),
     ("64B: topic / NATS", "aioipc-topic", "64B", "nats", "64B", "rate", 10.0),
     ("64B: topic / unix fan-out", "aioipc-topic", "64B", "aioipc-unix", "64B", "rate", None),
-    ("64B batched: topic msgs/s per subscriber", "aioipc-topic-batched", "64B", None, None,
-     "value", 1_000_000),
+    (
+        "64B batched: topic msgs/s per subscriber",
+        "aioipc-topic-batched",
+        "64B",
+        None,
+        None,
+        "value",
+        1_000_000,
+    ),
     ("4KiB: topic / pyzmq", "aioipc-topic", "4KiB", "pyzmq", "4KiB", "rate", None),
     ("4KiB: topic / unix fan-out", "aioipc-topic", "4KiB", "aioipc-unix", "4KiB", "rate", None),
-    ("latency: topic 4 subs / 1 sub", "aioipc-topic", "lat4", "aioipc-topic", "lat1", "time",
-     1.5),
+    ("latency: topic 4 subs / 1 sub", "aioipc-topic", "lat4", "aioipc-topic", "lat1", "time", 1.5),
     ("latency 4 subs: topic / pyzmq", "aioipc-topic", "lat4", "pyzmq", "lat4", "time", 1.0),
     ("latency 4 subs: topic / Redis", "aioipc-topic", "lat4", "redis", "lat4", "time", 1.0),
     ("latency 4 subs: topic / NATS", "aioipc-topic", "lat4", "nats", "lat4", "time", None),
-    ("latency 4 subs: topic / unix fan-out", "aioipc-topic", "lat4", "aioipc-unix", "lat4",
-     "time", None),
+    (
+        "latency 4 subs: topic / unix fan-out",
+        "aioipc-topic",
+        "lat4",
+        "aioipc-unix",
+        "lat4",
+        "time",
+        None,
+    ),
     ("latency: pyzmq 4 subs / 1 sub", "pyzmq", "lat4", "pyzmq", "lat1", "time", None),
-    ("1MiB aggregate: topic / unix fan-out", "aioipc-topic", "1MiB", "aioipc-unix", "1MiB",
-     "rate", 10.0),
-    ("1MiB aggregate: topic zero-copy / unix fan-out", "aioipc-topic-zc", "1MiB",
-     "aioipc-unix", "1MiB", "rate", 10.0),
+    (
+        "1MiB aggregate: topic / unix fan-out",
+        "aioipc-topic",
+        "1MiB",
+        "aioipc-unix",
+        "1MiB",
+        "rate",
+        10.0,
+    ),
+    (
+        "1MiB aggregate: topic zero-copy / unix fan-out",
+        "aioipc-topic-zc",
+        "1MiB",
+        "aioipc-unix",
+        "1MiB",
+        "rate",
+        10.0,
+    ),
     ("idle CPU: topic subscriber, s/s", "aioipc-topic", "idle", None, None, "value", None),
     ("idle CPU: pyzmq subscriber, s/s", "pyzmq", "idle", None, None, "value", None),
 )
@@ -1297,7 +1345,8 @@ def compute_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         value = by_key[mine]["values"].get(test)
         if kind != "value":
-            assert peer is not None and peer_test is not None
+            assert peer is not None
+            assert peer_test is not None
             other = by_key[peer]["values"].get(peer_test)
             value = value / other if value and other else None
         met = None
@@ -1353,6 +1402,35 @@ def _grid(rows: Sequence[Sequence[str]], markdown: bool) -> str:
     return "\n".join(lines)
 
 
+def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
+    """Where the time goes: CPU µs per message in the publisher and in each subscriber,
+    the total for one message fanned out, and the rate that total allows on this
+    machine's CPUs (when every process is busy all the time)."""
+    cpus = len(os.sched_getaffinity(0))
+    n = result["subscribers"]
+    head = ["CPU µs per message", "publisher", "each subscriber", f"pub + {n} subs"]
+    rows = [[*head, f"bound on {cpus} CPUs, msgs/s"]]
+    for row in result["rows"]:
+        for test in THROUGHPUT:
+            pub = row["details"].get(f"{test}_publisher_cpu_us")
+            sub = row["details"].get(f"{test}_subscriber_cpu_us")
+            if pub is None or sub is None:
+                continue
+            total = pub + n * sub
+            rows.append(
+                [
+                    f"{row['key']} {test}",
+                    f"{pub:,.2f}",
+                    f"{sub:,.2f}",
+                    f"{total:,.2f}",
+                    f"{cpus / total * 1e6:,.0f}",
+                ]
+            )
+    if len(rows) == 1:
+        return "(no throughput figures: no CPU table)"
+    return _grid(rows, markdown)
+
+
 def format_report(result: dict[str, Any], markdown: bool = False) -> str:
     table = [["system", *(title for _, title in COLUMNS)]]
     notes: list[str] = []
@@ -1369,8 +1447,9 @@ def format_report(result: dict[str, Any], markdown: bool = False) -> str:
             elif column == test:
                 cells.append(_fmt(test, row["values"].get(test)))
             else:
-                cells.append(_fmt(column if "delivered" in column else "lat",
-                                  row["details"].get(column)))
+                cells.append(
+                    _fmt(column if "delivered" in column else "lat", row["details"].get(column))
+                )
         table.append(cells)
         for note in dict.fromkeys(row["skipped"].values()):
             notes.append(f"{row['key']}: {note}")
@@ -1438,6 +1517,7 @@ def format_report(result: dict[str, Any], markdown: bool = False) -> str:
         _grid(table, markdown),
         "\n".join(notes),
         _grid(ratio_rows, markdown),
+        _cpu_table(result, markdown),
         "\n".join(clean),
     ]
     return "\n\n".join(parts)
