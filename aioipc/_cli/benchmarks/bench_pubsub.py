@@ -502,7 +502,7 @@ async def _publisher(spec: _Spec) -> dict[str, Any]:
                 await anyio.sleep(PROBE_INTERVAL)
         if ctl.recv() != ("go",):
             raise RuntimeError("expected 'go' from the parent")
-        cpu = time.process_time()
+        cpu, calls = time.process_time(), _syscalls()
         start = time.perf_counter_ns()
         await send(_marker(START, start))
         result: dict[str, Any] = {"start_ns": start}
@@ -510,6 +510,7 @@ async def _publisher(spec: _Spec) -> dict[str, Any]:
             result["sent"] = await _publish_throughput(end, spec)
             result["end_ns"] = time.perf_counter_ns()
             result["cpu_s"] = time.process_time() - cpu
+            result["syscalls"] = _syscalls() - calls
         elif spec.test.startswith("lat"):
             result.update(await _publish_latency(end, spec))
         if spec.test != "idle":
@@ -533,6 +534,20 @@ async def _publisher(spec: _Spec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
+def _syscalls() -> int:
+    """read/write system calls of this process so far (``/proc/self/io``'s syscr +
+    syscw), or -1 where that file cannot be read. The kernel counts only calls through
+    the VFS read/write paths: the topic's doorbells (pipe writes and drains) count,
+    socket send/recv calls (the unix, pyzmq, Redis and NATS rows) and epoll_wait do not.
+    """
+    try:
+        with open("/proc/self/io", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines())
+        return int(fields[b"syscr"]) + int(fields[b"syscw"])
+    except (OSError, KeyError, ValueError):
+        return -1
+
+
 def _lag_error(seq: int, expected: int) -> AssertionError:
     return AssertionError(
         f"message {seq} arrived after message {expected - 1}: duplicated or reordered"
@@ -554,7 +569,7 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
     clock = time.perf_counter_ns
     expected = lost = last = 0
     batch: Sequence[bytes]
-    cpu = time.process_time()
+    cpu, calls = time.process_time(), _syscalls()
     ended = False
     window = spec.counts.duration + spec.counts.grace
     with anyio.CancelScope(deadline=anyio.current_time() + HANDSHAKE_TIMEOUT) as scope:
@@ -577,7 +592,7 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
                         break
                     if seq == START:
                         scope.deadline = anyio.current_time() + window
-                        cpu = time.process_time()
+                        cpu, calls = time.process_time(), _syscalls()
                 elif seq > expected:
                     if len(msg) != size:
                         raise _length_error(seq, len(msg), size)
@@ -596,6 +611,7 @@ async def _sink(end: _End, spec: _Spec) -> dict[str, Any]:
         "last_ns": last,
         "ended": ended,
         "cpu_s": time.process_time() - cpu,
+        "syscalls": _syscalls() - calls,
     }
 
 
@@ -606,7 +622,7 @@ async def _sink_big(end: _End, spec: _Spec) -> dict[str, Any]:
     tail = TAIL
     clock = time.perf_counter_ns
     count = last = 0
-    cpu = time.process_time()
+    cpu, calls = time.process_time(), _syscalls()
     window = spec.counts.duration + spec.counts.grace
     zero_copy = spec.system == "aioipc-topic-zc"
     receive = end.receive
@@ -643,7 +659,7 @@ async def _sink_big(end: _End, spec: _Spec) -> dict[str, Any]:
                 break
             elif seq == START:
                 scope.deadline = anyio.current_time() + window
-                cpu = time.process_time()
+                cpu, calls = time.process_time(), _syscalls()
     return {
         "received": count,
         "lost": 0,
@@ -651,6 +667,7 @@ async def _sink_big(end: _End, spec: _Spec) -> dict[str, Any]:
         "last_ns": last,
         "ended": ended,
         "cpu_s": time.process_time() - cpu,
+        "syscalls": _syscalls() - calls,
     }
 
 
@@ -1067,9 +1084,14 @@ def _result(
             raise MeasurementError("no latency message arrived")
         ordered = sorted(worst.values())
         p99 = ordered[max(math.ceil(0.99 * len(ordered)) - 1, 0)]
+        every = [
+            ns for s in subs for q, ns in s["samples_ns"].items() if q >= counts.latency_warmup
+        ]
         return {
             "value": statistics.median(ordered) / 1000,
             "p99_us": p99 / 1000,
+            # every (subscriber, message) pair, not only the last subscriber of each
+            "any_subscriber_median_us": statistics.median(every) / 1000,
             "missing": missing,
             "unacked": pub["unacked"],
         }
@@ -1094,6 +1116,13 @@ def _result(
         "publisher_cpu_us": pub["cpu_s"] / sent * 1e6,
         "subscriber_cpu_us": statistics.mean(
             s["cpu_s"] / s["received"] * 1e6 for s in subs if s["received"]
+        ),
+        # -1 where /proc/self/io was not readable
+        "publisher_syscalls": pub["syscalls"] / sent if pub["syscalls"] >= 0 else -1,
+        "subscriber_syscalls": statistics.mean(
+            s["syscalls"] / s["received"] if s["syscalls"] >= 0 else -1
+            for s in subs
+            if s["received"]
         ),
     }
     if test == "1MiB":
@@ -1251,10 +1280,17 @@ def run_benchmarks(
                 continue
             row["values"][test] = statistics.median(f["value"] for f in figures)
             if test.startswith("lat"):
-                row["details"][f"{test}_p99_us"] = statistics.median(f["p99_us"] for f in figures)
+                for what in ("p99_us", "any_subscriber_median_us"):
+                    row["details"][f"{test}_{what}"] = statistics.median(f[what] for f in figures)
             if test in THROUGHPUT:
                 row["details"][f"{test}_delivered"] = min(f["delivered"] for f in figures)
-                for what in ("publish_per_s", "publisher_cpu_us", "subscriber_cpu_us"):
+                for what in (
+                    "publish_per_s",
+                    "publisher_cpu_us",
+                    "subscriber_cpu_us",
+                    "publisher_syscalls",
+                    "subscriber_syscalls",
+                ):
                     row["details"][f"{test}_{what}"] = statistics.median(f[what] for f in figures)
     after = _dev_shm("aioipc-bench-ps-")
     result: dict[str, Any] = {
@@ -1378,6 +1414,7 @@ COLUMNS = (
     ("1MiB", "1MiB aggr GB/s"),
     ("lat4", "lat 4 subs µs"),
     ("lat4_p99_us", "p99"),
+    ("lat4_any_subscriber_median_us", "any sub µs"),
     ("lat1", "lat 1 sub µs"),
     ("lat1_p99_us", "p99"),
     ("idle", "idle CPU s/s"),
@@ -1404,12 +1441,13 @@ def _grid(rows: Sequence[Sequence[str]], markdown: bool) -> str:
 
 def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
     """Where the time goes: CPU µs per message in the publisher and in each subscriber,
-    the total for one message fanned out, and the rate that total allows on this
-    machine's CPUs (when every process is busy all the time)."""
+    the total for one message fanned out, the rate that total allows on this machine's
+    CPUs (when every process is busy all the time), and read/write system calls per
+    message (``_syscalls``: the doorbells; socket calls are not counted)."""
     cpus = len(os.sched_getaffinity(0))
     n = result["subscribers"]
     head = ["CPU µs per message", "publisher", "each subscriber", f"pub + {n} subs"]
-    rows = [[*head, f"bound on {cpus} CPUs, msgs/s"]]
+    rows = [[*head, f"bound on {cpus} CPUs, msgs/s", "pipe r/w calls/msg pub", "sub"]]
     for row in result["rows"]:
         for test in THROUGHPUT:
             pub = row["details"].get(f"{test}_publisher_cpu_us")
@@ -1417,6 +1455,9 @@ def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
             if pub is None or sub is None:
                 continue
             total = pub + n * sub
+            calls = [
+                row["details"].get(f"{test}_{who}_syscalls") for who in ("publisher", "subscriber")
+            ]
             rows.append(
                 [
                     f"{row['key']} {test}",
@@ -1424,6 +1465,7 @@ def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
                     f"{sub:,.2f}",
                     f"{total:,.2f}",
                     f"{cpus / total * 1e6:,.0f}",
+                    *("?" if c is None or c < 0 else f"{c:.2f}" for c in calls),
                 ]
             )
     if len(rows) == 1:
