@@ -887,6 +887,17 @@ class _Servers:
             self.dir = None
 
 
+def _cpu_of(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _tail(path: str) -> str:
     try:
         with open(path, "rb") as f:
@@ -1024,9 +1035,11 @@ def _measure(system: System, test: str, counts: Counts, timeout: float, run: _Ru
     kids = _Children()
     clean = False
     acks: list[tuple[Connection, Connection]] = []
+    server_pid: int | None = None
     try:
         if system.server is not None:
             res[system.server] = run.servers.address(system.server)
+            server_pid = run.servers.started[system.server].proc.pid
         if system.key in _TOPIC:
             topic = _create_topic(res["topic"])
         if test.startswith("lat"):
@@ -1045,8 +1058,13 @@ def _measure(system: System, test: str, counts: Counts, timeout: float, run: _Ru
             reader.close()
             writer.close()
         kids.expect(subs, "ready", deadline)
+        server_cpu = None if server_pid is None else _cpu_of(server_pid)
         kids.pipes["publisher"].send(("go",))
         reports = kids.expect(subs, "report", deadline)
+        if server_cpu is not None and server_pid is not None:
+            # from "go" to the last report: the whole sending window and the drain
+            used = _cpu_of(server_pid)
+            server_cpu = None if used is None else used - server_cpu
         kids.pipes["publisher"].send(("stop",))
         pub = kids.expect(["publisher"], "report", deadline)["publisher"]
         clean = True
@@ -1061,7 +1079,10 @@ def _measure(system: System, test: str, counts: Counts, timeout: float, run: _Ru
         if left:
             run.left_behind.setdefault(f"{system.key}/{test}", []).extend(left)
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return _result(system, test, counts, pub, [reports[s] for s in subs])
+    figure = _result(system, test, counts, pub, [reports[s] for s in subs])
+    if test in THROUGHPUT and server_cpu is not None:
+        figure["server_cpu_us"] = server_cpu / figure["sent"] * 1e6
+    return figure
 
 
 def _result(
@@ -1293,7 +1314,10 @@ def run_benchmarks(
                     "subscriber_cpu_us",
                     "publisher_syscalls",
                     "subscriber_syscalls",
+                    "server_cpu_us",
                 ):
+                    if any(what not in f for f in figures):
+                        continue
                     row["details"][f"{test}_{what}"] = statistics.median(f[what] for f in figures)
     after = _dev_shm("aioipc-bench-ps-")
     result: dict[str, Any] = {
@@ -1452,13 +1476,14 @@ def _grid(rows: Sequence[Sequence[str]], markdown: bool) -> str:
 
 
 def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
-    """Where the time goes: CPU µs per message in the publisher and in each subscriber,
-    the total for one message fanned out, the rate that total allows on this machine's
+    """Where the time goes: CPU µs per message in the publisher, in each subscriber and
+    in the server (Redis, NATS: per message sent), the total for one message fanned
+    out, the rate that total allows on this machine's
     CPUs (when every process is busy all the time), and read/write system calls per
     message (``_syscalls``: the doorbells; socket calls are not counted)."""
     cpus = len(os.sched_getaffinity(0))
     n = result["subscribers"]
-    head = ["CPU µs per message", "publisher", "each subscriber", f"pub + {n} subs"]
+    head = ["CPU µs per message", "publisher", "each subscriber", "server", "all"]
     rows = [[*head, f"bound on {cpus} CPUs, msgs/s", "pipe r/w calls/msg pub", "sub"]]
     for row in result["rows"]:
         for test in THROUGHPUT:
@@ -1466,7 +1491,8 @@ def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
             sub = row["details"].get(f"{test}_subscriber_cpu_us")
             if pub is None or sub is None:
                 continue
-            total = pub + n * sub
+            server = row["details"].get(f"{test}_server_cpu_us")
+            total = pub + n * sub + (server or 0.0)
             calls = [
                 row["details"].get(f"{test}_{who}_syscalls") for who in ("publisher", "subscriber")
             ]
@@ -1475,6 +1501,7 @@ def _cpu_table(result: dict[str, Any], markdown: bool) -> str:
                     f"{row['key']} {test}",
                     f"{pub:,.2f}",
                     f"{sub:,.2f}",
+                    "" if server is None else f"{server:,.2f}",
                     f"{total:,.2f}",
                     f"{cpus / total * 1e6:,.0f}",
                     *("?" if c is None or c < 0 else f"{c:.2f}" for c in calls),
