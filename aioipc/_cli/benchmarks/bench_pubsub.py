@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fnmatch
 import importlib
 import importlib.metadata
@@ -837,6 +838,7 @@ class _Servers:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
+                preexec_fn=_die_with_parent,
             )
         return proc, log
 
@@ -904,6 +906,17 @@ class _Servers:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent() -> None:
+    """In the server's child before exec: SIGTERM it when the bench dies, even by
+    SIGKILL (its own session keeps it out of the terminal's Ctrl-C, which the bench
+    handles by stopping it)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _cpu_of(pid: int) -> float | None:
@@ -1676,6 +1689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.monotonic()
+
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: clean up as for Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         result = run_benchmarks(
             args.quick,
