@@ -33,6 +33,8 @@ from .pipes import FdReceiveChannel as FdReceiveChannel
 from .pipes import FdSendChannel as FdSendChannel
 from .pipes import pipe as pipe
 from .posix import MessageQueue as PosixMessageQueue
+from .shm import ShmDuplex as ShmDuplex
+from .shm import ShmDuplexListener as ShmDuplexListener
 from .shm import ShmReceiver as ShmReceiver
 from .shm import ShmSender as ShmSender
 from .sysv import MessageQueue as SysVMessageQueue
@@ -69,6 +71,8 @@ __all__ = [
     "ProtocolError",
     "ReceiveChannel",
     "SendChannel",
+    "ShmDuplex",
+    "ShmDuplexListener",
     "ShmReceiver",
     "ShmSender",
     "SysVMessageQueue",

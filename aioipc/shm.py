@@ -20,6 +20,11 @@ dying are still delivered first. Who is alive is the kernel's answer only: the O
 locks say who is attached, and a classic POSIX record lock each end also holds tells
 the peer which process to watch; the pids and states in the shared header, which any
 co-writer can forge, decide nothing (docs/shared-memory.md, "Who is alive").
+
+Two-way: :class:`ShmDuplex` is an anyio ObjectStream of bytes over two rings, one per
+direction. A :class:`ShmDuplexListener` created under a name accepts any number of
+clients, each of which :meth:`ShmDuplex.connect` gives its own private pair of rings
+(docs/shared-memory.md, "The duplex channel"; URL ``shm+duplex://name``).
 """
 
 from __future__ import annotations
@@ -29,5 +34,15 @@ from ._core.shm import ShmReceiver as ShmReceiver
 from ._core.shm import ShmSender as ShmSender
 from ._core.shm import is_stale as is_stale
 from ._core.shm import unlink as unlink
+from ._core.shm_duplex import ShmDuplex as ShmDuplex
+from ._core.shm_duplex import ShmDuplexListener as ShmDuplexListener
 
-__all__ = ["DEFAULT_CAPACITY", "ShmReceiver", "ShmSender", "is_stale", "unlink"]
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "ShmDuplex",
+    "ShmDuplexListener",
+    "ShmReceiver",
+    "ShmSender",
+    "is_stale",
+    "unlink",
+]

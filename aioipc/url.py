@@ -12,6 +12,9 @@ scheme                    ``listen(url)``                         ``connect(url)
 ``sysvmq://KEY``          SysV queue, open or create              SysV queue, open
 ``sysvmq:///path?proj=N`` the same, key = ``ftok(path, N)``       the same
 ``shm://name``            create the ring, receive                 send into the ring
+``shm+duplex://name``     duplex listener (accept ring 0600)      two-way duplex channel
+``pubsub://name``         topic, open or create; a subscriber     topic, open or create; a
+                                                                  publisher
 ========================  ======================================  ===========================
 
 Query options: ``framing=none`` (raw bytes; unix stream and FIFO), ``mode=0600`` (octal,
@@ -30,6 +33,16 @@ Shared-memory rings (``shm://name`` or ``shm:///name``): ``capacity=N`` (data by
 creation), ``multi_producer=1`` (on creation), ``spin=SECONDS`` (low-latency mode),
 ``create=0`` (``listen`` attaches to an existing ring), ``create=1`` (``connect`` creates
 the ring and removes it when the sender closes).
+
+Duplex shared-memory channels (``shm+duplex://name``): ``capacity=N`` (data bytes of each
+ring of the pair a ``connect`` makes), ``spin=SECONDS`` (either side),
+``accept_timeout=SECONDS`` (how long ``connect`` waits for the listener to accept;
+default 10, ``inf`` for ever);
+``mode=`` is the accept ring's (``listen``) or the pair's files' (``connect``).
+Topics (``pubsub://name``): ``capacity=N`` and ``max_subscribers=N`` (on creation; checked
+against an existing topic), ``policy=block|drop_oldest|disconnect`` and
+``start=now|oldest`` (``listen`` only). Both ends open the topic or create it; neither
+ever removes it (``aioipc.pubsub.unlink``, ``aioipc rm``).
 
 :func:`parse_url` checks every option before anything is opened (see docs/urls.md for
 the forms accepted): a value that does not parse or is out of range, an option given
@@ -55,9 +68,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, ObjectStream
 
-from . import fifo, posix, shm, sysv, unix
+from . import fifo, posix, pubsub, shm, sysv, unix
+from ._core import topic as _topic
 from ._core.check import ID_MAX, LONG_MAX, check_int, check_mode, check_seconds
 from ._core.libc import MSG_QBYTES_MAX
+from ._core.shm_duplex import DEFAULT_CONNECT_TIMEOUT
 from .abc import Listener
 from .codecs import _CODECS, Codec, CodecListener, get_codec, wrap
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_LENGTH
@@ -67,7 +82,9 @@ __all__ = [
     "Expect",
     "FifoAddress",
     "PosixQueueAddress",
+    "PubSubAddress",
     "ShmAddress",
+    "ShmDuplexAddress",
     "SysVQueueAddress",
     "UnixAddress",
     "connect",
@@ -156,6 +173,14 @@ def _spin(value: str, name: str, what: str) -> float:
     return check_seconds(seconds, name, what=what)
 
 
+def _timeout(value: str, name: str, what: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{what}: option {name}={value!r} is not seconds (like 2.5)") from None
+    return check_seconds(seconds, name, what=what, allow_inf=True)
+
+
 def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
     items = value.split(",")
     if "" in items:
@@ -168,6 +193,24 @@ def _uids(value: str, name: str, what: str) -> tuple[int, ...]:
         uid = _int(item, name, what, 10)
         uids.append(check_int(uid, name, minimum=0, maximum=ID_MAX, what=what))
     return tuple(uids)
+
+
+def _choice(*choices: str) -> Callable[[str, str, str], str]:
+    def parse(value: str, name: str, what: str) -> str:
+        if value not in choices:
+            raise ValueError(
+                f"{what}: option {name}={value!r}: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def _topic_capacity(value: str, name: str, what: str) -> int:
+    capacity = _integer(value, name, what, _topic.MIN_CAPACITY, _topic.MAX_CAPACITY)
+    if capacity % 16:
+        raise ValueError(f"{what}: option {name}={value}: a multiple of 16 bytes is needed")
+    return capacity
 
 
 def _codec_name(value: str, name: str, what: str) -> str:
@@ -185,7 +228,8 @@ def _codec_name(value: str, name: str, what: str) -> str:
 class Address:
     """A parsed aioipc URL: what every scheme has. Each scheme's own options are the
     fields of its subclass (:class:`UnixAddress`, :class:`FifoAddress`,
-    :class:`PosixQueueAddress`, :class:`SysVQueueAddress`, :class:`ShmAddress`)."""
+    :class:`PosixQueueAddress`, :class:`SysVQueueAddress`, :class:`ShmAddress`,
+    :class:`ShmDuplexAddress`)."""
 
     scheme: str
     path: str
@@ -260,6 +304,26 @@ class ShmAddress(Address):
     capacity: int = shm.DEFAULT_CAPACITY
     multi_producer: bool = False
     spin: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShmDuplexAddress(Address):
+    """``shm+duplex://``."""
+
+    capacity: int = shm.DEFAULT_CAPACITY
+    spin: float = 0.0
+    accept_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class PubSubAddress(Address):
+    """``pubsub://``. ``None``: not given (the defaults, and nothing checked against an
+    existing topic)."""
+
+    capacity: int | None = None
+    max_subscribers: int | None = None
+    policy: pubsub.Policy | None = None
+    start: pubsub.Start | None = None
 
 
 # -- the table -------------------------------------------------------------------------
@@ -562,6 +626,82 @@ _register(
 )
 
 
+# shm+duplex://
+
+
+async def _shm_duplex_connect(a: ShmDuplexAddress) -> _Sending:
+    return await shm.ShmDuplex.connect(
+        a.path, capacity=a.capacity, mode=a.mode, spin=a.spin, accept_timeout=a.accept_timeout
+    )
+
+
+async def _shm_duplex_listen(a: ShmDuplexAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    return shm.ShmDuplexListener.create(a.path, mode=a.mode, spin=a.spin)
+
+
+# pubsub://
+
+
+def _open_topic(a: PubSubAddress) -> pubsub.Topic:
+    # Whoever comes first creates it; nobody removes it: a topic is named and outlives
+    # its ends, like a queue (aioipc.pubsub.unlink, `aioipc rm topic NAME`).
+    return pubsub.Topic.open_or_create(
+        a.path, a.capacity, max_subscribers=a.max_subscribers, mode=a.mode
+    )
+
+
+async def _pubsub_connect(a: PubSubAddress) -> _Sending:
+    for option in ("policy", "start"):
+        if getattr(a, option) is not None:
+            raise ValueError(
+                f"URL 'pubsub://{a.path}': option {option}= is a subscriber's: it applies "
+                "to listen(), not to connect() (a publisher)"
+            )
+    await anyio.lowlevel.checkpoint()  # before opening: a cancel here leaves nothing
+    with _open_topic(a) as topic:
+        return topic.publisher()
+
+
+async def _pubsub_listen(a: PubSubAddress) -> _Listening:
+    await anyio.lowlevel.checkpoint()
+    with _open_topic(a) as topic:
+        return await topic.subscribe(a.policy or "drop_oldest", a.start or "now")
+
+
+_register(
+    _Scheme(
+        ShmDuplexAddress,
+        {"capacity": _size(LONG_MAX), "spin": _spin, "accept_timeout": _timeout},
+        _shm_duplex_connect,
+        _shm_duplex_listen,
+        connects="two-way",
+        listens="listener",
+        path=_slash_name,
+    ),
+    "shm+duplex",
+)
+
+
+_register(
+    _Scheme(
+        PubSubAddress,
+        {
+            "capacity": _topic_capacity,
+            "max_subscribers": _ranged(1, _topic.MAX_SUBSCRIBERS),
+            "policy": _choice("block", "drop_oldest", "disconnect"),
+            "start": _choice("now", "oldest"),
+        },
+        _pubsub_connect,
+        _pubsub_listen,
+        connects="send",
+        listens="receive",
+        path=_slash_name,
+    ),
+    "pubsub",
+)
+
+
 # -- parsing ---------------------------------------------------------------------------
 
 
@@ -683,12 +823,13 @@ async def connect(
 
     Every scheme's ``connect`` gives a channel that sends; ``expect="two-way"`` types it
     as a two-way channel (unix sockets, queues) and refuses a scheme whose sender is
-    one-way (``fifo://``, ``shm://``) before opening anything. Items are ``bytes``, or
-    the codec's objects with a codec (the ``codec`` argument or ``?codec=``).
+    one-way (``fifo://``, ``shm://``, ``pubsub://``) before opening anything. Items are
+    ``bytes``, or the codec's objects with a codec (the ``codec`` argument or ``?codec=``).
 
     Raises:
         ValueError: the URL is malformed or names an unknown scheme or option; the
-            scheme does not give what ``expect`` asks for.
+            scheme does not give what ``expect`` asks for; an existing topic has another
+            ``capacity`` or ``max_subscribers`` than the URL says.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError, aioipc.IPCConnectionRefusedError:
             as the mechanism's own ``connect``/``open_sender``.
 
@@ -724,20 +865,25 @@ async def listen(
     """Open the receiving/listening side of the object at ``url`` (see the module table).
 
     What comes back depends on the scheme: a receive-only channel (``fifo://``,
-    ``shm://``), a two-way channel (queues, ``unix+dgram://``) or a listener (``unix://``,
-    ``unix+seqpacket://``). ``expect="receive"``, ``"two-way"`` or ``"listener"`` types
-    the result and refuses, before opening anything, a URL whose scheme gives something
-    else. With a codec, a listener's channels come wrapped (a
-    :class:`aioipc.codecs.CodecListener`).
+    ``shm://``, ``pubsub://``: a subscriber), a two-way channel (queues,
+    ``unix+dgram://``) or a listener (``unix://``, ``unix+seqpacket://``).
+    ``expect="receive"``, ``"two-way"`` or ``"listener"`` types the result and refuses,
+    before opening anything, a URL whose scheme gives something else. With a codec, a
+    listener's channels come wrapped (a :class:`aioipc.codecs.CodecListener`).
 
     Raises:
         ValueError: the URL is malformed or names an unknown scheme or option; the
-            scheme does not give what ``expect`` asks for.
+            scheme does not give what ``expect`` asks for; an existing topic has another
+            ``capacity`` or ``max_subscribers`` than the URL says.
         aioipc.IPCExistsError: a live listener holds the address.
         aioipc.IPCNotFoundError, aioipc.IPCPermissionError: the directory is missing or
             not writable.
+        anyio.BusyResourceError: every subscriber slot of the topic is taken.
+        aioipc.ProtocolError: the ``pubsub://`` name is a file that is not a topic.
 
-    Cancellation: ``listen`` does not wait; a cancelled call leaves nothing open.
+    Cancellation: ``listen`` does not wait (but for ``pubsub://``, a moment, for a
+    publisher in the middle of a publish); a cancelled call leaves nothing open (a topic
+    it created stays: topics outlive their ends).
     """
     addr, entry = _look_up(url, "listen", expect, ("receive", "two-way", "listener"))
     c = _codec(addr, codec)

@@ -20,13 +20,20 @@ from pathlib import Path
 from uuid import uuid4
 
 import anyio
+import anyio.to_thread
 import pytest
 
-from aioipc import IPCNotFoundError, posix, sysv
+from aioipc import IPCNotFoundError, posix, pubsub, sysv
+from aioipc._core import topic as _topic
+from aioipc._core.wait import AGAIN, apoll_until
+
+from . import _topics
+from ._topics import topic_files
 
 CLI = [sys.executable, "-m", "aioipc"]
 LIMIT = 30  # seconds any one process may take
 WAIT = ("--wait", "20")  # send: retry while the receiver has not created the object yet
+new_topic = pytest.fixture(_topics.new_topic)
 
 
 def aioipc(*args: str | bytes, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -184,6 +191,102 @@ def test_shm_follow_takes_the_next_sender(new_ring: Callable[[], str]) -> None:
         ok(aioipc("send", *WAIT, url, "from the first sender"))
         ok(aioipc("send", url, "from the second"))
         assert finish(rx) == (0, b"from the first sender\nfrom the second\n", b"")
+
+
+def wait_for_subscribers(name: str, count: int) -> None:
+    """Until topic ``name`` exists and has ``count`` live subscribers (background
+    ``recv`` processes that have subscribed): a topic has no event for that to wait on,
+    so its header is looked at, with a deadline."""
+
+    async def subscribed() -> object:
+        try:
+            with pubsub.Topic.open(name) as topic:
+                live = [s for s in topic.subscribers() if s.alive]
+        except IPCNotFoundError:
+            return AGAIN
+        return True if len(live) >= count else AGAIN
+
+    async def main() -> None:
+        with anyio.fail_after(LIMIT):
+            await apoll_until(subscribed, first=0.005, most=0.05)
+
+    anyio.run(main)
+
+
+def test_pubsub_every_subscriber_gets_every_message(new_topic: Callable[[], str]) -> None:
+    name = new_topic()
+    url = f"pubsub://{name[1:]}"
+    with (
+        background("recv", url, "--count", "3") as first,
+        background("recv", f"{url}?policy=block", "--count", "3") as second,
+    ):
+        wait_for_subscribers(name, 2)
+        ok(aioipc("send", url, stdin=b"a\nb\nc\n"))  # a publisher, created by the URL
+        assert finish(first) == (0, b"a\nb\nc\n", b"")
+        assert finish(second) == (0, b"a\nb\nc\n", b"")
+    # A topic outlives its ends: a late subscriber replays what it retains, and
+    # --unlink removes it (log and doorbells).
+    assert topic_files(name)
+    replay = aioipc("recv", f"{url}?start=oldest", "--count", "3", "--unlink")
+    assert ok(replay) == b"a\nb\nc\n"
+    assert topic_files(name) == []
+
+
+@pytest.mark.asyncio
+async def test_pubsub_recv_ends_at_a_publishers_end_of_stream(
+    new_topic: Callable[[], str],
+) -> None:
+    name = new_topic()
+    with pubsub.Topic.create(name, 4096) as topic, background("recv", f"pubsub://{name}") as rx:
+        await anyio.to_thread.run_sync(wait_for_subscribers, name, 1)
+        async with topic.publisher() as pub:
+            await pub.send(b"last words")
+            await pub.send_eof()
+        assert finish(rx) == (0, b"last words\n", b"")
+
+
+def test_pubsub_recv_says_what_a_lagging_subscriber_missed_and_goes_on(
+    new_topic: Callable[[], str],
+) -> None:
+    """A drop_oldest subscriber that falls behind: a warning that says how many it
+    missed, then it goes on from the oldest message the topic retains."""
+    name = new_topic()
+    url = f"pubsub://{name[1:]}?capacity=256"
+    size = _topic.record_size(100)
+    retained = 256 // size
+    with background("recv", url, "--count", "1") as rx:
+        wait_for_subscribers(name, 1)
+        rx.send_signal(signal.SIGSTOP)  # it cannot read now: it falls behind for sure
+        try:
+            lines = b"".join(b"%d" % i + b"x" * 99 + b"\n" for i in range(6))
+            ok(aioipc("send", url, stdin=lines))  # never waits for a drop_oldest one
+        finally:
+            rx.send_signal(signal.SIGCONT)
+        code, out, err = finish(rx)
+    assert code == 0, err
+    first = 6 - retained
+    assert out == b"%d" % first + b"x" * 99 + b"\n"
+    (line,) = err.decode().splitlines()
+    assert line.startswith("aioipc: warning: "), line
+    assert f"missed {first} messages" in line, line
+
+
+@pytest.mark.parametrize("url", ["pubsub://{t}?policy=fast", "pubsub://{t}?capacity=100"])
+def test_bad_pubsub_urls_are_usage_errors_and_create_nothing(
+    url: str, new_topic: Callable[[], str]
+) -> None:
+    name = new_topic()
+    for command in (("send", url.format(t=name[1:]), "hi"), ("recv", url.format(t=name[1:]))):
+        result = aioipc(*command)
+        assert result.returncode == 2
+        assert url.split("?")[1].split("=")[0] in one_error_line(result.stderr)
+    result = aioipc("send", f"pubsub://{name[1:]}?start=oldest", "hi")
+    assert result.returncode == 2
+    assert "is a subscriber's" in one_error_line(result.stderr)
+    peek = aioipc("recv", f"pubsub://{name[1:]}", "--peek")
+    assert peek.returncode == 2
+    assert "takes nothing from anyone" in one_error_line(peek.stderr)
+    assert topic_files(name) == []
 
 
 @pytest.mark.parametrize("scheme", ["unix", "unix+seqpacket"])
@@ -378,3 +481,42 @@ def test_help_lists_the_commands() -> None:
     out = ok(aioipc("--help")).decode()
     for command in ("demo", "send", "recv"):
         assert command in out
+
+
+# ----------------------------------------------------------------- demo: pub/sub
+
+
+def test_demo_pubsub_row_checks_every_message_at_three_subscribers() -> None:
+    """A size above the default topic's largest message: the topic is made to fit."""
+    args = ("--mechanism", "pubsub", "--count", "300", "--round-trips", "10", "--size", "600000")
+    out = ok(aioipc("demo", *args)).decode()
+    # A rich table ("│ pubsub │ 300 │ ...") or plain columns, whichever is installed.
+    rows = [line.replace("│", " ").split() for line in out.splitlines()]
+    (row,) = [r for r in rows if r and r[0] == "pubsub"]
+    assert row[1] == "300", row
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith("aioipc-demo-")]
+
+
+@pytest.mark.asyncio
+async def test_demo_pubsub_subscriber_reports_a_missing_message(
+    new_topic: Callable[[], str],
+) -> None:
+    """The child's check, fed a burst with a gap: it says which number it expected."""
+    from aioipc._cli.demo_pubsub import _index
+
+    down, up = new_topic(), new_topic()
+    with (
+        pubsub.Topic.create(down, 4096, max_subscribers=1) as down_topic,
+        pubsub.Topic.create(up, 4096, max_subscribers=1) as up_topic,
+    ):
+        async with await up_topic.subscribe("block") as replies, down_topic.publisher() as pub:
+            cmd = [sys.executable, "-m", "aioipc._cli.demo", "child", "pubsub", down, up, "0"]
+            async with await anyio.open_process(cmd) as child:
+                with anyio.fail_after(LIMIT):
+                    assert await replies.receive() == b"hello\x00"  # it has subscribed
+                    await pub.send(b"burst" + _index.pack(3) + _index.pack(8))
+                    for number in (0, 2):
+                        await pub.send(_index.pack(number) + bytes(4))
+                    report = await replies.receive()
+                    assert report == b"fail\x00expected message 1 of 8 bytes, got 2 of 8"
+                    assert await child.wait() == 1

@@ -32,9 +32,12 @@ import anyio
 import pytest
 import sysv_ipc
 
-from aioipc import posix
+from aioipc import posix, pubsub
 from aioipc._cli.inventory import KINDS, parse_mqueue, parse_sysv
 from aioipc._core import registry as _registry
+from aioipc._core import topic as _topic
+
+from ._topics import topic_files
 
 CLI = [sys.executable, "-m", "aioipc"]
 PEER = Path(__file__).parent / "peers" / "inventory_peer.py"
@@ -167,6 +170,10 @@ def _remove_by_hand(info: dict[str, Any]) -> None:
         for suffix in ("", ".bell-data", ".bell-space"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"/dev/shm{info['shm-ring']}{suffix}")
+    if "topic" in info:
+        for path in topic_files(info["topic"]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def creator(peers: list[Peer], workdir: str, mode: str = "600", *user: str) -> Peer:
@@ -194,6 +201,8 @@ def _paths(kind: str, name: str) -> list[str]:
         return [f"/dev/mqueue{name}"]
     if kind == "shm-ring":
         return [f"/dev/shm{name}{s}" for s in ("", ".bell-data", ".bell-space")]
+    if kind == "topic":
+        return [f"/dev/shm{name}{s}" for s in ("", ".space")]
     if kind == "posix-shm":
         return [f"/dev/shm{name}"]
     return [name]
@@ -231,7 +240,10 @@ def test_ls_lists_one_object_of_each_kind_with_owner_mode_and_creator(
         assert (row["uid"], row["owner"], row["mode"]) == (me, name, "0640"), kind
         assert (row["pid"], row["alive"], row["aioipc"]) == (peer.pid, True, "yes"), kind
         assert row["stale"] is False, kind
-        assert row["why"] == f"its creator, pid {peer.pid}, is alive", kind
+        why = f"its creator, pid {peer.pid}, is alive"
+        if kind == "topic":  # it outlives its creator: that it is open is what counts
+            why += f", but open in pid {peer.pid}"
+        assert row["why"] == why, kind
         if not kind.startswith("sysv-"):
             for path in _paths(kind, peer.info[kind]):
                 st = os.lstat(path)
@@ -261,6 +273,11 @@ def test_ls_lists_one_object_of_each_kind_with_owner_mode_and_creator(
     assert (ring["users"], sock["users"]) == (1, 1)
     # The doorbells are folded into the ring's row, never rows of their own.
     assert not [r for r in rows if r["name"] and ".bell-" in r["name"]]
+    topic = peer.row(rows, "topic")
+    assert topic is not None
+    assert topic["files"] == _paths("topic", peer.info["topic"])
+    assert (topic["capacity"], topic["max_subscribers"], topic["count"]) == (4096, 4, 0)
+    assert (topic["subscribers"], topic["publishers"], topic["users"]) == ([], [peer.pid], 1)
 
     if shutil.which("ipcs"):
         for flag, row in (("-m", seg), ("-q", msg), ("-s", sem)):
@@ -454,7 +471,8 @@ def test_rm_one_object_needs_force_unless_it_is_stale(peers: list[Peer], workdir
         refused = aioipc("rm", kind, peer.target(kind))
         assert refused.returncode == 1, (kind, refused.stderr)
         assert refused.stderr.startswith("aioipc: error:"), refused.stderr
-        assert f"its creator, pid {peer.pid}, is alive; --force removes it anyway" in (
+        but = f", but open in pid {peer.pid}" if kind == "topic" else ""
+        assert f"its creator, pid {peer.pid}, is alive{but}; --force removes it anyway" in (
             refused.stderr
         ), refused.stderr
         assert _exists(peer, kind)
@@ -512,6 +530,8 @@ def test_rm_errors(workdir: str) -> None:
         (("rm", "sysv-msg", "0x7ffffffe"), 1, "0x7ffffffe"),
         (("rm", "posix-mq", f"/nope-{uuid4().hex[:8]}"), 1, "nope-"),
         (("rm", "shm-ring", f"/nope-{uuid4().hex[:8]}"), 1, "nope-"),
+        (("rm", "topic", f"/nope-{uuid4().hex[:8]}"), 1, "nope-"),
+        (("rm", "topic", "/a/b"), 2, "/a/b"),
         (("rm", "fifo", os.path.join(workdir, "nothing")), 1, "does not exist"),
         (("rm", "fifo", plain), 1, "not made by aioipc; remove it with: rm --"),
         (("rm", "unix-socket", plain), 1, "is not a socket"),
@@ -533,6 +553,126 @@ def test_rm_errors(workdir: str) -> None:
         # One line says what is wrong (argparse puts its usage above it).
         assert done.stderr.strip().splitlines()[-1].startswith(("aioipc: error:", "aioipc rm:"))
     assert os.path.exists(plain)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+@pytest.mark.asyncio
+async def test_ls_shows_a_topics_publishers_subscribers_policies_and_lag(
+    peers: list[Peer], workdir: str
+) -> None:
+    made = creator(peers, workdir)
+    name = made.info["topic"]
+    publisher = Peer("hold", "topic", name)
+    subscribers = [Peer("hold", "topic-sub", name) for _ in range(2)]
+    peers += [publisher, *subscribers]
+    async with pubsub.publisher(name) as pub:
+        with anyio.fail_after(LIMIT):
+            for i in range(3):
+                await pub.send(b"m%d" % i)
+        subscribers[1].kill()
+        row = made.row(ls_json("--kind", "topic"), "topic")
+        assert row is not None
+        assert (row["capacity"], row["count"], row["stale"]) == (4096, 3, False)
+        # Holders that are not subscribers: the creator's handle, the publishing peer
+        # and this test (ls leaves out only itself).
+        assert row["publishers"] == sorted([made.pid, publisher.pid, os.getpid()])
+        lag = 3 * _topic.record_size(2)
+        assert row["subscribers"] == [
+            {
+                "slot": slot,
+                "pid": peer.pid,
+                "policy": "block",
+                "alive": peer is subscribers[0],
+                "lag_messages": 3,
+                "lag_bytes": lag,
+            }
+            for slot, peer in enumerate(subscribers)
+        ]
+        table = aioipc("ls", "--kind", "topic")
+        assert table.returncode == 0, table.stderr
+        assert f"topic {name}: capacity 4096 bytes, 4 subscriber slots, 3 messages published" in (
+            table.stdout
+        )
+        lines = table.stdout.splitlines()
+        assert any(
+            line.split() == ["0", str(subscribers[0].pid), "block", "yes", "3", str(lag)]
+            for line in lines
+        ), table.stdout
+        assert any(
+            line.split() == ["1", str(subscribers[1].pid), "block", "no", "3", str(lag)]
+            for line in lines
+        ), table.stdout
+    for peer in (publisher, subscribers[0]):
+        peer.finish()
+    made.kill()
+    # Nobody has it open now: rm --stale removes it, doorbells and all.
+    assert made.row(ls_json("--stale", "--kind", "topic"), "topic") is not None
+    done = aioipc("rm", "--stale", name)
+    assert done.returncode == 0, done.stderr
+    assert f"removed topic {name}: its creator, pid {made.pid}, is dead and nobody is attached" in (
+        done.stdout
+    )
+    assert topic_files(name) == []
+
+
+def test_rm_stale_removes_a_topic_nobody_has_open_even_if_its_creator_lives() -> None:
+    """A topic is named and persistent: whether its creator runs does not matter."""
+    name = f"/aioipc-ls-topic-{uuid4().hex[:10]}"
+    try:
+        pubsub.Topic.create(name, 4096).close()  # this process made it, and let go
+        (row,) = [r for r in ls_json("--kind", "topic") if r["name"] == name]
+        assert (row["pid"], row["alive"], row["stale"]) == (os.getpid(), True, True)
+        assert row["why"] == f"its creator, pid {os.getpid()}, is alive and nobody is attached"
+        with pubsub.Topic.open(name):  # held again: not stale; rm without --force refuses
+            (row,) = [r for r in ls_json("--kind", "topic") if r["name"] == name]
+            assert row["stale"] is False
+            refused = aioipc("rm", "topic", name)
+            assert refused.returncode == 1
+            assert "--force removes it anyway" in refused.stderr
+            assert aioipc("rm", "--stale", name).stdout == "nothing stale\n"
+        done = aioipc("rm", "topic", name.lstrip("/"))  # the slash may be left out
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"removed topic {name}\n"
+        assert topic_files(name) == []
+        assert not [e for e in _registry.entries() if e.kind == "topic" and e.ident == name]
+    finally:
+        for path in topic_files(name):
+            os.unlink(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"aioipcTP",  # the magic and nothing else
+        b"aioipcTP" + bytes(4096),  # a zero header
+        b"aioipcTP" + os.urandom(8192),  # garbage
+        b"aioipcT",  # not even the magic: plain shared memory
+    ],
+)
+def test_ls_survives_files_that_look_like_topics_and_are_not(content: bytes) -> None:
+    name = f"/aioipc-ls-fake-{uuid4().hex[:10]}"
+    Path(f"/dev/shm{name}").write_bytes(content)
+    try:
+        (row,) = [r for r in ls_json() if r["name"] == name]
+        topic = content.startswith(b"aioipcTP")
+        assert row["kind"] == ("topic" if topic else "posix-shm")
+        assert (row["capacity"], row["subscribers"], row["stale"]) == (
+            None,
+            [],
+            None if not topic else False,
+        )
+        table = aioipc("ls")
+        assert table.returncode == 0, table.stderr
+        assert name in table.stdout
+        assert "Traceback" not in table.stderr
+        if topic:  # aioipc's by its magic, not in the registry: only --force removes it
+            assert "no registry entry" in aioipc("rm", "topic", name).stderr
+            assert aioipc("rm", "topic", name, "--force").returncode == 0
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm{name}")
 
 
 # --------------------------------------------------------------------------- parsers

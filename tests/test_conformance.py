@@ -1,7 +1,8 @@
 """Every aioipc channel kind against the generic Channel conformance suite
 (:mod:`aioipc.testing`), on real kernel objects, under every backend: one matrix of
 kinds (pipes, FIFOs, unix stream/seqpacket/datagram sockets, POSIX and SysV message
-queues, the shared-memory ring with one producer or several, a codec-wrapped channel)
+queues, the shared-memory ring with one producer or several, the shared-memory duplex
+channel, a codec-wrapped channel)
 x {asyncio, asyncio+uvloop, trio}.
 
 Each kind only says how to open a fresh connected pair and what it promises (message
@@ -33,7 +34,7 @@ from aioipc._core.stream import FdReceiveChannel, FdSendChannel
 from aioipc._core.wait import YIELD_EVERY
 from aioipc.abc import Channel, ReceiveChannel, SendChannel
 from aioipc.framing import DEFAULT_MAX_MESSAGE_SIZE
-from aioipc.shm import ShmReceiver, ShmSender
+from aioipc.shm import ShmDuplex, ShmDuplexListener, ShmReceiver, ShmSender
 from aioipc.testing import (
     ONE_WAY_CHECKS,
     TWO_WAY_CHECKS,
@@ -252,6 +253,29 @@ def _ring(capacity: int, *, multi_producer: bool = False) -> Callable[[Place], A
     return opener
 
 
+def _duplex(capacity: int) -> Callable[[Place], Any]:
+    """(client, accepted server end) pairs from one shared-memory duplex listener."""
+
+    @asynccontextmanager
+    async def opener(place: Place) -> AsyncIterator[OpenTwoWay]:
+        async with ShmDuplexListener.create(place.new_ring()) as listener:
+
+            async def open_pair() -> tuple[Channel, Channel]:
+                accepted: list[ShmDuplex] = []
+
+                async def accept() -> None:
+                    accepted.append(await listener.accept())
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(accept)
+                    client = await ShmDuplex.connect(listener.name, capacity=capacity)
+                return client, accepted[0]
+
+            yield open_pair
+
+    return opener
+
+
 def _bytes_codec(inner: Callable[[Place], Any]) -> Callable[[Place], Any]:
     """``inner``'s two-way pairs, each end wrapped in the bytes codec."""
 
@@ -352,6 +376,11 @@ KINDS: dict[str, Kind] = {
         # does not end the stream (docs/shared-memory.md: they end it with send_eof()).
         _ring(RING_CAPACITY, multi_producer=True),
         options={"max_message_size": RING_CAPACITY // 2 - 8, "eof_on_sender_close": False},
+    ),
+    "shm-duplex": Kind(
+        _duplex(RING_CAPACITY),
+        two_way=True,
+        options={"max_message_size": RING_CAPACITY // 2 - 8},
     ),
     "codec-unix-stream": Kind(
         _bytes_codec(_connected("stream", max_message_size=LIMIT)),

@@ -149,6 +149,28 @@ def test_shm_bulk() -> None:
     assert not left, f"ring files left behind in /dev/shm: {left}"
 
 
+def test_pubsub_fanout() -> None:
+    run = run_example("pubsub_fanout.py")
+    name = f"/aioipc-fanout-{run.pid}"
+    assert f"topic {name}, 64 KiB of log" in run.stdout, run.stdout
+    assert "published 20000 messages and an end of stream" in run.stdout
+    reports = re.findall(
+        r"^  (block|drop_oldest) +subscriber (\d+): received (\d+), missed (\d+) in \d+ lags, "
+        r"all accounted for \(exit status 0\)$",
+        run.stdout,
+        re.M,
+    )
+    assert sorted(policy for policy, *_ in reports) == ["block", "block", "drop_oldest"], run.stdout
+    for policy, _, received, missed in reports:
+        # block: every message; drop_oldest: what it got and what it was told it missed.
+        assert int(received) + int(missed) == 20000
+        if policy == "block":
+            assert int(missed) == 0
+    assert f"done: every subscriber checked; topic {name} removed" in run.stdout
+    left = _dev_shm(name[1:])
+    assert not left, f"topic files left behind in /dev/shm: {left}"
+
+
 def test_pipe_child() -> None:
     run = run_example("pipe_child.py")
     match = re.search(r"started child (\d+) \(pipe fds \d+, \d+\)", run.stdout)

@@ -3,6 +3,8 @@
 For each mechanism the parent opens its side, starts a child process (``python -m
 aioipc._cli.demo child ...``), measures ping-pong round trips, then has the child send a
 burst of numbered messages and checks that every number arrives exactly once, in order.
+The ``pubsub`` row is one parent publishing to three subscriber children, each of which
+checks every message (see :mod:`aioipc._cli.demo_pubsub`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.abc import Process
 from anyio.streams.stapled import StapledObjectStream
 
 from .. import fifo, pipes, posix, shm, sysv, unix
+from .demo_pubsub import SUBSCRIBERS, pubsub_child, pubsub_exchange
 from .demo_regions import REGION_MECHANISMS, region_child, region_parent
 
 MECHANISMS = (
@@ -34,6 +38,7 @@ MECHANISMS = (
     "posix-mq",
     "sysv-mq",
     "shm-ring",
+    "pubsub",
     *REGION_MECHANISMS,
 )
 _index = struct.Struct("!I")
@@ -177,7 +182,53 @@ class _LazyAccept:
             await self._chan.aclose()
 
 
+async def _run_pubsub(count: int, size: int, round_trips: int) -> Result:
+    """The pub/sub row: this process publishes, ``SUBSCRIBERS`` children subscribe."""
+    procs: list[Process] = []
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def watch(proc: Process) -> None:
+                # A child that fails or dies would leave us waiting for its reply (a
+                # block subscriber killed is reaped, but its report never comes).
+                if await proc.wait() != 0:
+                    tg.cancel_scope.cancel()
+
+            async def start(args: list[str]) -> None:
+                for i in range(SUBSCRIBERS):
+                    cmd = [sys.executable, "-m", "aioipc._cli.demo", "child", "pubsub"]
+                    proc = await anyio.open_process(
+                        [*cmd, *args, str(i)], stdin=None, stdout=None, stderr=None
+                    )
+                    procs.append(proc)
+                    tg.start_soon(watch, proc)
+
+            try:
+                with anyio.fail_after(30):
+                    rtts, elapsed = await pubsub_exchange(count, size, round_trips, start)
+                    for proc in procs:
+                        await proc.wait()
+            except TimeoutError:
+                raise AssertionError("pubsub: no progress for 30 s") from None
+        failed = [p.returncode for p in procs if p.returncode != 0]
+        if failed or len(procs) < SUBSCRIBERS:
+            raise AssertionError(
+                f"pubsub: a subscriber process exited with {failed[0] if failed else '?'} "
+                "before the exchange was over"
+            )
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+            await proc.aclose()
+    return Result("pubsub", count, count * size / elapsed / 1e6, statistics.median(rtts) * 1e6)
+
+
 async def _run_one(mechanism: str, count: int, size: int, round_trips: int) -> Result:
+    if mechanism == "pubsub":
+        return await _run_pubsub(count, size, round_trips)
     tmp = tempfile.mkdtemp(prefix="aioipc-demo-")
     try:
         async with _parent_side(mechanism, tmp, size) as (chan, args, fds):
@@ -267,6 +318,9 @@ def _die_with_parent() -> None:
 
 async def _child(mechanism: str, args: list[str]) -> None:
     chan: Any
+    if mechanism == "pubsub":
+        await pubsub_child(args)
+        return
     if mechanism in REGION_MECHANISMS:
         chan = region_child(mechanism, args)
     elif mechanism == "pipe":

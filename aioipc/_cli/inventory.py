@@ -7,8 +7,10 @@ tests can feed anything:
   they are used by name (the kernel has added columns over the years).
 * ``/dev/shm``: ``sem.NAME`` is the POSIX semaphore ``/NAME``; a regular file starting
   with the ring magic ``b"aioipcRG"`` is an aioipc ring, its two doorbells
-  ``NAME.bell-data`` and ``NAME.bell-space`` folded into its row; any other regular file
-  is POSIX shared memory ``/NAME``. aioipc's registry directories are skipped.
+  ``NAME.bell-data`` and ``NAME.bell-space`` folded into its row; one starting with the
+  topic magic ``b"aioipcTP"`` is a pub/sub topic, its doorbells ``NAME.space`` and
+  ``NAME.sub-I`` folded into its row; any other regular file is POSIX shared memory
+  ``/NAME``. aioipc's registry directories are skipped.
 * the ``mqueue`` filesystem (see :mod:`aioipc._cli.mqueue_view`): POSIX message queues; each
   file reads ``QSIZE:N NOTIFY:...``, N the bytes queued.
 * aioipc's registry (:mod:`aioipc._core.registry`): FIFOs and socket files are found only
@@ -17,6 +19,9 @@ tests can feed anything:
 Then :func:`annotate` joins what aioipc's registry says (who created an object, whether
 that process still runs) and who holds each object now (:mod:`aioipc._cli.holders`), and
 decides whether the object is stale: made by aioipc, its creator dead, nobody attached.
+A topic is named and outlives its creator by design, so it is stale when nobody has it
+open, whoever made it; its row also says what the topic's header says (capacity,
+messages published, each subscriber's slot, policy and lag) and who publishes.
 The registry is read *before* the kernel's lists, so an entry always describes an object
 that existed when the lists were read: an entry with no object is one whose object was
 removed by something other than aioipc.
@@ -35,6 +40,7 @@ from typing import Any
 
 from .._core import libc as _libc
 from .._core import registry as _registry
+from .._core import topic as _topic
 from .._core.registry import KINDS, Entry
 from .holders import Holders, scan_holders, unused_by_others
 
@@ -42,6 +48,7 @@ __all__ = [
     "KINDS",
     "IPCObject",
     "Scan",
+    "TopicSubscriber",
     "annotate",
     "parse_mqueue",
     "parse_sysv",
@@ -54,9 +61,26 @@ SYSV_FILES = {"sysv-shm": "shm", "sysv-msg": "msg", "sysv-sem": "sem"}
 SHM_DIR = "/dev/shm"
 RING_MAGIC = b"aioipcRG"
 _BELLS = (".bell-data", ".bell-space")
+# The first 8 bytes of a topic's log, once it is fully made (aioipc._core.topic owns them).
+TOPIC_MAGIC = _topic.MAGIC.to_bytes(8, "little")
+_TOPIC_SPACE, _TOPIC_SUB = ".space", ".sub-"
 _SEM_PREFIX = "sem."
 _GETPID = 11  # semctl: the pid of the last semop on one semaphore
 _GETNCNT, _GETZCNT = 14, 15  # semctl: processes waiting for a value to rise, or for 0
+
+
+@dataclass(frozen=True)
+class TopicSubscriber:
+    """One occupied subscriber slot of a topic (see :class:`aioipc.pubsub.SubscriberInfo`):
+    ``pid`` is what the subscriber wrote, ``alive`` whether the kernel says a process
+    holds the slot's lock; the lag is in messages and in bytes of log behind the head."""
+
+    slot: int
+    pid: int
+    policy: str
+    alive: bool
+    lag_messages: int
+    lag_bytes: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,12 @@ class IPCObject:
     (not in the registry of its owner) or "?" (that registry is not ours to read).
     ``stale``: for aioipc's objects, whether ``aioipc rm --stale`` removes it, and
     ``why`` says why or why not.
+
+    Topics only (None or empty otherwise, and when the header cannot be read):
+    ``capacity`` (bytes of log), ``max_subscribers``, ``count`` is the messages
+    published, ``subscribers`` its occupied slots, ``publishers`` the pids of the other
+    processes that have it open (a process that both publishes and subscribes is listed
+    as a subscriber only).
     """
 
     kind: str
@@ -97,12 +127,21 @@ class IPCObject:
     last_pids: tuple[int, ...] = field(default=(), repr=False)  # SysV: last users
     cuid: int | None = None  # SysV: the creator's uid
     waiters: int | None = None  # sysv-sem: processes blocked in semop on the set
+    capacity: int | None = None  # topic
+    max_subscribers: int | None = None  # topic
+    subscribers: tuple[TopicSubscriber, ...] = ()  # topic
+    publishers: tuple[int, ...] = ()  # topic
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in out.items():
             if isinstance(value, tuple):
-                out[name] = list(value)
+                out[name] = [
+                    {f.name: getattr(v, f.name) for f in fields(v)}
+                    if isinstance(v, TopicSubscriber)
+                    else v
+                    for v in value
+                ]
         return out
 
     def describe(self) -> str:
@@ -253,13 +292,21 @@ def _posix_sem_value(name: str) -> int | None:
     return _peek("posix-sem", name)
 
 
+def _topic_of(entry: str) -> str | None:
+    """The topic whose doorbell ``entry`` would be (``NAME.space``, ``NAME.sub-I``)."""
+    if entry.endswith(_TOPIC_SPACE):
+        return entry[: -len(_TOPIC_SPACE)]
+    base, sep, slot = entry.rpartition(_TOPIC_SUB)
+    return base if sep and slot.isdigit() and slot.isascii() else None
+
+
 def scan_dev_shm(
     directory: str = SHM_DIR,
     *,
     owner: Callable[[int], str] = user_name,
     sem_value: Callable[[str], int | None] = _posix_sem_value,
 ) -> list[IPCObject]:
-    """POSIX semaphores, POSIX shared memory and aioipc rings in ``directory``."""
+    """POSIX semaphores, POSIX shared memory, aioipc rings and topics in ``directory``."""
     try:
         names = sorted(os.listdir(directory))
     except OSError:
@@ -271,17 +318,22 @@ def scan_dev_shm(
         except OSError:  # gone meanwhile
             continue
     rings = set()
+    topics = set()
     for entry, st in stats.items():
         if stat.S_ISREG(st.st_mode) and not entry.startswith(_SEM_PREFIX):
             head = _read_head(os.path.join(directory, entry), len(RING_MAGIC))
             if head == RING_MAGIC:
                 rings.add(entry)
+            elif head == TOPIC_MAGIC:
+                topics.add(entry)
     rows = []
     for entry, st in stats.items():
         path = os.path.join(directory, entry)
         bell_of = next((entry[: -len(b)] for b in _BELLS if entry.endswith(b)), None)
         if bell_of is not None and bell_of in rings:
             continue  # folded into its ring's row
+        if _topic_of(entry) in topics and not stat.S_ISREG(st.st_mode):
+            continue  # a topic's doorbell: folded into its row
         common: dict[str, Any] = {
             "key": None,
             "id": None,
@@ -293,7 +345,26 @@ def scan_dev_shm(
             "dev": st.st_dev,
             "ino": st.st_ino,
         }
-        if entry in rings or (bell_of is not None and not stat.S_ISREG(st.st_mode)):
+        if entry in topics:
+            rows.append(
+                IPCObject(
+                    kind="topic",
+                    name="/" + entry,
+                    size=st.st_size,
+                    count=None,
+                    aioipc="yes",
+                    files=(
+                        path,
+                        *(
+                            os.path.join(directory, e)
+                            for e in stats
+                            if _topic_of(e) == entry and not stat.S_ISREG(stats[e].st_mode)
+                        ),
+                    ),
+                    **common,
+                )
+            )
+        elif entry in rings or (bell_of is not None and not stat.S_ISREG(st.st_mode)):
             # A ring, or a doorbell whose ring region is gone (a ring half removed).
             base = entry if entry in rings else bell_of
             assert base is not None
@@ -485,6 +556,41 @@ def _ring_attached(name: str) -> bool | None:
         return None
 
 
+def _topic_attached(name: str) -> bool | None:
+    from .. import pubsub
+
+    try:
+        return not pubsub.is_stale(name)
+    except Exception:  # unreadable, gone meanwhile, or no longer a topic
+        return None
+
+
+def topic_details(row: IPCObject, holders: Holders) -> dict[str, Any]:
+    """A topic row's capacity, slots, messages published, subscribers and publishers,
+    as its header says now; nothing if it cannot be opened (another user's, corrupt,
+    gone). Opening it changes nothing in it."""
+    from .. import pubsub
+
+    try:
+        with pubsub.Topic.open(row.name or "") as topic:
+            published = topic.counts()[0]
+            infos = topic.subscribers()
+            changes: dict[str, Any] = {
+                "capacity": topic.capacity,
+                "max_subscribers": topic.max_subscribers,
+                "count": published,
+            }
+    except Exception:  # not ours to open, corrupt, or gone meanwhile: the row says less
+        return {}
+    subscribers = tuple(
+        TopicSubscriber(i.slot, i.pid, i.policy, i.alive, i.lag_messages, i.lag_bytes)
+        for i in infos
+    )
+    subscribing = {s.pid for s in subscribers if s.alive}
+    publishers = tuple(sorted(holders.pids(row.dev, row.ino) - subscribing))
+    return {**changes, "subscribers": subscribers, "publishers": publishers}
+
+
 def _socket_listened(path: str) -> bool | None:
     from .._core import unix
 
@@ -500,7 +606,7 @@ def object_path(row: IPCObject, mqueue: str | None) -> str | None:
         return None if mqueue is None or row.name is None else mqueue + row.name
     if row.kind == "posix-sem" and row.name is not None:
         return f"{SHM_DIR}/{_SEM_PREFIX}{row.name[1:]}"
-    if row.kind in ("posix-shm", "shm-ring") and row.name is not None:
+    if row.kind in ("posix-shm", "shm-ring", "topic") and row.name is not None:
         return SHM_DIR + row.name
     if row.kind in ("fifo", "unix-socket"):
         return row.name
@@ -535,6 +641,14 @@ def _nobody_attached(
         if attached is None:
             return None, "its ring header cannot be read"
         return not attached, "a live process is attached"
+    if row.kind == "topic":
+        pids = sorted(holders.pids(row.dev, row.ino))
+        attached = _topic_attached(row.name or "")
+        if attached is None:
+            return None, "its header cannot be read"
+        if pids:  # a process holding it that has not locked yet (opening it just now)
+            return False, f"open in pid {_pids_text(pids)}"
+        return not attached, "another process has it open"
     if row.kind == "unix-socket":
         listened = _socket_listened(row.name or "")
         if listened is None:
@@ -589,6 +703,8 @@ def annotate(
             changes["users"] = None if listened is None else int(listened)
         elif row.dev is not None:
             changes["users"] = len(holders.pids(row.dev, row.ino))
+        if row.kind == "topic":
+            changes.update(topic_details(row, holders))
         row = replace(row, **changes)
         out.append(replace(row, **_staleness(row, entry, holders, mqueue)))
     return out
@@ -599,8 +715,19 @@ def _staleness(
 ) -> dict[str, Any]:
     if row.aioipc != "yes":
         return {"stale": None, "why": "not made by aioipc" if row.aioipc == "no" else ""}
-    if entry is None:  # a ring by its magic alone
+    if entry is None:  # a ring or topic by its magic alone
         return {"stale": False, "why": "no registry entry: who made it is unknown"}
+    if row.kind == "topic":
+        # Named and persistent: publishers and subscribers come and go, the creator
+        # among them, so only whether anyone has it open counts.
+        if row.alive is None:
+            creator = f"whether its creator, pid {entry.pid}, runs cannot be told"
+        else:
+            creator = f"its creator, pid {entry.pid}, is {'alive' if row.alive else 'dead'}"
+        free, busy = _nobody_attached(row, holders, mqueue)
+        if not free:
+            return {"stale": False, "why": f"{creator}, but {busy}"}
+        return {"stale": True, "why": f"{creator} and nobody is attached"}
     if row.alive is None:
         why = f"cannot tell whether its creator, pid {entry.pid}, runs (another pid namespace)"
         return {"stale": False, "why": why}
@@ -642,7 +769,7 @@ def scan(
     for kind in SYSV_FILES:
         if kind in wanted:
             rows += scan_sysv(kind)
-    if wanted & {"posix-shm", "posix-sem", "shm-ring"}:
+    if wanted & {"posix-shm", "posix-sem", "shm-ring", "topic"}:
         rows += [r for r in scan_dev_shm() if r.kind in wanted]
     if "posix-mq" in wanted:
         rows += scan_mqueue(mqueue)

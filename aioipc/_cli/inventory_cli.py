@@ -91,6 +91,41 @@ def _print_table(rows: Sequence[IPCObject], title: str) -> None:
     Console().print(table)
 
 
+_SUBSCRIBER_COLUMNS = ("slot", "pid", "policy", "alive", "lag_messages", "lag_bytes")
+
+
+def _print_topics(rows: Sequence[IPCObject]) -> None:
+    """Below the table, each topic whose header could be read: its shape, who
+    publishes, and a line per subscriber with its policy and how far behind it is."""
+    for row in rows:
+        if row.kind != "topic" or row.capacity is None:
+            continue
+        say("")
+        say(
+            f"topic {row.name}: capacity {row.capacity} bytes, {row.max_subscribers} "
+            f"subscriber slots, {row.count} messages published"
+        )
+        pids = ", ".join(map(str, row.publishers)) or "none seen"
+        say(f"  publishers (other processes with it open): {pids}")
+        if not row.subscribers:
+            say("  subscribers: none")
+            continue
+        lines = [_SUBSCRIBER_COLUMNS] + [
+            (
+                str(s.slot),
+                str(s.pid),
+                s.policy,
+                "yes" if s.alive else "no",
+                str(s.lag_messages),
+                str(s.lag_bytes),
+            )
+            for s in row.subscribers
+        ]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(_SUBSCRIBER_COLUMNS))]
+        for line in lines:
+            say("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
 def _note(text: str) -> None:
     if text:
         say(text, sys.stderr)
@@ -110,6 +145,7 @@ def run_ls(kinds: Sequence[str] | None, mine: bool, stale: bool, as_json: bool) 
         print(json.dumps([r.as_json() for r in rows], indent=2, ensure_ascii=True))
         return 0
     _print_table(rows, f"IPC objects: {len(rows)}")
+    _print_topics(rows)
     return 0
 
 
@@ -196,7 +232,8 @@ def add_inventory_parsers(sub: Any) -> None:
         help="list every IPC object on the machine",
         description="List the SysV shared memory segments, message queues and semaphore "
         "sets, the POSIX shared memory, semaphores and message queues, aioipc's "
-        "shared-memory rings, and the FIFOs and socket files aioipc made, with who made "
+        "shared-memory rings and pub/sub topics (with their publishers, subscribers, "
+        "policies and lag), and the FIFOs and socket files aioipc made, with who made "
         "each and whether it is stale (docs/cli.md says what each column means).",
     )
     ls.add_argument(
@@ -214,10 +251,11 @@ def add_inventory_parsers(sub: Any) -> None:
     rm = sub.add_parser(
         "rm",
         help="remove one IPC object, or every stale one aioipc made",
-        description="Remove one object (sysv-* by id, or by key written 0x...; posix-* "
-        "and shm-ring by name; fifo and unix-socket by path), or with --stale every "
+        description="Remove one object (sysv-* by id, or by key written 0x...; posix-*, "
+        "shm-ring and topic by name; fifo and unix-socket by path), or with --stale every "
         "object aioipc made whose creator is dead and that nobody is attached to "
-        "(with a PREFIX: only those whose name or path, or SysV key written 0x..., starts "
+        "(a topic: that nobody has open, whoever made it; "
+        "with a PREFIX: only those whose name or path, or SysV key written 0x..., starts "
         "with it). Anything but such a stale object is removed only with --force. "
         "An object that is already gone has its registry entry forgotten.",
     )

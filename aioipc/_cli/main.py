@@ -34,8 +34,9 @@ def _row(r: Result) -> tuple[str, str, str, str]:
 def _demo(args: argparse.Namespace) -> int:
     mechanisms = tuple(args.mechanism) if args.mechanism else MECHANISMS
     print(
-        f"aioipc demo: a child process per mechanism; {args.round_trips} ping-pongs, then "
-        f"{args.count} numbered {args.size}-byte messages checked for order and loss",
+        f"aioipc demo: a child process per mechanism (pubsub: one publisher, three "
+        f"subscriber processes); {args.round_trips} ping-pongs, then {args.count} numbered "
+        f"{args.size}-byte messages checked for order and loss (pubsub: at every subscriber)",
         flush=True,
     )
     try:

@@ -1,7 +1,8 @@
 """``aioipc rm``: remove one IPC object, or every stale one aioipc made.
 
 Removing is refused, unless forced, for anything but a stale object of aioipc's: one in
-aioipc's registry (or a ring) whose creator is dead and that nobody holds. An IPC object
+aioipc's registry (or a ring) whose creator is dead and that nobody holds, or a topic of
+aioipc's that nobody has open (topics outlive their creators by design). An IPC object
 outlives its processes by design, and the command cannot know what another program
 still means to do with it, so removing one of those is the caller's decision, stated
 with ``--force``.
@@ -267,7 +268,8 @@ class _Changed(Exception):
 
 def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
     """Raise _Changed unless ``row`` still names the object that was listed (and, for a
-    stale one, a SysV segment is still detached): the last check before removing it.
+    stale one, a SysV segment is still detached and a topic still unopened): the last
+    check before removing it.
     """
     if row.id is not None:
         try:
@@ -288,6 +290,15 @@ def _same_object(row: IPCObject, mqueue: str | None, *, stale: bool) -> None:
         raise _Changed("does not exist") from None
     if (st.st_dev, st.st_ino) != (row.dev, row.ino):
         raise _Changed("another object was made under its name since it was listed")
+    if stale and row.kind == "topic" and row.name is not None:
+        from .. import pubsub
+
+        try:
+            opened = not pubsub.is_stale(row.name)
+        except Exception:  # no longer a topic, or gone: _delete says which
+            opened = False
+        if opened:
+            raise _Changed("a process opened it since it was listed")
 
 
 def _unlink_at(path: str, row: IPCObject) -> None:
@@ -321,7 +332,7 @@ def _utf8(name: str) -> bool:
 
 
 def _delete(row: IPCObject, mqueue: str | None) -> None:
-    from .. import posix, shm
+    from .. import posix, pubsub, shm
 
     if row.kind in SYSV_FILES:
         assert row.id is not None
@@ -340,6 +351,7 @@ def _delete(row: IPCObject, mqueue: str | None) -> None:
         "posix-sem": posix.unlink_semaphore,
         "posix-mq": posix.unlink_message_queue,
         "shm-ring": shm.unlink,
+        "topic": pubsub.unlink,  # the log and its doorbells, and its registry entry
         "fifo": lambda name: _unlink_at(name, row),
         "unix-socket": lambda name: _unlink_at(name, row),
     }

@@ -32,12 +32,19 @@ from anyio import (
 )
 from anyio.lowlevel import current_token
 
-from .. import fifo, unix
+from .. import fifo, pubsub, unix
 from .._core.wait import AGAIN, apoll_until
 from ..abc import IPCAttribute
-from ..errors import IPCConnectionRefusedError, IPCError, IPCNotFoundError, ProtocolError
+from ..errors import (
+    IPCConnectionRefusedError,
+    IPCError,
+    IPCNotFoundError,
+    LaggedError,
+    ProtocolError,
+)
 from ..url import Address, FifoAddress, SysVQueueAddress, connect, listen, parse_url
 from .terminal import error as _error
+from .terminal import say as _say
 
 __all__ = ["UsageError", "run_recv", "run_send"]
 
@@ -283,6 +290,11 @@ async def _pump(
             message = await apoll_until(receive, first=_RING_FOLLOW_POLL, most=_RING_FOLLOW_POLL)
         except EndOfStream:
             return left
+        except LaggedError as exc:
+            # A drop_oldest subscriber fell behind: say so, and go on from the oldest
+            # message the topic retains (as the subscriber itself does).
+            _say(f"aioipc: warning: {_describe(exc)}", sys.stderr)
+            continue
         out.write(message)
         if left is not None:
             left -= 1
@@ -290,10 +302,13 @@ async def _pump(
 
 
 def _remove(addr: Address, obj: Any) -> None:
-    """``--unlink``: remove the queue, FIFO or ring (a unix listener removes its own)."""
+    """``--unlink``: remove the queue, FIFO, ring or topic (a unix listener removes its
+    own)."""
     with contextlib.suppress(FileNotFoundError, IPCNotFoundError, BrokenResourceError):
         if addr.scheme == "mq" or addr.scheme == "shm":
             obj.unlink()
+        elif addr.scheme == "pubsub":
+            pubsub.unlink(addr.path)
         elif addr.scheme == "sysvmq":
             obj.remove()
         elif addr.scheme == "fifo":
@@ -311,6 +326,9 @@ _NO_PEEK = {
     "socket before it exists",
     "shm": "a ring's messages can be read only by its one receiver, which frees each as "
     "it reads it",
+    "pubsub": "recv on a topic takes nothing from anyone (each subscriber reads from its "
+    "own cursor), so plain recv already leaves every message for the others; add "
+    "?start=oldest to see what the topic retains",
 }
 _NO_PEEK["unix+stream"] = _NO_PEEK["unix+seqpacket"] = _NO_PEEK["unix"]
 

@@ -31,7 +31,6 @@ from typing import Any, Literal, Self
 import anyio
 from anyio import (
     BrokenResourceError,
-    BusyResourceError,
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
@@ -178,16 +177,27 @@ def _open_bell(path: str, owner: int, what: str) -> int:
 
 
 def _make_bell(path: str, owner: int, mode: int, what: str) -> int:
-    """Open the doorbell at ``path``, making it if it is not there yet."""
+    """Open the doorbell at ``path``, making it (owned by ``owner``, with ``mode``) if
+    it is not there yet."""
     try:
         os.mkfifo(path, 0o600)
     except FileExistsError:
-        pass
+        return _open_bell(path, owner, what)
     except OSError as exc:
         raise translate_os_error(exc, f"{what}: doorbell {path}") from exc
-    else:
-        with contextlib.suppress(OSError):
-            os.chmod(path, mode, follow_symlinks=False)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, f"{what}: doorbell {path}", NOFOLLOW) from exc
+    try:
+        # Through the fd: the path may have been swapped since mkfifo.
+        if os.geteuid() != owner:
+            os.fchown(fd, owner, -1)  # root subscribing to another user's topic
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        os.close(fd)
+        raise translate_os_error(exc, f"{what}: doorbell {path}") from exc
+    os.close(fd)
     return _open_bell(path, owner, what)
 
 
@@ -201,6 +211,49 @@ def _ring_bell(fd: int) -> None:
     # A full pipe (EAGAIN) means the sleeper has bytes to wake on already.
     with contextlib.suppress(OSError):
         os.write(fd, b"\x01")
+
+
+# A publisher rings a sleeping subscriber's doorbell at every commit until it wakes; a
+# subscriber that died asleep never does. Every this many rings of one slot, ask the
+# kernel whether its subscriber lives (one fcntl), and free the slot if not.
+_CHECK_EVERY = 64
+
+
+class _Bells:
+    """The subscribers' doorbells one handle rings: the fds it opened, and how many
+    times it rang each slot since it last checked that slot's subscriber is alive."""
+
+    __slots__ = ("_fds", "_file", "_rings")
+
+    def __init__(self, file: _File) -> None:
+        self._file = file
+        self._fds: dict[int, int] = {}
+        self._rings: dict[int, int] = {}
+
+    def ring(self, view: _log._View, slots: list[int]) -> None:
+        """Ring ``slots`` (after a commit and a full fence: the sleepers then)."""
+        file = self._file
+        for i in slots:
+            fd = self._fds.get(i)
+            if fd is None:
+                try:
+                    fd = _open_bell(f"{file.base}{_SUB}{i}", file.owner, file.what)
+                except Exception:
+                    # A subscriber's broken doorbell must not stop publishing.
+                    continue
+                self._fds[i] = fd
+            _ring_bell(fd)
+            n = self._rings.get(i, 0) + 1
+            if n >= _CHECK_EVERY:
+                n = 0
+                if not file.slot_alive(i):
+                    file.reap(view, i)
+            self._rings[i] = n
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class _File:
@@ -622,7 +675,10 @@ class Publisher(ObjectSendStream[bytes]):
         assert file.mm is not None
         self._w = LogWriter(file.mm, file.capacity, file.max_subs, file.what)
         self._max_msg = _log.max_message_size(file.capacity)
-        self._bells: dict[int, int] = {}
+        self._bells = _Bells(file)
+        assert file.mutex is not None
+        self._try_lock = file.mutex.try_lock
+        self._unlock_mutex = file.mutex.unlock
         self._space_waiter = FdWaiter(file.space)
         self._busy = Busy(
             "publishing to", f"{self._what}: another task is publishing on this publisher"
@@ -661,23 +717,12 @@ class Publisher(ObjectSendStream[bytes]):
         )
 
     def _ring_sleepers(self) -> None:
-        """After a commit and the unlock (a full fence): wake the subscribers that said
-        they may sleep."""
-        for i in self._w.sleepers():
-            fd = self._bells.get(i)
-            if fd is None:
-                try:
-                    fd = _open_bell(f"{self._file.base}{_SUB}{i}", self._file.owner, self._what)
-                except Exception:
-                    # A subscriber's broken doorbell must not stop publishing; it
-                    # sleeps until its next timeout-free wake, its own problem.
-                    continue
-                self._bells[i] = fd
-            _ring_bell(fd)
+        """After a commit and a full fence (the unlock is one): wake the subscribers
+        that said they may sleep."""
+        self._bells.ring(self._w, self._w.sleepers())
 
     def _unlock(self) -> None:
-        assert self._file.mutex is not None
-        self._file.mutex.unlock()
+        self._unlock_mutex()
 
     def send_nowait(self, item: bytes) -> None:
         """Publish ``item`` if it fits now without waiting for anyone.
@@ -724,13 +769,31 @@ class Publisher(ObjectSendStream[bytes]):
 
         Cancellation: a cancelled send published nothing.
         """
+        # The common case inline (a free mutex, room, no other task here): measured,
+        # going through _publish cost 5.64 us a 64-byte send, this 2.6 us (in-process
+        # loop of 100,000 sends).
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was published
+        data = item if type(item) is bytes else message_bytes(item)
+        if not self._busy.held and not self._closed and len(data) <= self._max_msg:
+            w = self._w
+            if self._try_lock():
+                try:
+                    w.load()
+                    off = w.put(data)
+                    if off >= 0:
+                        w.commit()
+                finally:
+                    self._unlock()
+                if off >= 0:
+                    sleepers = w.sleepers()
+                    if sleepers:
+                        self._bells.ring(w, sleepers)
+                    return
         self._check_open()
-        data = message_bytes(item)
         if len(data) > self._max_msg:
             raise self._too_large(len(data))
         with self._busy:
-            if self._pacer.due():
-                await checkpoint()
             await self._publish([data], 0)
 
     async def send_many(self, items: Iterable[bytes]) -> None:
@@ -765,7 +828,9 @@ class Publisher(ObjectSendStream[bytes]):
         w = self._w
         i = 0
         try:
-            w.load()
+            if w.load():
+                w.fence()
+                self._ring_sleepers()  # those a dead publisher's commit never woke
             while True:
                 if kind_eof:
                     blocked = w.mark_end()
@@ -782,6 +847,7 @@ class Publisher(ObjectSendStream[bytes]):
                 # Room is held back by a block subscriber: publish what is written,
                 # then wait for it.
                 w.commit()
+                w.fence()  # the commit before the waiting bytes, as the unlock does
                 self._ring_sleepers()
                 await self._wait_for_room(-1 - blocked, len(batch[i]) if not kind_eof else 0)
             w.commit()
@@ -870,10 +936,18 @@ class Publisher(ObjectSendStream[bytes]):
         with self._busy:
             await self._publish([], 1)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, eof: bool = False) -> None:
         """Close this publisher (never the topic: subscribers go on waiting for other
-        publishers). Does not wait."""
-        self.close()
+        publishers). ``eof=True`` first publishes an end of stream (:meth:`send_eof`).
+
+        Does not wait, unless ``eof=True``: then it waits as :meth:`send` does, and
+        closes all the same if that fails or is cancelled (the end then was not
+        published)."""
+        try:
+            if eof and not self._closed:
+                await self.send_eof()
+        finally:
+            self.close()
         await checkpoint()
 
     def close(self) -> None:
@@ -881,9 +955,7 @@ class Publisher(ObjectSendStream[bytes]):
             return
         self._closed = True
         self._space_waiter.close()
-        for fd in self._bells.values():
-            os.close(fd)
-        self._bells.clear()
+        self._bells.close()
         self._file.close(self._w.views())
 
     def __del__(self) -> None:
@@ -925,12 +997,22 @@ class Subscriber(ObjectReceiveStream[bytes]):
         file = _File(name, create=False, capacity=None, max_subscribers=None, mode=0)
         slot, bell = -1, -1
         try:
+            uid = os.geteuid()
+            if uid not in (file.owner, 0):
+                # Its doorbell would be ours, which the owner's publishers refuse to
+                # ring (they check the owner), and left in place it would spoil the
+                # slot for everyone after us.
+                raise IPCPermissionError(
+                    errno.EPERM,
+                    f"{file.what}: only its owner (uid {file.owner}) can subscribe, not "
+                    f"uid {uid}: subscribers' doorbells must belong to the topic's owner",
+                )
             for i in range(file.max_subs):
                 if try_lock(file.fd, _LOCK_SLOT0 + i):
                     slot = i
                     break
             else:
-                raise BusyResourceError(
+                raise busy_error(
                     f"{file.what} has max_subscribers={file.max_subs} subscribers already"
                 )
             view = _log._View(file.mm, file.capacity, file.max_subs, file.what)  # type: ignore[arg-type]
@@ -944,14 +1026,22 @@ class Subscriber(ObjectReceiveStream[bytes]):
             finally:
                 view.release()
             bell = _make_bell(f"{file.base}{_SUB}{slot}", file.owner, file.mode, file.what)
+            _drain(bell)  # what was rung for a predecessor in this slot
             w = LogWriter(file.mm, file.capacity, file.max_subs, file.what)  # type: ignore[arg-type]
             try:
                 await file.lock(lambda: None)
                 try:
-                    w.register(slot, code, oldest, os.getpid())
+                    finished = w.register(slot, code, oldest, os.getpid())
                 finally:
                     assert file.mutex is not None
                     file.mutex.unlock()
+                if finished:
+                    # We completed a dead publisher's commit: wake who it never woke.
+                    bells = _Bells(file)
+                    try:
+                        bells.ring(w, w.sleepers())
+                    finally:
+                        bells.close()
             finally:
                 w.release()
         except BaseException:
@@ -1069,8 +1159,21 @@ class Subscriber(ObjectReceiveStream[bytes]):
 
         Cancellation: a cancelled receive consumed nothing.
         """
+        # The common case inline (a message there, nobody else receiving): measured,
+        # the guard and wait_until cost 2.79 us a 64-byte receive, this 1.5 us.
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was taken
+        if not (self._busy.held or self._closed or self._ended or self._broken):
+            try:
+                msg = self._r.take()
+            except Overrun as o:
+                raise self._fell_behind(o) from None
+            if type(msg) is bytes:
+                return msg
+            if msg is END:
+                self._ended = True
         with self._busy:
-            return await wait_until(self._attempt, self._wait, self._pacer)
+            return await wait_until(self._attempt, self._wait, self._pacer, paced=False)
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` that are there,
@@ -1143,7 +1246,6 @@ class Subscriber(ObjectReceiveStream[bytes]):
         if r.hi[_log.I_PWAITING]:
             _ring_bell(file.space)
         unlock(file.fd, _LOCK_SLOT0 + self._slot)
-        self._slot_released = True
 
     async def aclose(self) -> None:
         """Leave the topic: the slot is freed, and publishers stop waiting for this

@@ -428,6 +428,30 @@ class _RingEnd:
     def _check_peer_before_sleep(self) -> None:
         raise NotImplementedError
 
+    # -- what aioipc._core.shm_duplex asks of an end (its handshake and attributes) -------
+
+    def _peer_gone(self) -> str | None:
+        """Why the peer is gone ("closed", or how it died), or None while it is attached
+        or has not attached yet: the kernel's answer (:meth:`Doorbell.peer_gone`)."""
+        self._check_open()
+        return self._bell.peer_gone()
+
+    def _peer_pid(self) -> int:
+        """The single peer's pid as the kernel reports it (its pid lock); 0 if unknown
+        (not attached, several senders, another pid namespace)."""
+        byte = self._bell.peer_pid_byte
+        if self._closed or byte < 0:
+            return 0
+        try:
+            return pid_lock_holder(self._fd, byte)
+        except OSError:
+            return 0
+
+    def _owner_uid(self) -> int:
+        """The uid owning the ring's region file (its creator's, unless chowned)."""
+        self._check_open()
+        return os.fstat(self._fd).st_uid
+
     # -- attributes and lifecycle ---------------------------------------------------------
 
     @property

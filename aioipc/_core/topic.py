@@ -14,7 +14,7 @@ Header (byte offsets)::
     0    magic      8 bytes  b"aioipcTP"  (written last: zero means "being created")
     8    version    u32      1
     12   flags      u32      0
-    16   capacity   u64      data bytes (a multiple of 8)
+    16   capacity   u64      data bytes (a multiple of 16)
     24   data_off   u64      where the records start
     32   max_subs   u32      slots
     -- published by the publisher that holds the mutex; read by every subscriber --
@@ -40,11 +40,12 @@ a dead one, holding the slot's lock)::
     16   seq        u64      the number of the next message it expects
     24   pid        u32      for ``aioipc ls`` only (liveness is the slot's lock)
 
-A record starts at a multiple of 8: a u64 word ``length | kind << 32``, a u64 message
-number, then ``length`` bytes padded to 8. Kinds: 1 a message, 2 a pad to the end of the
-data area (so that every message is contiguous), 3 the end of the stream. Pads and ends
-carry the number of the next message and do not use one up, so that message numbers
-count messages only. The largest message is ``capacity // 2 - 16``.
+A record starts at a multiple of 16: a u64 word ``length | kind << 32``, a u64 message
+number, then ``length`` bytes padded to 16. (16, not 8: then the room left before the end
+of the data area is always 0 or enough for a pad record's header.) Kinds: 1 a message,
+2 a pad to the end of the data area (so that every message is contiguous), 3 the end
+of the stream. Pads and ends carry the number of the next message and do not use one
+up, so that message numbers count messages only. The largest message is ``capacity // 2 - 16``.
 
 **Publishing** (under the mutex): read the current pair; claim room, moving the tail
 past the oldest records first if needed (never past a ``block`` subscriber's cursor);
@@ -116,21 +117,21 @@ def data_offset(max_subscribers: int) -> int:
 
 
 # The region file is the header, the slots and the data: its size must fit an off_t.
-MAX_CAPACITY: Final = (LONG_MAX - data_offset(MAX_SUBSCRIBERS)) & ~7
+MAX_CAPACITY: Final = (LONG_MAX - data_offset(MAX_SUBSCRIBERS)) & ~15
 
 
 def check_capacity(capacity: object, what: str) -> int:
-    """A topic's capacity: an int, a multiple of 8, ``MIN_CAPACITY..MAX_CAPACITY``.
+    """A topic's capacity: an int, a multiple of 16, ``MIN_CAPACITY..MAX_CAPACITY``.
 
     Raises:
         TypeError: not an int.
-        ValueError: out of range or not a multiple of 8.
+        ValueError: out of range or not a multiple of 16.
     """
     value = check_int(
         capacity, "capacity", minimum=MIN_CAPACITY, maximum=MAX_CAPACITY, what=what, unit="bytes"
     )
-    if value % 8:
-        raise ValueError(f"{what}: capacity must be a multiple of 8 bytes, not {value}")
+    if value % 16:
+        raise ValueError(f"{what}: capacity must be a multiple of 16 bytes, not {value}")
     return value
 
 
@@ -150,7 +151,7 @@ def max_message_size(capacity: int) -> int:
 
 def record_size(length: int) -> int:
     """Bytes a record of a ``length``-byte message takes in the data area."""
-    return RECORD_HEADER + ((length + 7) & ~7)
+    return RECORD_HEADER + ((length + 15) & ~15)
 
 
 def header_views(buf: mmap.mmap | bytearray) -> tuple[memoryview, memoryview]:
@@ -196,12 +197,12 @@ def check_header(hq: memoryview, hi: memoryview, file_size: int, what: str) -> t
         raise ProtocolError(f"{what}: {subs} subscriber slots, not in 1..{MAX_SUBSCRIBERS}")
     if hq[Q_DATA_OFF] != data_offset(subs):
         raise ProtocolError(f"{what}: data offset {hq[Q_DATA_OFF]}, expected {data_offset(subs)}")
-    if capacity % 8 or capacity < MIN_CAPACITY or capacity != file_size - data_offset(subs):
+    if capacity % 16 or capacity < MIN_CAPACITY or capacity != file_size - data_offset(subs):
         raise ProtocolError(
             f"{what}: capacity {capacity} does not fit the file's {file_size} bytes"
         )
     head, tail = hq[Q_HEAD], hq[Q_TAIL]
-    if head % 8 or tail % 8 or not 0 <= head - tail <= capacity:
+    if head % 16 or tail % 16 or not 0 <= head - tail <= capacity:
         raise ProtocolError(f"{what}: head {head} and tail {tail} are impossible")
     return capacity, subs
 
@@ -318,6 +319,8 @@ class _View:
     def sleepers(self) -> list[int]:
         """Slots whose waiting byte is set. Call after a fence that follows the commit."""
         out: list[int] = []
+        if not any(self.wq):  # the common case, one C loop over a few words
+            return out
         wb = self.wb
         for w, word in enumerate(self.wq):
             if word:
@@ -344,8 +347,8 @@ class _View:
         if pos == head:
             return head_seq
         idx = pos % self.capacity
-        if idx % 8:
-            raise self.corrupt(f"position {pos} is not a multiple of 8")
+        if idx % 16:
+            raise self.corrupt(f"position {pos} is not a multiple of 16")
         seq: int = self.dq[(idx >> 3) + 1]
         return seq
 
@@ -354,35 +357,55 @@ class LogWriter(_View):
     """A publisher's side: claims room, writes records, commits. Every method but
     :meth:`sleepers` is called with the topic's mutex held."""
 
-    __slots__ = ("_epoch", "_floor", "_floor_slot", "head", "seq", "tail")
+    __slots__ = ("_epoch", "_floor", "_floor_slot", "_gen", "head", "seq", "tail")
 
     def __init__(self, buf: mmap.mmap, capacity: int, max_subs: int, what: str) -> None:
         super().__init__(buf, capacity, max_subs, what)
         self.head = self.seq = self.tail = 0
+        self._gen = -1  # the commit counter as our last load or commit left it
         self._epoch = -1
         self._floor = 0
         self._floor_slot = -1
 
-    def load(self) -> None:
+    def load(self) -> bool:
         """Read the committed state; finish a commit a dead publisher left half done
-        (committed, ``head`` not yet stored).
+        (committed, ``head`` not yet stored): True if it did (the caller fences and
+        rings the sleepers, which that publisher never woke).
 
         Raises:
             ProtocolError: the header's positions are impossible.
         """
         hq = self.hq
         g = hq[Q_GEN]
+        if g == self._gen:
+            # Nobody committed since we did: head and seq are ours. The tail is not: a
+            # publisher that died before its commit may have moved it.
+            tail = hq[Q_TAIL]
+            if tail != self.tail:
+                if tail % 16 or not self.tail < tail <= self.head:
+                    raise self.corrupt(f"tail {tail}, head {self.head}")
+                self.tail = tail
+            if self.hi[I_PWAITING]:
+                self.hi[I_PWAITING] = 0  # see below
+            return False
         base = Q_PAIR + 2 * (g & 1)
         head, seq = hq[base], hq[base + 1]
         tail = hq[Q_TAIL]
         published = hq[Q_HEAD]
-        if head % 8 or tail % 8 or not 0 <= head - tail <= self.capacity:
+        if head % 16 or tail % 16 or not 0 <= head - tail <= self.capacity:
             raise self.corrupt(f"committed head {head}, tail {tail}")
-        if published != head:
+        finished = published != head
+        if finished:
             if not tail <= published < head:
                 raise self.corrupt(f"published head {published}, committed {head}")
             hq[Q_HEAD] = head
+        if self.hi[I_PWAITING]:
+            # Only the mutex's holder sets it, so a dead holder left it: clear it, or
+            # every block subscriber would ring the space bell at every read.
+            self.hi[I_PWAITING] = 0
         self.head, self.seq, self.tail = head, seq, tail
+        self._gen = g
+        return finished
 
     def _walk(self, t: int, need: int) -> int:
         """The first record boundary at or after ``need``, walking from ``t``."""
@@ -396,7 +419,7 @@ class LogWriter(_View):
                     raise self.corrupt(f"pad of {length} bytes at {t}")
                 size = cap - idx
             elif kind in (KIND_MESSAGE, KIND_EOF):
-                size = RECORD_HEADER + ((length + 7) & ~7)
+                size = RECORD_HEADER + ((length + 15) & ~15)
                 if idx + size > cap:
                     raise self.corrupt(f"record of {length} bytes at {t} overruns the data")
             else:
@@ -439,7 +462,7 @@ class LogWriter(_View):
         """
         cap = self.capacity
         idx = self.head % cap
-        rec = RECORD_HEADER + ((length + 7) & ~7)
+        rec = RECORD_HEADER + ((length + 15) & ~15)
         span = rec if cap - idx >= rec else cap - idx + rec
         need = self.head + span - cap
         if need <= self.tail:
@@ -464,7 +487,7 @@ class LogWriter(_View):
         cap = self.capacity
         head = self.head
         idx = head % cap
-        rec = RECORD_HEADER + ((length + 7) & ~7)
+        rec = RECORD_HEADER + ((length + 15) & ~15)
         room = cap - idx
         span = rec if room >= rec else room + rec
         need = head + span - cap
@@ -513,17 +536,17 @@ class LogWriter(_View):
         base = Q_PAIR + 2 * (g & 1)
         hq[base] = self.head
         hq[base + 1] = self.seq
-        hq[Q_GEN] = g
+        hq[Q_GEN] = self._gen = g
         hq[Q_HEAD] = self.head
 
-    def register(self, slot: int, policy: int, oldest: bool, pid: int) -> None:
+    def register(self, slot: int, policy: int, oldest: bool, pid: int) -> bool:
         """Fill in slot ``slot`` for a new subscriber (its lock held, the mutex held),
         starting at the head or at the oldest retained record.
 
         Raises:
             ProtocolError: the header or the record at the tail is impossible.
         """
-        self.load()
+        finished = self.load()
         if oldest:
             cursor = self.tail
             seq = self.seq_at(cursor, self.head, self.seq)
@@ -540,6 +563,7 @@ class LogWriter(_View):
         self.si[ii + S_STATE] = ACTIVE
         if policy == BLOCK:
             self.hq[Q_EPOCH] += 1
+        return finished
 
 
 class LogReader(_View):
@@ -607,7 +631,7 @@ class LogReader(_View):
             tail = hq[Q_TAIL]
             head, head_seq = self.counters()
             # The tail only grows, and the caller saw it past ``c``.
-            if tail % 8 or not 0 <= head - tail <= self.capacity or tail <= c:
+            if tail % 16 or not 0 <= head - tail <= self.capacity or tail <= c:
                 raise self.corrupt(f"tail {tail} (head {head}, cursor {c})")
             seq = self.seq_at(tail, head, head_seq)
             if hq[Q_TAIL] != tail:
@@ -639,7 +663,7 @@ class LogReader(_View):
             i = idx >> 3
             word = self.dq[i]
             length = word & _LOW32
-            size = RECORD_HEADER + ((length + 7) & ~7)
+            size = RECORD_HEADER + ((length + 15) & ~15)
             if word >> 32 == KIND_MESSAGE and size <= used and idx + size <= cap:
                 start = self.data_off + RECORD_HEADER + idx
                 msg = self.buf[start : start + length]
@@ -678,7 +702,7 @@ class LogReader(_View):
             word = self.dq[idx >> 3]
             seq = self.dq[(idx >> 3) + 1]
             kind, length = word >> 32, word & _LOW32
-            size = RECORD_HEADER + ((length + 7) & ~7)
+            size = RECORD_HEADER + ((length + 15) & ~15)
             if kind == KIND_PAD:
                 size = cap - idx
                 bad = length != cap - idx - RECORD_HEADER or size > used
@@ -737,7 +761,7 @@ class LogReader(_View):
             i = idx >> 3
             word = dq[i]
             length = word & _LOW32
-            size = RECORD_HEADER + ((length + 7) & ~7)
+            size = RECORD_HEADER + ((length + 15) & ~15)
             if word >> 32 != KIND_MESSAGE or size > used or idx + size > cap or dq[i + 1] != seq:
                 break
             start = base + idx
@@ -776,7 +800,7 @@ class LogReader(_View):
             word = self.dq[idx >> 3]
             seq = self.dq[(idx >> 3) + 1]
             kind, length = word >> 32, word & _LOW32
-            size = RECORD_HEADER + ((length + 7) & ~7)
+            size = RECORD_HEADER + ((length + 15) & ~15)
             if kind == KIND_MESSAGE and size <= used and idx + size <= cap and seq == self.seq:
                 self._view_size = size
                 off = idx + RECORD_HEADER

@@ -7,7 +7,8 @@ line when it is ready, then waits for stdin to close, then cleans up and prints
 ``create TAG DIR MODE``
     With aioipc, create one object of every kind with permission bits MODE (octal): a
     SysV segment, queue and semaphore set under random keys, POSIX shared memory,
-    semaphore and queue named ``/TAG-KIND``, a ring ``/TAG-ring``, a FIFO
+    semaphore and queue named ``/TAG-KIND``, a ring ``/TAG-ring``, a topic ``/TAG-topic``
+    (its handle kept open), a FIFO
     ``DIR/TAG.fifo`` and a listening socket ``DIR/TAG.sock``. Prints
     ``{"pid": ..., "sysv-shm": [id, key], ..., "posix-shm": name, ..., "fifo": path}``.
     At end of input remove them all.
@@ -16,7 +17,9 @@ line when it is ready, then waits for stdin to close, then cleans up and prints
     Hold an existing object, as a process using it would: attach a segment (TARGET an
     id), send one message to a queue or do one semop on a set (so the kernel records
     this process as its last user), open and map POSIX shared memory or a semaphore,
-    open a POSIX queue or a FIFO, attach a ring as its sender. Prints ``{"pid": ...}``.
+    open a POSIX queue or a FIFO, attach a ring as its sender, publish to a topic
+    (``topic``) or subscribe to it with the block policy (``topic-sub``). Prints
+    ``{"pid": ...}``.
 
 ``hostile TAG EVIL RAW``
     Names a hostile user would pick (run it ``--as-user``): POSIX shared memory
@@ -44,7 +47,7 @@ import anyio
 import anyio._backends._asyncio  # anyio.run would import its backend lazily
 import anyio.to_thread
 
-from aioipc import fifo, posix, shm, sysv, unix
+from aioipc import fifo, posix, pubsub, shm, sysv, unix
 from aioipc.errors import IPCNotFoundError
 
 _keep = anyio._backends._asyncio
@@ -62,6 +65,7 @@ async def create(tag: str, directory: str, mode: int) -> None:
     psem = posix.Semaphore.create(f"/{tag}-sem", 2, mode=mode)
     pmq = posix.MessageQueue.create(f"/{tag}-mq", mode=mode)
     ring = shm.ShmReceiver.create(f"/{tag}-ring", 4096, mode=mode)
+    topic = pubsub.Topic.create(f"/{tag}-topic", 4096, max_subscribers=4, mode=mode)
     fifo_path = os.path.join(directory, f"{tag}.fifo")
     fifo.create(fifo_path, mode)
     listener = await unix.listen(os.path.join(directory, f"{tag}.sock"), mode=mode)
@@ -77,6 +81,7 @@ async def create(tag: str, directory: str, mode: int) -> None:
                 "posix-sem": psem.name,
                 "posix-mq": pmq.name,
                 "shm-ring": ring.name,
+                "topic": topic.name,
                 "fifo": fifo_path,
                 "unix-socket": os.path.join(directory, f"{tag}.sock"),
             }
@@ -96,6 +101,8 @@ async def create(tag: str, directory: str, mode: int) -> None:
     pmq.unlink()
     await pmq.aclose()
     ring.close()  # the creating end removes the ring
+    topic.unlink()  # a topic's creator does not: it outlives its ends
+    topic.close()
     fifo.unlink(fifo_path)
     await listener.aclose()  # and the socket file
     print(json.dumps("closed"), flush=True)
@@ -121,6 +128,10 @@ async def hold(kind: str, target: str) -> None:
         held.append(posix.MessageQueue.open(target))
     elif kind == "shm-ring":
         held.append(shm.ShmSender.open(target))
+    elif kind == "topic":
+        held.append(pubsub.publisher(target))
+    elif kind == "topic-sub":
+        held.append(await pubsub.subscribe(target, policy="block"))
     elif kind == "fifo":
         held.append(os.open(target, os.O_RDWR | os.O_NONBLOCK))
     else:
