@@ -841,10 +841,10 @@ class Publisher(ObjectSendStream[bytes]):
         propagates; how many went is not reported, so use send() when that matters.
         """
         self._check_open()
-        batch = [message_bytes(item) for item in items]
-        for data in batch:
-            if len(data) > self._max_msg:
-                raise self._too_large(len(data))
+        batch = [d if type(d) is bytes else message_bytes(d) for d in items]
+        largest = max(map(len, batch), default=0)
+        if largest > self._max_msg:
+            raise self._too_large(largest)
         if not batch:
             await checkpoint()
             return
@@ -869,12 +869,16 @@ class Publisher(ObjectSendStream[bytes]):
                     if blocked >= 0:
                         break
                 else:
+                    blocked = 0
                     while i < len(batch):
-                        blocked = w.put(batch[i])
+                        i = w.put_many(batch, i)
+                        if i == len(batch):
+                            break
+                        blocked = w.put(batch[i])  # a pad, or no room
                         if blocked < 0:
                             break
                         i += 1
-                    else:
+                    if blocked >= 0:
                         break
                 # Room is held back by a block subscriber: publish what is written,
                 # then wait for it.
