@@ -687,6 +687,7 @@ class Publisher(ObjectSendStream[bytes]):
         self._bells = _Bells(file)
         assert file.mutex is not None
         self._ring_pending = False
+        self._holding = False
         self._try_lock = file.mutex.try_lock
         self._unlock_mutex = file.mutex.unlock
         self._space_waiter = FdWaiter(file.space)
@@ -754,8 +755,16 @@ class Publisher(ObjectSendStream[bytes]):
         if not self._closed:
             self._bells.ring(self._w, self._w.sleepers())
 
+    async def _lock(self) -> None:
+        """Take the publish mutex (see _File.lock); ``_holding`` says we have it."""
+        await self._file.lock(self._check_open)
+        self._holding = True
+
     def _unlock(self) -> None:
         self._unlock_mutex()
+        self._holding = False
+        if self._closed:
+            self._teardown()  # close() came while we held it, and left this to us
 
     def send_nowait(self, item: bytes) -> None:
         """Publish ``item`` if it fits now without waiting for anyone.
@@ -855,8 +864,7 @@ class Publisher(ObjectSendStream[bytes]):
 
     async def _publish(self, batch: list[bytes], kind_eof: int) -> None:
         """Hold the mutex, write ``batch`` (or an end-of-stream record), commit."""
-        file = self._file
-        await file.lock(self._check_open)
+        await self._lock()
         w = self._w
         i = 0
         try:
@@ -889,7 +897,8 @@ class Publisher(ObjectSendStream[bytes]):
             w.commit()
         finally:
             self._unlock()
-        self._ring_sleepers()
+        if not self._closed:
+            self._ring_sleepers()
 
     async def _wait_for_room(self, slot: int, length: int) -> None:
         """With the mutex held: sleep until the block subscriber in ``slot`` (or any)
@@ -906,7 +915,11 @@ class Publisher(ObjectSendStream[bytes]):
                 if blocker < 0:
                     return
                 with anyio.move_on_after(SLOT_CHECK_INTERVAL):
-                    await self._space_waiter.readable()
+                    try:
+                        await self._space_waiter.readable()
+                    except ClosedResourceError:
+                        self._check_open()  # the error that names this publisher
+                        raise
                 _drain(file.space)
                 self._check_open()
                 blocker = w.blocker(length)
@@ -934,7 +947,7 @@ class Publisher(ObjectSendStream[bytes]):
         file = self._file
         w = self._w
         with self._busy:
-            await file.lock(self._check_open)
+            await self._lock()
             committed = False
             try:
                 w.load()
@@ -957,7 +970,7 @@ class Publisher(ObjectSendStream[bytes]):
                 committed = True
             finally:
                 self._unlock()
-            if committed:
+            if committed and not self._closed:
                 self._ring_sleepers()
 
     async def send_eof(self) -> None:
@@ -992,7 +1005,17 @@ class Publisher(ObjectSendStream[bytes]):
         if self._ring_pending:
             self._flush_rings()  # before the doorbells close
         self._closed = True
-        self._space_waiter.close()
+        self._space_waiter.close()  # a task waiting for room gets ClosedResourceError
+        if not self._holding:
+            self._teardown()
+        # Else a task of ours holds the publish mutex (waiting for room, or in a reserve
+        # block): unmapping it now would leave a locked robust mutex on this thread's
+        # robust list pointing at nothing (the C library then crashes). That task
+        # unlocks as it leaves, and tears down then (_unlock).
+
+    def _teardown(self) -> None:
+        if self._file.fd < 0:
+            return
         self._bells.close()
         self._file.close(self._w.views())
 
@@ -1122,7 +1145,11 @@ class Subscriber(ObjectReceiveStream[bytes]):
         if self._ended:
             raise EndOfStream
 
-    def _fell_behind(self, o: Overrun) -> LaggedError | BrokenResourceError:
+    def _fell_behind(self, o: Overrun) -> LaggedError | BrokenResourceError | EndOfStream:
+        if o.missed == 0:
+            # Only an end of stream was dropped (and pads): no message was missed.
+            self._ended = True
+            return EndOfStream()
         if self._policy == _log.DROP_OLDEST:
             if o.ended:
                 self._ended = True
@@ -1162,10 +1189,15 @@ class Subscriber(ObjectReceiveStream[bytes]):
             r.fence()
             if r.has_data():
                 return
-            await self._waiter.readable()
+            try:
+                await self._waiter.readable()
+            except ClosedResourceError:
+                self._check_open()  # the error that names this subscriber
+                raise
             _drain(self._bell)
         finally:
-            r.set_waiting(False)
+            if not self._closed:  # close() released the views (nobody waits now)
+                r.set_waiting(False)
 
     def receive_nowait(self) -> bytes:
         """The next message if one is there.
@@ -1273,6 +1305,8 @@ class Subscriber(ObjectReceiveStream[bytes]):
                 view.release()
                 if not self._closed:
                     self._r.release_view()
+                elif self._bell >= 0:
+                    self._teardown()  # close() came inside the block and left it to us
 
     def _release_slot(self) -> None:
         file = self._file
@@ -1295,10 +1329,17 @@ class Subscriber(ObjectReceiveStream[bytes]):
         if self._closed:
             return
         self._closed = True
-        self._waiter.close()
+        self._waiter.close()  # a task waiting in receive gets ClosedResourceError
+        if not self._view_open:
+            self._teardown()
+        # Else a receive_view block holds a view into the mapping (and publishers must
+        # not write over it): it leaves the slot and tears down as it exits.
+
+    def _teardown(self) -> None:
         if self._broken is None:
             self._release_slot()
         os.close(self._bell)
+        self._bell = -1
         self._file.close(self._r.views())
 
     def __del__(self) -> None:

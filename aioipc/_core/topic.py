@@ -682,8 +682,17 @@ class LogReader(_View):
             if self.hi[I_PWAITING]:
                 self.wake_publisher()
 
-    def _overrun(self, c: int) -> Overrun:
-        """Move to the oldest retained record and say what was lost since ``c``.
+    def _fell_behind(self, c: int) -> bytes | Again | _End:
+        """The tail passed the cursor ``c``: raise what was lost, or, if that was only a
+        pad, read on from the tail."""
+        o = self._overrun(c)
+        if o is not None:
+            raise o
+        return self._take_slow(self.cursor)
+
+    def _overrun(self, c: int) -> Overrun | None:
+        """Move to the oldest retained record and say what was lost since ``c`` (None:
+        nothing, only a pad was dropped).
 
         Raises:
             ProtocolError: the tail or its message number are impossible.
@@ -705,6 +714,8 @@ class LogReader(_View):
             ended = eof > 0 and c <= eof - 1 < tail
             self.cursor, self.seq = tail, seq
             self._publish()
+            if missed == 0 and not ended:
+                return None  # only a pad went: nothing was missed
             return Overrun(missed, tail - c, ended)
         raise self.corrupt("the tail never settles")
 
@@ -731,7 +742,7 @@ class LogReader(_View):
                 msg = self.buf[start : start + length]
                 seq = self.dq[i + 1]
                 if hq[Q_TAIL] > c:
-                    raise self._overrun(c)
+                    return self._fell_behind(c)
                 if seq != self.seq:
                     raise self.corrupt(f"message number {seq} at {c}, expected {self.seq}")
                 self.cursor = c + size
@@ -753,7 +764,11 @@ class LogReader(_View):
         cap = self.capacity
         while True:
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             head = hq[Q_HEAD]
             used = head - c
             if used == 0:
@@ -775,7 +790,11 @@ class LogReader(_View):
             if not bad and seq != self.seq:
                 bad = True
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             if bad:
                 raise self.corrupt(f"record kind {kind}, length {length}, number {seq} at {c}")
             if kind == KIND_PAD:
@@ -788,7 +807,11 @@ class LogReader(_View):
             start = self.data_off + RECORD_HEADER + idx
             msg = self.buf[start : start + length]
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             self.cursor = c + size
             self.seq += 1
             self._publish()
