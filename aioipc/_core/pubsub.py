@@ -609,7 +609,7 @@ class Topic:
         """``(messages published, head, tail)`` as the header says now."""
         self._check_open()
         head, seq = self._view.counters()
-        return seq, head, int(self._view.hq[_log.Q_TAIL])
+        return seq, head, self._view.retained_from()
 
     # -- making ends ----------------------------------------------------------------------
 
@@ -904,9 +904,8 @@ class Publisher(ObjectSendStream[bytes]):
         """With the mutex held: sleep until the block subscriber in ``slot`` (or any)
         makes room for a ``length``-byte record, or is found dead and reaped."""
         w = self._w
-        hi = w.hi
         file = self._file
-        hi[_log.I_PWAITING] = 1
+        w.set_publisher_waiting(True)
         try:
             while True:
                 # The wake-up protocol: say we may sleep, fence, look again.
@@ -926,7 +925,7 @@ class Publisher(ObjectSendStream[bytes]):
                 if blocker >= 0 and not file.slot_alive(blocker) and file.reap(w, blocker):
                     w.forget_floor()
         finally:
-            hi[_log.I_PWAITING] = 0
+            w.set_publisher_waiting(False)
 
     @asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[memoryview]:
@@ -1082,7 +1081,7 @@ class Subscriber(ObjectReceiveStream[bytes]):
                 # free it first, so that they move on while we wait for the mutex.
                 view.free_slot(slot)
                 view.fence()
-                if view.hi[_log.I_PWAITING]:
+                if view.publisher_waiting():
                     _ring_bell(file.space)
             finally:
                 view.release()
@@ -1315,7 +1314,7 @@ class Subscriber(ObjectReceiveStream[bytes]):
         r = self._r
         r.free_slot(self._slot)
         r.fence()
-        if r.hi[_log.I_PWAITING]:
+        if r.publisher_waiting():
             _ring_bell(file.space)
         unlock(file.fd, _LOCK_SLOT0 + self._slot)
 

@@ -151,6 +151,11 @@ def max_message_size(capacity: int) -> int:
     return capacity // 2 - RECORD_HEADER
 
 
+def capacity_for(size: int) -> int:
+    """The smallest capacity whose largest message is at least ``size`` bytes."""
+    return max(MIN_CAPACITY, 2 * (size + RECORD_HEADER + 15) & ~15)
+
+
 def record_size(length: int) -> int:
     """Bytes a record of a ``length``-byte message takes in the data area."""
     return RECORD_HEADER + ((length + 15) & ~15)
@@ -323,6 +328,19 @@ class _View:
         the byte: the subscriber stores this first, and loads are not reordered."""
         sleeps: int = self.si[i * SLOT_SIZE // 4 + S_SLEEPS]
         return sleeps
+
+    def retained_from(self) -> int:
+        """The oldest retained position, as the header says now (for listings)."""
+        tail: int = self.hq[Q_TAIL]
+        return tail
+
+    def publisher_waiting(self) -> bool:
+        """Whether the mutex's holder may sleep on the space doorbell."""
+        return bool(self.hi[I_PWAITING])
+
+    def set_publisher_waiting(self, on: bool) -> None:
+        """Only the mutex's holder calls this."""
+        self.hi[I_PWAITING] = 1 if on else 0
 
     def any_sleeper(self) -> bool:
         """Whether any waiting byte is set (after a fence that follows the commit)."""
