@@ -535,9 +535,8 @@ class Topic:
         Raises: as :meth:`create` and :meth:`open`. Waits (at most about a second,
         blocking) only while another process is in the middle of creating it.
         """
-        delays = backoff_delays(0.0005, 0.05)
         waited = 0.0
-        while True:
+        for delay in backoff_delays(0.0005, 0.05):
             try:
                 return cls.create(
                     name,
@@ -554,9 +553,9 @@ class Topic:
             except IPCNotFoundError:
                 if waited > 1.0:
                     raise
-            delay = next(delays)
             waited += delay
             time.sleep(delay)
+        raise AssertionError("backoff_delays never ends")
 
     # -- what it is -----------------------------------------------------------------------
 
@@ -866,64 +865,63 @@ class Publisher(ObjectSendStream[bytes]):
         """Hold the mutex, write ``batch`` (or an end-of-stream record), commit."""
         await self._lock()
         w = self._w
-        i = 0
         try:
             if w.load():
                 w.fence()
                 self._ring_sleepers()  # those a dead publisher's commit never woke
-            while True:
-                if kind_eof:
-                    blocked = w.mark_end()
-                    if blocked >= 0:
-                        break
-                else:
-                    blocked = 0
-                    while i < len(batch):
-                        i = w.put_many(batch, i)
-                        if i == len(batch):
-                            break
-                        blocked = w.put(batch[i])  # a pad, or no room
-                        if blocked < 0:
-                            break
+            if kind_eof and w.mark_end() < 0:
+                await self._wait_for_room(0)
+                if w.mark_end() < 0:  # it fits now: only our own wait ran meanwhile
+                    raise w.corrupt("no room for an end of stream after waiting for it")
+            i, n = 0, len(batch)
+            while i < n:
+                i = w.put_many(batch, i)
+                if i < n:
+                    if w.put(batch[i]) >= 0:  # a pad first, or no room
                         i += 1
-                    if blocked >= 0:
-                        break
-                # Room is held back by a block subscriber: publish what is written,
-                # then wait for it.
-                w.commit()
-                w.fence()  # the commit before the waiting bytes, as the unlock does
-                self._ring_sleepers()
-                await self._wait_for_room(-1 - blocked, len(batch[i]) if not kind_eof else 0)
+                        continue
+                    # Room is held back by a block subscriber: publish what is
+                    # written, then wait for it.
+                    w.commit()
+                    w.fence()  # the commit before the waiting bytes, as the unlock does
+                    self._ring_sleepers()
+                    await self._wait_for_room(len(batch[i]))
             w.commit()
         finally:
             self._unlock()
         if not self._closed:
             self._ring_sleepers()
 
-    async def _wait_for_room(self, slot: int, length: int) -> None:
-        """With the mutex held: sleep until the block subscriber in ``slot`` (or any)
-        makes room for a ``length``-byte record, or is found dead and reaped."""
+    async def _wait_for_room(self, length: int) -> None:
+        """With the mutex held: sleep until the ``block`` subscribers make room for a
+        ``length``-byte record, freeing the slot of one found dead meanwhile."""
         w = self._w
         file = self._file
+
+        def attempt() -> bool | Again:
+            self._check_open()
+            return True if w.blocker(length) < 0 else AGAIN
+
+        async def wait() -> None:
+            with anyio.move_on_after(SLOT_CHECK_INTERVAL):
+                try:
+                    await self._space_waiter.readable()
+                except ClosedResourceError:
+                    self._check_open()  # the error that names this publisher
+                    raise
+            _drain(file.space)
+            self._check_open()
+            # Every SLOT_CHECK_INTERVAL at least: is the one holding us back alive?
+            blocker = w.blocker(length)
+            if blocker >= 0 and not file.slot_alive(blocker) and file.reap(w, blocker):
+                w.forget_floor()
+            w.fence()  # the wake-up protocol: flag set, fence, look again
+
+        # The flag stays set for the whole wait: only the mutex's holder sets it.
         w.set_publisher_waiting(True)
         try:
-            while True:
-                # The wake-up protocol: say we may sleep, fence, look again.
-                w.fence()
-                blocker = w.blocker(length)
-                if blocker < 0:
-                    return
-                with anyio.move_on_after(SLOT_CHECK_INTERVAL):
-                    try:
-                        await self._space_waiter.readable()
-                    except ClosedResourceError:
-                        self._check_open()  # the error that names this publisher
-                        raise
-                _drain(file.space)
-                self._check_open()
-                blocker = w.blocker(length)
-                if blocker >= 0 and not file.slot_alive(blocker) and file.reap(w, blocker):
-                    w.forget_floor()
+            w.fence()
+            await wait_until(attempt, wait, self._pacer, paced=False)
         finally:
             w.set_publisher_waiting(False)
 
@@ -951,11 +949,12 @@ class Publisher(ObjectSendStream[bytes]):
             try:
                 w.load()
                 head, seq = w.head, w.seq
-                while True:
-                    off = w.claim(size)
-                    if off >= 0:
-                        break
-                    await self._wait_for_room(-1 - off, size)
+                off = w.claim(size)
+                if off < 0:
+                    await self._wait_for_room(size)
+                    off = w.claim(size)  # it fits now: only our own wait ran meanwhile
+                    if off < 0:
+                        raise w.corrupt(f"no room for {size} bytes after waiting for it")
                 mm = file.mm
                 assert mm is not None
                 start = w.data_off + off
