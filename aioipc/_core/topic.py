@@ -387,12 +387,13 @@ class LogWriter(_View):
     """A publisher's side: claims room, writes records, commits. Every method but
     :meth:`sleepers` is called with the topic's mutex held."""
 
-    __slots__ = ("_epoch", "_floor", "_floor_slot", "_gen", "head", "seq", "tail")
+    __slots__ = ("_end_at", "_epoch", "_floor", "_floor_slot", "_gen", "head", "seq", "tail")
 
     def __init__(self, buf: mmap.mmap, capacity: int, max_subs: int, what: str) -> None:
         super().__init__(buf, capacity, max_subs, what)
         self.head = self.seq = self.tail = 0
         self._gen = -1  # the commit counter as our last load or commit left it
+        self._end_at = 0  # 1 + position of an end-of-stream record not committed yet
         self._epoch = -1
         self._floor = 0
         self._floor_slot = -1
@@ -406,6 +407,7 @@ class LogWriter(_View):
             ProtocolError: the header's positions are impossible.
         """
         hq = self.hq
+        self._end_at = 0
         g = hq[Q_GEN]
         if g == self._gen:
             # Nobody committed since we did: head and seq are ours. The tail is not: a
@@ -599,7 +601,7 @@ class LogWriter(_View):
         """Claim an end-of-stream record and note it; ``-1 - slot`` as :meth:`claim`."""
         off = self.claim(0, KIND_EOF)
         if off >= 0:
-            self.hq[Q_EOF] = self.head - RECORD_HEADER + 1
+            self._end_at = self.head - RECORD_HEADER + 1
         return off
 
     def commit(self) -> None:
@@ -613,6 +615,12 @@ class LogWriter(_View):
         hq[base + 1] = self.seq
         hq[Q_GEN] = self._gen = g
         hq[Q_HEAD] = self.head
+        if self._end_at:
+            # After the commit, never before: a publisher killed in between leaves an
+            # end nobody is told of when lagging past it, rather than one that was
+            # never published.
+            hq[Q_EOF] = self._end_at
+            self._end_at = 0
 
     def register(self, slot: int, policy: int, oldest: bool, pid: int) -> bool:
         """Fill in slot ``slot`` for a new subscriber (its lock held, the mutex held),
