@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_queues.py
 	$(BIN)/python benchmarks/bench_shm.py
+	$(BIN)/python benchmarks/bench_pubsub.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* build dist site *.egg-info

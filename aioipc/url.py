@@ -315,6 +315,7 @@ class ShmDuplexAddress(Address):
     accept_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
 
+@dataclass(frozen=True)
 class PubSubAddress(Address):
     """``pubsub://``. ``None``: not given (the defaults, and nothing checked against an
     existing topic)."""

@@ -40,7 +40,7 @@ def test_all_lists_every_public_name_and_each_imports() -> None:
     public = names([n for n in dir(aioipc) if not n.startswith("_")]) - {"annotations"}
     assert names(aioipc.__all__) == public
     modules = set(aioipc.__all__) - public
-    assert modules == {"codecs", "fifo", "pipes", "posix", "shm", "sysv", "unix"}
+    assert modules == {"codecs", "fifo", "pipes", "posix", "pubsub", "shm", "sysv", "unix"}
 
 
 def test_error_family_inherits_builtins() -> None:

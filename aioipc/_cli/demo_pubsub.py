@@ -33,8 +33,7 @@ _MIN_CAPACITY = 1 << 20
 def capacity_for(size: int) -> int:
     """A capacity whose largest message is at least ``size`` bytes (and at least 1 MiB:
     room for a few hundred messages of the default size before the parent waits)."""
-    need = 2 * _topic.record_size(size)
-    return max(_MIN_CAPACITY, (need + 7) & ~7)
+    return max(_MIN_CAPACITY, _topic.capacity_for(size))
 
 
 async def pubsub_exchange(

@@ -66,6 +66,7 @@ from .wait import (
     backoff_delays,
     busy_error,
     poll_until,
+    running_asyncio_loop,
     wait_until,
 )
 
@@ -213,27 +214,40 @@ def _ring_bell(fd: int) -> None:
         os.write(fd, b"\x01")
 
 
-# A publisher rings a sleeping subscriber's doorbell at every commit until it wakes; a
-# subscriber that died asleep never does. Every this many rings of one slot, ask the
-# kernel whether its subscriber lives (one fcntl), and free the slot if not.
+# A subscriber that died asleep leaves its waiting byte set for ever. Every this many
+# times a publisher finds one slot asleep, it asks the kernel whether its subscriber
+# lives (one fcntl), and frees the slot if not.
 _CHECK_EVERY = 64
 
 
 class _Bells:
-    """The subscribers' doorbells one handle rings: the fds it opened, and how many
-    times it rang each slot since it last checked that slot's subscriber is alive."""
+    """The subscribers' doorbells one handle rings: the fds it opened, the sleep of each
+    slot it rang last (a subscriber is rung once a sleep, however many commits come
+    while it wakes up), and how often it found each slot asleep since it last checked
+    that its subscriber is alive."""
 
-    __slots__ = ("_fds", "_file", "_rings")
+    __slots__ = ("_fds", "_file", "_rung", "_seen")
 
     def __init__(self, file: _File) -> None:
         self._file = file
         self._fds: dict[int, int] = {}
-        self._rings: dict[int, int] = {}
+        self._rung: dict[int, int] = {}
+        self._seen: dict[int, int] = {}
 
     def ring(self, view: _log._View, slots: list[int]) -> None:
         """Ring ``slots`` (after a commit and a full fence: the sleepers then)."""
         file = self._file
         for i in slots:
+            n = self._seen.get(i, 0) + 1
+            if n >= _CHECK_EVERY:
+                n = 0
+                if not file.slot_alive(i) and file.reap(view, i):
+                    self._seen[i] = 0
+                    continue
+            self._seen[i] = n
+            sleep = view.sleep_id(i)
+            if self._rung.get(i) == sleep:
+                continue  # rung already for this sleep: it is waking up
             fd = self._fds.get(i)
             if fd is None:
                 try:
@@ -243,12 +257,7 @@ class _Bells:
                     continue
                 self._fds[i] = fd
             _ring_bell(fd)
-            n = self._rings.get(i, 0) + 1
-            if n >= _CHECK_EVERY:
-                n = 0
-                if not file.slot_alive(i):
-                    file.reap(view, i)
-            self._rings[i] = n
+            self._rung[i] = sleep
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -526,9 +535,8 @@ class Topic:
         Raises: as :meth:`create` and :meth:`open`. Waits (at most about a second,
         blocking) only while another process is in the middle of creating it.
         """
-        delays = backoff_delays(0.0005, 0.05)
         waited = 0.0
-        while True:
+        for delay in backoff_delays(0.0005, 0.05):
             try:
                 return cls.create(
                     name,
@@ -545,9 +553,9 @@ class Topic:
             except IPCNotFoundError:
                 if waited > 1.0:
                     raise
-            delay = next(delays)
             waited += delay
             time.sleep(delay)
+        raise AssertionError("backoff_delays never ends")
 
     # -- what it is -----------------------------------------------------------------------
 
@@ -600,7 +608,7 @@ class Topic:
         """``(messages published, head, tail)`` as the header says now."""
         self._check_open()
         head, seq = self._view.counters()
-        return seq, head, int(self._view.hq[_log.Q_TAIL])
+        return seq, head, self._view.retained_from()
 
     # -- making ends ----------------------------------------------------------------------
 
@@ -676,6 +684,11 @@ class Publisher(ObjectSendStream[bytes]):
         self._w = LogWriter(file.mm, file.capacity, file.max_subs, file.what)
         self._max_msg = _log.max_message_size(file.capacity)
         self._bells = _Bells(file)
+        assert file.mutex is not None
+        self._ring_pending = False
+        self._holding = False
+        self._try_lock = file.mutex.try_lock
+        self._unlock_mutex = file.mutex.unlock
         self._space_waiter = FdWaiter(file.space)
         self._busy = Busy(
             "publishing to", f"{self._what}: another task is publishing on this publisher"
@@ -715,12 +728,42 @@ class Publisher(ObjectSendStream[bytes]):
 
     def _ring_sleepers(self) -> None:
         """After a commit and a full fence (the unlock is one): wake the subscribers
-        that said they may sleep."""
-        self._bells.ring(self._w, self._w.sleepers())
+        that said they may sleep.
+
+        Under asyncio (and uvloop) the doorbells are rung at the event loop's next turn,
+        not at once: a burst of sends within one turn (a send loop checkpoints every
+        16th send) then rings each sleeper once, and a subscriber wakes to a batch
+        instead of once a message. Measured with one publisher and four subscriber
+        processes on two cores: sleeping and waking once a message held fan-out to
+        about 31,000 messages/s per subscriber. Nothing is lost by waiting: a
+        subscriber still flagged then is rung then; one that flags itself later sees
+        the commit when it looks again (the wake-up protocol). With no loop (a thread),
+        or under trio, they are rung at once.
+        """
+        if self._ring_pending or not self._w.any_sleeper():
+            return
+        loop = running_asyncio_loop()
+        if loop is None:
+            self._flush_rings()
+            return
+        self._ring_pending = True
+        loop.call_soon(self._flush_rings)
+
+    def _flush_rings(self) -> None:
+        self._ring_pending = False
+        if not self._closed:
+            self._bells.ring(self._w, self._w.sleepers())
+
+    async def _lock(self) -> None:
+        """Take the publish mutex (see _File.lock); ``_holding`` says we have it."""
+        await self._file.lock(self._check_open)
+        self._holding = True
 
     def _unlock(self) -> None:
-        assert self._file.mutex is not None
-        self._file.mutex.unlock()
+        self._unlock_mutex()
+        self._holding = False
+        if self._closed:
+            self._teardown()  # close() came while we held it, and left this to us
 
     def send_nowait(self, item: bytes) -> None:
         """Publish ``item`` if it fits now without waiting for anyone.
@@ -767,13 +810,30 @@ class Publisher(ObjectSendStream[bytes]):
 
         Cancellation: a cancelled send published nothing.
         """
+        # The common case inline (a free mutex, room, no other task here): measured,
+        # going through _publish cost 5.64 us a 64-byte send, this 2.6 us (in-process
+        # loop of 100,000 sends).
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was published
+        data = item if type(item) is bytes else message_bytes(item)
+        if not self._busy.held and not self._closed and len(data) <= self._max_msg:
+            w = self._w
+            if self._try_lock():
+                try:
+                    w.load()
+                    off = w.put(data)
+                    if off >= 0:
+                        w.commit()
+                finally:
+                    self._unlock()
+                if off >= 0:
+                    if not self._ring_pending and w.any_sleeper():
+                        self._ring_sleepers()
+                    return
         self._check_open()
-        data = message_bytes(item)
         if len(data) > self._max_msg:
             raise self._too_large(len(data))
         with self._busy:
-            if self._pacer.due():
-                await checkpoint()
             await self._publish([data], 0)
 
     async def send_many(self, items: Iterable[bytes]) -> None:
@@ -789,10 +849,10 @@ class Publisher(ObjectSendStream[bytes]):
         propagates; how many went is not reported, so use send() when that matters.
         """
         self._check_open()
-        batch = [message_bytes(item) for item in items]
-        for data in batch:
-            if len(data) > self._max_msg:
-                raise self._too_large(len(data))
+        batch = [d if type(d) is bytes else message_bytes(d) for d in items]
+        largest = max(map(len, batch), default=0)
+        if largest > self._max_msg:
+            raise self._too_large(largest)
         if not batch:
             await checkpoint()
             return
@@ -803,61 +863,67 @@ class Publisher(ObjectSendStream[bytes]):
 
     async def _publish(self, batch: list[bytes], kind_eof: int) -> None:
         """Hold the mutex, write ``batch`` (or an end-of-stream record), commit."""
-        file = self._file
-        await file.lock(self._check_open)
+        await self._lock()
         w = self._w
-        i = 0
         try:
             if w.load():
                 w.fence()
                 self._ring_sleepers()  # those a dead publisher's commit never woke
-            while True:
-                if kind_eof:
-                    blocked = w.mark_end()
-                    if blocked >= 0:
-                        break
-                else:
-                    while i < len(batch):
-                        blocked = w.put(batch[i])
-                        if blocked < 0:
-                            break
+            if kind_eof and w.mark_end() < 0:
+                await self._wait_for_room(0)
+                if w.mark_end() < 0:  # it fits now: only our own wait ran meanwhile
+                    raise w.corrupt("no room for an end of stream after waiting for it")
+            i, n = 0, len(batch)
+            while i < n:
+                i = w.put_many(batch, i)
+                if i < n:
+                    if w.put(batch[i]) >= 0:  # a pad first, or no room
                         i += 1
-                    else:
-                        break
-                # Room is held back by a block subscriber: publish what is written,
-                # then wait for it.
-                w.commit()
-                w.fence()  # the commit before the waiting bytes, as the unlock does
-                self._ring_sleepers()
-                await self._wait_for_room(-1 - blocked, len(batch[i]) if not kind_eof else 0)
+                        continue
+                    # Room is held back by a block subscriber: publish what is
+                    # written, then wait for it.
+                    w.commit()
+                    w.fence()  # the commit before the waiting bytes, as the unlock does
+                    self._ring_sleepers()
+                    await self._wait_for_room(len(batch[i]))
             w.commit()
         finally:
             self._unlock()
-        self._ring_sleepers()
+        if not self._closed:
+            self._ring_sleepers()
 
-    async def _wait_for_room(self, slot: int, length: int) -> None:
-        """With the mutex held: sleep until the block subscriber in ``slot`` (or any)
-        makes room for a ``length``-byte record, or is found dead and reaped."""
+    async def _wait_for_room(self, length: int) -> None:
+        """With the mutex held: sleep until the ``block`` subscribers make room for a
+        ``length``-byte record, freeing the slot of one found dead meanwhile."""
         w = self._w
-        hi = w.hi
         file = self._file
-        hi[_log.I_PWAITING] = 1
-        try:
-            while True:
-                # The wake-up protocol: say we may sleep, fence, look again.
-                w.fence()
-                blocker = w.blocker(length)
-                if blocker < 0:
-                    return
-                with anyio.move_on_after(SLOT_CHECK_INTERVAL):
+
+        def attempt() -> bool | Again:
+            self._check_open()
+            return True if w.blocker(length) < 0 else AGAIN
+
+        async def wait() -> None:
+            with anyio.move_on_after(SLOT_CHECK_INTERVAL):
+                try:
                     await self._space_waiter.readable()
-                _drain(file.space)
-                self._check_open()
-                blocker = w.blocker(length)
-                if blocker >= 0 and not file.slot_alive(blocker) and file.reap(w, blocker):
-                    w.forget_floor()
+                except ClosedResourceError:
+                    self._check_open()  # the error that names this publisher
+                    raise
+            _drain(file.space)
+            self._check_open()
+            # Every SLOT_CHECK_INTERVAL at least: is the one holding us back alive?
+            blocker = w.blocker(length)
+            if blocker >= 0 and not file.slot_alive(blocker) and file.reap(w, blocker):
+                w.forget_floor()
+            w.fence()  # the wake-up protocol: flag set, fence, look again
+
+        # The flag stays set for the whole wait: only the mutex's holder sets it.
+        w.set_publisher_waiting(True)
+        try:
+            w.fence()
+            await wait_until(attempt, wait, self._pacer, paced=False)
         finally:
-            hi[_log.I_PWAITING] = 0
+            w.set_publisher_waiting(False)
 
     @asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[memoryview]:
@@ -878,16 +944,17 @@ class Publisher(ObjectSendStream[bytes]):
         file = self._file
         w = self._w
         with self._busy:
-            await file.lock(self._check_open)
+            await self._lock()
             committed = False
             try:
                 w.load()
                 head, seq = w.head, w.seq
-                while True:
-                    off = w.claim(size)
-                    if off >= 0:
-                        break
-                    await self._wait_for_room(-1 - off, size)
+                off = w.claim(size)
+                if off < 0:
+                    await self._wait_for_room(size)
+                    off = w.claim(size)  # it fits now: only our own wait ran meanwhile
+                    if off < 0:
+                        raise w.corrupt(f"no room for {size} bytes after waiting for it")
                 mm = file.mm
                 assert mm is not None
                 start = w.data_off + off
@@ -901,7 +968,7 @@ class Publisher(ObjectSendStream[bytes]):
                 committed = True
             finally:
                 self._unlock()
-            if committed:
+            if committed and not self._closed:
                 self._ring_sleepers()
 
     async def send_eof(self) -> None:
@@ -933,8 +1000,20 @@ class Publisher(ObjectSendStream[bytes]):
     def close(self) -> None:
         if self._closed:
             return
+        if self._ring_pending:
+            self._flush_rings()  # before the doorbells close
         self._closed = True
-        self._space_waiter.close()
+        self._space_waiter.close()  # a task waiting for room gets ClosedResourceError
+        if not self._holding:
+            self._teardown()
+        # Else a task of ours holds the publish mutex (waiting for room, or in a reserve
+        # block): unmapping it now would leave a locked robust mutex on this thread's
+        # robust list pointing at nothing (the C library then crashes). That task
+        # unlocks as it leaves, and tears down then (_unlock).
+
+    def _teardown(self) -> None:
+        if self._file.fd < 0:
+            return
         self._bells.close()
         self._file.close(self._w.views())
 
@@ -1001,7 +1080,7 @@ class Subscriber(ObjectReceiveStream[bytes]):
                 # free it first, so that they move on while we wait for the mutex.
                 view.free_slot(slot)
                 view.fence()
-                if view.hi[_log.I_PWAITING]:
+                if view.publisher_waiting():
                     _ring_bell(file.space)
             finally:
                 view.release()
@@ -1064,7 +1143,11 @@ class Subscriber(ObjectReceiveStream[bytes]):
         if self._ended:
             raise EndOfStream
 
-    def _fell_behind(self, o: Overrun) -> LaggedError | BrokenResourceError:
+    def _fell_behind(self, o: Overrun) -> LaggedError | BrokenResourceError | EndOfStream:
+        if o.missed == 0:
+            # Only an end of stream was dropped (and pads): no message was missed.
+            self._ended = True
+            return EndOfStream()
         if self._policy == _log.DROP_OLDEST:
             if o.ended:
                 self._ended = True
@@ -1104,10 +1187,15 @@ class Subscriber(ObjectReceiveStream[bytes]):
             r.fence()
             if r.has_data():
                 return
-            await self._waiter.readable()
+            try:
+                await self._waiter.readable()
+            except ClosedResourceError:
+                self._check_open()  # the error that names this subscriber
+                raise
             _drain(self._bell)
         finally:
-            r.set_waiting(False)
+            if not self._closed:  # close() released the views (nobody waits now)
+                r.set_waiting(False)
 
     def receive_nowait(self) -> bytes:
         """The next message if one is there.
@@ -1139,8 +1227,21 @@ class Subscriber(ObjectReceiveStream[bytes]):
 
         Cancellation: a cancelled receive consumed nothing.
         """
+        # The common case inline (a message there, nobody else receiving): measured,
+        # the guard and wait_until cost 2.79 us a 64-byte receive, this 1.5 us.
+        if self._pacer.due():
+            await checkpoint()  # first: cancelled here, nothing was taken
+        if not (self._busy.held or self._closed or self._ended or self._broken):
+            try:
+                msg = self._r.take()
+            except Overrun as o:
+                raise self._fell_behind(o) from None
+            if type(msg) is bytes:
+                return msg
+            if msg is END:
+                self._ended = True
         with self._busy:
-            return await wait_until(self._attempt, self._wait, self._pacer)
+            return await wait_until(self._attempt, self._wait, self._pacer, paced=False)
 
     async def receive_many(self, max_count: int = 1024) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` that are there,
@@ -1202,6 +1303,8 @@ class Subscriber(ObjectReceiveStream[bytes]):
                 view.release()
                 if not self._closed:
                     self._r.release_view()
+                elif self._bell >= 0:
+                    self._teardown()  # close() came inside the block and left it to us
 
     def _release_slot(self) -> None:
         file = self._file
@@ -1210,7 +1313,7 @@ class Subscriber(ObjectReceiveStream[bytes]):
         r = self._r
         r.free_slot(self._slot)
         r.fence()
-        if r.hi[_log.I_PWAITING]:
+        if r.publisher_waiting():
             _ring_bell(file.space)
         unlock(file.fd, _LOCK_SLOT0 + self._slot)
 
@@ -1224,10 +1327,17 @@ class Subscriber(ObjectReceiveStream[bytes]):
         if self._closed:
             return
         self._closed = True
-        self._waiter.close()
+        self._waiter.close()  # a task waiting in receive gets ClosedResourceError
+        if not self._view_open:
+            self._teardown()
+        # Else a receive_view block holds a view into the mapping (and publishers must
+        # not write over it): it leaves the slot and tears down as it exits.
+
+    def _teardown(self) -> None:
         if self._broken is None:
             self._release_slot()
         os.close(self._bell)
+        self._bell = -1
         self._file.close(self._r.views())
 
     def __del__(self) -> None:

@@ -39,6 +39,8 @@ a dead one, holding the slot's lock)::
     8    cursor     u64      the position of the next record it reads
     16   seq        u64      the number of the next message it expects
     24   pid        u32      for ``aioipc ls`` only (liveness is the slot's lock)
+    28   sleeps     u32      bumped before each time it sets its waiting byte, so that a
+                             publisher rings each sleep once (:meth:`_View.sleep_id`)
 
 A record starts at a multiple of 16: a u64 word ``length | kind << 32``, a u64 message
 number, then ``length`` bytes padded to 16. (16, not 8: then the room left before the end
@@ -97,7 +99,7 @@ Q_GEN, Q_PAIR, Q_EPOCH = 16, 17, 21
 I_VERSION, I_FLAGS, I_MAX_SUBS, I_PWAITING = 2, 3, 8, 48
 
 # slot fields: u32 index (from the slot's u32 base), u64 index (from its u64 base)
-S_STATE, S_POLICY, S_PID = 0, 1, 6
+S_STATE, S_POLICY, S_PID, S_SLEEPS = 0, 1, 6, 7
 S_CURSOR, S_SEQ = 1, 2
 FREE, ACTIVE = 0, 1
 BLOCK, DROP_OLDEST, DISCONNECT = 1, 2, 3
@@ -148,6 +150,11 @@ def region_size(capacity: int, max_subscribers: int) -> int:
 
 def max_message_size(capacity: int) -> int:
     return capacity // 2 - RECORD_HEADER
+
+
+def capacity_for(size: int) -> int:
+    """The smallest capacity whose largest message is at least ``size`` bytes."""
+    return max(MIN_CAPACITY, 2 * (size + RECORD_HEADER + 15) & ~15)
 
 
 def record_size(length: int) -> int:
@@ -317,9 +324,34 @@ class _View:
         if was_block:
             self.hq[Q_EPOCH] = (self.hq[Q_EPOCH] + 1) & _U64
 
+    def sleep_id(self, i: int) -> int:
+        """Which sleep of slot ``i``'s subscriber its waiting byte stands for. Read after
+        the byte: the subscriber stores this first, and loads are not reordered."""
+        sleeps: int = self.si[i * SLOT_SIZE // 4 + S_SLEEPS]
+        return sleeps
+
+    def retained_from(self) -> int:
+        """The oldest retained position, as the header says now (for listings)."""
+        tail: int = self.hq[Q_TAIL]
+        return tail
+
+    def publisher_waiting(self) -> bool:
+        """Whether the mutex's holder may sleep on the space doorbell."""
+        return bool(self.hi[I_PWAITING])
+
+    def set_publisher_waiting(self, on: bool) -> None:
+        """Only the mutex's holder calls this."""
+        self.hi[I_PWAITING] = 1 if on else 0
+
+    def any_sleeper(self) -> bool:
+        """Whether any waiting byte is set (after a fence that follows the commit)."""
+        return any(self.wq)
+
     def sleepers(self) -> list[int]:
         """Slots whose waiting byte is set. Call after a fence that follows the commit."""
         out: list[int] = []
+        if not any(self.wq):  # the common case, one C loop over a few words
+            return out
         wb = self.wb
         for w, word in enumerate(self.wq):
             if word:
@@ -356,11 +388,13 @@ class LogWriter(_View):
     """A publisher's side: claims room, writes records, commits. Every method but
     :meth:`sleepers` is called with the topic's mutex held."""
 
-    __slots__ = ("_epoch", "_floor", "_floor_slot", "head", "seq", "tail")
+    __slots__ = ("_end_at", "_epoch", "_floor", "_floor_slot", "_gen", "head", "seq", "tail")
 
     def __init__(self, buf: mmap.mmap, capacity: int, max_subs: int, what: str) -> None:
         super().__init__(buf, capacity, max_subs, what)
         self.head = self.seq = self.tail = 0
+        self._gen = -1  # the commit counter as our last load or commit left it
+        self._end_at = 0  # 1 + position of an end-of-stream record not committed yet
         self._epoch = -1
         self._floor = 0
         self._floor_slot = -1
@@ -374,7 +408,19 @@ class LogWriter(_View):
             ProtocolError: the header's positions are impossible.
         """
         hq = self.hq
+        self._end_at = 0
         g = hq[Q_GEN]
+        if g == self._gen:
+            # Nobody committed since we did: head and seq are ours. The tail is not: a
+            # publisher that died before its commit may have moved it.
+            tail = hq[Q_TAIL]
+            if tail != self.tail:
+                if tail % 16 or not self.tail < tail <= self.head:
+                    raise self.corrupt(f"tail {tail}, head {self.head}")
+                self.tail = tail
+            if self.hi[I_PWAITING]:
+                self.hi[I_PWAITING] = 0  # see below
+            return False
         base = Q_PAIR + 2 * (g & 1)
         head, seq = hq[base], hq[base + 1]
         tail = hq[Q_TAIL]
@@ -395,6 +441,7 @@ class LogWriter(_View):
             # every block subscriber would ring the space bell at every read.
             self.hi[I_PWAITING] = 0
         self.head, self.seq, self.tail = head, seq, tail
+        self._gen = g
         return finished
 
     def _walk(self, t: int, need: int) -> int:
@@ -510,11 +557,56 @@ class LogWriter(_View):
             self.buf[start : start + len(data)] = data
         return off
 
+    def put_many(self, batch: list[bytes], start: int) -> int:
+        """Copy ``batch[start:]`` while each fits with no pad and no wait; return the
+        index of the first message not written (the caller goes on with :meth:`put`,
+        which pads, or says who holds the room back). The tail moves once for the lot.
+
+        Measured: 0.55 us a 64-byte message in a batch of 256, where put() per message
+        took 2.8 us (it walked the tail and checked the floor for every record).
+
+        Raises:
+            ProtocolError: a record to drop is impossible.
+        """
+        cap = self.capacity
+        total = 0
+        for data in batch[start:]:
+            total += RECORD_HEADER + ((len(data) + 15) & ~15)
+            if total >= cap:
+                break
+        need = self.head + min(total, cap) - cap
+        if need > self.tail:
+            t = self._walk(self.tail, need)
+            if self._floor_below(t) >= 0:
+                t = self._floor  # a block subscriber's cursor: a record boundary
+            if t > self.tail:
+                self.hq[Q_TAIL] = self.tail = t
+        dq, buf = self.dq, self.buf
+        base = self.data_off + RECORD_HEADER
+        head, seq, tail = self.head, self.seq, self.tail
+        i = start
+        for data in batch[start:]:
+            size = len(data)
+            rec = RECORD_HEADER + ((size + 15) & ~15)
+            idx = head % cap
+            if idx + rec > cap or head + rec - tail > cap:
+                break
+            w = idx >> 3
+            dq[w] = size | _MESSAGE_WORD
+            dq[w + 1] = seq
+            s = base + idx
+            buf[s : s + size] = data
+            head += rec
+            seq += 1
+            i += 1
+        self.head, self.seq = head, seq
+        return i
+
     def mark_end(self) -> int:
         """Claim an end-of-stream record and note it; ``-1 - slot`` as :meth:`claim`."""
         off = self.claim(0, KIND_EOF)
         if off >= 0:
-            self.hq[Q_EOF] = self.head - RECORD_HEADER + 1
+            self._end_at = self.head - RECORD_HEADER + 1
         return off
 
     def commit(self) -> None:
@@ -526,8 +618,14 @@ class LogWriter(_View):
         base = Q_PAIR + 2 * (g & 1)
         hq[base] = self.head
         hq[base + 1] = self.seq
-        hq[Q_GEN] = g
+        hq[Q_GEN] = self._gen = g
         hq[Q_HEAD] = self.head
+        if self._end_at:
+            # After the commit, never before: a publisher killed in between leaves an
+            # end nobody is told of when lagging past it, rather than one that was
+            # never published.
+            hq[Q_EOF] = self._end_at
+            self._end_at = 0
 
     def register(self, slot: int, policy: int, oldest: bool, pid: int) -> bool:
         """Fill in slot ``slot`` for a new subscriber (its lock held, the mutex held),
@@ -598,7 +696,12 @@ class LogReader(_View):
         return self.hq[Q_HEAD] != self.cursor
 
     def set_waiting(self, on: bool) -> None:
-        self.wb[self.slot] = 1 if on else 0
+        if on:
+            ii = self.slot * SLOT_SIZE // 4 + S_SLEEPS
+            self.si[ii] = (self.si[ii] + 1) & 0xFFFFFFFF
+            self.wb[self.slot] = 1
+        else:
+            self.wb[self.slot] = 0
 
     def _publish(self) -> None:
         """Store the cursor; a ``block`` subscriber then fences and wakes a publisher
@@ -610,8 +713,17 @@ class LogReader(_View):
             if self.hi[I_PWAITING]:
                 self.wake_publisher()
 
-    def _overrun(self, c: int) -> Overrun:
-        """Move to the oldest retained record and say what was lost since ``c``.
+    def _fell_behind(self, c: int) -> bytes | Again | _End:
+        """The tail passed the cursor ``c``: raise what was lost, or, if that was only a
+        pad, read on from the tail."""
+        o = self._overrun(c)
+        if o is not None:
+            raise o
+        return self._take_slow(self.cursor)
+
+    def _overrun(self, c: int) -> Overrun | None:
+        """Move to the oldest retained record and say what was lost since ``c`` (None:
+        nothing, only a pad was dropped).
 
         Raises:
             ProtocolError: the tail or its message number are impossible.
@@ -633,6 +745,8 @@ class LogReader(_View):
             ended = eof > 0 and c <= eof - 1 < tail
             self.cursor, self.seq = tail, seq
             self._publish()
+            if missed == 0 and not ended:
+                return None  # only a pad went: nothing was missed
             return Overrun(missed, tail - c, ended)
         raise self.corrupt("the tail never settles")
 
@@ -659,7 +773,7 @@ class LogReader(_View):
                 msg = self.buf[start : start + length]
                 seq = self.dq[i + 1]
                 if hq[Q_TAIL] > c:
-                    raise self._overrun(c)
+                    return self._fell_behind(c)
                 if seq != self.seq:
                     raise self.corrupt(f"message number {seq} at {c}, expected {self.seq}")
                 self.cursor = c + size
@@ -681,7 +795,11 @@ class LogReader(_View):
         cap = self.capacity
         while True:
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             head = hq[Q_HEAD]
             used = head - c
             if used == 0:
@@ -703,7 +821,11 @@ class LogReader(_View):
             if not bad and seq != self.seq:
                 bad = True
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             if bad:
                 raise self.corrupt(f"record kind {kind}, length {length}, number {seq} at {c}")
             if kind == KIND_PAD:
@@ -716,7 +838,11 @@ class LogReader(_View):
             start = self.data_off + RECORD_HEADER + idx
             msg = self.buf[start : start + length]
             if hq[Q_TAIL] > c:
-                raise self._overrun(c)
+                o = self._overrun(c)
+                if o is not None:
+                    raise o
+                c = self.cursor
+                continue
             self.cursor = c + size
             self.seq += 1
             self._publish()
@@ -737,36 +863,47 @@ class LogReader(_View):
         assert isinstance(first, bytes)
         out.append(first)
         c0, seq0 = self.cursor, self.seq
-        c, seq = c0, seq0
         cap, dq, buf, hq = self.capacity, self.dq, self.buf, self.hq
         head = hq[Q_HEAD]
+        if not 0 < head - c0 <= cap:
+            return None  # nothing more, or something the next take() explains
+        # The rest of the batch, up to ``head`` or the end of the data area (a pad, or
+        # the wrap: the next call goes on from there). Measured: this loop, with the
+        # bounds checked per record and the message number once, at the last record,
+        # takes 0.45 us a 64-byte message where the per-record take() took 0.7.
+        end_idx = c0 % cap + (head - c0)
+        if end_idx > cap:
+            end_idx = cap
+        idx = c0 % cap
         base = self.data_off + RECORD_HEADER
         batch: list[bytes] = []
         append = batch.append
+        last = -1
         for _ in range(max_count - 1):
-            used = head - c
-            if not 0 < used <= cap:
+            if idx >= end_idx:
                 break
-            idx = c % cap
             i = idx >> 3
             word = dq[i]
             length = word & _LOW32
             size = RECORD_HEADER + ((length + 15) & ~15)
-            if word >> 32 != KIND_MESSAGE or size > used or idx + size > cap or dq[i + 1] != seq:
+            if word >> 32 != KIND_MESSAGE or idx + size > end_idx:
                 break
             start = base + idx
             append(buf[start : start + length])
-            c += size
-            seq += 1
+            last = i
+            idx += size
         if not batch:
             return None
-        if hq[Q_TAIL] > c0:
-            # Some of the batch may have been written over: drop it all; the first
-            # message was checked already, the rest is read again next time (those
-            # still retained) or counted as missed by the next take.
+        seq = seq0 + len(batch)
+        if dq[last + 1] != seq - 1 or hq[Q_TAIL] > c0:
+            # A record out of place (the next take() says what), or some of the batch
+            # may have been written over: drop it all. The first message was checked
+            # already; the rest is read again next time (those still retained) or
+            # counted as missed by the next take.
             return None
         out.extend(batch)
-        self.cursor, self.seq = c, seq
+        self.cursor = c0 + (idx - c0 % cap)
+        self.seq = seq
         self._publish()
         return None
 
