@@ -366,13 +366,6 @@ anyio.run(main, backend=backend)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Publisher.close() while its send waits for room unmaps the topic and "
-    "drops the Mutex with the publish mutex held: the send fails with ValueError/"
-    "AssertionError and never unlocks, other publishers wait forever, and the stale "
-    "entry on the thread's robust-mutex list segfaults the next lock in that thread",
-)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_closing_a_publisher_while_it_waits(topic_name: str, backend: str) -> None:
     """Run in a child: the bug crashes the process that meets it."""
@@ -525,12 +518,6 @@ async def test_disconnect_cuts_off_and_frees_the_slot(topic_name: str) -> None:
             await end.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a subscriber whose cursor sits on a pad that the tail passes (but not "
-    "the message after it) gets LaggedError(missed=0), or is cut off (disconnect), "
-    "though it lost nothing",
-)
 @pytest.mark.parametrize("policy", ["drop_oldest", "disconnect"])
 @on_both_backends
 async def test_passing_only_a_pad_is_not_falling_behind(topic_name: str, policy: str) -> None:
