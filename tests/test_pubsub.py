@@ -17,6 +17,7 @@ import pytest
 from anyio import (
     BrokenResourceError,
     BusyResourceError,
+    ClosedResourceError,
     EndOfStream,
     WouldBlock,
 )
@@ -708,3 +709,87 @@ def test_an_idle_subscriber_costs_no_cpu(topic_name: str, backend: str) -> None:
         assert used < 0.05, f"an idle subscriber used {used:.3f} s of CPU in 1 s"
 
     anyio.run(main)
+
+
+def test_a_publisher_whose_loop_closed_before_it_rang_still_rings(topic_name: str) -> None:
+    """Rings wait for the event loop's next turn; a loop closed before that turn must
+    not leave the publisher thinking a ring is pending for ever (it never rang again)."""
+    import asyncio
+    import threading
+
+    with pubsub.Topic.create(topic_name, 4096, max_subscribers=1, unlink_on_close=True) as topic:
+        got: list[bytes] = []
+        ready, done = threading.Event(), threading.Event()
+
+        async def subscriber() -> None:
+            async with await topic.subscribe() as sub:
+                ready.set()
+                while len(got) < 2:
+                    got.append(await sub.receive())
+            done.set()
+
+        thread = threading.Thread(target=anyio.run, args=(subscriber,), daemon=True)
+        thread.start()
+        assert ready.wait(LIMIT)
+        pub = topic.publisher()
+
+        async def send_then_stop() -> None:
+            await pub.send(b"first")
+            asyncio.get_running_loop().stop()  # before the loop's next turn
+
+        loop = asyncio.new_event_loop()
+        with contextlib.suppress(RuntimeError):
+            loop.run_until_complete(send_then_stop())
+        loop.close()
+
+        async def send_again() -> None:
+            await pub.send(b"second")
+
+        for _ in range(int(LIMIT / 0.05)):  # the subscriber may be asleep or not yet
+            asyncio.run(send_again())
+            if done.wait(0.05):
+                break
+        assert done.is_set()
+        assert got == [b"first", b"second"]
+        pub.close()
+        thread.join(LIMIT)
+
+
+@on_both_backends
+async def test_closing_a_publisher_during_send_many_is_a_closed_error(topic_name: str) -> None:
+    """A close() while send_many checkpoints before taking the mutex: ClosedResourceError
+    naming the publisher (it was an AssertionError)."""
+    with pubsub.Topic.create(topic_name, 4096, max_subscribers=1, unlink_on_close=True) as topic:
+        pub = topic.publisher()
+        batch = [b"x" * 8] * 4
+
+        async def race() -> None:
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):  # the pacer checkpoints one call in 16
+                    tg.start_soon(pub.aclose)
+                    await pub.send_many(batch)
+
+        with pytest.raises(ExceptionGroup) as caught:
+            await race()
+        assert caught.group_contains(ClosedResourceError, match="publisher is closed")
+
+
+@on_both_backends
+async def test_a_view_slice_kept_past_its_block(topic_name: str) -> None:
+    """A slice of a receive_view kept past the block (it pins the mapping): closing the
+    subscriber still frees its fds and its slot (it raised BufferError and kept them)."""
+    with pubsub.Topic.create(topic_name, 4096, max_subscribers=1, unlink_on_close=True) as topic:
+        sub = await topic.subscribe(policy="block")
+        pub = topic.publisher()
+        await pub.send(b"hello")
+        await pub.send(b"world")
+        kept = []
+        async with sub.receive_view() as view:
+            kept.append(view[1:])
+        assert await sub.receive() == b"world"
+        before = len(os.listdir("/proc/self/fd"))
+        await sub.aclose()
+        assert len(os.listdir("/proc/self/fd")) == before - 3  # log, its doorbell, space
+        assert topic.subscribers() == []
+        kept.clear()
+        await pub.aclose()

@@ -228,6 +228,68 @@ async def test_a_publisher_killed_holding_the_mutex(topic_name: str, stage: str)
             await end.aclose()
 
 
+FILL_AND_DIE_MID_COMMIT = """
+name = sys.argv[1]
+from aioipc._core import topic as T
+pub = pubsub.publisher(name)
+assert pub._file.mutex.try_lock()
+w = pub._w
+w.load()
+assert w.put(b"A" * 112) >= 0 and w.put(b"B" * 112) >= 0   # the 256-byte log is full
+head = w.hq[T.Q_HEAD]
+w.commit()
+w.hq[T.Q_HEAD] = head                                       # died before storing head
+say("holding")
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("call", ["send", "send_nowait", "reserve"])
+@on_both_backends
+async def test_every_publish_path_finishes_a_dead_publishers_commit(
+    topic_name: str, call: str
+) -> None:
+    """A publisher killed between its commit point and its head store never woke the
+    subscribers: whoever publishes next finishes the commit and wakes them, on every
+    path. (reserve waited for ever for the sleeping block subscriber, and send_nowait
+    said WouldBlock for ever, when only send did it.)"""
+    with pubsub.Topic.create(topic_name, 256, max_subscribers=2, unlink_on_close=True) as topic:
+        sub = await topic.subscribe(policy="block")
+        got: list[bytes] = []
+        three = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def reader() -> None:
+                while True:
+                    got.append((await sub.receive())[:1])
+                    if len(got) == 3:
+                        three.set()
+
+            tg.start_soon(reader)
+            async with spawn_child(FILL_AND_DIE_MID_COMMIT, topic_name) as peer:
+                await peer.expect("holding")
+                await peer.kill()
+            pub = topic.publisher()
+            with anyio.fail_after(LIMIT):
+                if call == "send":
+                    await pub.send(b"C" * 112)
+                elif call == "reserve":
+                    async with pub.reserve(112) as view:
+                        view[:] = b"C" * 112
+                else:
+                    while True:
+                        try:
+                            pub.send_nowait(b"C" * 112)
+                            break
+                        except WouldBlock:
+                            await anyio.sleep(0.01)  # polling is send_nowait's contract
+                await three.wait()
+            assert got == [b"A", b"B", b"C"]
+            tg.cancel_scope.cancel()
+        await pub.aclose()
+        await sub.aclose()
+
+
 TIGHT_PUBLISHER = """
 name, tag = sys.argv[1], int(sys.argv[2])
 
@@ -241,6 +303,44 @@ async def main():
 
 anyio.run(main)
 """
+
+
+SMALL_PUBLISHER = """
+async def main():
+    pub = pubsub.publisher(sys.argv[1])
+    say("go")
+    n = 0
+    while True:
+        await pub.send(numbered(1, n, 32 + n % 64))
+        n += 1
+
+anyio.run(main)
+"""
+
+
+@on_asyncio
+async def test_a_lagging_subscriber_racing_a_publisher_sees_only_lag(topic_name: str) -> None:
+    """A slow drop_oldest subscriber of a small topic that a publisher process fills as
+    fast as it can: between its reading the tail and the head another publish may
+    land. That is falling behind, never "corrupt topic" (a reviewer saw 79
+    ProtocolErrors in 8 s before the reader read both again)."""
+    with pubsub.Topic.create(topic_name, 4096, max_subscribers=1, unlink_on_close=True) as topic:
+        sub = await topic.subscribe(policy="drop_oldest")
+        lagged = received = 0
+        async with spawn_child(SMALL_PUBLISHER, topic_name) as peer:
+            await peer.expect("go")
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                try:
+                    check(await sub.receive())
+                    received += 1
+                except LaggedError:
+                    lagged += 1
+                time.sleep(0.0002)  # a slow subscriber: the loop is held, on purpose
+            await peer.kill()
+        assert lagged > 0
+        assert received > 0
+        await sub.aclose()
 
 
 @on_asyncio

@@ -18,6 +18,7 @@ Lock bytes of the log file (OFD locks: the kernel drops them when their holder d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import mmap
@@ -378,15 +379,21 @@ class _File:
         self.mutex = Mutex(self.mm, _log.MUTEX_OFF, self.what)
 
     def close(self, views: Iterable[memoryview] = ()) -> None:
+        """Release everything. A mapping that views made by the user still export
+        (a slice of a receive_view or reserve view kept past its block) is left to the
+        garbage collector, which unmaps it when the last one goes; the fds and the
+        locks go now all the same."""
         for v in views:
-            v.release()
+            with contextlib.suppress(BufferError):
+                v.release()
         if self.mm is not None:
             self.hq.release()
             self.hi.release()
             if self.mutex is not None:
                 self.mutex.release()
                 self.mutex = None
-            self.mm.close()
+            with contextlib.suppress(BufferError):
+                self.mm.close()
             self.mm = None
         if self.space >= 0:
             os.close(self.space)
@@ -496,7 +503,7 @@ class Topic:
         Raises:
             aioipc.IPCExistsError: a topic (or any /dev/shm entry) by that name exists.
             aioipc.IPCSystemError: /dev/shm has no room (ENOSPC), or no fd is free.
-            ValueError: a bad name, capacity (a multiple of 8, >= 256), slot count
+            ValueError: a bad name, capacity (a multiple of 16, >= 256), slot count
                 (1..1024) or mode.
         """
         file = _File(
@@ -686,6 +693,7 @@ class Publisher(ObjectSendStream[bytes]):
         self._bells = _Bells(file)
         assert file.mutex is not None
         self._ring_pending = False
+        self._ring_loop: asyncio.AbstractEventLoop | None = None
         self._holding = False
         self._try_lock = file.mutex.try_lock
         self._unlock_mutex = file.mutex.unlock
@@ -740,13 +748,19 @@ class Publisher(ObjectSendStream[bytes]):
         the commit when it looks again (the wake-up protocol). With no loop (a thread),
         or under trio, they are rung at once.
         """
-        if self._ring_pending or not self._w.any_sleeper():
+        if self._ring_pending:
+            pending_on = self._ring_loop
+            if pending_on is not None and not pending_on.is_closed():
+                return
+            self._ring_pending = False  # that loop closed before its next turn
+        if not self._w.any_sleeper():
             return
         loop = running_asyncio_loop()
         if loop is None:
             self._flush_rings()
             return
         self._ring_pending = True
+        self._ring_loop = loop
         loop.call_soon(self._flush_rings)
 
     def _flush_rings(self) -> None:
@@ -756,8 +770,18 @@ class Publisher(ObjectSendStream[bytes]):
 
     async def _lock(self) -> None:
         """Take the publish mutex (see _File.lock); ``_holding`` says we have it."""
+        self._check_open()  # a close() while the caller checkpointed
         await self._file.lock(self._check_open)
         self._holding = True
+
+    def _load(self) -> None:
+        """With the mutex held: read the committed state (LogWriter.load). If that
+        finished a commit a dead publisher left half done, ring the sleepers now: that
+        publisher never did, and what follows may wait for one of them."""
+        w = self._w
+        if w.load():
+            w.fence()
+            self._bells.ring(w, w.sleepers())
 
     def _unlock(self) -> None:
         self._unlock_mutex()
@@ -781,14 +805,20 @@ class Publisher(ObjectSendStream[bytes]):
         if len(data) > self._max_msg:
             raise self._too_large(len(data))
         with self._busy:
-            assert self._file.mutex is not None
-            if not self._file.mutex.try_lock():
+            if not self._try_lock():
                 raise WouldBlock
+            w = self._w
             try:
-                self._w.load()
-                if self._w.put(data) < 0:
+                self._load()
+                blocker = w.put(data)
+                if blocker < 0:
+                    # Is the one holding us back dead? (send() asks every 0.25 s while
+                    # it waits; a caller of send_nowait only asks again.)
+                    slot = -1 - blocker
+                    if not self._file.slot_alive(slot) and self._file.reap(w, slot):
+                        w.forget_floor()
                     raise WouldBlock
-                self._w.commit()
+                w.commit()
             finally:
                 self._unlock()
             self._ring_sleepers()
@@ -820,14 +850,14 @@ class Publisher(ObjectSendStream[bytes]):
             w = self._w
             if self._try_lock():
                 try:
-                    w.load()
+                    self._load()
                     off = w.put(data)
                     if off >= 0:
                         w.commit()
                 finally:
                     self._unlock()
                 if off >= 0:
-                    if not self._ring_pending and w.any_sleeper():
+                    if self._ring_pending or w.any_sleeper():
                         self._ring_sleepers()
                     return
         self._check_open()
@@ -866,9 +896,7 @@ class Publisher(ObjectSendStream[bytes]):
         await self._lock()
         w = self._w
         try:
-            if w.load():
-                w.fence()
-                self._ring_sleepers()  # those a dead publisher's commit never woke
+            self._load()
             if kind_eof and w.mark_end() < 0:
                 await self._wait_for_room(0)
                 if w.mark_end() < 0:  # it fits now: only our own wait ran meanwhile
@@ -930,9 +958,13 @@ class Publisher(ObjectSendStream[bytes]):
         """``async with publisher.reserve(n) as view:`` fill ``view`` (``n`` writable
         bytes in the log) and it is published when the block exits normally; an
         exception publishes nothing. Holds the publish mutex for the block: keep it
-        short, other publishers wait meanwhile.
+        short, other publishers wait meanwhile. Room for it is made when the block is
+        entered: a ``drop_oldest`` subscriber may have lost the oldest messages to it
+        even if the block then publishes nothing (its lag count stays exact).
 
-        Raises: as :meth:`send`.
+        Raises: as :meth:`send`; ClosedResourceError at exit if the publisher was
+        closed inside the block, and BufferError if views made from ``view`` outlived
+        the block (in both cases nothing is published).
 
         Cancellation: while waiting for room or the mutex, nothing was reserved.
         """
@@ -947,7 +979,7 @@ class Publisher(ObjectSendStream[bytes]):
             await self._lock()
             committed = False
             try:
-                w.load()
+                self._load()
                 head, seq = w.head, w.seq
                 off = w.claim(size)
                 if off < 0:
@@ -958,17 +990,33 @@ class Publisher(ObjectSendStream[bytes]):
                 mm = file.mm
                 assert mm is not None
                 start = w.data_off + off
-                with memoryview(mm) as whole, whole[start : start + size] as view:
+                whole = memoryview(mm)
+                view = whole[start : start + size]
+                try:
+                    yield view
+                except BaseException:
+                    w.head, w.seq = head, seq
+                    raise
+                finally:
                     try:
-                        yield view
-                    except BaseException:
-                        w.head, w.seq = head, seq
-                        raise
+                        view.release()
+                        whole.release()
+                        kept = False
+                    except BufferError:
+                        kept = True
+                if self._closed or kept:
+                    w.head, w.seq = head, seq
+                    if self._closed:
+                        self._check_open()
+                    raise BufferError(
+                        f"{self._what}: views made from a reserve() view outlived its "
+                        "block; nothing was published"
+                    )
                 w.commit()
                 committed = True
             finally:
                 self._unlock()
-            if committed and not self._closed:
+            if committed:
                 self._ring_sleepers()
 
     async def send_eof(self) -> None:
@@ -1288,7 +1336,10 @@ class Subscriber(ObjectReceiveStream[bytes]):
 
             def attempt() -> memoryview | Again:
                 self._check_open()
-                got = self._r.view()
+                try:
+                    got = self._r.view()
+                except Overrun as o:
+                    raise self._fell_behind(o) from None
                 if got is END:
                     self._ended = True
                     raise EndOfStream
@@ -1296,15 +1347,24 @@ class Subscriber(ObjectReceiveStream[bytes]):
 
             view = await wait_until(attempt, self._wait, self._pacer)
             self._view_open = True
+            released = True
             try:
                 yield view
             finally:
                 self._view_open = False
-                view.release()
+                try:
+                    view.release()
+                except BufferError:
+                    released = False
                 if not self._closed:
                     self._r.release_view()
                 elif self._bell >= 0:
                     self._teardown()  # close() came inside the block and left it to us
+            if not released:
+                raise BufferError(
+                    f"{self._what}: views made from a receive_view outlived its block; "
+                    "the message was consumed and publishers may now write over it"
+                )
 
     def _release_slot(self) -> None:
         file = self._file
@@ -1372,7 +1432,8 @@ async def subscribe(name: str, policy: Policy = "drop_oldest", start: Start = "n
             :meth:`Topic.open`.
         ValueError: a bad policy or start.
 
-    Cancellation: waits only for the publish mutex (a publisher in the middle of a
-    publish); cancelled, it subscribed nothing.
+    Cancellation: waits only for the publish mutex: a publisher in the middle of a
+    publish, or one that holds it while it waits for a slow ``block`` subscriber to
+    make room; cancelled, it subscribed nothing.
     """
     return await Subscriber._open(name, policy, start)

@@ -315,14 +315,17 @@ class _View:
         )
 
     def free_slot(self, i: int) -> None:
-        """Mark slot ``i`` free (its owner closing, or a reaper holding its lock); bumps
-        the epoch if it was a ``block`` subscriber, so publishers stop waiting for it."""
+        """Mark slot ``i`` free (its owner closing, or a reaper holding its lock).
+
+        No epoch bump: the epoch counts arrivals only, bumped under the mutex
+        (:meth:`LogWriter.register`). A departure needs none: a publisher whose cached
+        floor holds it back scans the slots again anyway (``_floor_below``), and a bump
+        here, made without the mutex, could undo an arrival's (a lost update) and hide
+        a new ``block`` subscriber from a publisher.
+        """
         ii = i * SLOT_SIZE // 4
-        was_block = self.si[ii + S_STATE] == ACTIVE and self.si[ii + S_POLICY] == BLOCK
         self.si[ii + S_STATE] = FREE
         self.wb[i] = 0
-        if was_block:
-            self.hq[Q_EPOCH] = (self.hq[Q_EPOCH] + 1) & _U64
 
     def sleep_id(self, i: int) -> int:
         """Which sleep of slot ``i``'s subscriber its waiting byte stands for. Read after
@@ -734,6 +737,8 @@ class LogReader(_View):
             head, head_seq = self.counters()
             # The tail only grows, and the caller saw it past ``c``.
             if tail % 16 or not 0 <= head - tail <= self.capacity or tail <= c:
+                if hq[Q_TAIL] != tail:
+                    continue  # a publish between our two loads: read both again
                 raise self.corrupt(f"tail {tail} (head {head}, cursor {c})")
             seq = self.seq_at(tail, head, head_seq)
             if hq[Q_TAIL] != tail:
@@ -805,6 +810,8 @@ class LogReader(_View):
             if used == 0:
                 return AGAIN
             if not 0 < used <= cap:
+                if hq[Q_TAIL] > c:
+                    continue  # publishes since we looked at the tail: we fell behind
                 raise self.corrupt(f"head {head} is {used} bytes from the cursor {c}")
             idx = c % cap
             word = self.dq[idx >> 3]
@@ -912,6 +919,7 @@ class LogReader(_View):
         publishers cannot write over it until :meth:`release_view`), AGAIN or END.
 
         Raises:
+            Overrun: as :meth:`take` (only if the slot was taken from a live reader).
             ProtocolError: the log is corrupt.
         """
         while True:
@@ -922,6 +930,11 @@ class LogReader(_View):
                 return AGAIN
             cap = self.capacity
             if not 0 < used <= cap:
+                if self.hq[Q_TAIL] > c:
+                    o = self._overrun(c)
+                    if o is not None:
+                        raise o
+                    continue
                 raise self.corrupt(f"head {head} is {used} bytes from the cursor {c}")
             idx = c % cap
             word = self.dq[idx >> 3]
