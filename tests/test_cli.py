@@ -45,11 +45,22 @@ def aioipc(*args: str | bytes, stdin: bytes | None = None) -> subprocess.Complet
     return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=LIMIT)
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and the
+    # child inherits it: `make test &` then made the Ctrl-C tests wait for ever.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def background(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The command running beside the test; killed if the test leaves it running."""
+    """The command running beside the test, with SIGINT at its default whatever the
+    suite inherited; killed if the test leaves it running."""
     proc = subprocess.Popen(
-        [*CLI, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
     )
     try:
         yield proc
