@@ -14,14 +14,16 @@ flags' protocol, and knows nothing of records (:mod:`aioipc._core.ring` does).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
+import stat
 from collections.abc import Callable
 
 import anyio
 from anyio import ClosedResourceError
 
-from ..errors import translate_os_error
+from ..errors import NOFOLLOW, IPCPermissionError, translate_os_error
 from .ring import STATE_CLOSED, STATE_NONE
 from .shm_lock import is_locked, pid_lock_holder, region_closes, take_pid_lock
 from .wait import SPUN, FdWaiter, Spun, spin_until
@@ -32,6 +34,29 @@ PEER_CHECK_INTERVAL = 0.25
 
 def _no_fence_yet() -> None:
     raise AssertionError("Doorbell.fence was never set")
+
+
+def open_bell(path: str, owner: int, what: str, of: str) -> int:
+    """Open an existing doorbell FIFO (of a ring or a topic: ``of`` names which) for
+    ringing and draining, refusing anything at ``path`` but a FIFO owned by ``owner``.
+
+    Raises:
+        aioipc.IPCNotFoundError: no such file (or a symlink there: never followed).
+        aioipc.IPCPermissionError: not a FIFO owned by ``owner``, or not ours to open.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, f"{what}: doorbell {path}", NOFOLLOW) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
+        os.close(fd)
+        # Something else sits where the doorbell should be: never talk through it.
+        raise IPCPermissionError(
+            errno.EPERM,
+            f"{what}: {path} is not a FIFO owned by the {of}'s owner (uid {owner})",
+        )
+    return fd
 
 
 def _readable_now(fd: int) -> bool:

@@ -53,6 +53,7 @@ from ..errors import (
 from . import registry as _registry
 from . import topic as _log
 from .check import check_mode
+from .doorbell import open_bell
 from .posix_base import check_name
 from .region import reserve
 from .shm_lock import close_region, is_locked, try_lock, unlock
@@ -165,17 +166,7 @@ def is_stale(name: str) -> bool:
 
 
 def _open_bell(path: str, owner: int, what: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise translate_os_error(exc, f"{what}: doorbell {path}", NOFOLLOW) from exc
-    st = os.fstat(fd)
-    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
-        os.close(fd)
-        raise IPCPermissionError(
-            errno.EPERM, f"{what}: {path} is not a FIFO owned by the topic's owner (uid {owner})"
-        )
-    return fd
+    return open_bell(path, owner, what, "topic")
 
 
 def _make_bell(path: str, owner: int, mode: int, what: str) -> int:

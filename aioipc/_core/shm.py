@@ -36,7 +36,6 @@ from ..abc import IPCAttribute, message_bytes
 from ..errors import (
     NOFOLLOW,
     IPCNotFoundError,
-    IPCPermissionError,
     MessageTooLargeError,
     ProtocolError,
     translate_os_error,
@@ -44,7 +43,7 @@ from ..errors import (
 from . import registry as _registry
 from . import ring as _ring
 from .check import check_mode
-from .doorbell import PEER_CHECK_INTERVAL, Doorbell
+from .doorbell import PEER_CHECK_INTERVAL, Doorbell, open_bell
 from .posix_base import check_name
 from .region import reserve
 from .ring import (
@@ -147,22 +146,6 @@ def _holder_text(fd: int, pid_byte: int, header_pid: int) -> str:
         if pid:
             return f"pid {pid}"
     return f"pid {header_pid} by the ring's header"
-
-
-def _open_bell(path: str, owner: int, what: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise translate_os_error(exc, f"{what}: doorbell {path}", NOFOLLOW) from exc
-    st = os.fstat(fd)
-    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != owner:
-        os.close(fd)
-        # Something else sits where the doorbell should be: never talk through it.
-        raise IPCPermissionError(
-            errno.EPERM,
-            f"{what}: {path} is not a FIFO owned by the ring's owner (uid {owner})",
-        )
-    return fd
 
 
 class _RingEnd:
@@ -370,7 +353,7 @@ class _RingEnd:
         self._map(st.st_size)
         self._capacity = _ring.check_header(self._hq, self._hi, st.st_size, self._what)
         for path in (bell_data, bell_space):
-            self._bells.append(_open_bell(path, st.st_uid, self._what))
+            self._bells.append(open_bell(path, st.st_uid, self._what, "ring"))
 
     def _map(self, size: int) -> None:
         try:
