@@ -719,10 +719,20 @@ class LogReader(_View):
     def _fell_behind(self, c: int) -> bytes | Again | _End:
         """The tail passed the cursor ``c``: raise what was lost, or, if that was only a
         pad, read on from the tail."""
+        return self._take_slow(self._catch_up(c))
+
+    def _catch_up(self, c: int) -> int:
+        """The tail passed the cursor ``c``: move to it (:meth:`_overrun`) and return the
+        new cursor if only pads were dropped.
+
+        Raises:
+            Overrun: messages (or an end of stream) were lost.
+            ProtocolError: the tail or its message number are impossible.
+        """
         o = self._overrun(c)
         if o is not None:
             raise o
-        return self._take_slow(self.cursor)
+        return self.cursor
 
     def _overrun(self, c: int) -> Overrun | None:
         """Move to the oldest retained record and say what was lost since ``c`` (None:
@@ -800,10 +810,7 @@ class LogReader(_View):
         cap = self.capacity
         while True:
             if hq[Q_TAIL] > c:
-                o = self._overrun(c)
-                if o is not None:
-                    raise o
-                c = self.cursor
+                c = self._catch_up(c)
                 continue
             head = hq[Q_HEAD]
             used = head - c
@@ -828,10 +835,7 @@ class LogReader(_View):
             if not bad and seq != self.seq:
                 bad = True
             if hq[Q_TAIL] > c:
-                o = self._overrun(c)
-                if o is not None:
-                    raise o
-                c = self.cursor
+                c = self._catch_up(c)
                 continue
             if bad:
                 raise self.corrupt(f"record kind {kind}, length {length}, number {seq} at {c}")
@@ -845,10 +849,7 @@ class LogReader(_View):
             start = self.data_off + RECORD_HEADER + idx
             msg = self.buf[start : start + length]
             if hq[Q_TAIL] > c:
-                o = self._overrun(c)
-                if o is not None:
-                    raise o
-                c = self.cursor
+                c = self._catch_up(c)
                 continue
             self.cursor = c + size
             self.seq += 1
@@ -931,9 +932,7 @@ class LogReader(_View):
             cap = self.capacity
             if not 0 < used <= cap:
                 if self.hq[Q_TAIL] > c:
-                    o = self._overrun(c)
-                    if o is not None:
-                        raise o
+                    self._catch_up(c)
                     continue
                 raise self.corrupt(f"head {head} is {used} bytes from the cursor {c}")
             idx = c % cap
