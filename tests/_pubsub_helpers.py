@@ -144,3 +144,24 @@ def cpu_seconds(pid: int) -> float:
 def proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def drain_nowait(sub: pubsub.Subscriber) -> list[bytes]:
+    """Every message ``sub`` can take now."""
+    out = []
+    while True:
+        try:
+            out.append(sub.receive_nowait())
+        except anyio.WouldBlock:
+            return out
+
+
+def fill(pub: pubsub.Publisher, tag: int, size: int, start: int = 0) -> int:
+    """Publish numbered messages with send_nowait until one would block; how many went."""
+    n = start
+    while True:
+        try:
+            pub.send_nowait(numbered(tag, n, size))
+        except anyio.WouldBlock:
+            return n - start
+        n += 1

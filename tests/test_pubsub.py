@@ -34,6 +34,8 @@ from aioipc import (
 from ._pubsub_helpers import (
     check,
     cpu_seconds,
+    drain_nowait,
+    fill,
     fresh_topic_name,
     numbered,
     on_asyncio,
@@ -50,26 +52,6 @@ LIMIT = 20  # seconds: generous deadlines on a loaded 2-core machine
 def topic_name() -> Iterator[str]:
     with fresh_topic_name() as name:
         yield name
-
-
-def drain_nowait(sub: pubsub.Subscriber) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sub.receive_nowait())
-        except WouldBlock:
-            return out
-
-
-def fill(pub: pubsub.Publisher, tag: int, size: int, start: int = 0) -> int:
-    """Publish numbered messages with send_nowait until one would block; how many went."""
-    n = start
-    while True:
-        try:
-            pub.send_nowait(numbered(tag, n, size))
-        except WouldBlock:
-            return n - start
-        n += 1
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from aioipc._core import topic as T
 
 from ._pubsub_helpers import (
     check,
+    drain_nowait,
+    fill,
     fresh_topic_name,
     numbered,
     on_asyncio,
@@ -39,25 +41,6 @@ LIMIT = 20  # seconds: generous deadlines on a loaded 2-core machine
 def topic_name() -> Iterator[str]:
     with fresh_topic_name() as name:
         yield name
-
-
-def drain_nowait(sub: pubsub.Subscriber) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sub.receive_nowait())
-        except WouldBlock:
-            return out
-
-
-def fill(pub: pubsub.Publisher, tag: int, size: int) -> int:
-    n = 0
-    while True:
-        try:
-            pub.send_nowait(numbered(tag, n, size))
-        except WouldBlock:
-            return n
-        n += 1
 
 
 # -- a subscriber killed --------------------------------------------------------------
